@@ -1,0 +1,139 @@
+// The built-in guest's command line (protocol.md §1.7).
+
+enum Workload {
+    case idle, ticks, dirty
+}
+
+/// Options parsed from space-separated `key=value` words.
+struct BootOptions {
+    var workload = Workload.idle
+    var count: UInt64 = 10      // ticks: number of ticks, 0 = forever
+    var interval: UInt64 = 100  // ticks: milliseconds between ticks
+    var mib: UInt64 = 16        // dirty: working-set size in MiB
+    var rate: UInt64 = 0        // dirty: pages per second, 0 = unlimited
+    var passes: UInt64 = 1      // dirty: passes, 0 = forever
+
+    /// Numeric values above this are rejected as malformed (keeps all
+    /// derived arithmetic, such as `mib << 20` or `interval * kHz`, in range).
+    static let maximumValue: UInt64 = 0xffff_ffff
+
+    /// Parses `text` (NUL-terminated, at most `StartInfo.maximumCommandLine`
+    /// bytes); unknown keys and malformed values are reported and ignored.
+    init(commandLine text: UnsafePointer<UInt8>?) {
+        guard let text else { return }
+        var index = 0
+        while index < StartInfo.maximumCommandLine && text[index] != 0 {
+            if Self.isSeparator(text[index]) {
+                index += 1
+                continue
+            }
+            let start = index
+            while index < StartInfo.maximumCommandLine && text[index] != 0
+                && !Self.isSeparator(text[index]) {
+                index += 1
+            }
+            apply(Word(start: text + start, count: index - start))
+        }
+    }
+
+    private static func isSeparator(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x09 || byte == 0x0a || byte == 0x0d
+    }
+
+    private mutating func apply(_ word: Word) {
+        guard let equals = word.firstIndex(of: 0x3d) else {
+            warn("warning: malformed option ", word)
+            return
+        }
+        let key = word.prefix(equals)
+        let value = word.suffix(from: equals + 1)
+        if key == "workload" {
+            if value == "idle" { workload = .idle }
+            else if value == "ticks" { workload = .ticks }
+            else if value == "dirty" { workload = .dirty }
+            else { warnValue(key, value) }
+        } else if key == "count" {
+            setNumber(&count, key, value, minimum: 0)
+        } else if key == "interval" {
+            setNumber(&interval, key, value, minimum: 0)
+        } else if key == "mib" {
+            setNumber(&mib, key, value, minimum: 1)
+        } else if key == "rate" {
+            setNumber(&rate, key, value, minimum: 0)
+        } else if key == "passes" {
+            setNumber(&passes, key, value, minimum: 0)
+        } else {
+            warn("warning: unknown key ", key)
+        }
+    }
+
+    private func setNumber(_ target: inout UInt64, _ key: Word, _ value: Word, minimum: UInt64) {
+        if let number = value.decimalValue, number >= minimum, number <= Self.maximumValue {
+            target = number
+        } else {
+            warnValue(key, value)
+        }
+    }
+
+    private func warn(_ message: StaticString, _ word: Word) {
+        var line = ConsoleLine("pvguest: ")
+        line.append(message)
+        line.append(bytes: word.start, count: word.count)
+        line.emit()
+    }
+
+    private func warnValue(_ key: Word, _ value: Word) {
+        var line = ConsoleLine("pvguest: warning: bad value for ")
+        line.append(bytes: key.start, count: key.count)
+        line.append(": ")
+        line.append(bytes: value.start, count: value.count)
+        line.emit()
+    }
+}
+
+/// A slice of the command line (no copies: the guest does not allocate).
+struct Word {
+    let start: UnsafePointer<UInt8>
+    let count: Int
+
+    func firstIndex(of byte: UInt8) -> Int? {
+        var index = 0
+        while index < count {
+            if start[index] == byte { return index }
+            index += 1
+        }
+        return nil
+    }
+
+    func prefix(_ length: Int) -> Word { Word(start: start, count: length) }
+    func suffix(from index: Int) -> Word { Word(start: start + index, count: count - index) }
+
+    static func == (word: Word, text: StaticString) -> Bool {
+        guard word.count == text.utf8CodeUnitCount else { return false }
+        let bytes = text.utf8Start
+        var index = 0
+        while index < word.count {
+            if word.start[index] != bytes[index] { return false }
+            index += 1
+        }
+        return true
+    }
+
+    /// The word as an unsigned decimal, or nil if it is empty, has a
+    /// non-digit or overflows.
+    var decimalValue: UInt64? {
+        guard count > 0 else { return nil }
+        var value: UInt64 = 0
+        var index = 0
+        while index < count {
+            let byte = start[index]
+            guard byte >= 0x30 && byte <= 0x39 else { return nil }
+            let (times10, overflow1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, overflow2) = times10.addingReportingOverflow(UInt64(byte - 0x30))
+            if overflow1 || overflow2 { return nil }
+            value = sum
+            index += 1
+        }
+        return value
+    }
+}

@@ -1,0 +1,41 @@
+// swift-tools-version:6.1
+// pvmigrate: a KVM-based paravirtual VMM built around live migration.
+// Layering (../shared/design.md): pvmigrate -> Migrate -> Core -> CKVM.
+import PackageDescription
+
+let package = Package(
+    name: "pvmigrate",
+    products: [
+        .executable(name: "pvmigrate", targets: ["pvmigrate"]),
+        .library(name: "Core", targets: ["Core"]),
+        .library(name: "Migrate", targets: ["Migrate"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C shim over <linux/kvm.h>: ioctl request numbers and the helpers Swift cannot express.
+        .target(name: "CKVM", path: "Sources/CKVM"),
+        // System libraries from Debian's -dev packages.
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
+                       providers: [.apt(["libzstd-dev"])]),
+        .target(name: "COpenSSL", path: "Sources/COpenSSL", linkerSettings: [
+            .linkedLibrary("ssl"), .linkedLibrary("crypto"),
+        ]),
+        // The built-in guest kernel, compiled from Guest/ by the GuestBuilder plugin.
+        .target(name: "GuestImage", path: "Sources/GuestImage",
+                plugins: [.plugin(name: "GuestBuilder")]),
+        .plugin(name: "GuestBuilder", capability: .buildTool(), path: "Plugins/GuestBuilder"),
+        .target(name: "Core", dependencies: ["CKVM"]),
+        .target(name: "Migrate", dependencies: ["Core", "CZstd", "COpenSSL"]),
+        .executableTarget(name: "pvmigrate", dependencies: [
+            "Core", "Migrate", "GuestImage",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
+        .target(name: "TestSupport", dependencies: ["Core"], path: "Tests/TestSupport"),
+        .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "TestSupport"]),
+        .testTarget(name: "MigrateTests", dependencies: ["Migrate"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core", "GuestImage", "TestSupport"]),
+    ]
+)

@@ -1,0 +1,90 @@
+// See include/CKVM.h for the contract of every function here.
+#define _GNU_SOURCE
+#include "CKVM.h"
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+long ckvm_ioctl(int fd, unsigned long request, void *arg, int retry_eintr) {
+    for (;;) {
+        long r = ioctl(fd, request, arg);
+        if (r >= 0) return r;
+        if (errno == EINTR && retry_eintr) continue;
+        return -errno;
+    }
+}
+
+long ckvm_ioctl_value(int fd, unsigned long request, unsigned long value) {
+    for (;;) {
+        long r = ioctl(fd, request, value);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+}
+
+int ckvm_kick_signal(void) { return SIGRTMIN + 1; }
+
+static void ckvm_kick_handler(int sig) { (void)sig; }
+
+int ckvm_install_kick_handler(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = ckvm_kick_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; // no SA_RESTART: KVM_RUN must return EINTR
+    if (sigaction(ckvm_kick_signal(), &sa, NULL) != 0) return -errno;
+    return 0;
+}
+
+int ckvm_kick_thread(unsigned long thread) {
+    int r = pthread_kill((pthread_t)thread, ckvm_kick_signal());
+    return r == 0 ? 0 : -r;
+}
+
+unsigned long ckvm_current_thread(void) { return (unsigned long)pthread_self(); }
+
+const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
+const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
+const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+const unsigned long CKVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
+const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
+const unsigned long CKVM_CLEAR_DIRTY_LOG = KVM_CLEAR_DIRTY_LOG;
+const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
+const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+const unsigned long CKVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+const unsigned long CKVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
+const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
+const unsigned long CKVM_RUN = KVM_RUN;
+const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
+const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
+const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
+const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
+const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
+const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
+const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
+const unsigned long CKVM_GET_XSAVE2 = KVM_GET_XSAVE2;
+const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
+const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
+const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
+const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
+const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
+const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
+const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
+const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
+const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
+const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
+const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;

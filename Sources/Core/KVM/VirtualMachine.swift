@@ -1,0 +1,87 @@
+import CKVM
+import Glibc
+
+/// A KVM VM file descriptor: memory slots, vCPU creation, dirty log, clock, irqchip.
+public final class VirtualMachine: @unchecked Sendable {
+    public let hypervisor: Hypervisor
+    let fd: KVMFileDescriptor
+    private var hasIRQChip = false
+
+    init(hypervisor: Hypervisor, fd: KVMFileDescriptor) {
+        self.hypervisor = hypervisor
+        self.fd = fd
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION. `hostAddress` must stay mapped while the slot exists.
+    public func setMemorySlot(_ slot: UInt32, guestAddress: GuestPhysicalAddress, size: UInt64,
+                              hostAddress: UnsafeMutableRawPointer, logDirtyPages: Bool) throws(KVMError) {
+        var region = kvm_userspace_memory_region(
+            slot: slot, flags: logDirtyPages ? UInt32(KVM_MEM_LOG_DIRTY_PAGES) : 0,
+            guest_phys_addr: guestAddress.raw, memory_size: size,
+            userspace_addr: UInt64(UInt(bitPattern: hostAddress)))
+        try fd.ioctl("KVM_SET_USER_MEMORY_REGION", CKVM_SET_USER_MEMORY_REGION, &region)
+    }
+
+    /// KVM_GET_DIRTY_LOG for one slot: a bitmap (one bit per page, LSB first) of the pages
+    /// written since the last call, which the call clears. `pageCount` is the slot's size in pages.
+    public func dirtyLog(slot: UInt32, pageCount: Int) throws(KVMError) -> [UInt64] {
+        var bitmap = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
+        let r = bitmap.withUnsafeMutableBytes { bytes in
+            var log = kvm_dirty_log()
+            log.slot = slot
+            log.dirty_bitmap = bytes.baseAddress
+            // Sound: KVM writes ceil(pages/64) u64 words into `bytes`, which holds exactly that.
+            return withUnsafeMutableBytes(of: &log) { ckvm_ioctl(fd.raw, CKVM_GET_DIRTY_LOG, $0.baseAddress, 1) }
+        }
+        if r < 0 { throw .ioctlFailed(operation: "KVM_GET_DIRTY_LOG", errno: Int32(-r)) }
+        return bitmap
+    }
+
+    /// KVM_SET_TSS_ADDR, needed by VMX for real-mode emulation; a no-op elsewhere.
+    func setTSSAddress(_ address: UInt64) throws(KVMError) {
+        try fd.ioctl("KVM_SET_TSS_ADDR", CKVM_SET_TSS_ADDR, value: UInt(address))
+    }
+
+    /// KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and per-vCPU LAPICs. Call before creating vCPUs.
+    public func createIRQChip() throws(KVMError) {
+        try fd.ioctl("KVM_CREATE_IRQCHIP", CKVM_CREATE_IRQCHIP, value: 0)
+        hasIRQChip = true
+    }
+
+    public var irqChipCreated: Bool { hasIRQChip }
+
+    /// KVM_CREATE_VCPU, mapping its run area.
+    public func makeVCPU(id: UInt32) throws(KVMError) -> VCPU {
+        let raw = try fd.ioctl("KVM_CREATE_VCPU", CKVM_CREATE_VCPU, value: UInt(id))
+        let vcpuFD = KVMFileDescriptor(owning: Int32(raw))
+        return try VCPU(id: id, fd: vcpuFD, mmapSize: hypervisor.vcpuMmapSize(), vm: self)
+    }
+
+    // MARK: VM-wide state
+
+    /// KVM_GET_CLOCK: the kvmclock value, as raw `kvm_clock_data` bytes.
+    func clock() throws(KVMError) -> kvm_clock_data {
+        var data = kvm_clock_data()
+        try fd.ioctl("KVM_GET_CLOCK", CKVM_GET_CLOCK, &data)
+        return data
+    }
+
+    func setClock(_ data: kvm_clock_data) throws(KVMError) {
+        var data = data
+        data.flags = 0 // only the clock value is restored; the kernel rejects unknown flags
+        try fd.ioctl("KVM_SET_CLOCK", CKVM_SET_CLOCK, &data)
+    }
+
+    /// KVM_GET_IRQCHIP for chip 0 (PIC master), 1 (PIC slave), 2 (IOAPIC).
+    func irqChip(_ id: UInt32) throws(KVMError) -> kvm_irqchip {
+        var chip = kvm_irqchip()
+        chip.chip_id = id
+        try fd.ioctl("KVM_GET_IRQCHIP", CKVM_GET_IRQCHIP, &chip)
+        return chip
+    }
+
+    func setIRQChip(_ chip: kvm_irqchip) throws(KVMError) {
+        var chip = chip
+        try fd.ioctl("KVM_SET_IRQCHIP", CKVM_SET_IRQCHIP, &chip)
+    }
+}

@@ -1,0 +1,209 @@
+import CKVM
+import Foundation
+import Synchronization
+
+/// Errors from assembling or operating a VM, by phase.
+public enum MachineError: Error, CustomStringConvertible {
+    case kvm(KVMError)
+    case memory(GuestMemoryError)
+    case boot(BootError)
+    case state(StateCodingError)
+    case invalidConfiguration(String)
+    /// The operation needs the VM paused (or not yet started).
+    case notPaused(String)
+    case restoreMismatch(String)
+
+    public var description: String {
+        switch self {
+        case let .kvm(e): return e.description
+        case let .memory(e): return e.description
+        case let .boot(e): return e.description
+        case let .state(e): return e.description
+        case let .invalidConfiguration(why): return "invalid VM configuration: \(why)"
+        case let .notPaused(op): return "\(op) needs the VM paused"
+        case let .restoreMismatch(why): return "cannot restore: \(why)"
+        }
+    }
+}
+
+/// One virtual machine: KVM VM, guest memory, vCPU threads, devices. Either booted from a
+/// kernel (`init(configuration:)`) or created empty to receive a saved state and memory
+/// (`init(restoring:)`). See design.md "Core".
+public final class Machine: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        public var memorySize: UInt64
+        public var kernel: [UInt8]
+        public var commandLine: String
+        /// In-kernel PIC/IOAPIC/LAPIC. Off by default: the built-in guest uses no
+        /// interrupts, and without an irqchip `hlt` exits to the VMM.
+        public var inKernelIRQChip: Bool
+        public var console: ConsoleSink
+        public var log: @Sendable (String) -> Void
+
+        public init(memorySize: UInt64, kernel: [UInt8], commandLine: String = "", inKernelIRQChip: Bool = false,
+                    console: ConsoleSink, log: @escaping @Sendable (String) -> Void = { _ in }) {
+            self.memorySize = memorySize; self.kernel = kernel; self.commandLine = commandLine
+            self.inKernelIRQChip = inKernelIRQChip; self.console = console; self.log = log
+        }
+    }
+
+    public let hypervisor: Hypervisor
+    public let vm: VirtualMachine
+    public let memory: GuestMemory
+    public let bus = IOBus()
+    public let serial: SerialPort
+    public let pvPort: PVPort
+    public let vcpus: [VCPUThread]
+    /// The host's KVM is PVM (a software KVM; platform-facts.md).
+    public let isPVMHost: Bool
+    private let msrIndices: [UInt32]
+    private let hasXSAVE: Bool
+    private let hasXCRs: Bool
+    private let exitState = Locked<VMExit?>(nil)
+
+    /// Builds a VM and loads `configuration.kernel` by the PVH protocol; call `start()` to run.
+    public convenience init(configuration: Configuration) throws(MachineError) {
+        try self.init(configuration: configuration, boot: true)
+    }
+
+    /// Builds an empty VM of the same shape, to `restore(_:)` a saved state into after its
+    /// memory has been filled (e.g. `memory.copyContents(from:)`).
+    public convenience init(restoring configuration: Configuration) throws(MachineError) {
+        try self.init(configuration: configuration, boot: false)
+    }
+
+    private init(configuration c: Configuration, boot: Bool) throws(MachineError) {
+        do {
+            hypervisor = try Hypervisor()
+            vm = try hypervisor.makeVirtualMachine()
+            if hypervisor.capability(KVM_CAP_SET_TSS_ADDR) > 0 { try vm.setTSSAddress(0xfffb_d000) }
+            if c.inKernelIRQChip { try vm.createIRQChip() }
+            do { memory = try GuestMemory(size: c.memorySize) } catch { throw MachineError.memory(error) }
+            for region in memory.regions {
+                try vm.setMemorySlot(region.slot, guestAddress: region.range.start, size: region.range.size,
+                                     hostAddress: region.host, logDirtyPages: false)
+            }
+            let vcpu = try vm.makeVCPU(id: 0)
+            isPVMHost = PVM.isHost(vcpu)
+            let tscKHz = vcpu.tscKHz() ?? 0
+            let cpuid = CPUIDTable.build(supported: try hypervisor.supportedCPUID(), vcpuID: 0,
+                                         features: isPVMHost ? .pvmNative : [], tscKHz: tscKHz)
+            try vcpu.setCPUID(cpuid)
+            var indices = try hypervisor.saveableMSRs()
+            if isPVMHost, !indices.contains(PVM.vifMSR) { indices.append(PVM.vifMSR) }
+            msrIndices = indices
+            hasXSAVE = hypervisor.capability(KVM_CAP_XSAVE) > 0
+            hasXCRs = hypervisor.capability(KVM_CAP_XCRS) > 0
+
+            serial = SerialPort(sink: c.console)
+            pvPort = PVPort(log: c.log)
+            bus.register(serial, base: SerialPort.base, count: SerialPort.count)
+            bus.register(ExitPort(), base: ExitPort.port, count: 4)
+            bus.register(pvPort, base: PVPort.port, count: 4)
+
+            if boot {
+                let info: PVHLoader.BootInfo
+                do { info = try PVHLoader.load(image: c.kernel, commandLine: c.commandLine, into: memory) }
+                catch { throw MachineError.boot(error) }
+                try PVHLoader.prepareBootCPU(vcpu, boot: info)
+            }
+            var threads: [VCPUThread] = []
+            let exitState = self.exitState, serial = self.serial
+            threads.append(VCPUThread(vcpu: vcpu, bus: bus) { exit in
+                serial.flush()
+                exitState.withLock { if $0 == nil { $0 = exit } }
+            })
+            vcpus = threads
+        } catch let e as MachineError {
+            throw e
+        } catch let e as KVMError {
+            throw .kvm(e)
+        } catch {
+            throw .invalidConfiguration("\(error)")
+        }
+    }
+
+    // MARK: Lifecycle
+
+    public func start() { vcpus.forEach { $0.start() } }
+
+    /// Parks every vCPU outside KVM_RUN with pending I/O completed, and flushes the console.
+    public func pause() {
+        vcpus.forEach { $0.pause() }
+        serial.flush()
+    }
+
+    public func resume() { vcpus.forEach { $0.resume() } }
+
+    public func stop() { vcpus.forEach { $0.stop() } }
+
+    /// Blocks until the VM exits (the first vCPU to exit decides the reason).
+    @discardableResult
+    public func waitForExit() -> VMExit {
+        vcpus.forEach { _ = $0.waitForExit() }
+        return exitState.withLock { $0 } ?? .stopped
+    }
+
+    public var exit: VMExit? { exitState.withLock { $0 } }
+
+    /// How the guest is being executed (asks the boot vCPU between two runs).
+    public func executionMode() throws(MachineError) -> ExecutionMode {
+        guard isPVMHost else { return .hardware }
+        do {
+            let vif = try vcpus[0].perform { vcpu throws(KVMError) in PVM.registeredVIF(vcpu) }
+            return vif == nil ? .emulated : .native
+        } catch { throw .kvm(error) }
+    }
+
+    // MARK: State
+
+    private var isQuiescent: Bool {
+        vcpus.allSatisfy {
+            switch $0.state { case .paused, .created, .exited: return true; case .running: return false }
+        }
+    }
+
+    /// The complete CPU/platform state. The VM must be paused (or not started).
+    public func saveState() throws(MachineError) -> MachineState {
+        guard isQuiescent else { throw .notPaused("saving state") }
+        do {
+            let (msrs, xsave, xcrs, irq) = (msrIndices, hasXSAVE, hasXCRs, vm.irqChipCreated)
+            var states: [VCPUState] = []
+            for t in vcpus {
+                states.append(try t.perform { vcpu throws(KVMError) in
+                    try VCPUState.capture(vcpu, msrIndices: msrs, withLAPIC: irq, xsave: xsave, xcrs: xcrs)
+                })
+            }
+            let chips = irq ? try (0..<3).map { (i: UInt32) throws(KVMError) in RawStruct.bytes(try vm.irqChip(i)) } : nil
+            return MachineState(memorySize: memory.size, vcpus: states, clock: RawStruct.bytes(try vm.clock()),
+                                irqChips: chips)
+        } catch { throw .kvm(error) }
+    }
+
+    /// Loads a saved state (memory must already hold the guest's pages). Returns the MSRs
+    /// the kernel refused, for the caller to report.
+    @discardableResult
+    public func restore(_ state: MachineState) throws(MachineError) -> [UInt32] {
+        guard isQuiescent else { throw .notPaused("restoring state") }
+        guard state.memorySize == memory.size else {
+            throw .restoreMismatch("the state is for \(state.memorySize >> 20) MiB of memory, this VM has \(memory.size >> 20) MiB")
+        }
+        guard state.vcpus.count == vcpus.count else {
+            throw .restoreMismatch("the state has \(state.vcpus.count) vCPUs, this VM has \(vcpus.count)")
+        }
+        guard (state.irqChips != nil) == vm.irqChipCreated, state.vcpus.allSatisfy({ $0.hasLAPIC == vm.irqChipCreated }) else {
+            throw .restoreMismatch("in-kernel irqchip presence differs between the state and this VM")
+        }
+        do {
+            if let chips = state.irqChips {
+                for bytes in chips { try vm.setIRQChip(RawStruct.value(bytes, as: kvm_irqchip.self, zero: kvm_irqchip())) }
+            }
+            var refused: [UInt32] = []
+            for (t, s) in zip(vcpus, state.vcpus) {
+                refused += try t.perform { vcpu throws(KVMError) in try s.apply(to: vcpu) }
+            }
+            try vm.setClock(RawStruct.value(state.clock, as: kvm_clock_data.self, zero: kvm_clock_data()))
+            return refused
+        } catch { throw .kvm(error) }
+    }
+}

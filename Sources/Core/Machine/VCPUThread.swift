@@ -1,0 +1,265 @@
+import CKVM
+import Foundation
+
+/// Why a VM stopped running.
+public enum VMExit: Equatable, Sendable, CustomStringConvertible {
+    /// The guest wrote `status` to the exit port (protocol.md §1.4).
+    case exitStatus(UInt32)
+    /// The guest executed `hlt` with interrupts off: it has nothing more to do.
+    case halted
+    /// Triple fault (KVM_EXIT_SHUTDOWN).
+    case shutdown
+    /// KVM could not emulate or run the guest (KVM_EXIT_INTERNAL_ERROR, suberror).
+    case internalError(UInt32)
+    /// VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason).
+    case failEntry(UInt64)
+    /// An exit pvmigrate does not handle.
+    case unhandled(reason: UInt32)
+    /// KVM_RUN itself failed.
+    case runFailed(KVMError)
+    /// The VMM stopped the VM (`Machine.stop()`).
+    case stopped
+
+    public var isSuccess: Bool { self == .exitStatus(0) || self == .halted || self == .stopped }
+
+    public var description: String {
+        switch self {
+        case let .exitStatus(s): return "guest exited with status \(s)"
+        case .halted: return "guest halted"
+        case .shutdown: return "guest triple-faulted (KVM_EXIT_SHUTDOWN)"
+        case let .internalError(s):
+            return "KVM could not run the guest (internal error, suberror \(s)); on PVM hosts SSE or other unemulated instructions cause this"
+        case let .failEntry(r): return "VM entry failed (hardware reason 0x\(String(r, radix: 16)))"
+        case let .unhandled(r): return "unhandled KVM exit reason \(r)"
+        case let .runFailed(e): return e.description
+        case .stopped: return "stopped"
+        }
+    }
+}
+
+/// Drives one vCPU on a dedicated thread (KVM_RUN blocks; it must never run on Swift
+/// concurrency's cooperative pool). Message-driven: `pause()`, `resume()`, `stop()` and
+/// `perform(_:)` post a request, set `immediate_exit` and kick the thread with a signal,
+/// so the vCPU leaves KVM_RUN promptly and handles the request between runs.
+///
+/// Run states: created → running ⇄ paused → exited. State save/restore runs through
+/// `perform` on the vCPU thread (or directly while the thread is not started).
+public final class VCPUThread: @unchecked Sendable {
+    public enum RunState: Equatable, Sendable { case created, running, paused, exited(VMExit) }
+
+    public let vcpu: VCPU
+    private let bus: IOBus
+    private let condition = NSCondition()
+    // Guarded by `condition`:
+    private var runState: RunState = .created
+    private var pauseRequested = false
+    private var stopRequested = false
+    private var requests: [() -> Void] = []
+    private var threadHandle: UInt?
+    /// vCPU thread only: the last exit was I/O that KVM completes on the next KVM_RUN.
+    private var ioPending = false
+    private let onExit: @Sendable (VMExit) -> Void
+
+    init(vcpu: VCPU, bus: IOBus, onExit: @escaping @Sendable (VMExit) -> Void) {
+        self.vcpu = vcpu
+        self.bus = bus
+        self.onExit = onExit
+    }
+
+    public var state: RunState { condition.withLock { runState } }
+
+    /// Starts the thread; `paused` starts it parked (for a restored VM awaiting `resume`).
+    public func start(paused: Bool = false) {
+        _ = ckvm_install_kick_handler()
+        condition.withLock {
+            precondition(runState == .created, "vCPU \(vcpu.id) started twice")
+            pauseRequested = paused
+            runState = paused ? .paused : .running
+        }
+        let thread = Thread { [self] in loop() }
+        thread.name = "vcpu\(vcpu.id)"
+        thread.stackSize = 1 << 20
+        thread.start()
+        condition.withLock { while threadHandle == nil { condition.wait() } }
+    }
+
+    /// Asks the vCPU to leave KVM_RUN and park; returns when it is parked (or has exited).
+    /// A `.paused` state left over from a `resume()` the thread has not acted on yet is
+    /// accurate: the thread checks `pauseRequested` under the lock before it runs again.
+    public func pause() {
+        condition.withLock {
+            switch runState { case .created, .exited: return; default: break }
+            pauseRequested = true
+            kickLocked()
+            while case .running = runState { condition.wait() }
+        }
+    }
+
+    public func resume() {
+        condition.withLock {
+            pauseRequested = false
+            condition.broadcast()
+        }
+    }
+
+    /// Ends the run loop; the VM exits with `.stopped` unless it already exited.
+    public func stop() {
+        condition.withLock {
+            if case .created = runState { runState = .exited(.stopped); return }
+            stopRequested = true
+            kickLocked()
+            condition.broadcast()
+        }
+    }
+
+    /// Blocks until the vCPU has exited.
+    public func waitForExit() -> VMExit {
+        condition.withLock {
+            while true {
+                if case let .exited(e) = runState { return e }
+                condition.wait()
+            }
+        }
+    }
+
+    /// Runs `body` on the vCPU thread between two KVM_RUNs (or right here when the thread is
+    /// not running) and returns its result.
+    public func perform<T>(_ body: @escaping (VCPU) throws(KVMError) -> T) throws(KVMError) -> T {
+        nonisolated(unsafe) var result: Result<T, KVMError>?
+        let queued = condition.withLock { () -> Bool in
+            switch runState { case .created, .exited: return false; default: break }
+            requests.append { [vcpu] in
+                do throws(KVMError) { result = .success(try body(vcpu)) } catch { result = .failure(error) }
+            }
+            kickLocked()
+            condition.broadcast()
+            // The vCPU thread serves every queued request, also when it exits meanwhile.
+            while result == nil { condition.wait() }
+            return true
+        }
+        guard queued, let result else { return try body(vcpu) } // thread idle: the fd is ours
+        return try result.get()
+    }
+
+    private func kickLocked() {
+        vcpu.setImmediateExit(true)
+        if let threadHandle { _ = ckvm_kick_thread(threadHandle) }
+    }
+
+    // MARK: The vCPU thread
+
+    private func loop() {
+        condition.withLock {
+            threadHandle = ckvm_current_thread()
+            condition.broadcast()
+        }
+        let exit = runLoop()
+        onExit(exit) // before waiters wake, so they see the reason
+        condition.lock()
+        runState = .exited(exit)
+        let pending = requests
+        requests.removeAll()
+        condition.unlock()
+        pending.forEach { $0() } // queued before the exit: serve them, the fd is idle now
+        condition.withLock { condition.broadcast() }
+    }
+
+    private func runLoop() -> VMExit {
+        while true {
+            condition.lock()
+            while true {
+                if !requests.isEmpty {
+                    let pending = requests
+                    requests.removeAll()
+                    condition.unlock()
+                    if ioPending { completePendingIO() }
+                    pending.forEach { $0() }
+                    condition.lock()
+                    condition.broadcast()
+                    continue
+                }
+                if stopRequested { condition.unlock(); return .stopped }
+                if pauseRequested {
+                    if ioPending {
+                        condition.unlock()
+                        completePendingIO()
+                        condition.lock()
+                        continue
+                    }
+                    runState = .paused
+                    condition.broadcast()
+                    condition.wait()
+                    continue
+                }
+                break
+            }
+            runState = .running
+            condition.broadcast()
+            vcpu.setImmediateExit(false)
+            condition.unlock()
+
+            let exited: Bool
+            do { exited = try vcpu.runOnce() } catch { return .runFailed(error) }
+            if !exited { continue } // kicked: look at the requests
+            if let exit = handleExit() { return exit }
+        }
+    }
+
+    /// KVM completes an `in`/`out` (or MMIO) on the next KVM_RUN; with immediate_exit set it
+    /// does only that and returns EINTR, leaving registers consistent for a state save.
+    private func completePendingIO() {
+        vcpu.setImmediateExit(true)
+        _ = try? vcpu.runOnce()
+        ioPending = false
+    }
+
+    /// Handles one exit; returns a VMExit when the VM is done.
+    private func handleExit() -> VMExit? {
+        let run = vcpu.run
+        switch Int32(run.pointee.exit_reason) {
+        case KVM_EXIT_IO:
+            let io = run.pointee.io
+            let size = Int(io.size), count = Int(io.count)
+            guard let data = vcpu.runAreaBytes(offset: Int(io.data_offset), count: size * count) else {
+                return .unhandled(reason: UInt32(KVM_EXIT_IO))
+            }
+            ioPending = true
+            for i in 0..<count {
+                let chunk = UnsafeMutableRawBufferPointer(rebasing: data[(i * size)..<((i + 1) * size)])
+                if io.direction == UInt8(KVM_EXIT_IO_IN) {
+                    bus.read(port: io.port, data: chunk)
+                    continue
+                }
+                switch bus.write(port: io.port, data: UnsafeRawBufferPointer(chunk)) {
+                case .proceed: break
+                case let .exit(status): return .exitStatus(status)
+                case let .sleep(ms): sleep(milliseconds: ms)
+                }
+            }
+            return nil
+        case KVM_EXIT_MMIO:
+            // No MMIO devices yet: reads return all ones, writes are ignored.
+            ioPending = true
+            if run.pointee.mmio.is_write == 0 {
+                withUnsafeMutableBytes(of: &run.pointee.mmio.data) { $0.initializeMemory(as: UInt8.self, repeating: 0xff) }
+            }
+            return nil
+        case KVM_EXIT_HLT: return .halted
+        case KVM_EXIT_SHUTDOWN: return .shutdown
+        case KVM_EXIT_INTERNAL_ERROR: return .internalError(run.pointee.`internal`.suberror)
+        case KVM_EXIT_FAIL_ENTRY: return .failEntry(run.pointee.fail_entry.hardware_entry_failure_reason)
+        case KVM_EXIT_INTR: return nil
+        default: return .unhandled(reason: run.pointee.exit_reason)
+        }
+    }
+
+    /// PV SLEEP: wait on the host, waking early for any request so pause stays prompt.
+    private func sleep(milliseconds: UInt32) {
+        let deadline = Date(timeIntervalSinceNow: Double(milliseconds) / 1000)
+        condition.withLock {
+            while requests.isEmpty, !pauseRequested, !stopRequested, Date() < deadline {
+                _ = condition.wait(until: deadline)
+            }
+        }
+    }
+}

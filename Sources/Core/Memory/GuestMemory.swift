@@ -1,0 +1,117 @@
+import Glibc
+
+/// Errors in guest-memory management and access.
+public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
+    /// An access touched bytes outside every RAM region (the range as given).
+    case outOfBounds(address: UInt64, length: UInt64)
+    /// The requested layout is unusable (zero size, unaligned, too big).
+    case invalidSize(String)
+    case mmapFailed(bytes: UInt64, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case let .outOfBounds(a, n):
+            return "guest memory access of \(n) bytes at 0x\(String(a, radix: 16)) is outside guest RAM"
+        case let .invalidSize(why): return "invalid guest memory size: \(why)"
+        case let .mmapFailed(bytes, err):
+            return "cannot allocate \(bytes >> 20) MiB of guest memory: \(Errno.describe(err)); try a smaller --memory"
+        }
+    }
+}
+
+/// One contiguous RAM region: host mapping + guest-physical placement. Owns its mapping.
+public final class MemoryRegion: @unchecked Sendable {
+    public let range: GuestRange
+    public let slot: UInt32
+    /// Sound to use while `self` is alive: an anonymous private mapping of `range.size` bytes.
+    public let host: UnsafeMutableRawPointer
+
+    init(slot: UInt32, start: GuestPhysicalAddress, size: UInt64) throws(GuestMemoryError) {
+        guard let range = GuestRange(start: start, size: size) else { throw .invalidSize("region overflows") }
+        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let p, p != MAP_FAILED else { throw .mmapFailed(bytes: size, errno: errno) }
+        self.range = range
+        self.slot = slot
+        host = p
+    }
+
+    deinit { munmap(host, Int(range.size)) }
+
+    public var pageCount: Int { Int(range.size / GuestPhysicalAddress.pageSize) }
+}
+
+/// Guest RAM: the set of regions for one VM, and bounds-checked access to them.
+///
+/// Layout (protocol.md §1.2): RAM from 0 up to 3 GiB, the rest from 4 GiB. Every access
+/// that carries a guest- or network-supplied address goes through `bytes(at:count:)`, which
+/// checks the whole range lies inside one region.
+public final class GuestMemory: @unchecked Sendable {
+    public static let lowMemoryLimit: UInt64 = 3 << 30
+    public static let highMemoryBase: UInt64 = 4 << 30
+
+    public let regions: [MemoryRegion]
+    public let size: UInt64
+
+    /// Allocates `size` bytes of RAM (a multiple of 2 MiB, at least 4 MiB).
+    public init(size: UInt64) throws(GuestMemoryError) {
+        guard size >= 4 << 20 else { throw .invalidSize("at least 4 MiB is needed, got \(size) bytes") }
+        guard size % (2 << 20) == 0 else { throw .invalidSize("must be a multiple of 2 MiB, got \(size) bytes") }
+        guard size <= 1 << 40 else { throw .invalidSize("at most 1 TiB") }
+        var regions = [try MemoryRegion(slot: 0, start: GuestPhysicalAddress(0), size: min(size, Self.lowMemoryLimit))]
+        if size > Self.lowMemoryLimit {
+            regions.append(try MemoryRegion(slot: 1, start: GuestPhysicalAddress(Self.highMemoryBase),
+                                            size: size - Self.lowMemoryLimit))
+        }
+        self.regions = regions
+        self.size = size
+    }
+
+    /// The region holding all of `[address, address + count)`, and the offset into it.
+    public func locate(_ address: GuestPhysicalAddress, count: UInt64) -> (MemoryRegion, UInt64)? {
+        guard let wanted = GuestRange(start: address, size: count) else { return nil }
+        for region in regions where region.range.contains(wanted) {
+            return (region, address.raw - region.range.start.raw)
+        }
+        return nil
+    }
+
+    /// Host bytes for a guest range, or `outOfBounds`. Valid while `self` is alive.
+    public func bytes(at address: GuestPhysicalAddress, count: UInt64) throws(GuestMemoryError)
+        -> UnsafeMutableRawBufferPointer {
+        guard let (region, offset) = locate(address, count: count) else {
+            throw .outOfBounds(address: address.raw, length: count)
+        }
+        // Sound: `locate` proved [offset, offset + count) lies inside the region's mapping.
+        return UnsafeMutableRawBufferPointer(start: region.host + Int(offset), count: Int(count))
+    }
+
+    public func write(_ data: some Collection<UInt8>, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
+        let target = try bytes(at: address, count: UInt64(data.count))
+        target.copyBytes(from: data)
+    }
+
+    public func read(at address: GuestPhysicalAddress, count: UInt64) throws(GuestMemoryError) -> [UInt8] {
+        Array(try bytes(at: address, count: count))
+    }
+
+    public func writeInteger<T: FixedWidthInteger>(_ value: T, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
+        let target = try bytes(at: address, count: UInt64(MemoryLayout<T>.size))
+        target.storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    public func readInteger<T: FixedWidthInteger>(_: T.Type, at address: GuestPhysicalAddress) throws(GuestMemoryError) -> T {
+        let source = try bytes(at: address, count: UInt64(MemoryLayout<T>.size))
+        return T(littleEndian: source.loadUnaligned(as: T.self))
+    }
+
+    /// Copies every region of `other` (same layout) into this memory: the "memory copied"
+    /// step of save -> restore into a second VM.
+    public func copyContents(from other: GuestMemory) throws(GuestMemoryError) {
+        guard other.regions.map(\.range) == regions.map(\.range) else {
+            throw .invalidSize("layouts differ: \(other.regions.map(\.range)) vs \(regions.map(\.range))")
+        }
+        for (dst, src) in zip(regions, other.regions) {
+            dst.host.copyMemory(from: src.host, byteCount: Int(dst.range.size))
+        }
+    }
+}

@@ -1,0 +1,202 @@
+/// XOR-delta encoding of a page against the copy of it sent before.
+///
+/// A page rewritten between pre-copy rounds usually changes in a few places.
+/// XOR of the new and the previous copy is zero wherever nothing changed, and
+/// the delta encodes that XOR as runs:
+///
+/// ```
+/// delta := token*
+/// token := varint(zeroRun) varint(literalLength) byte[literalLength]
+/// ```
+///
+/// Decoding starts at page offset 0: each token skips `zeroRun` unchanged
+/// bytes, then XORs the next `literalLength` bytes of the page with its
+/// literal. Bytes after the last token are unchanged, so an unchanged page
+/// encodes as the empty delta. Varints are unsigned LEB128 (7 bits per byte,
+/// low bits first, high bit set on every byte but the last).
+///
+/// The decoder accepts only well-formed deltas: every varint minimal and
+/// complete, every literal at least 1 byte long and inside the delta, every
+/// run inside the page. A delta is validated completely before a page is
+/// touched, so a malformed one never leaves a page half-applied.
+///
+/// The encoder ends a literal at a zero run of `minimumZeroRun` bytes or more
+/// (shorter zero runs cost less as literal bytes than as a new token) and
+/// never emits the trailing zero run.
+public enum DeltaCodec {
+    /// The shortest zero run that ends a literal when encoding.
+    public static let minimumZeroRun = 4
+
+    // MARK: Encoding
+
+    /// Encodes `page` as a delta against `previous` (the same size).
+    /// Returns nil if the delta would not be smaller than the page (send the
+    /// page itself then), and the empty delta if nothing changed.
+    public static func encode(page: UnsafeRawBufferPointer, previous: UnsafeRawBufferPointer) -> [UInt8]? {
+        precondition(page.count == previous.count,
+                     "delta encoding needs pages of one size (\(page.count) vs \(previous.count))")
+        let count = page.count
+        guard count > 0, let pageBase = page.baseAddress, let previousBase = previous.baseAddress else {
+            return nil
+        }
+        // Sound: every caller below passes an offset in 0..<count, and both
+        // buffers hold `count` bytes.
+        @inline(__always) func xor(_ offset: Int) -> UInt8 {
+            pageBase.load(fromByteOffset: offset, as: UInt8.self)
+                ^ previousBase.load(fromByteOffset: offset, as: UInt8.self)
+        }
+        @inline(__always) func wordsEqual(_ offset: Int) -> Bool {
+            // Sound: callers check offset + 8 <= count; no alignment needed.
+            pageBase.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                == previousBase.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+        }
+
+        var out: [UInt8] = []
+        out.reserveCapacity(count)
+        var cursor = 0
+        while cursor < count {
+            // The zero run: unchanged bytes, skipped a word at a time.
+            var literalStart = cursor
+            while literalStart + 8 <= count && wordsEqual(literalStart) { literalStart += 8 }
+            while literalStart < count && xor(literalStart) == 0 { literalStart += 1 }
+            if literalStart == count { break }  // the trailing zero run is implicit
+
+            // The literal: up to a long enough zero run or the unchanged tail.
+            var literalEnd = literalStart
+            while literalEnd < count {
+                if xor(literalEnd) != 0 {
+                    literalEnd += 1
+                    continue
+                }
+                var zeroEnd = literalEnd
+                while zeroEnd < count && zeroEnd - literalEnd < minimumZeroRun && xor(zeroEnd) == 0 {
+                    zeroEnd += 1
+                }
+                if zeroEnd - literalEnd >= minimumZeroRun || zeroEnd == count { break }
+                literalEnd = zeroEnd
+            }
+
+            appendVarint(literalStart - cursor, to: &out)
+            appendVarint(literalEnd - literalStart, to: &out)
+            for offset in literalStart..<literalEnd { out.append(xor(offset)) }
+            if out.count >= count { return nil }
+            cursor = literalEnd
+        }
+        return out
+    }
+
+    /// Encodes `page` as a delta against `previous` (see the raw-buffer overload).
+    public static func encode(page: [UInt8], previous: [UInt8]) -> [UInt8]? {
+        page.withUnsafeBytes { pageBytes in
+            previous.withUnsafeBytes { encode(page: pageBytes, previous: $0) }
+        }
+    }
+
+    // MARK: Decoding
+
+    /// Checks that `delta` is well formed for a page of `pageSize` bytes.
+    /// - Throws: `MigrateError.deltaMalformed` naming the offending byte.
+    public static func validate(_ delta: UnsafeRawBufferPointer, pageSize: Int) throws {
+        precondition(pageSize >= 0, "page size must not be negative")
+        try forEachLiteral(in: delta, pageSize: pageSize) { _, _, _ in }
+    }
+
+    /// Applies `delta` to `page`, which holds the previous copy on entry and
+    /// the new one on return. The delta is validated first: if it is
+    /// malformed, `page` is left untouched.
+    /// - Throws: `MigrateError.deltaMalformed` naming the offending byte.
+    public static func apply(_ delta: UnsafeRawBufferPointer, to page: UnsafeMutableRawBufferPointer) throws {
+        try validate(delta, pageSize: page.count)
+        guard let deltaBase = delta.baseAddress, let pageBase = page.baseAddress else { return }
+        try forEachLiteral(in: delta, pageSize: page.count) { pageOffset, deltaOffset, length in
+            // Sound: forEachLiteral guarantees deltaOffset + length <= delta.count
+            // and pageOffset + length <= page.count.
+            for index in 0..<length {
+                let old = pageBase.load(fromByteOffset: pageOffset + index, as: UInt8.self)
+                let change = deltaBase.load(fromByteOffset: deltaOffset + index, as: UInt8.self)
+                pageBase.storeBytes(of: old ^ change, toByteOffset: pageOffset + index, as: UInt8.self)
+            }
+        }
+    }
+
+    /// Returns the page `delta` encodes against `previous`.
+    /// - Throws: `MigrateError.deltaMalformed` naming the offending byte.
+    public static func decode(_ delta: [UInt8], previous: [UInt8]) throws -> [UInt8] {
+        var page = previous
+        try delta.withUnsafeBytes { deltaBytes in
+            try page.withUnsafeMutableBytes { try apply(deltaBytes, to: $0) }
+        }
+        return page
+    }
+
+    // MARK: Internals
+
+    /// Walks the tokens of `delta`, checking each, and calls `body` with
+    /// (page offset, delta offset, length) for every literal. Every range
+    /// passed to `body` lies inside the page and inside the delta.
+    private static func forEachLiteral(
+        in delta: UnsafeRawBufferPointer, pageSize: Int,
+        _ body: (_ pageOffset: Int, _ deltaOffset: Int, _ length: Int) -> Void
+    ) throws {
+        var position = 0
+        var pageOffset = 0
+        while position < delta.count {
+            let tokenStart = position
+            let zeroRun = try readVarint(delta, at: &position, limit: pageSize - pageOffset,
+                                         what: "zero run at page offset \(pageOffset)")
+            pageOffset += zeroRun
+            let length = try readVarint(delta, at: &position, limit: pageSize - pageOffset,
+                                        what: "literal at page offset \(pageOffset)")
+            guard length > 0 else {
+                throw MigrateError.deltaMalformed(offset: tokenStart, reason: "token with an empty literal")
+            }
+            guard delta.count - position >= length else {
+                throw MigrateError.deltaMalformed(
+                    offset: position,
+                    reason: "literal of \(length) bytes but only \(delta.count - position) left in the delta")
+            }
+            body(pageOffset, position, length)
+            position += length
+            pageOffset += length
+        }
+    }
+
+    /// Reads a minimal unsigned LEB128 varint at `position`, which must not
+    /// exceed `limit` (the bytes left in the page).
+    private static func readVarint(_ delta: UnsafeRawBufferPointer, at position: inout Int,
+                                   limit: Int, what: String) throws -> Int {
+        let start = position
+        var value = 0
+        var shift = 0
+        while true {
+            guard position < delta.count else {
+                throw MigrateError.deltaMalformed(offset: start, reason: "\(what): length cut off by the end of the delta")
+            }
+            let byte = delta[position]
+            position += 1
+            if byte == 0 && shift > 0 {
+                throw MigrateError.deltaMalformed(offset: start, reason: "\(what): length not minimally encoded")
+            }
+            value |= Int(byte & 0x7f) << shift
+            guard value <= limit else {
+                throw MigrateError.deltaMalformed(
+                    offset: start, reason: "\(what): length \(value) or more runs past the end of the page (\(limit) bytes left)")
+            }
+            if byte & 0x80 == 0 { return value }
+            shift += 7
+            guard shift <= 56 else {
+                throw MigrateError.deltaMalformed(offset: start, reason: "\(what): length longer than 9 bytes")
+            }
+        }
+    }
+
+    /// Appends `value` (not negative) as an unsigned LEB128 varint.
+    private static func appendVarint(_ value: Int, to out: inout [UInt8]) {
+        var rest = UInt(value)
+        while rest >= 0x80 {
+            out.append(UInt8(truncatingIfNeeded: rest) | 0x80)
+            rest >>= 7
+        }
+        out.append(UInt8(rest))
+    }
+}
