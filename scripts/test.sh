@@ -58,5 +58,11 @@ if [ "$build" = "FAILED" ]; then
 fi
 echo "time: $((SECONDS - start)) s"
 echo "========================================================================"
+# One plain closing line: tests passed/failed as swift-testing counted them.
+if [ -f "$logs/test.log" ]; then
+    total=$(grep -oE 'Test run with [0-9]+ tests?' "$logs/test.log" | grep -oE '[0-9]+' | tail -1 || true)
+    failed=$(grep -cE '^✘ Test .*failed' "$logs/test.log" || true)
+    [ -n "$total" ] && echo "summary: $((total - failed)) passed, $failed failed"
+fi
 
 [ "$build" = "ok" ] && [ "$tests" = "ok" ] && [ "$qemu" != "FAILED" ]

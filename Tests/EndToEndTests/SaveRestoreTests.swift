@@ -41,15 +41,18 @@ struct SaveRestoreTests {
 
     /// The guest continues where it stopped: the console of the first VM followed by the
     /// console of the second is exactly the uninterrupted output — no tick lost or repeated.
-    @Test func saveRestoreIntoSecondVMContinuesTheGuest() throws {
+    /// With and without an in-kernel irqchip (whose PIC/IOAPIC/LAPIC state then travels too).
+    @Test(arguments: [false, true])
+    func saveRestoreIntoSecondVMContinuesTheGuest(irqChip: Bool) throws {
         let first = WaitableConsole()
         let config = Machine.Configuration(memorySize: 128 << 20, kernel: GuestImage.elf, commandLine: Self.cmdline,
-                                           console: first)
+                                           inKernelIRQChip: irqChip, console: first)
         let source = try Machine(configuration: config)
         source.start()
         #expect(first.wait(for: "tick 10", timeout: 30))
         source.pause()
         let state = try MachineState(encoded: try source.saveState().encoded())
+        #expect(state.vcpus[0].hasLAPIC == irqChip)
 
         let second = WaitableConsole()
         var targetConfig = config
