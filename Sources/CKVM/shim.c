@@ -46,6 +46,12 @@ int ckvm_kick_thread(unsigned long thread) {
 
 unsigned long ckvm_current_thread(void) { return (unsigned long)pthread_self(); }
 
+uint32_t ckvm_load_acquire_u32(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE); }
+uint64_t ckvm_load_acquire_u64(const void *p) { return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE); }
+void ckvm_store_release_u32(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE); }
+void ckvm_store_release_u64(void *p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE); }
+void ckvm_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
 const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
@@ -88,3 +94,5 @@ const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
 const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
 const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
 const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+const unsigned long CKVM_RESET_DIRTY_RINGS = KVM_RESET_DIRTY_RINGS;
+const unsigned long CKVM_DIRTY_LOG_PAGE_OFFSET = KVM_DIRTY_LOG_PAGE_OFFSET;

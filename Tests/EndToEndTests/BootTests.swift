@@ -24,7 +24,7 @@ struct BootTests {
         #expect(lines.contains("pvguest: memory 384 MiB"))
         #expect(lines.contains("tick 1"))
         #expect(lines.last == "pvguest: done")
-        #expect(machine.pvPort.counters.guestVersion == 1)
+        #expect(machine.pv.snapshot.guestVersion == 1)
     }
 
     @Test func guestAbove3GiBSeesAllItsMemory() throws {
@@ -58,8 +58,8 @@ struct BootTests {
         #expect(console.wait(for: "workload idle", timeout: 10))
         // An idle PV guest sleeps through the PV port instead of spinning.
         let deadline = ContinuousClock.now + .seconds(5)
-        while machine.pvPort.counters.sleeps < 2, ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.05) }
-        #expect(machine.pvPort.counters.sleeps >= 2)
+        while machine.pv.snapshot.sleeps < 2, ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        #expect(machine.pv.snapshot.sleeps >= 2)
         machine.stop()
         #expect(machine.waitForExit() == .stopped)
     }

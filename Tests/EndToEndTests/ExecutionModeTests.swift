@@ -35,6 +35,6 @@ struct ExecutionModeTests {
         #expect(machine.waitForExit() == .halted)
         #expect(console.text == "OK\n")
         #expect(try machine.executionMode() == (machine.isPVMHost ? .emulated : .hardware))
-        #expect(machine.pvPort.counters.guestVersion == nil)
+        #expect(machine.pv.snapshot.guestVersion == nil)
     }
 }

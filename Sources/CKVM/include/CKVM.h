@@ -33,6 +33,17 @@ int ckvm_kick_thread(unsigned long thread);
 /// pthread_self() as an integer.
 unsigned long ckvm_current_thread(void);
 
+// Shared guest memory (PV control page, dirty ring) is read and written by the guest
+// concurrently. These are single, untorn, ordered accesses (acquire loads, release
+// stores; x86-64 TSO makes them plain moves plus a compiler barrier). `p` must be
+// naturally aligned and inside mapped guest memory (callers bounds-check first).
+uint32_t ckvm_load_acquire_u32(const void *p);
+uint64_t ckvm_load_acquire_u64(const void *p);
+void ckvm_store_release_u32(void *p, uint32_t v);
+void ckvm_store_release_u64(void *p, uint64_t v);
+/// A full fence (mfence): orders the host's stores before its later loads.
+void ckvm_full_fence(void);
+
 // KVM ioctl request numbers. Capability needed, where one is, in brackets.
 extern const unsigned long CKVM_GET_API_VERSION;
 extern const unsigned long CKVM_CREATE_VM;
@@ -76,5 +87,7 @@ extern const unsigned long CKVM_GET_LAPIC;             // [KVM_CAP_IRQCHIP]
 extern const unsigned long CKVM_SET_LAPIC;
 extern const unsigned long CKVM_SET_CPUID2;
 extern const unsigned long CKVM_GET_TSC_KHZ;           // [KVM_CAP_GET_TSC_KHZ]
+extern const unsigned long CKVM_RESET_DIRTY_RINGS;     // [KVM_CAP_DIRTY_LOG_RING]
+extern const unsigned long CKVM_DIRTY_LOG_PAGE_OFFSET; // page offset of the vCPU dirty ring mmap
 
 #endif

@@ -54,6 +54,7 @@ public struct PVHLoader {
                 // Sound: ELFImage checked [from, from + n) lies inside `image`.
                 image.withUnsafeBytes { target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[from..<(from + n)])) }
                 target[n...].initializeMemory(as: UInt8.self, repeating: 0)
+                memory.markHostWritten(start, count: seg.memorySize)
             } catch { throw .memory(error) }
         }
 

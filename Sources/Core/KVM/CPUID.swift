@@ -31,7 +31,7 @@ public enum CPUIDTable {
         }
         entries.append(entry(signatureLeaf, eax: infoLeaf, ebx: signature.0, ecx: signature.1, edx: signature.2))
         entries.append(entry(infoLeaf, eax: interfaceVersion, ebx: features.rawValue,
-                             ecx: UInt32(PVPort.port), edx: tscKHz))
+                             ecx: UInt32(PVInterface.port), edx: tscKHz))
         return entries
     }
 

@@ -37,6 +37,30 @@ public final class VirtualMachine: @unchecked Sendable {
         return bitmap
     }
 
+    /// KVM_CLEAR_DIRTY_LOG (manual-protect mode): re-protects the pages set in `bitmap`, so
+    /// their next write is logged again. `bitmap` covers the whole slot from page 0.
+    public func clearDirtyLog(slot: UInt32, pageCount: Int, bitmap: [UInt64]) throws(KVMError) {
+        var bits = bitmap
+        let r = bits.withUnsafeMutableBytes { bytes in
+            var clear = kvm_clear_dirty_log()
+            clear.slot = slot
+            clear.num_pages = UInt32(pageCount)
+            clear.first_page = 0
+            clear.dirty_bitmap = bytes.baseAddress
+            // Sound: `bytes` holds ceil(pageCount/64) words, all KVM reads.
+            return withUnsafeMutableBytes(of: &clear) { ckvm_ioctl(fd.raw, CKVM_CLEAR_DIRTY_LOG, $0.baseAddress, 1) }
+        }
+        if r < 0 { throw .ioctlFailed(operation: "KVM_CLEAR_DIRTY_LOG", errno: Int32(-r)) }
+    }
+
+    /// KVM_ENABLE_CAP on the VM.
+    public func enableCapability(_ cap: Int32, _ arg0: UInt64 = 0) throws(KVMError) {
+        var enable = kvm_enable_cap()
+        enable.cap = UInt32(cap)
+        enable.args.0 = arg0
+        try fd.ioctl("KVM_ENABLE_CAP", CKVM_ENABLE_CAP, &enable)
+    }
+
     /// KVM_SET_TSS_ADDR, needed by VMX for real-mode emulation; a no-op elsewhere.
     func setTSSAddress(_ address: UInt64) throws(KVMError) {
         try fd.ioctl("KVM_SET_TSS_ADDR", CKVM_SET_TSS_ADDR, value: UInt(address))

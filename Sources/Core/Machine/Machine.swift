@@ -52,7 +52,8 @@ public final class Machine: @unchecked Sendable {
     public let memory: GuestMemory
     public let bus = IOBus()
     public let serial: SerialPort
-    public let pvPort: PVPort
+    /// The PV interface (protocol.md §2): hypercalls, control page, dirty ring, balloon.
+    public let pv: PVInterface
     public let vcpus: [VCPUThread]
     /// The host's KVM is PVM (a software KVM; platform-facts.md).
     public let isPVMHost: Bool
@@ -60,6 +61,7 @@ public final class Machine: @unchecked Sendable {
     private let hasXSAVE: Bool
     private let hasXCRs: Bool
     private let exitState = Locked<VMExit?>(nil)
+    let manualProtectEnabled = Locked(false)
 
     /// Builds a VM and loads `configuration.kernel` by the PVH protocol; call `start()` to run.
     public convenience init(configuration: Configuration) throws(MachineError) {
@@ -96,10 +98,10 @@ public final class Machine: @unchecked Sendable {
             hasXCRs = hypervisor.capability(KVM_CAP_XCRS) > 0
 
             serial = SerialPort(sink: c.console)
-            pvPort = PVPort(log: c.log)
+            pv = PVInterface(memory: memory, console: c.console, log: c.log)
             bus.register(serial, base: SerialPort.base, count: SerialPort.count)
             bus.register(ExitPort(), base: ExitPort.port, count: 4)
-            bus.register(pvPort, base: PVPort.port, count: 4)
+            bus.register(pv, base: PVInterface.port, count: 4)
 
             if boot {
                 let info: PVHLoader.BootInfo
@@ -176,7 +178,7 @@ public final class Machine: @unchecked Sendable {
             }
             let chips = irq ? try (0..<3).map { (i: UInt32) throws(KVMError) in RawStruct.bytes(try vm.irqChip(i)) } : nil
             return MachineState(memorySize: memory.size, vcpus: states, clock: RawStruct.bytes(try vm.clock()),
-                                irqChips: chips)
+                                irqChips: chips, pv: pv.savedState())
         } catch { throw .kvm(error) }
     }
 
@@ -203,7 +205,16 @@ public final class Machine: @unchecked Sendable {
                 refused += try t.perform { vcpu throws(KVMError) in try s.apply(to: vcpu) }
             }
             try vm.setClock(RawStruct.value(state.clock, as: kvm_clock_data.self, zero: kvm_clock_data()))
+            if let pvState = state.pv {
+                do { try pv.restore(pvState) } catch { throw MachineError.restoreMismatch(error.description) }
+            }
             return refused
-        } catch { throw .kvm(error) }
+        } catch let e as MachineError {
+            throw e
+        } catch let e as KVMError {
+            throw .kvm(e)
+        } catch {
+            throw .restoreMismatch("\(error)")
+        }
     }
 }

@@ -51,6 +51,8 @@ public final class GuestMemory: @unchecked Sendable {
 
     public let regions: [MemoryRegion]
     public let size: UInt64
+    /// Pages the VMM itself wrote (KVM does not log them): see `markHostWritten`.
+    private let hostWritten: Locked<PageBitmap>
 
     /// Allocates `size` bytes of RAM (a multiple of 2 MiB, at least 4 MiB).
     public init(size: UInt64) throws(GuestMemoryError) {
@@ -64,6 +66,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         self.regions = regions
         self.size = size
+        hostWritten = Locked(PageBitmap(pageCount: Int(size / GuestPhysicalAddress.pageSize)))
     }
 
     /// The region holding all of `[address, address + count)`, and the offset into it.
@@ -88,6 +91,25 @@ public final class GuestMemory: @unchecked Sendable {
     public func write(_ data: some Collection<UInt8>, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
         let target = try bytes(at: address, count: UInt64(data.count))
         target.copyBytes(from: data)
+        markHostWritten(address, count: UInt64(data.count))
+    }
+
+    /// Records that the VMM wrote `[address, address + count)`. Every host write to guest
+    /// memory must be recorded — `write`/`writeInteger` do it; code writing through
+    /// `bytes(at:count:)` calls this itself — because KVM's dirty log does not see them.
+    public func markHostWritten(_ address: GuestPhysicalAddress, count: UInt64) {
+        guard count > 0, let first = pageIndex(of: address.frame),
+              let last = address.adding(count - 1).flatMap({ pageIndex(of: $0.frame) }) else { return }
+        hostWritten.withLock { $0.insert(range: first, count: last - first + 1) }
+    }
+
+    /// The pages the VMM wrote since the last call; clears the record.
+    public func takeHostWrittenPages() -> PageBitmap {
+        hostWritten.withLock { bitmap in
+            let taken = bitmap
+            bitmap.removeAll()
+            return taken
+        }
     }
 
     public func read(at address: GuestPhysicalAddress, count: UInt64) throws(GuestMemoryError) -> [UInt8] {
@@ -97,6 +119,7 @@ public final class GuestMemory: @unchecked Sendable {
     public func writeInteger<T: FixedWidthInteger>(_ value: T, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
         let target = try bytes(at: address, count: UInt64(MemoryLayout<T>.size))
         target.storeBytes(of: value.littleEndian, as: T.self)
+        markHostWritten(address, count: UInt64(MemoryLayout<T>.size))
     }
 
     public func readInteger<T: FixedWidthInteger>(_: T.Type, at address: GuestPhysicalAddress) throws(GuestMemoryError) -> T {
@@ -112,6 +135,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         for (dst, src) in zip(regions, other.regions) {
             dst.host.copyMemory(from: src.host, byteCount: Int(dst.range.size))
+            markHostWritten(dst.range.start, count: dst.range.size)
         }
     }
 }

@@ -1,0 +1,112 @@
+import CKVM
+
+/// Which dirty-page sources a migration trusts (design.md "Dirty tracking").
+public enum DirtySourceMode: String, CaseIterable, Sendable, Codable {
+    /// KVM's dirty log only (write-protect based: always correct, costs a fault per page).
+    case kvm
+    /// The guest's PV ring only: fastest, for cooperative guests.
+    case pv
+    /// The union of both: the safe default for a PV guest.
+    case hybrid
+}
+
+/// One harvest: what must be sent, and where it came from.
+public struct DirtyRound: Sendable {
+    /// The pages to treat as dirty in this round (per the mode), including VMM writes.
+    public var pages: PageBitmap
+    /// KVM's dirty log, when the mode uses it.
+    public var kvm: PageBitmap?
+    /// The guest's PV report (logged pages ∪ always-dirty ranges), when the mode uses it.
+    public var pv: PageBitmap?
+    /// Pages the VMM itself wrote.
+    public var host: PageBitmap
+    /// The PV ring was corrupt: `pages` is every page.
+    public var pvUntrustworthy: Bool
+}
+
+public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
+    case guestNotPVAware
+    case kvm(KVMError)
+
+    public var description: String {
+        switch self {
+        case .guestNotPVAware:
+            return "dirty source 'pv' needs a guest that registered the PV interface; use 'kvm' or 'hybrid' for this guest"
+        case let .kvm(e): return "dirty logging: \(e)"
+        }
+    }
+}
+
+/// Dirty-page tracking for one machine: KVM's bitmap (with manual protect where the host
+/// has it), the guest's PV ring, and the pages the VMM wrote, combined by `mode`.
+///
+/// `start()` begins a fresh epoch; each `harvest` returns the pages written since the
+/// previous one (or since start). Pages the VMM writes are always included.
+public final class DirtyTracker: @unchecked Sendable {
+    public let mode: DirtySourceMode
+    private let machine: Machine
+    private let manualProtect: Bool
+    private var running = false
+
+    public init(machine: Machine, mode: DirtySourceMode) throws(DirtyTrackingError) {
+        if mode == .pv, !machine.pv.isRegistered { throw .guestNotPVAware }
+        self.machine = machine
+        self.mode = mode
+        manualProtect = machine.hypervisor.capability(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) & 1 != 0
+    }
+
+    private var usesKVM: Bool { mode != .pv }
+    private var usesPV: Bool { mode != .kvm && machine.pv.isRegistered }
+
+    public func start() throws(DirtyTrackingError) {
+        guard !running else { return }
+        do {
+            if usesKVM {
+                if manualProtect { try machine.enableManualDirtyProtect() }
+                try machine.setDirtyLogging(true)
+            }
+        } catch { throw .kvm(error) }
+        if usesPV { machine.pv.setLogging(true) }
+        _ = machine.memory.takeHostWrittenPages()
+        running = true
+    }
+
+    public func stop() {
+        guard running else { return }
+        if usesKVM { try? machine.setDirtyLogging(false) }
+        if mode != .kvm { machine.pv.setLogging(false) }
+        running = false
+    }
+
+    /// The pages written since the last harvest. `vcpusPaused` lets the PV source include
+    /// the guest's in-flight page (§2.4); the final round of a migration harvests paused.
+    public func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtyRound {
+        let memory = machine.memory
+        var kvm: PageBitmap?
+        if usesKVM {
+            var bitmap = PageBitmap(pageCount: memory.pageCount)
+            do {
+                for (region, offset) in zip(memory.regions, memory.regionPageOffsets) {
+                    let words = try machine.vm.dirtyLog(slot: region.slot, pageCount: region.pageCount)
+                    if manualProtect, words.contains(where: { $0 != 0 }) {
+                        try machine.vm.clearDirtyLog(slot: region.slot, pageCount: region.pageCount, bitmap: words)
+                    }
+                    bitmap.merge(words: words, atPage: offset)
+                }
+            } catch { throw .kvm(error) }
+            kvm = bitmap
+        }
+        var pv: PageBitmap?
+        var untrustworthy = false
+        if usesPV, let h = machine.pv.harvest(vcpusPaused: vcpusPaused) {
+            pv = h.logged.union(h.alwaysDirty)
+            untrustworthy = h.untrustworthy
+        }
+        let host = memory.takeHostWrittenPages()
+        var pages = host
+        if let kvm { pages.formUnion(kvm) }
+        if let pv { pages.formUnion(pv) }
+        if untrustworthy, mode == .pv { pages = .full(pageCount: memory.pageCount) }
+        return DirtyRound(pages: pages, kvm: kvm, pv: pv, host: host, pvUntrustworthy: untrustworthy)
+    }
+}

@@ -1,0 +1,99 @@
+/// One bit per page of guest RAM, indexed by *RAM page index*: pages of region 0 first,
+/// then region 1, … (`GuestMemory.pageIndex(of:)` maps a frame to it). Out-of-range
+/// indices are ignored on insert and read as absent, so a bad frame can never trap.
+public struct PageBitmap: Equatable, Sendable {
+    public private(set) var words: [UInt64]
+    public let pageCount: Int
+
+    public init(pageCount: Int) {
+        self.pageCount = pageCount
+        words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
+    }
+
+    public static func full(pageCount: Int) -> PageBitmap {
+        var b = PageBitmap(pageCount: pageCount)
+        b.insertAll()
+        return b
+    }
+
+    public func contains(_ index: Int) -> Bool {
+        guard index >= 0, index < pageCount else { return false }
+        return words[index >> 6] & (1 << UInt64(index & 63)) != 0
+    }
+
+    public mutating func insert(_ index: Int) {
+        guard index >= 0, index < pageCount else { return }
+        words[index >> 6] |= 1 << UInt64(index & 63)
+    }
+
+    public mutating func remove(_ index: Int) {
+        guard index >= 0, index < pageCount else { return }
+        words[index >> 6] &= ~(1 << UInt64(index & 63))
+    }
+
+    /// Sets `count` pages from `start` (clipped to the bitmap).
+    public mutating func insert(range start: Int, count: Int) {
+        for i in max(0, start)..<min(pageCount, start + max(0, count)) { insert(i) }
+    }
+
+    public mutating func remove(range start: Int, count: Int) {
+        for i in max(0, start)..<min(pageCount, start + max(0, count)) { remove(i) }
+    }
+
+    public mutating func insertAll() {
+        for i in words.indices { words[i] = ~0 }
+        trimTail()
+    }
+
+    public mutating func removeAll() {
+        for i in words.indices { words[i] = 0 }
+    }
+
+    /// ORs `bits` (LSB first, page 0 = bit 0 of word 0) into the bitmap starting at page `offset`.
+    /// `offset` must be a multiple of 64 (memory regions are 2 MiB-aligned, so they are).
+    public mutating func merge(words bits: [UInt64], atPage offset: Int) {
+        precondition(offset % 64 == 0, "merge offset must be word-aligned")
+        let base = offset / 64
+        for (i, w) in bits.enumerated() where base + i < words.count { words[base + i] |= w }
+        trimTail()
+    }
+
+    public mutating func formUnion(_ other: PageBitmap) {
+        for i in 0..<min(words.count, other.words.count) { words[i] |= other.words[i] }
+    }
+
+    public mutating func subtract(_ other: PageBitmap) {
+        for i in 0..<min(words.count, other.words.count) { words[i] &= ~other.words[i] }
+    }
+
+    public func union(_ other: PageBitmap) -> PageBitmap { var r = self; r.formUnion(other); return r }
+    public func subtracting(_ other: PageBitmap) -> PageBitmap { var r = self; r.subtract(other); return r }
+
+    /// True when every page set here is set in `other`.
+    public func isSubset(of other: PageBitmap) -> Bool {
+        for i in words.indices where words[i] & ~(i < other.words.count ? other.words[i] : 0) != 0 { return false }
+        return true
+    }
+
+    public var count: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
+    public var isEmpty: Bool { words.allSatisfy { $0 == 0 } }
+
+    /// Indices of set pages, ascending.
+    public var indices: [Int] {
+        var out: [Int] = []
+        out.reserveCapacity(count)
+        for (wi, w) in words.enumerated() where w != 0 {
+            var word = w
+            while word != 0 {
+                out.append(wi * 64 + word.trailingZeroBitCount)
+                word &= word - 1
+            }
+        }
+        return out
+    }
+
+    private mutating func trimTail() {
+        let extra = words.count * 64 - pageCount
+        if extra > 0, !words.isEmpty { words[words.count - 1] &= ~UInt64(0) >> UInt64(extra) }
+    }
+}

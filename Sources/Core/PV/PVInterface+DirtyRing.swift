@@ -1,0 +1,97 @@
+import CKVM
+
+/// The guest's dirty ring, host side (protocol.md §2.3–2.4).
+extension PVInterface {
+    /// What one PV harvest found.
+    public struct Harvest: Sendable {
+        /// Pages the guest logged (plus the in-flight page when harvested paused).
+        public var logged: PageBitmap
+        /// The guest's always-dirty ranges, as pages.
+        public var alwaysDirty: PageBitmap
+        /// The ring was corrupt at some drain since the last harvest: treat every page as dirty.
+        public var untrustworthy: Bool
+    }
+
+    /// Switches the guest's dirty logging on or off (the LOGGING host flag). False when the
+    /// guest has not registered a control page.
+    @discardableResult
+    public func setLogging(_ on: Bool) -> Bool {
+        lock.withLock {
+            guard let control else { return false }
+            var flags = ControlPage.HostFlags(rawValue: control.u32(.hostFlags))
+            if on { flags.insert(.logging) } else { flags.remove(.logging) }
+            hostStore(control, .hostFlags, flags.rawValue)
+            if on { // start a fresh epoch: nothing logged before this point counts
+                drainLocked()
+                pending.removeAll()
+                ringCorrupt = false
+                hostStore(control, .generation, control.u32(.generation) &+ 1)
+            }
+            return true
+        }
+    }
+
+    /// Drains the ring, takes the pending set and starts a new generation (§2.4). With
+    /// `vcpusPaused` the in-flight page is added: only then is it stable.
+    public func harvest(vcpusPaused: Bool) -> Harvest? {
+        lock.withLock {
+            guard let control else { return nil }
+            drainLocked()
+            var logged = pending
+            pending.removeAll()
+            if vcpusPaused, control.u32(.inflightValid) == 1,
+               let index = memory.pageIndex(of: PageFrame(control.u64(.inflightPFN))) {
+                logged.insert(index)
+            }
+            let corrupt = ringCorrupt
+            ringCorrupt = false
+            // Order: the drain's tail store, then the generation bump, then (the caller's)
+            // page copies; a full fence keeps the guest from seeing them reordered.
+            ckvm_full_fence()
+            hostStore(control, .generation, control.u32(.generation) &+ 1)
+            return Harvest(logged: logged, alwaysDirty: alwaysDirtyPages(), untrustworthy: corrupt)
+        }
+    }
+
+    private func alwaysDirtyPages() -> PageBitmap {
+        var b = PageBitmap(pageCount: memory.pageCount)
+        for r in alwaysDirty {
+            if let first = memory.pageIndex(of: r.start.frame) {
+                b.insert(range: first, count: Int(r.size / GuestPhysicalAddress.pageSize))
+            }
+        }
+        if let ring, let first = memory.pageIndex(of: ring.gpa.frame) {
+            b.insert(range: first, count: Int((UInt64(ring.entries) * 8 + 4095) / 4096))
+        }
+        if let control, let i = memory.pageIndex(of: control.gpa.frame) { b.insert(i) }
+        return b
+    }
+
+    /// Moves valid ring entries into `pending` and frees their slots. Lock held.
+    func drainLocked() {
+        guard let control, let ring else { return }
+        let head = control.u32(.ringHead)
+        let tail = control.u32(.ringTail)
+        let used = head &- tail
+        guard used <= ring.entries else {
+            reject(.badRingIndex)
+            ringCorrupt = true
+            hostStore(control, .ringTail, head) // resynchronise (§2.4)
+            return
+        }
+        var index = tail
+        while index != head {
+            let slot = Int(index & (ring.entries - 1))
+            // Sound: slot < entries and the ring's `entries * 8` bytes were bounds-checked at REGISTER.
+            let entry = ckvm_load_acquire_u64(ring.host + slot * 8)
+            if entry >> 52 == 0, let page = memory.pageIndex(of: PageFrame(entry)) {
+                pending.insert(page)
+                recordDrained()
+            } else {
+                reject(.badRingEntry)
+            }
+            index &+= 1
+        }
+        if used > 0 { hostStore(control, .ringTail, head) }
+    }
+}
