@@ -1,7 +1,28 @@
 // The built-in guest's command line (protocol.md §1.7).
 
 enum Workload {
-    case idle, ticks, dirty
+    case idle, ticks, dirty, chaos, balloon
+
+    /// The control page's `workload` value (protocol.md §2.2).
+    var code: UInt32 {
+        switch self {
+        case .idle: 0
+        case .ticks: 1
+        case .dirty: 2
+        case .chaos: 3
+        case .balloon: 4
+        }
+    }
+}
+
+/// `dirty`: which page each write goes to.
+enum Pattern {
+    case sequential, random, hotspot
+}
+
+/// `dirty`: what a write puts into its window of the page.
+enum Content {
+    case stamp, random, mixed
 }
 
 /// Options parsed from space-separated `key=value` words.
@@ -12,6 +33,14 @@ struct BootOptions {
     var mib: UInt64 = 16        // dirty: working-set size in MiB
     var rate: UInt64 = 0        // dirty: pages per second, 0 = unlimited
     var passes: UInt64 = 1      // dirty: passes, 0 = forever
+    var pattern = Pattern.sequential
+    var hot: UInt64 = 10        // hotspot: percent of the pages that are hot
+    var hotPercent: UInt64 = 90 // hotspot: percent of the writes that go to them
+    var content = Content.stamp
+    var change: UInt64 = 4096   // dirty: bytes of the page one write changes
+    var seed: UInt64 = 1
+    var progress: UInt64 = 1000 // dirty: milliseconds between progress lines, 0 = never
+    var selfcheck = true        // dirty: verify all written pages after the last pass
 
     /// Numeric values above this are rejected as malformed (keeps all
     /// derived arithmetic, such as `mib << 20` or `interval * kHz`, in range).
@@ -51,6 +80,18 @@ struct BootOptions {
             if value == "idle" { workload = .idle }
             else if value == "ticks" { workload = .ticks }
             else if value == "dirty" { workload = .dirty }
+            else if value == "chaos" { workload = .chaos }
+            else if value == "balloon" { workload = .balloon }
+            else { warnValue(key, value) }
+        } else if key == "pattern" {
+            if value == "seq" { pattern = .sequential }
+            else if value == "random" { pattern = .random }
+            else if value == "hotspot" { pattern = .hotspot }
+            else { warnValue(key, value) }
+        } else if key == "content" {
+            if value == "stamp" { content = .stamp }
+            else if value == "random" { content = .random }
+            else if value == "mixed" { content = .mixed }
             else { warnValue(key, value) }
         } else if key == "count" {
             setNumber(&count, key, value, minimum: 0)
@@ -62,13 +103,28 @@ struct BootOptions {
             setNumber(&rate, key, value, minimum: 0)
         } else if key == "passes" {
             setNumber(&passes, key, value, minimum: 0)
+        } else if key == "hot" {
+            setNumber(&hot, key, value, minimum: 1, maximum: 100)
+        } else if key == "hotpct" {
+            setNumber(&hotPercent, key, value, minimum: 0, maximum: 100)
+        } else if key == "change" {
+            setNumber(&change, key, value, minimum: 8, maximum: 4096)
+        } else if key == "seed" {
+            setNumber(&seed, key, value, minimum: 0, maximum: UInt64.max)
+        } else if key == "progress" {
+            setNumber(&progress, key, value, minimum: 0)
+        } else if key == "selfcheck" {
+            var flag: UInt64 = selfcheck ? 1 : 0
+            setNumber(&flag, key, value, minimum: 0, maximum: 1)
+            selfcheck = flag == 1
         } else {
             warn("warning: unknown key ", key)
         }
     }
 
-    private func setNumber(_ target: inout UInt64, _ key: Word, _ value: Word, minimum: UInt64) {
-        if let number = value.decimalValue, number >= minimum, number <= Self.maximumValue {
+    private func setNumber(_ target: inout UInt64, _ key: Word, _ value: Word, minimum: UInt64,
+                           maximum: UInt64 = BootOptions.maximumValue) {
+        if let number = value.decimalValue, number >= minimum, number <= maximum {
             target = number
         } else {
             warnValue(key, value)

@@ -1,5 +1,7 @@
-// The few instructions Swift cannot express, implemented in entry.S.
-// Each helper is a leaf function with the SysV calling convention.
+// The few instructions Swift cannot express: out-of-line helpers in entry.S
+// (each a leaf function with the SysV calling convention; port I/O, cpuid and
+// wrmsr are exits anyway) and inline ones from bridge.h (rdtsc, pause, mfence,
+// volatile accesses to memory the host shares).
 
 @_extern(c, "pvguest_outb")
 func pvguest_outb(_ port: UInt16, _ value: UInt8)
@@ -10,14 +12,8 @@ func pvguest_outl(_ port: UInt16, _ value: UInt32)
 @_extern(c, "pvguest_cpuid")
 func pvguest_cpuid(_ leaf: UInt32, _ registers: UnsafeMutablePointer<UInt32>)
 
-@_extern(c, "pvguest_rdtsc")
-func pvguest_rdtsc() -> UInt64
-
 @_extern(c, "pvguest_wrmsr")
 func pvguest_wrmsr(_ msr: UInt32, _ value: UInt64)
-
-@_extern(c, "pvguest_pause")
-func pvguest_pause()
 
 @_extern(c, "pvguest_exit")
 func pvguest_exit(_ status: UInt32)  // never returns
@@ -53,9 +49,13 @@ enum CPU {
 
     static func outb(_ port: UInt16, _ value: UInt8) { pvguest_outb(port, value) }
     static func outl(_ port: UInt16, _ value: UInt32) { pvguest_outl(port, value) }
-    static func readTSC() -> UInt64 { pvguest_rdtsc() }
     static func writeMSR(_ msr: UInt32, _ value: UInt64) { pvguest_wrmsr(msr, value) }
-    static func pause() { pvguest_pause() }
+    @inline(__always) static func readTSC() -> UInt64 { pvg_rdtsc() }
+    @inline(__always) static func pause() { pvg_pause() }
+    /// A full memory barrier (`mfence`).
+    @inline(__always) static func memoryFence() { pvg_mfence() }
+    /// Keeps the compiler from moving memory accesses across this point.
+    @inline(__always) static func compilerBarrier() { pvg_compiler_barrier() }
 
     /// GPA of the first byte after the loaded image (page-aligned `_end`).
     static var imageEnd: UInt64 { pvguest_image_end() }

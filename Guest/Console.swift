@@ -1,9 +1,24 @@
-// Serial console on COM1 (protocol.md §1.4).
+// The console: serial COM1 (protocol.md §1.4) until the PV control page is
+// registered, then the PV CONSOLE hypercall (§2.6).
 //
-// Output goes straight to THR without polling LSR: each port access is a VM
-// exit (~27 µs native, ~10 µs emulated), and the contract guarantees the
-// transmitter is always empty. A line is built in a fixed buffer (the guest
-// never allocates) and then written byte by byte.
+// Serial output goes straight to THR without polling LSR: each port access is
+// a VM exit (~27 µs native, ~10 µs emulated), and the contract guarantees the
+// transmitter is always empty. Once registered, a whole line is copied into
+// the control page's console buffer and printed with one exit. A line is
+// built in a fixed buffer (the guest never allocates).
+
+/// Where the PV console is, once REGISTER succeeded (0 = use the serial port).
+/// Plain globals: one vCPU, no interrupts.
+var pvConsolePage: UInt = 0
+var pvConsolePort: UInt16 = 0
+
+enum ConsoleRoute {
+    /// Sends every later line through CONSOLE on `port`, via `control`'s buffer.
+    static func usePV(control: ControlPage, port: UInt16) {
+        pvConsolePort = port
+        pvConsolePage = UInt(bitPattern: control.base)
+    }
+}
 
 /// One console line under construction. Only one exists at a time: they all
 /// share the static buffer in entry.S.
@@ -58,8 +73,21 @@ struct ConsoleLine {
         }
     }
 
-    /// Writes the line and a newline to the serial port.
+    /// Writes the line and a newline to the console.
     func emit() {
+        if pvConsolePage != 0,
+           let console = UnsafeMutablePointer<UInt8>(bitPattern: pvConsolePage + UInt(ControlPage.consoleOffset)) {
+            // Sound: the control page is registered RAM; length + 1 <= capacity + 1 < 1024.
+            var index = 0
+            while index < length {
+                console[index] = buffer[index]
+                index += 1
+            }
+            console[length] = 0x0a
+            CPU.compilerBarrier()
+            CPU.outl(pvConsolePort, PVInterface.opConsole | (UInt32(length + 1) << 12))
+            return
+        }
         var index = 0
         while index < length {
             CPU.outb(Self.port, buffer[index])

@@ -1,6 +1,30 @@
 // pvguest: pvmigrate's built-in guest kernel (protocol.md §1).
 // entry.S switches to long mode and calls kmain with the hvm_start_info GPA.
 
+/// What every workload needs: boot data, options, the PV interface and the
+/// guest's bookkeeping.
+struct Kernel {
+    let startInfo: StartInfo
+    let options: BootOptions
+    let pv: PVInterface
+    let clock: Clock
+    let layout: Layout
+    let control: ControlPage
+    /// REGISTER was accepted: the ring, the balloon and the PV console work.
+    var registered = false
+
+    func makeDirtyLog() -> DirtyLog { DirtyLog(layout: layout, control: control, pv: pv) }
+    var workingSet: WorkingSet { WorkingSet(layout: layout) }
+
+    /// REGISTER (§2.1); true if the host accepted the control page.
+    mutating func register() -> Bool {
+        pv.register(controlPagePFN: layout.controlPagePFN)
+        registered = control.hostStatus == 1
+        if registered { ConsoleRoute.usePV(control: control, port: pv.port) }
+        return registered
+    }
+}
+
 @_cdecl("pvguest_kmain")
 func kmain(startInfo gpa: UInt64) {
     Console.log("pvmigrate built-in guest, version 1")
@@ -29,18 +53,42 @@ func kmain(startInfo gpa: UInt64) {
     }
 
     let options = BootOptions(commandLine: startInfo.commandLine)
-    let clock = Clock(pv: pv)
+    let layout = Layout(startInfo: startInfo, workingSetMiB: options.workload == .dirty ? options.mib : 0)
+    layout.clearBookkeeping()
+    let control = layout.makeControlPage()
+    control.setWorkload(options.workload.code)
+    var kernel = Kernel(startInfo: startInfo, options: options, pv: pv, clock: Clock(pv: pv),
+                        layout: layout, control: control)
+
+    // chaos registers by itself, in the middle of its invalid hypercalls.
+    if pv.present && options.workload != .chaos {
+        if kernel.register() {
+            var line = ConsoleLine("pvguest: pv registered, ring ")
+            line.append(decimal: UInt64(Layout.ringEntries))
+            line.append(" entries")
+            line.emit()
+            Balloon.inflateAtBoot(kernel)
+        } else {
+            Console.log("pv registration refused")
+        }
+    }
+
     switch options.workload {
     case .idle:
         Console.log("workload idle")
-        Workloads.idle(pv: pv)
+        Workloads.idle(kernel)
     case .ticks:
         Console.log("workload ticks")
-        Workloads.ticks(count: options.count, interval: options.interval, clock: clock)
+        Workloads.ticks(kernel)
     case .dirty:
         Console.log("workload dirty")
-        Workloads.dirty(mib: options.mib, rate: options.rate, passes: options.passes,
-                        clock: clock, startInfo: startInfo)
+        DirtyWorkload.run(kernel)
+    case .chaos:
+        Console.log("workload chaos")
+        Chaos.run(&kernel)
+    case .balloon:
+        Console.log("workload balloon")
+        Balloon.workload(kernel)
     }
     Console.log("done")
     Exit.now(Exit.success)

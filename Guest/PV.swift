@@ -14,6 +14,11 @@ struct PVInterface {
 
     static let opHello: UInt32 = 0x001
     static let opSleep: UInt32 = 0x002
+    static let opRegister: UInt32 = 0x003
+    static let opRingFull: UInt32 = 0x004
+    static let opBalloonInflate: UInt32 = 0x005
+    static let opBalloonDeflate: UInt32 = 0x006
+    static let opConsole: UInt32 = 0x007
     static let maximumArgument: UInt32 = 0xf_ffff
 
     let present: Bool
@@ -38,9 +43,10 @@ struct PVInterface {
 
     var nativeAvailable: Bool { present && features & Self.featurePVMNative != 0 }
 
-    /// One PV port operation: a 32-bit `out`, op in bits 0–11, argument above.
-    private func perform(_ op: UInt32, _ argument: UInt32) {
-        CPU.outl(port, op | (argument << 12))
+    /// One PV port operation (§2.1): a 32-bit `out`, op in bits 0–11, argument
+    /// in bits 12–31. Public so that chaos can send invalid ones.
+    func perform(_ op: UInt32, _ argument: UInt32) {
+        CPU.outl(port, (op & 0xfff) | (argument << 12))
     }
 
     /// HELLO: tells the host which ABI version the guest speaks.
@@ -51,6 +57,21 @@ struct PVInterface {
         let clamped = milliseconds == 0 ? 1 : min(milliseconds, Self.maximumArgument)
         perform(Self.opSleep, clamped)
     }
+
+    /// REGISTER: offers the control page at `pfn`; the host sets host_status.
+    func register(controlPagePFN pfn: UInt64) {
+        perform(Self.opRegister, UInt32(truncatingIfNeeded: pfn) & Self.maximumArgument)
+    }
+
+    /// RING_FULL: the host drains the dirty ring before returning.
+    func ringFull() { perform(Self.opRingFull, 0) }
+
+    /// BALLOON_INFLATE / BALLOON_DEFLATE of the first `count` descriptors.
+    func balloonInflate(count: UInt32) { perform(Self.opBalloonInflate, count) }
+    func balloonDeflate(count: UInt32) { perform(Self.opBalloonDeflate, count) }
+
+    /// CONSOLE: prints the first `count` bytes of the control page's console buffer.
+    func console(count: UInt32) { perform(Self.opConsole, count) }
 }
 
 /// The PVM "VIF" page (protocol.md §1.6): a zeroed, page-aligned page in the

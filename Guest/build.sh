@@ -27,12 +27,25 @@ mkdir -p "$WORK/module-cache"
     -wmo -parse-as-library -Osize \
     -Xcc -mno-sse -Xcc -mno-sse2 -Xcc -mno-red-zone \
     -Xfrontend -function-sections -Xfrontend -disable-stack-protector \
+    -import-objc-header "$GUEST/bridge.h" \
     -module-name pvguest -module-cache-path "$WORK/module-cache" \
     -c "$GUEST"/*.swift -o "$WORK/guest.o"
 
 "$LLD" -T "$GUEST/linker.ld" --gc-sections -nostdlib -static \
     -z max-page-size=4096 -z noexecstack \
     -o "$WORK/pvguest.elf" "$WORK/entry.o" "$WORK/guest.o"
+
+# SSE aborts the guest on PVM hosts (shared/platform-facts.md): refuse an image
+# whose code touches an xmm/ymm/zmm register. llvm-objdump ships next to ld.lld.
+OBJDUMP=$(dirname "$LLD")/llvm-objdump
+if [ -x "$OBJDUMP" ]; then
+    "$OBJDUMP" -d --no-show-raw-insn "$WORK/pvguest.elf" > "$WORK/pvguest.dis"
+    if grep -E '%[xyz]mm[0-9]' "$WORK/pvguest.dis" > "$WORK/sse.txt"; then
+        echo "build.sh: error: pvguest uses SSE registers (see $WORK/pvguest.dis):" >&2
+        head -5 "$WORK/sse.txt" >&2
+        exit 1
+    fi
+fi
 
 # Write to a temporary file first so a failed step never leaves a half file.
 {

@@ -9,7 +9,7 @@
  * kmain(startInfo: UInt64).
  *
  * Also here: the tiny instruction helpers the Swift code calls through
- * @_extern(c) (port I/O, cpuid, rdtsc, wrmsr, halt), and the static buffers
+ * @_extern(c) (port I/O, cpuid, wrmsr, halt), and the static buffers
  * the Swift code must not allocate (line buffer, stack, VIF page).
  */
 
@@ -172,13 +172,6 @@ pvguest_cpuid:                                  /* (leaf: u32, out: *u32[4]) */
         popq    %rbx
         ret
 
-        .globl pvguest_rdtsc
-pvguest_rdtsc:                                  /* () -> u64 */
-        rdtsc
-        shlq    $32, %rdx
-        orq     %rdx, %rax
-        ret
-
         .globl pvguest_wrmsr
 pvguest_wrmsr:                                  /* (msr: u32, value: u64) */
         movl    %edi, %ecx
@@ -186,11 +179,6 @@ pvguest_wrmsr:                                  /* (msr: u32, value: u64) */
         movq    %rsi, %rdx
         shrq    $32, %rdx
         wrmsr
-        ret
-
-        .globl pvguest_pause
-pvguest_pause:
-        pause
         ret
 
         .globl pvguest_exit
@@ -201,6 +189,42 @@ pvguest_exit:                                   /* (status: u32) -> never */
 2:      cli
         hlt
         jmp     2b
+
+/* The compiler turns zeroing and copying loops into calls to these (there is
+ * no C library). String instructions run natively and fast on PVM. */
+        .globl memset
+memset:                                         /* (dst, byte, n) -> dst */
+        movq    %rdi, %r9
+        movl    %esi, %eax
+        movq    %rdx, %rcx
+        rep stosb
+        movq    %r9, %rax
+        ret
+
+        .globl memcpy
+memcpy:                                         /* (dst, src, n) -> dst */
+        movq    %rdi, %rax
+        movq    %rdx, %rcx
+        rep movsb
+        ret
+
+        .globl memmove
+memmove:                                        /* (dst, src, n) -> dst */
+        movq    %rdi, %rax
+        movq    %rdx, %rcx
+        cmpq    %rsi, %rdi
+        jbe     3f                              /* dst <= src: copy forwards */
+        leaq    (%rsi,%rdx), %r8
+        cmpq    %r8, %rdi
+        jae     3f                              /* no overlap: forwards */
+        leaq    -1(%rdi,%rdx), %rdi             /* overlap, dst above: backwards */
+        leaq    -1(%rsi,%rdx), %rsi
+        std
+        rep movsb
+        cld
+        ret
+3:      rep movsb
+        ret
 
         .globl pvguest_image_end
 pvguest_image_end:                              /* () -> GPA just past the image */

@@ -23,10 +23,26 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "The kernel command line.")
     var cmdline: String = ""
 
+    @Flag(name: .customLong("no-native"),
+          help: "On PVM hosts, do not offer the guest native execution (to measure the emulated baseline).")
+    var noNative = false
+
+    @Option(name: .long, help: "Stop the VM after this many seconds (default: run until it ends).")
+    var duration: Double?
+
+    @Option(name: .customLong("dirty-log"),
+            help: "Track dirty pages while the guest runs, as a migration would: off, kvm, pv or hybrid.")
+    var dirtyLog: DirtyLogChoice = .off
+
+    @Option(name: .customLong("harvest-ms"), help: "With --dirty-log: harvest the dirty set every this many ms.")
+    var harvestMilliseconds: Int = 100
+
     mutating func validate() throws {
         guard memory.bytes >= 4 << 20, memory.bytes % (2 << 20) == 0 else {
             throw ValidationError("--memory must be at least 4M and a multiple of 2M (got \(memory))")
         }
+        if let duration, !(duration > 0) { throw ValidationError("--duration must be positive") }
+        guard (1...60_000).contains(harvestMilliseconds) else { throw ValidationError("--harvest-ms must be 1–60000") }
     }
 
     func run() throws {
@@ -39,9 +55,10 @@ struct Run: ParsableCommand {
         } else {
             image = GuestImage.elf
         }
-        let configuration = Machine.Configuration(
+        var configuration = Machine.Configuration(
             memorySize: memory.bytes, kernel: image, commandLine: cmdline,
             console: StandardOutputConsole(), log: { Diagnostics.note($0) })
+        configuration.allowNativeExecution = !noNative
         let machine: Machine
         do { machine = try Machine(configuration: configuration) } catch { throw Diagnostics.fail(error) }
 
@@ -49,13 +66,21 @@ struct Run: ParsableCommand {
         let interrupt = SignalWatcher(SIGINT, SIGTERM) { machine.stop() }
         machine.start()
         let reporter = ExecutionModeReporter(machine: machine)
+        if let duration {
+            Thread.detachNewThread {
+                Thread.sleep(forTimeInterval: duration)
+                machine.stop()
+            }
+        }
+        let logger = dirtyLog.mode.map { DirtyLogDriver(machine: machine, mode: $0, intervalMs: harvestMilliseconds) }
         let exit = machine.waitForExit()
+        logger?.finish()
         reporter.finish()
         interrupt.cancel()
         Diagnostics.note("VM ended: \(exit)")
         switch exit {
         case .halted, .exitStatus(0): return
-        case .stopped: throw ExitCode(130)
+        case .stopped: if duration == nil { throw ExitCode(130) }
         case let .exitStatus(status): throw ExitCode(Int32(truncatingIfNeeded: min(status, 125)))
         default: throw ExitCode.failure
         }

@@ -22,23 +22,29 @@ public struct DirtyRound: Sendable {
     public var host: PageBitmap
     /// The PV ring was corrupt: `pages` is every page.
     public var pvUntrustworthy: Bool
+    /// KVM's dirty ring lost entries (watchdog): `pages` is every page.
+    public var kvmUntrustworthy = false
 }
 
 public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
     case guestNotPVAware
+    case ringNotTrustedAlone
     case kvm(KVMError)
 
     public var description: String {
         switch self {
         case .guestNotPVAware:
             return "dirty source 'pv' needs a guest that registered the PV interface; use 'kvm' or 'hybrid' for this guest"
+        case .ringNotTrustedAlone:
+            return "dirty source 'kvm' cannot rely on KVM's dirty ring alone on a PVM host (it loses pages there); use 'hybrid'"
         case let .kvm(e): return "dirty logging: \(e)"
         }
     }
 }
 
 /// Dirty-page tracking for one machine: KVM's bitmap (with manual protect where the host
-/// has it), the guest's PV ring, and the pages the VMM wrote, combined by `mode`.
+/// has it) or, when the machine enabled it, KVM's dirty ring; the guest's PV ring; and the
+/// pages the VMM wrote — combined by `mode`.
 ///
 /// `start()` begins a fresh epoch; each `harvest` returns the pages written since the
 /// previous one (or since start). Pages the VMM writes are always included.
@@ -50,6 +56,7 @@ public final class DirtyTracker: @unchecked Sendable {
 
     public init(machine: Machine, mode: DirtySourceMode) throws(DirtyTrackingError) {
         if mode == .pv, !machine.pv.isRegistered { throw .guestNotPVAware }
+        if mode == .kvm, machine.dirtyRing != nil, machine.isPVMHost { throw .ringNotTrustedAlone }
         self.machine = machine
         self.mode = mode
         manualProtect = machine.hypervisor.capability(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) & 1 != 0
@@ -60,13 +67,15 @@ public final class DirtyTracker: @unchecked Sendable {
 
     public func start() throws(DirtyTrackingError) {
         guard !running else { return }
+        // PV first, then KVM: a write in between is then reported by the guest (PV ⊇ KVM);
+        // the other order would let KVM see a write the guest was not yet asked to log.
+        if usesPV { machine.pv.setLogging(true) }
         do {
             if usesKVM {
-                if manualProtect { try machine.enableManualDirtyProtect() }
+                if manualProtect, machine.dirtyRing == nil { try machine.enableManualDirtyProtect() }
                 try machine.setDirtyLogging(true)
             }
         } catch { throw .kvm(error) }
-        if usesPV { machine.pv.setLogging(true) }
         _ = machine.memory.takeHostWrittenPages()
         running = true
     }
@@ -83,7 +92,12 @@ public final class DirtyTracker: @unchecked Sendable {
     public func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtyRound {
         let memory = machine.memory
         var kvm: PageBitmap?
-        if usesKVM {
+        var kvmUntrustworthy = false
+        if usesKVM, let ring = machine.dirtyRing {
+            let h = ring.harvest(memory: memory, vm: machine.vm)
+            kvm = h.pages
+            kvmUntrustworthy = h.broken
+        } else if usesKVM {
             var bitmap = PageBitmap(pageCount: memory.pageCount)
             do {
                 for (region, offset) in zip(memory.regions, memory.regionPageOffsets) {
@@ -106,7 +120,8 @@ public final class DirtyTracker: @unchecked Sendable {
         var pages = host
         if let kvm { pages.formUnion(kvm) }
         if let pv { pages.formUnion(pv) }
-        if untrustworthy, mode == .pv { pages = .full(pageCount: memory.pageCount) }
-        return DirtyRound(pages: pages, kvm: kvm, pv: pv, host: host, pvUntrustworthy: untrustworthy)
+        if (untrustworthy && mode == .pv) || kvmUntrustworthy { pages = .full(pageCount: memory.pageCount) }
+        return DirtyRound(pages: pages, kvm: kvm, pv: pv, host: host, pvUntrustworthy: untrustworthy,
+                          kvmUntrustworthy: kvmUntrustworthy)
     }
 }

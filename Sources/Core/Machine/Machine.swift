@@ -37,13 +37,21 @@ public final class Machine: @unchecked Sendable {
         /// In-kernel PIC/IOAPIC/LAPIC. Off by default: the built-in guest uses no
         /// interrupts, and without an irqchip `hlt` exits to the VMM.
         public var inKernelIRQChip: Bool
+        /// Use KVM's dirty ring (this many entries per vCPU, a power of two) as the KVM
+        /// dirty source instead of the bitmap. Off by default: unreliable on PVM hosts.
+        public var kvmDirtyRingEntries: UInt32?
+        /// Advertise PVM native execution to the guest when the host is PVM (§1.6). Off
+        /// only for measurements: the same guest, emulated.
+        public var allowNativeExecution = true
         public var console: ConsoleSink
         public var log: @Sendable (String) -> Void
 
         public init(memorySize: UInt64, kernel: [UInt8], commandLine: String = "", inKernelIRQChip: Bool = false,
+                    kvmDirtyRingEntries: UInt32? = nil,
                     console: ConsoleSink, log: @escaping @Sendable (String) -> Void = { _ in }) {
             self.memorySize = memorySize; self.kernel = kernel; self.commandLine = commandLine
-            self.inKernelIRQChip = inKernelIRQChip; self.console = console; self.log = log
+            self.inKernelIRQChip = inKernelIRQChip; self.kvmDirtyRingEntries = kvmDirtyRingEntries
+            self.console = console; self.log = log
         }
     }
 
@@ -62,6 +70,8 @@ public final class Machine: @unchecked Sendable {
     private let hasXCRs: Bool
     private let exitState = Locked<VMExit?>(nil)
     let manualProtectEnabled = Locked(false)
+    /// KVM's dirty ring, when the configuration enabled it.
+    let dirtyRing: DirtyRingState?
 
     /// Builds a VM and loads `configuration.kernel` by the PVH protocol; call `start()` to run.
     public convenience init(configuration: Configuration) throws(MachineError) {
@@ -85,11 +95,25 @@ public final class Machine: @unchecked Sendable {
                 try vm.setMemorySlot(region.slot, guestAddress: region.range.start, size: region.range.size,
                                      hostAddress: region.host, logDirtyPages: false)
             }
+            if let entries = c.kvmDirtyRingEntries {
+                let maxBytes = hypervisor.capability(KVM_CAP_DIRTY_LOG_RING)
+                guard maxBytes > 0 else { throw MachineError.invalidConfiguration("this host's KVM has no dirty ring") }
+                guard entries.nonzeroBitCount == 1, entries >= 64,
+                      Int(entries) * KVMDirtyRing.entrySize <= maxBytes else {
+                    throw MachineError.invalidConfiguration(
+                        "dirty ring entries must be a power of two from 64 to \(maxBytes / KVMDirtyRing.entrySize)")
+                }
+                try vm.enableCapability(KVM_CAP_DIRTY_LOG_RING, UInt64(Int(entries) * KVMDirtyRing.entrySize))
+            }
             let vcpu = try vm.makeVCPU(id: 0)
+            dirtyRing = try c.kvmDirtyRingEntries.map { (n) throws(KVMError) in
+                DirtyRingState(rings: [try KVMDirtyRing(vcpu: vcpu, entries: n)])
+            }
             isPVMHost = PVM.isHost(vcpu)
             let tscKHz = vcpu.tscKHz() ?? 0
             let cpuid = CPUIDTable.build(supported: try hypervisor.supportedCPUID(), vcpuID: 0,
-                                         features: isPVMHost ? .pvmNative : [], tscKHz: tscKHz)
+                                         features: isPVMHost && c.allowNativeExecution ? .pvmNative : [],
+                                         tscKHz: tscKHz)
             try vcpu.setCPUID(cpuid)
             var indices = try hypervisor.saveableMSRs()
             if isPVMHost, !indices.contains(PVM.vifMSR) { indices.append(PVM.vifMSR) }
@@ -111,7 +135,12 @@ public final class Machine: @unchecked Sendable {
             }
             var threads: [VCPUThread] = []
             let exitState = self.exitState, serial = self.serial
-            threads.append(VCPUThread(vcpu: vcpu, bus: bus) { exit in
+            var ringFull: (@Sendable () -> Bool)?
+            if let ring = dirtyRing {
+                let memory = self.memory, vm = self.vm
+                ringFull = { ring.ringFull(memory: memory, vm: vm) }
+            }
+            threads.append(VCPUThread(vcpu: vcpu, bus: bus, onDirtyRingFull: ringFull) { exit in
                 serial.flush()
                 exitState.withLock { if $0 == nil { $0 = exit } }
             })

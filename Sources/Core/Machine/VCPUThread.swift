@@ -19,6 +19,9 @@ public enum VMExit: Equatable, Sendable, CustomStringConvertible {
     case runFailed(KVMError)
     /// The VMM stopped the VM (`Machine.stop()`).
     case stopped
+    /// KVM's dirty ring kept filling with nothing to harvest (a PVM failure mode): the VM
+    /// was ended rather than spin; do not enable the KVM dirty ring on this host.
+    case dirtyRingStuck
 
     public var isSuccess: Bool { self == .exitStatus(0) || self == .halted || self == .stopped }
 
@@ -33,6 +36,8 @@ public enum VMExit: Equatable, Sendable, CustomStringConvertible {
         case let .unhandled(r): return "unhandled KVM exit reason \(r)"
         case let .runFailed(e): return e.description
         case .stopped: return "stopped"
+        case .dirtyRingStuck:
+            return "KVM's dirty ring kept filling with nothing to harvest (watchdog); the KVM dirty ring is unusable on this host"
         }
     }
 }
@@ -59,10 +64,14 @@ public final class VCPUThread: @unchecked Sendable {
     /// vCPU thread only: the last exit was I/O that KVM completes on the next KVM_RUN.
     private var ioPending = false
     private let onExit: @Sendable (VMExit) -> Void
+    /// Harvests the KVM dirty ring on KVM_EXIT_DIRTY_RING_FULL; false: give up (watchdog).
+    private let onDirtyRingFull: (@Sendable () -> Bool)?
 
-    init(vcpu: VCPU, bus: IOBus, onExit: @escaping @Sendable (VMExit) -> Void) {
+    init(vcpu: VCPU, bus: IOBus, onDirtyRingFull: (@Sendable () -> Bool)? = nil,
+         onExit: @escaping @Sendable (VMExit) -> Void) {
         self.vcpu = vcpu
         self.bus = bus
+        self.onDirtyRingFull = onDirtyRingFull
         self.onExit = onExit
     }
 
@@ -249,6 +258,8 @@ public final class VCPUThread: @unchecked Sendable {
         case KVM_EXIT_INTERNAL_ERROR: return .internalError(run.pointee.`internal`.suberror)
         case KVM_EXIT_FAIL_ENTRY: return .failEntry(run.pointee.fail_entry.hardware_entry_failure_reason)
         case KVM_EXIT_INTR: return nil
+        case KVM_EXIT_DIRTY_RING_FULL:
+            return onDirtyRingFull?() == true ? nil : .dirtyRingStuck
         default: return .unhandled(reason: run.pointee.exit_reason)
         }
     }

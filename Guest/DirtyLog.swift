@@ -1,0 +1,124 @@
+// Dirty logging, guest side (protocol.md §2.3) and the dirty ring (§2.4).
+//
+// Every write the guest makes outside its always-dirty range goes
+//
+//     log.begin(pfn)       // 1. inflight_pfn = p, inflight_valid = 1
+//     ...write the page... // 2.
+//     log.end(pfn)         //    if host_flags has LOGGING:
+//                          // 3.   mfence
+//                          // 4.   generation changed? forget the de-dup set
+//                          // 5.   not in the set? append p, add it
+//                          // 6. inflight_valid = 0
+//
+// The LOGGING check is one load of host_flags per write, made AFTER the write:
+// a write that races with the host turning LOGGING on is then logged whenever
+// the host can have missed it — in particular every write that KVM's
+// write-protection caught after the host set the flag (the fault is an exit,
+// which orders the later flag load), so PV ⊇ KVM holds from the start. The
+// in-flight slot is kept even while logging is off (two stores to a cache-hot
+// line): at a paused harvest it covers the write that was in progress.
+
+struct DirtyLog {
+    /// RING_FULL retries before the guest gives up on a host that never drains.
+    static let maximumRingFullExits = 10_000
+
+    let control: ControlPage
+    let pv: PVInterface
+    private let ring: UnsafeMutablePointer<UInt64>
+    private let ringEntries: UInt32
+    private let bitmap: UnsafeMutablePointer<UInt64>
+    private let dedupPages: UInt64
+
+    private var lastGeneration: UInt32 = 0
+    /// False until the first logged write, and again whenever a write sees
+    /// LOGGING off: the set is then forgotten before it is used again.
+    private var dedupValid = false
+    /// Bitmap words set since the last time the set was forgotten.
+    private var touchedLow = Int.max
+    private var touchedHigh = 0
+
+    /// Entries appended and RING_FULL exits (statistics).
+    private(set) var appended: UInt64 = 0
+    private(set) var ringFullExits: UInt64 = 0
+
+    init(layout: Layout, control: ControlPage, pv: PVInterface) {
+        self.control = control
+        self.pv = pv
+        // Sound: Layout placed the ring and the bitmap in identity-mapped RAM.
+        ring = UnsafeMutablePointer(bitPattern: UInt(layout.ring))!
+        ringEntries = Layout.ringEntries
+        bitmap = UnsafeMutablePointer(bitPattern: UInt(layout.dedupBitmap))!
+        dedupPages = layout.dedupPages
+    }
+
+    /// Step 1, before writing page `pfn`.
+    @inline(__always)
+    func begin(_ pfn: UInt64) {
+        control.setInflight(pfn: pfn)
+    }
+
+    /// The LOGGING check and steps 3–6, after the write to `pfn`.
+    @inline(__always)
+    mutating func end(_ pfn: UInt64) {
+        if control.hostFlags & ControlPage.flagLogging != 0 {
+            record(pfn)
+        } else {
+            dedupValid = false
+        }
+        control.clearInflight()
+    }
+
+    /// Steps 3–5.
+    @inline(never)
+    private mutating func record(_ pfn: UInt64) {
+        CPU.memoryFence()
+        let generation = control.generation
+        if !dedupValid || generation != lastGeneration {
+            forget()
+            lastGeneration = generation
+            dedupValid = true
+        }
+        if pfn < dedupPages {
+            let word = Int(pfn >> 6)
+            let bit: UInt64 = 1 &<< (pfn & 63)
+            if bitmap[word] & bit != 0 { return }
+            bitmap[word] |= bit
+            if word < touchedLow { touchedLow = word }
+            if word >= touchedHigh { touchedHigh = word + 1 }
+        }
+        append(pfn)
+    }
+
+    /// Empties the de-duplication set (only the words that were used).
+    private mutating func forget() {
+        var word = touchedLow
+        while word < touchedHigh {
+            bitmap[word] = 0
+            word += 1
+        }
+        touchedLow = Int.max
+        touchedHigh = 0
+    }
+
+    /// Appends one entry (§2.4): RING_FULL while the ring is full, then the
+    /// entry, then the new head (x86 keeps the two stores in order; the
+    /// volatile stores keep the compiler from swapping them). Also used by
+    /// chaos to append invalid entries.
+    mutating func append(_ entry: UInt64) {
+        let head = control.ringHead
+        var exits = 0
+        // `>=`, not `==`: a corrupt head (more than a ring ahead) also waits
+        // for the host, which resynchronises the tail.
+        while head &- control.ringTail >= ringEntries {
+            pv.ringFull()
+            ringFullExits &+= 1
+            exits += 1
+            if exits >= Self.maximumRingFullExits {
+                panic("dirty ring stays full: the host does not drain it")
+            }
+        }
+        pvg_store64(ring + Int(head & (ringEntries &- 1)), entry)
+        control.ringHead = head &+ 1
+        appended &+= 1
+    }
+}

@@ -1,0 +1,124 @@
+// Where the guest keeps its bookkeeping (protocol.md §2.2–2.3, §2.9).
+//
+//   1 MiB            image (.text, .data with the page tables, .bss with the
+//                    stack, the VIF page and the IDT), ending at `_end`
+//   _end             control page (one page)
+//                    dirty ring (16384 × u64 = 128 KiB)
+//                    de-duplication bitmap (1 bit per page of RAM below the
+//                    identity-mapped limit), up to a page boundary
+//   ---------------- everything above is ONE always-dirty range
+//                    version table (u32 per working-set page): logged like
+//                    any other page when the guest updates it
+//   next 2 MiB       the working set (`mib` MiB for `dirty`, empty otherwise)
+//   ...              free RAM: ballooned at boot when the host offers it
+
+struct Layout {
+    static let pageSize: UInt64 = 4096
+    static let ringEntries: UInt32 = 16384
+    static let imageStart: UInt64 = 0x10_0000
+    static let workingSetAlignment: UInt64 = 2 << 20
+    /// The host refuses more always-dirty memory than this (§2.2).
+    static let alwaysDirtyLimit: UInt64 = 256 << 20
+    /// REGISTER's argument has 20 bits: the control page must lie below 4 GiB.
+    static let maximumControlPFN: UInt64 = 0xf_ffff
+
+    let controlPage: UInt64
+    let ring: UInt64
+    let dedupBitmap: UInt64
+    /// The bitmap covers PFNs `0..<dedupPages`.
+    let dedupPages: UInt64
+    let dedupWords: UInt64
+    /// End of the always-dirty range (page-aligned end of the bitmap).
+    let alwaysDirtyEnd: UInt64
+    let versionTable: UInt64
+    let workingSet: UInt64
+    let workingSetPages: UInt64
+    /// End of the highest RAM range (exclusive).
+    let ramEnd: UInt64
+
+    var workingSetEnd: UInt64 { workingSet &+ workingSetPages &* Self.pageSize }
+    var alwaysDirtyPages: UInt64 { (alwaysDirtyEnd - Self.imageStart) / Self.pageSize }
+    var controlPagePFN: UInt64 { controlPage / Self.pageSize }
+
+    static func alignUp(_ value: UInt64, _ alignment: UInt64) -> UInt64 {
+        (value &+ alignment &- 1) & ~(alignment &- 1)
+    }
+
+    /// Lays out the bookkeeping for a working set of `workingSetMiB` MiB and
+    /// checks that everything fits in RAM; panics with the reason otherwise.
+    init(startInfo: StartInfo, workingSetMiB: UInt64) {
+        ramEnd = startInfo.ramEnd
+        let covered = Self.alignUp(ramEnd < CPU.mappedLimit ? ramEnd : CPU.mappedLimit, Self.pageSize)
+        dedupPages = covered / Self.pageSize
+        dedupWords = (dedupPages &+ 63) / 64
+
+        controlPage = Self.alignUp(CPU.imageEnd, Self.pageSize)
+        ring = controlPage &+ Self.pageSize
+        dedupBitmap = ring &+ UInt64(Self.ringEntries) &* 8
+        alwaysDirtyEnd = Self.alignUp(dedupBitmap &+ dedupWords &* 8, Self.pageSize)
+
+        // workingSetMiB <= 2^32 (BootOptions), so none of this overflows.
+        workingSetPages = (workingSetMiB << 20) / Self.pageSize
+        versionTable = alwaysDirtyEnd
+        let tableEnd = Self.alignUp(versionTable &+ workingSetPages &* 4, Self.pageSize)
+        workingSet = Self.alignUp(tableEnd, Self.workingSetAlignment)
+
+        guard alwaysDirtyEnd <= CPU.mappedLimit,
+              startInfo.ramContains(start: Self.imageStart, end: alwaysDirtyEnd),
+              alwaysDirtyEnd - Self.imageStart <= Self.alwaysDirtyLimit,
+              controlPage / Self.pageSize <= Self.maximumControlPFN
+        else {
+            var line = ConsoleLine("pvguest: panic: bookkeeping (image, control page, dirty ring, bitmap) up to ")
+            line.append(hex: alwaysDirtyEnd)
+            line.append(" does not fit in RAM")
+            panic(line)
+        }
+        let end = workingSetEnd
+        guard end <= CPU.mappedLimit, startInfo.ramContains(start: Self.imageStart, end: end) else {
+            var line = ConsoleLine("pvguest: panic: dirty working set of ")
+            line.append(decimal: workingSetMiB)
+            line.append(" MiB at ")
+            line.append(hex: workingSet)
+            line.append(" (version table at ")
+            line.append(hex: versionTable)
+            line.append(") does not fit in RAM")
+            panic(line)
+        }
+    }
+
+    /// Zeroes the de-duplication bitmap and the version table (RAM is zero
+    /// under pvmigrate, but not necessarily under every VMM).
+    func clearBookkeeping() {
+        Self.zero(gpa: dedupBitmap, words: dedupWords)
+        Self.zero(gpa: versionTable, words: (workingSetPages &+ 1) / 2)
+    }
+
+    static func zero(gpa: UInt64, words: UInt64) {
+        // Sound: callers pass ranges of identity-mapped RAM checked by init.
+        guard words > 0, let pointer = UnsafeMutablePointer<UInt64>(bitPattern: UInt(gpa)) else { return }
+        var index = 0
+        while index < Int(words) {
+            pointer[index] = 0
+            index += 1
+        }
+    }
+
+    /// The control page and its header, ready for REGISTER.
+    func makeControlPage() -> ControlPage {
+        let control = ControlPage(gpa: controlPage)
+        control.initialize(ringGPA: ring, ringEntries: Self.ringEntries,
+                           alwaysDirtyGPA: Self.imageStart, alwaysDirtyPages: alwaysDirtyPages)
+        return control
+    }
+
+    /// Calls `body(start, end)` for each page-aligned piece of RAM above the
+    /// working set: the memory the guest never uses and gives to the balloon.
+    func forEachFreeRange(startInfo: StartInfo, _ body: (UInt64, UInt64) -> Void) {
+        let floor = workingSetEnd
+        startInfo.forEachRAMRange { start, end in
+            let first = Self.alignUp(start > floor ? start : floor, Self.pageSize)
+            let last = end & ~(Self.pageSize - 1)
+            if first < last { body(first, last) }
+        }
+    }
+}
