@@ -69,7 +69,9 @@ public final class DirtyTracker: @unchecked Sendable {
         guard !running else { return }
         // PV first, then KVM: a write in between is then reported by the guest (PV ⊇ KVM);
         // the other order would let KVM see a write the guest was not yet asked to log.
-        if usesPV { machine.pv.setLogging(true) }
+        // LOGGING goes on with the vCPUs parked: the guest's flag load, made after its page
+        // stores, cannot then overtake a store that the first round's copy might miss.
+        if usesPV { machine.withVCPUsPaused { _ = machine.pv.setLogging(true) } }
         do {
             if usesKVM {
                 if manualProtect, machine.dirtyRing == nil { try machine.enableManualDirtyProtect() }

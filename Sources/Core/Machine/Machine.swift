@@ -166,6 +166,15 @@ public final class Machine: @unchecked Sendable {
 
     public func resume() { vcpus.forEach { $0.resume() } }
 
+    /// Runs `body` with every vCPU parked, resuming afterwards only those that were running
+    /// (a VM paused by someone else stays paused).
+    public func withVCPUsPaused<T>(_ body: () throws -> T) rethrows -> T {
+        let wereRunning = vcpus.map { $0.state == .running }
+        vcpus.forEach { $0.pause() }
+        defer { for (t, running) in zip(vcpus, wereRunning) where running { t.resume() } }
+        return try body()
+    }
+
     public func stop() { vcpus.forEach { $0.stop() } }
 
     /// Blocks until the VM exits (the first vCPU to exit decides the reason).
