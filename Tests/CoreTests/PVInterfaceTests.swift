@@ -15,7 +15,7 @@ import Testing
     @discardableResult
     func call(_ pv: PVInterface, _ op: UInt32, _ arg: UInt32 = 0) -> IOAction {
         let v = (op | (arg << 12)).littleEndian
-        return withUnsafeBytes(of: v) { pv.write(port: PVInterface.port, data: $0) }
+        return withUnsafeBytes(of: v) { pv.write(offset: 0, data: $0) }
     }
 
     func u32(_ off: UInt64) -> UInt32 { try! memory.readInteger(UInt32.self, at: GuestPhysicalAddress(controlGPA + off)) }
@@ -94,7 +94,7 @@ import Testing
     /// Hostile guest: every kind of invalid hypercall is refused and counted by reason.
     @Test func hostileHypercallsAreRejectedAndCounted() {
         let p = pv()
-        _ = [UInt8](arrayLiteral: 1).withUnsafeBytes { p.write(port: PVInterface.port, data: $0) } // 8-bit
+        _ = [UInt8](arrayLiteral: 1).withUnsafeBytes { p.write(offset: 0, data: $0) } // 8-bit
         call(p, 0xabc)                 // unknown
         call(p, 2, 0)                  // sleep 0
         call(p, 4)                     // ring full before register

@@ -1,4 +1,4 @@
-import Core
+@testable import Core
 import Foundation
 import GuestImage
 import Testing
@@ -66,6 +66,31 @@ struct DirtyTrackingTests {
         }
         #expect(ringPages > 100, "the KVM dirty ring reported almost nothing")
         #expect(machine.exit == nil, "\(String(describing: machine.exit))")
+    }
+
+    /// The watchdog: a ring that keeps "filling" with nothing to harvest (the PVM failure
+    /// mode) is declared broken; the VM's vCPU is told to stop instead of spinning, and every
+    /// later harvest reports all pages dirty rather than trusting the ring.
+    @Test func dirtyRingWatchdogGivesUpAndDistrustsTheRing() throws {
+        let (machine, _) = try Self.boot("workload=idle", ring: 256)
+        let ring = try #require(machine.dirtyRing)
+        for _ in 1..<DirtyRingState.watchdogLimit {
+            #expect(ring.ringFull(memory: machine.memory, vm: machine.vm))
+        }
+        #expect(!ring.ringFull(memory: machine.memory, vm: machine.vm))
+        let tracker = try DirtyTracker(machine: machine, mode: .hybrid)
+        try tracker.start()
+        let round = try tracker.harvest(vcpusPaused: true)
+        #expect(round.kvmUntrustworthy && round.pages.count == machine.memory.pageCount)
+    }
+
+    @Test func missingKVMDeviceSaysWhatToDo() {
+        do {
+            _ = try Hypervisor(path: "/dev/no-such-kvm")
+            Issue.record("opened a missing device")
+        } catch {
+            #expect(error.description.contains("load the kvm module"))
+        }
     }
 
     @Test func pvModeNeedsAPVGuest() throws {

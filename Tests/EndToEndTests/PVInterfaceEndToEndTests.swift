@@ -80,8 +80,33 @@ struct PVInterfaceEndToEndTests {
         #expect(ballooned.count >= 16384)
         #expect(ballooned.subtracting(machine.memory.residentPages()) == ballooned,
                 "ballooned pages must not be resident on the host")
+        // Ballooned pages are never to be sent: a harvest never reports them dirty.
+        let tracker = try DirtyTracker(machine: machine, mode: .hybrid)
+        try tracker.start()
+        let round = try tracker.harvest(vcpusPaused: false)
+        #expect(round.pages.union(ballooned).count == round.pages.count + ballooned.count, "ballooned pages reported dirty")
+        tracker.stop()
         #expect(console.wait(for: "pvguest: balloon zero check ok", timeout: 20))
         #expect(console.text.contains("pvguest: balloon ") && console.text.contains("MiB free"))
+    }
+
+    /// Guest-assisted slow-down: the host asks for a rate, the guest keeps to it, and speeds
+    /// up again when the limit is lifted.
+    @Test func guestHonoursTheHostThrottle() throws {
+        let (machine, console) = try Self.boot("workload=dirty mib=32 passes=0 pattern=random progress=0")
+        defer { machine.stop(); machine.waitForExit() }
+        #expect(Self.waitRegistered(machine), "\(console.text)")
+        func rateAfter(_ seconds: Double) -> UInt64 {
+            Thread.sleep(forTimeInterval: seconds)
+            return machine.pv.guestCounters?.rate ?? 0
+        }
+        let free = rateAfter(1.3)
+        machine.pv.setThrottle(pagesPerSecond: 3000)
+        let throttled = rateAfter(2.2)
+        machine.pv.setThrottle(pagesPerSecond: 0)
+        let released = rateAfter(2.2)
+        #expect(throttled <= 3300 && throttled >= 1500, "throttled to 3000 pages/s, the guest wrote \(throttled)")
+        #expect(free > 30_000 && released > 30_000, "unthrottled \(free) / \(released) pages/s")
     }
 
     /// The guest's self-check finds a page corrupted behind its back.

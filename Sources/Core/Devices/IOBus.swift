@@ -1,10 +1,10 @@
-/// A device on the port-I/O bus.
-public protocol PortDevice: AnyObject, Sendable {
-    /// Handles an `in` of `data.count` bytes at `port` (already known to be inside the
-    /// device's range); fills `data`.
-    func read(port: UInt16, data: UnsafeMutableRawBufferPointer)
-    /// Handles an `out`; `data` holds `count` bytes in guest order.
-    func write(port: UInt16, data: UnsafeRawBufferPointer) -> IOAction
+/// A device on a bus (port I/O or MMIO). Accesses arrive as offsets from the base the
+/// device was registered at, so a device does not care where or on which bus it sits.
+public protocol BusDevice: AnyObject, Sendable {
+    /// Handles a read of `data.count` bytes at `offset` (inside the device's range); fills `data`.
+    func read(offset: UInt64, data: UnsafeMutableRawBufferPointer)
+    /// Handles a write; `data` holds the bytes in guest order.
+    func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction
 }
 
 /// What the vCPU loop should do after an I/O access.
@@ -16,36 +16,42 @@ public enum IOAction: Sendable, Equatable {
     case sleep(milliseconds: UInt32)
 }
 
-/// The port-I/O bus: a sorted set of non-overlapping ranges. Accesses no device claims read
-/// as all ones and are counted (protocol.md §1.4). An MMIO bus comes with devices that need one.
-public final class IOBus: @unchecked Sendable {
-    private struct Entry { let base: UInt16; let count: UInt16; let device: PortDevice }
+/// A bus of non-overlapping address ranges: port I/O (16-bit addresses) or MMIO (guest-
+/// physical). Accesses no device claims read as all ones and are counted (protocol.md §1.4).
+/// pvmigrate has no MMIO devices yet (a PVM-native guest cannot use MMIO), but the bus is
+/// there so a stray MMIO access from any guest is answered and counted, never fatal.
+public typealias IOBus = Bus<UInt16>
+public typealias MMIOBus = Bus<UInt64>
+
+public final class Bus<Address: FixedWidthInteger & UnsignedInteger & Sendable>: @unchecked Sendable {
+    private struct Entry { let base: Address; let count: Address; let device: BusDevice }
     private var entries: [Entry] = []
     public private(set) var unclaimedAccesses = 0 // only the vCPU thread updates it
 
     public init() {}
 
-    public func register(_ device: PortDevice, base: UInt16, count: UInt16) {
-        precondition(count > 0 && UInt32(base) + UInt32(count) <= 0x10000, "port range overflows")
-        precondition(!entries.contains { base < $0.base &+ $0.count && $0.base < base &+ count },
-                     "port range 0x\(String(base, radix: 16)) overlaps a registered device")
+    public func register(_ device: BusDevice, base: Address, count: Address) {
+        precondition(count > 0 && base.addingReportingOverflow(count - 1).overflow == false, "bus range overflows")
+        precondition(!entries.contains { base <= $0.base + ($0.count - 1) && $0.base <= base + (count - 1) },
+                     "bus range 0x\(String(base, radix: 16)) overlaps a registered device")
         entries.append(Entry(base: base, count: count, device: device))
         entries.sort { $0.base < $1.base }
     }
 
-    private func find(_ port: UInt16) -> PortDevice? {
-        entries.first { port >= $0.base && UInt32(port) < UInt32($0.base) + UInt32($0.count) }?.device
+    private func find(_ address: Address) -> (BusDevice, UInt64)? {
+        guard let e = entries.first(where: { address >= $0.base && address - $0.base < $0.count }) else { return nil }
+        return (e.device, UInt64(address - e.base))
     }
 
-    public func read(port: UInt16, data: UnsafeMutableRawBufferPointer) {
-        if let d = find(port) { d.read(port: port, data: data) } else {
+    public func read(port: Address, data: UnsafeMutableRawBufferPointer) {
+        if let (d, offset) = find(port) { d.read(offset: offset, data: data) } else {
             unclaimedAccesses += 1
             data.initializeMemory(as: UInt8.self, repeating: 0xff)
         }
     }
 
-    public func write(port: UInt16, data: UnsafeRawBufferPointer) -> IOAction {
-        if let d = find(port) { return d.write(port: port, data: data) }
+    public func write(port: Address, data: UnsafeRawBufferPointer) -> IOAction {
+        if let (d, offset) = find(port) { return d.write(offset: offset, data: data) }
         unclaimedAccesses += 1
         return .proceed
     }

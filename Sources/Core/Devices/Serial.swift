@@ -9,7 +9,7 @@ public protocol ConsoleSink: AnyObject, Sendable {
 /// A 16550-style UART at 0x3f8 (protocol.md §1.4): transmit only, no interrupts. LSR always
 /// says "transmitter empty" so a guest never has to spin; other registers read back what
 /// was written, which is enough for drivers that probe them (e.g. the scratch register).
-public final class SerialPort: PortDevice, @unchecked Sendable {
+public final class SerialPort: BusDevice, @unchecked Sendable {
     public static let base: UInt16 = 0x3f8
     public static let count: UInt16 = 8
     static let lineLimit = 4096
@@ -23,8 +23,8 @@ public final class SerialPort: PortDevice, @unchecked Sendable {
 
     private var dlab: Bool { registers[3] & 0x80 != 0 }
 
-    public func read(port: UInt16, data: UnsafeMutableRawBufferPointer) {
-        let reg = Int(port - Self.base)
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        let reg = Int(offset & 7)
         let value: UInt8
         switch reg {
         case 0: value = dlab ? divisor.0 : 0     // no input
@@ -38,9 +38,9 @@ public final class SerialPort: PortDevice, @unchecked Sendable {
         if !data.isEmpty { data[0] = value }
     }
 
-    public func write(port: UInt16, data: UnsafeRawBufferPointer) -> IOAction {
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction {
         guard let byte = data.first else { return .proceed }
-        let reg = Int(port - Self.base)
+        let reg = Int(offset & 7)
         switch reg {
         case 0 where dlab: divisor.0 = byte
         case 1 where dlab: divisor.1 = byte
@@ -62,13 +62,13 @@ public final class SerialPort: PortDevice, @unchecked Sendable {
 }
 
 /// Port 0xf4: a 32-bit write ends the VM with that exit status (QEMU's isa-debug-exit port).
-public final class ExitPort: PortDevice {
+public final class ExitPort: BusDevice {
     public static let port: UInt16 = 0xf4
     public init() {}
-    public func read(port: UInt16, data: UnsafeMutableRawBufferPointer) {
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         data.initializeMemory(as: UInt8.self, repeating: 0xff)
     }
-    public func write(port: UInt16, data: UnsafeRawBufferPointer) -> IOAction {
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction {
         var status: UInt32 = 0
         for (i, b) in data.prefix(4).enumerated() { status |= UInt32(b) << (8 * i) }
         return .exit(status: status)

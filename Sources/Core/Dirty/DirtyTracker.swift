@@ -24,6 +24,8 @@ public struct DirtyRound: Sendable {
     public var pvUntrustworthy: Bool
     /// KVM's dirty ring lost entries (watchdog): `pages` is every page.
     public var kvmUntrustworthy = false
+    /// Pages the guest has ballooned: never sent, so never in `pages` (protocol.md §2.5).
+    public var ballooned = PageBitmap(pageCount: 0)
 }
 
 public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
@@ -123,7 +125,9 @@ public final class DirtyTracker: @unchecked Sendable {
         if let kvm { pages.formUnion(kvm) }
         if let pv { pages.formUnion(pv) }
         if (untrustworthy && mode == .pv) || kvmUntrustworthy { pages = .full(pageCount: memory.pageCount) }
+        let ballooned = machine.pv.balloonedPages
+        pages.subtract(ballooned)
         return DirtyRound(pages: pages, kvm: kvm, pv: pv, host: host, pvUntrustworthy: untrustworthy,
-                          kvmUntrustworthy: kvmUntrustworthy)
+                          kvmUntrustworthy: kvmUntrustworthy, ballooned: ballooned)
     }
 }

@@ -59,6 +59,9 @@ public final class Machine: @unchecked Sendable {
     public let vm: VirtualMachine
     public let memory: GuestMemory
     public let bus = IOBus()
+    /// Memory-mapped I/O. No devices yet (a PVM-native guest cannot use MMIO); unclaimed
+    /// accesses read as all ones and are counted.
+    public let mmio = MMIOBus()
     public let serial: SerialPort
     /// The PV interface (protocol.md §2): hypercalls, control page, dirty ring, balloon.
     public let pv: PVInterface
@@ -98,10 +101,10 @@ public final class Machine: @unchecked Sendable {
             if let entries = c.kvmDirtyRingEntries {
                 let maxBytes = hypervisor.capability(KVM_CAP_DIRTY_LOG_RING)
                 guard maxBytes > 0 else { throw MachineError.invalidConfiguration("this host's KVM has no dirty ring") }
-                guard entries.nonzeroBitCount == 1, entries >= 64,
+                guard entries.nonzeroBitCount == 1, Int(entries) * KVMDirtyRing.entrySize >= 4096,
                       Int(entries) * KVMDirtyRing.entrySize <= maxBytes else {
                     throw MachineError.invalidConfiguration(
-                        "dirty ring entries must be a power of two from 64 to \(maxBytes / KVMDirtyRing.entrySize)")
+                        "dirty ring entries must be a power of two from 256 to \(maxBytes / KVMDirtyRing.entrySize)")
                 }
                 try vm.enableCapability(KVM_CAP_DIRTY_LOG_RING, UInt64(Int(entries) * KVMDirtyRing.entrySize))
             }
@@ -140,7 +143,7 @@ public final class Machine: @unchecked Sendable {
                 let memory = self.memory, vm = self.vm
                 ringFull = { ring.ringFull(memory: memory, vm: vm) }
             }
-            threads.append(VCPUThread(vcpu: vcpu, bus: bus, onDirtyRingFull: ringFull) { exit in
+            threads.append(VCPUThread(vcpu: vcpu, bus: bus, mmio: mmio, onDirtyRingFull: ringFull) { exit in
                 serial.flush()
                 exitState.withLock { if $0 == nil { $0 = exit } }
             })

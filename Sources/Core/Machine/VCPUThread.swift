@@ -54,6 +54,7 @@ public final class VCPUThread: @unchecked Sendable {
 
     public let vcpu: VCPU
     private let bus: IOBus
+    private let mmio: MMIOBus
     private let condition = NSCondition()
     // Guarded by `condition`:
     private var runState: RunState = .created
@@ -67,10 +68,11 @@ public final class VCPUThread: @unchecked Sendable {
     /// Harvests the KVM dirty ring on KVM_EXIT_DIRTY_RING_FULL; false: give up (watchdog).
     private let onDirtyRingFull: (@Sendable () -> Bool)?
 
-    init(vcpu: VCPU, bus: IOBus, onDirtyRingFull: (@Sendable () -> Bool)? = nil,
+    init(vcpu: VCPU, bus: IOBus, mmio: MMIOBus, onDirtyRingFull: (@Sendable () -> Bool)? = nil,
          onExit: @escaping @Sendable (VMExit) -> Void) {
         self.vcpu = vcpu
         self.bus = bus
+        self.mmio = mmio
         self.onDirtyRingFull = onDirtyRingFull
         self.onExit = onExit
     }
@@ -247,12 +249,21 @@ public final class VCPUThread: @unchecked Sendable {
             }
             return nil
         case KVM_EXIT_MMIO:
-            // No MMIO devices yet: reads return all ones, writes are ignored.
             ioPending = true
-            if run.pointee.mmio.is_write == 0 {
-                withUnsafeMutableBytes(of: &run.pointee.mmio.data) { $0.initializeMemory(as: UInt8.self, repeating: 0xff) }
+            let address = run.pointee.mmio.phys_addr
+            let length = min(Int(run.pointee.mmio.len), 8)
+            // Sound: `data` is the 8-byte array inside kvm_run; `length` is clamped to it.
+            return withUnsafeMutableBytes(of: &run.pointee.mmio.data) { raw in
+                let data = UnsafeMutableRawBufferPointer(rebasing: raw[0..<length])
+                if run.pointee.mmio.is_write == 0 {
+                    mmio.read(port: address, data: data)
+                    return nil
+                }
+                if case let .exit(status) = mmio.write(port: address, data: UnsafeRawBufferPointer(data)) {
+                    return .exitStatus(status)
+                }
+                return nil
             }
-            return nil
         case KVM_EXIT_HLT: return .halted
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_INTERNAL_ERROR: return .internalError(run.pointee.`internal`.suberror)

@@ -13,7 +13,7 @@ public enum PVRejection: String, CaseIterable, Sendable {
 /// Hypercalls run on the vCPU thread; the migration side (`DirtyTracker`, counters,
 /// throttle, self-check requests) calls in from other threads. One lock guards the state.
 /// Every guest value is validated before use; a rejection is counted and the guest goes on.
-public final class PVInterface: PortDevice, @unchecked Sendable {
+public final class PVInterface: BusDevice, @unchecked Sendable {
     public static let port: UInt16 = 0x5650
 
     enum Operation: UInt32 {
@@ -77,11 +77,11 @@ public final class PVInterface: PortDevice, @unchecked Sendable {
     }
     func setGuestVersionLocked(_ v: UInt32?) { counters.guestVersion = v }
 
-    public func read(port: UInt16, data: UnsafeMutableRawBufferPointer) {
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         data.initializeMemory(as: UInt8.self, repeating: 0)
     }
 
-    public func write(port: UInt16, data: UnsafeRawBufferPointer) -> IOAction {
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction {
         lock.lock()
         defer { lock.unlock() }
         guard data.count == 4 else { reject(.badArgument); return .proceed }
