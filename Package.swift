@@ -36,6 +36,6 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Core"], path: "Tests/TestSupport"),
         .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "TestSupport"]),
         .testTarget(name: "MigrateTests", dependencies: ["Migrate"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Core", "GuestImage", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "GuestImage", "TestSupport"]),
     ]
 )

@@ -4,7 +4,10 @@
  */
 #include "COpenSSL.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <string.h>
+#include <sys/socket.h>
 
 const char *COpenSSL_version_text(void) { return OpenSSL_version(OPENSSL_VERSION); }
 
@@ -69,6 +72,8 @@ int COpenSSL_X509_add_ext_nid(X509 *cert, X509 *issuer, int nid, const char *val
     return ok == 1 ? 1 : 0;
 }
 
+const unsigned long COpenSSL_XN_FLAG_ONELINE = XN_FLAG_ONELINE;
+
 int COpenSSL_ERR_drain(char *buf, size_t len) {
     int count = 0;
     size_t used = 0;
@@ -91,3 +96,87 @@ int COpenSSL_ERR_drain(char *buf, size_t len) {
 }
 
 void COpenSSL_OPENSSL_free(void *ptr) { OPENSSL_free(ptr); }
+
+/* ---- Transport ---------------------------------------------------------- */
+
+const uint64_t COpenSSL_SSL_OP_IGNORE_UNEXPECTED_EOF = SSL_OP_IGNORE_UNEXPECTED_EOF;
+const uint64_t COpenSSL_SSL_OP_NO_RENEGOTIATION = SSL_OP_NO_RENEGOTIATION;
+
+void COpenSSL_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes) { SSL_CTX_set_read_ahead(ctx, yes); }
+
+/* The no-SIGPIPE socket BIO: BIO_s_socket's logic with send(MSG_NOSIGNAL). */
+
+static int nosig_should_retry(int err) {
+    return err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == EINPROGRESS;
+}
+
+static int nosig_fd(BIO *bio) { return (int)(intptr_t)BIO_get_data(bio); }
+
+static int nosig_write(BIO *bio, const char *data, int len) {
+    BIO_clear_retry_flags(bio);
+    if (len <= 0) return 0;
+    ssize_t n = send(nosig_fd(bio), data, (size_t)len, MSG_NOSIGNAL);
+    if (n <= 0 && nosig_should_retry(errno)) BIO_set_retry_write(bio);
+    return (int)n;
+}
+
+static int nosig_read(BIO *bio, char *data, int len) {
+    BIO_clear_retry_flags(bio);
+    if (data == NULL || len <= 0) return 0;
+    ssize_t n = recv(nosig_fd(bio), data, (size_t)len, 0);
+    if (n < 0 && nosig_should_retry(errno)) BIO_set_retry_read(bio);
+    else if (n == 0) BIO_set_flags(bio, BIO_FLAGS_IN_EOF);
+    return (int)n;
+}
+
+static int nosig_puts(BIO *bio, const char *text) { return nosig_write(bio, text, (int)strlen(text)); }
+
+static long nosig_ctrl(BIO *bio, int cmd, long num, void *ptr) {
+    (void)num;
+    switch (cmd) {
+    case BIO_C_GET_FD:
+        if (ptr != NULL) *(int *)ptr = nosig_fd(bio);
+        return nosig_fd(bio);
+    case BIO_CTRL_DUP:
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_EOF:
+        return BIO_test_flags(bio, BIO_FLAGS_IN_EOF) != 0;
+    default:
+        return 0;
+    }
+}
+
+static int nosig_create(BIO *bio) {
+    BIO_set_data(bio, (void *)(intptr_t)-1);
+    BIO_set_init(bio, 0);
+    return 1;
+}
+
+static BIO_METHOD *nosig_method = NULL;
+static pthread_once_t nosig_once = PTHREAD_ONCE_INIT;
+
+static void nosig_make_method(void) {
+    int type = BIO_get_new_index();
+    if (type == -1) return;
+    BIO_METHOD *method = BIO_meth_new(type | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+                                      "pvmigrate socket (MSG_NOSIGNAL)");
+    if (method == NULL) return;
+    if (!BIO_meth_set_write(method, nosig_write) || !BIO_meth_set_read(method, nosig_read)
+        || !BIO_meth_set_puts(method, nosig_puts) || !BIO_meth_set_ctrl(method, nosig_ctrl)
+        || !BIO_meth_set_create(method, nosig_create)) {
+        BIO_meth_free(method);
+        return;
+    }
+    nosig_method = method; /* lives as long as the process */
+}
+
+BIO *COpenSSL_BIO_new_socket_nosigpipe(int fd) {
+    pthread_once(&nosig_once, nosig_make_method);
+    if (nosig_method == NULL || fd < 0) return NULL;
+    BIO *bio = BIO_new(nosig_method);
+    if (bio == NULL) return NULL;
+    BIO_set_data(bio, (void *)(intptr_t)fd);
+    BIO_set_init(bio, 1);
+    return bio;
+}

@@ -35,35 +35,84 @@ public enum DeltaCodec {
     public static func encode(page: UnsafeRawBufferPointer, previous: UnsafeRawBufferPointer) -> [UInt8]? {
         precondition(page.count == previous.count,
                      "delta encoding needs pages of one size (\(page.count) vs \(previous.count))")
+        guard page.count > 0 else { return nil }
+        var written: Int? = nil
+        let out = [UInt8](unsafeUninitializedCapacity: page.count - 1) { buffer, initialized in
+            written = encode(page: page, previous: previous, into: UnsafeMutableRawBufferPointer(buffer))
+            initialized = written ?? 0
+        }
+        return written == nil ? nil : out
+    }
+
+    /// Encodes `page` as a delta against `previous` (the same size) into
+    /// `output`, which must hold at least `page.count - 1` bytes, without
+    /// allocating. Returns the delta's length (0 if nothing changed), or nil
+    /// if the delta would not be smaller than the page; the bytes of `output`
+    /// are then unspecified. Produces exactly the bytes `encode(page:previous:)`
+    /// returns.
+    public static func encode(page: UnsafeRawBufferPointer, previous: UnsafeRawBufferPointer,
+                              into output: UnsafeMutableRawBufferPointer) -> Int? {
+        precondition(page.count == previous.count,
+                     "delta encoding needs pages of one size (\(page.count) vs \(previous.count))")
         let count = page.count
         guard count > 0, let pageBase = page.baseAddress, let previousBase = previous.baseAddress else {
             return nil
         }
+        precondition(output.count >= count - 1, "delta output buffer is smaller than the page minus one byte")
+        guard let outBase = output.baseAddress else { return nil }  // count == 1: no delta is smaller
         // Sound: every caller below passes an offset in 0..<count, and both
         // buffers hold `count` bytes.
         @inline(__always) func xor(_ offset: Int) -> UInt8 {
             pageBase.load(fromByteOffset: offset, as: UInt8.self)
                 ^ previousBase.load(fromByteOffset: offset, as: UInt8.self)
         }
-        @inline(__always) func wordsEqual(_ offset: Int) -> Bool {
-            // Sound: callers check offset + 8 <= count; no alignment needed.
+        // Sound: callers check offset + 8 <= count; no alignment needed.
+        @inline(__always) func xorWord(_ offset: Int) -> UInt64 {
             pageBase.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
-                == previousBase.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                ^ previousBase.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+        }
+        /// True when no byte of `word` is zero (the classic "has zero byte" test, negated).
+        @inline(__always) func noZeroByte(_ word: UInt64) -> Bool {
+            (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080 == 0
+        }
+        @inline(__always) func varintLength(_ value: Int) -> Int {
+            var length = 1
+            var rest = UInt(value) >> 7
+            while rest != 0 { length += 1; rest >>= 7 }
+            return length
+        }
+        // Sound: every write below is preceded by a check that the token fits
+        // in `position + tokenLength < count <= output.count + 1`.
+        @inline(__always) func putVarint(_ value: Int, at position: inout Int) {
+            var rest = UInt(value)
+            while rest >= 0x80 {
+                outBase.storeBytes(of: UInt8(truncatingIfNeeded: rest) | 0x80, toByteOffset: position, as: UInt8.self)
+                position += 1
+                rest >>= 7
+            }
+            outBase.storeBytes(of: UInt8(rest), toByteOffset: position, as: UInt8.self)
+            position += 1
         }
 
-        var out: [UInt8] = []
-        out.reserveCapacity(count)
+        var position = 0
         var cursor = 0
         while cursor < count {
             // The zero run: unchanged bytes, skipped a word at a time.
             var literalStart = cursor
-            while literalStart + 8 <= count && wordsEqual(literalStart) { literalStart += 8 }
+            while literalStart + 8 <= count && xorWord(literalStart) == 0 { literalStart += 8 }
             while literalStart < count && xor(literalStart) == 0 { literalStart += 1 }
             if literalStart == count { break }  // the trailing zero run is implicit
 
             // The literal: up to a long enough zero run or the unchanged tail.
+            // A token costs at least its literal plus two bytes, so give up as
+            // soon as that can no longer beat the page.
             var literalEnd = literalStart
             while literalEnd < count {
+                if position + 2 + (literalEnd - literalStart) >= count { return nil }
+                if literalEnd + 8 <= count && noZeroByte(xorWord(literalEnd)) {
+                    literalEnd += 8  // eight changed bytes: no zero run can start here
+                    continue
+                }
                 if xor(literalEnd) != 0 {
                     literalEnd += 1
                     continue
@@ -76,13 +125,26 @@ public enum DeltaCodec {
                 literalEnd = zeroEnd
             }
 
-            appendVarint(literalStart - cursor, to: &out)
-            appendVarint(literalEnd - literalStart, to: &out)
-            for offset in literalStart..<literalEnd { out.append(xor(offset)) }
-            if out.count >= count { return nil }
+            let literalLength = literalEnd - literalStart
+            let zeroRun = literalStart - cursor
+            let tokenLength = varintLength(zeroRun) + varintLength(literalLength) + literalLength
+            if position + tokenLength >= count { return nil }
+            putVarint(zeroRun, at: &position)
+            putVarint(literalLength, at: &position)
+            var offset = literalStart
+            while offset + 8 <= literalEnd {
+                outBase.storeBytes(of: xorWord(offset), toByteOffset: position, as: UInt64.self)
+                position += 8
+                offset += 8
+            }
+            while offset < literalEnd {
+                outBase.storeBytes(of: xor(offset), toByteOffset: position, as: UInt8.self)
+                position += 1
+                offset += 1
+            }
             cursor = literalEnd
         }
-        return out
+        return position
     }
 
     /// Encodes `page` as a delta against `previous` (see the raw-buffer overload).
@@ -111,10 +173,18 @@ public enum DeltaCodec {
         try forEachLiteral(in: delta, pageSize: page.count) { pageOffset, deltaOffset, length in
             // Sound: forEachLiteral guarantees deltaOffset + length <= delta.count
             // and pageOffset + length <= page.count.
-            for index in 0..<length {
+            var index = 0
+            while index + 8 <= length {
+                let old = pageBase.loadUnaligned(fromByteOffset: pageOffset + index, as: UInt64.self)
+                let change = deltaBase.loadUnaligned(fromByteOffset: deltaOffset + index, as: UInt64.self)
+                pageBase.storeBytes(of: old ^ change, toByteOffset: pageOffset + index, as: UInt64.self)
+                index += 8
+            }
+            while index < length {
                 let old = pageBase.load(fromByteOffset: pageOffset + index, as: UInt8.self)
                 let change = deltaBase.load(fromByteOffset: deltaOffset + index, as: UInt8.self)
                 pageBase.storeBytes(of: old ^ change, toByteOffset: pageOffset + index, as: UInt8.self)
+                index += 1
             }
         }
     }
@@ -164,39 +234,29 @@ public enum DeltaCodec {
     /// Reads a minimal unsigned LEB128 varint at `position`, which must not
     /// exceed `limit` (the bytes left in the page).
     private static func readVarint(_ delta: UnsafeRawBufferPointer, at position: inout Int,
-                                   limit: Int, what: String) throws -> Int {
+                                   limit: Int, what: @autoclosure () -> String) throws -> Int {
         let start = position
         var value = 0
         var shift = 0
         while true {
             guard position < delta.count else {
-                throw MigrateError.deltaMalformed(offset: start, reason: "\(what): length cut off by the end of the delta")
+                throw MigrateError.deltaMalformed(offset: start, reason: "\(what()): length cut off by the end of the delta")
             }
             let byte = delta[position]
             position += 1
             if byte == 0 && shift > 0 {
-                throw MigrateError.deltaMalformed(offset: start, reason: "\(what): length not minimally encoded")
+                throw MigrateError.deltaMalformed(offset: start, reason: "\(what()): length not minimally encoded")
             }
             value |= Int(byte & 0x7f) << shift
             guard value <= limit else {
                 throw MigrateError.deltaMalformed(
-                    offset: start, reason: "\(what): length \(value) or more runs past the end of the page (\(limit) bytes left)")
+                    offset: start, reason: "\(what()): length \(value) or more runs past the end of the page (\(limit) bytes left)")
             }
             if byte & 0x80 == 0 { return value }
             shift += 7
             guard shift <= 56 else {
-                throw MigrateError.deltaMalformed(offset: start, reason: "\(what): length longer than 9 bytes")
+                throw MigrateError.deltaMalformed(offset: start, reason: "\(what()): length longer than 9 bytes")
             }
         }
-    }
-
-    /// Appends `value` (not negative) as an unsigned LEB128 varint.
-    private static func appendVarint(_ value: Int, to out: inout [UInt8]) {
-        var rest = UInt(value)
-        while rest >= 0x80 {
-            out.append(UInt8(truncatingIfNeeded: rest) | 0x80)
-            rest >>= 7
-        }
-        out.append(UInt8(rest))
     }
 }

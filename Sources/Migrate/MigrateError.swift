@@ -36,6 +36,12 @@ public enum MigrateError: Error, Equatable, Sendable {
     /// A delta record is malformed; `offset` is the byte in the delta where
     /// decoding stopped.
     case deltaMalformed(offset: Int, reason: String)
+
+    // MARK: page batches (protocol.md §3.3)
+
+    /// A PAGES payload breaks §3.3 (count, index, encoding, lengths, reserved
+    /// bytes, round); nothing in guest memory was changed.
+    case pageBatchMalformed(reason: String)
 }
 
 extension MigrateError: CustomStringConvertible {
@@ -78,6 +84,9 @@ extension MigrateError: CustomStringConvertible {
         case .deltaMalformed(let offset, let reason):
             return "received a malformed page delta (at byte \(offset): \(reason)); "
                 + "the stream is corrupt or the peer is misbehaving — retry the migration"
+        case .pageBatchMalformed(let reason):
+            return "received a malformed page batch (\(reason)); guest memory was left as it was; "
+                + "the stream is corrupt or the peer is misbehaving — check that both hosts run the same pvmigrate"
         }
     }
 }

@@ -87,6 +87,23 @@ public final class ZstdCompressor {
         }
     }
 
+    /// Compresses `input` into one zstd frame written to `output` (reused by
+    /// the caller across batches; `maximumCompressedSize(inputBytes:)` bytes
+    /// always suffice). Returns the frame's length.
+    /// - Throws: `MigrateError.compressionFailed` if libzstd fails or the
+    ///   frame does not fit in `output`.
+    public func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {
+        // Sound: libzstd writes at most `output.count` bytes to `output` and
+        // reads exactly `input.count` bytes from `input` (NULL only when the
+        // count is 0, which libzstd accepts).
+        let written = ZSTD_compress2(context, output.baseAddress, output.count, input.baseAddress, input.count)
+        if ZSTD_isError(written) != 0 {
+            throw MigrateError.compressionFailed(
+                inputBytes: input.count, reason: String(cString: ZSTD_getErrorName(written)))
+        }
+        return written
+    }
+
     /// Compresses `input` into one zstd frame.
     public func compress(_ input: [UInt8]) throws -> [UInt8] {
         try input.withUnsafeBytes { try compress($0) }

@@ -11,5 +11,5 @@ struct PVMigrate: ParsableCommand {
             Migration (send/listen), named VMs and benchmarks are being built; see README.md.
             """,
         version: "0.1.0",
-        subcommands: [Run.self, Guest.self])
+        subcommands: [Run.self, Guest.self, Bench.self])
 }

@@ -23,11 +23,18 @@ struct DirtyTrackingTests {
         machine.start()
         defer { machine.stop(); machine.waitForExit() }
         #expect(console.wait(for: "pass 1 done", timeout: 20), "\(console.text)")
-        _ = try tracker.harvest(vcpusPaused: false)
-        #expect(console.wait(for: "pass 2 done", timeout: 20))
+        machine.pause()
+        _ = try tracker.harvest(vcpusPaused: true)
+        let base = machine.pv.guestCounters?.pagesWritten ?? 0
+        machine.resume()
+        // Wait for two full sequential passes' worth of page writes (4096), by the guest's count.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while (machine.pv.guestCounters?.pagesWritten ?? 0) - base < 4096, ContinuousClock.now < deadline {
+            Thread.sleep(forTimeInterval: 0.01)
+        }
         machine.pause()
         let round = try tracker.harvest(vcpusPaused: true)
-        // Between the two harvests the guest wrote one whole pass (2048 pages) at least.
+        // 4096 consecutive sequential writes cover all 2048 pages of the working set.
         #expect(try #require(round.kvm).count >= 2048)
         let page = GuestPhysicalAddress(0x3000)
         try machine.memory.write([1, 2, 3], at: page)

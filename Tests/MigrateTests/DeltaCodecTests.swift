@@ -145,4 +145,82 @@ struct DeltaCodecTests {
         #expect(page[14] == 1 && page[15] == 2)
         #expect(page[..<14].allSatisfy { $0 == 0 })
     }
+
+    /// The encoder as first written (byte at a time, growing an array): the
+    /// word-at-a-time encoder must produce exactly its bytes.
+    static func referenceEncode(_ page: [UInt8], _ previous: [UInt8]) -> [UInt8]? {
+        let count = page.count
+        guard count > 0 else { return nil }
+        func xor(_ i: Int) -> UInt8 { page[i] ^ previous[i] }
+        func varint(_ value: Int, _ out: inout [UInt8]) {
+            var rest = UInt(value)
+            while rest >= 0x80 { out.append(UInt8(truncatingIfNeeded: rest) | 0x80); rest >>= 7 }
+            out.append(UInt8(rest))
+        }
+        var out: [UInt8] = []
+        var cursor = 0
+        while cursor < count {
+            var start = cursor
+            while start < count && xor(start) == 0 { start += 1 }
+            if start == count { break }
+            var end = start
+            while end < count {
+                if xor(end) != 0 { end += 1; continue }
+                var zeroEnd = end
+                while zeroEnd < count && zeroEnd - end < DeltaCodec.minimumZeroRun && xor(zeroEnd) == 0 { zeroEnd += 1 }
+                if zeroEnd - end >= DeltaCodec.minimumZeroRun || zeroEnd == count { break }
+                end = zeroEnd
+            }
+            varint(start - cursor, &out)
+            varint(end - start, &out)
+            for i in start..<end { out.append(xor(i)) }
+            if out.count >= count { return nil }
+            cursor = end
+        }
+        return out
+    }
+
+    @Test("encoding into a buffer matches the reference encoder and stays inside the buffer",
+          arguments: [0, 1, 2, 4, 16, 64, 256, 1024, 1500, 1800, 2000, 2500, 4096])
+    func encodeIntoBuffer(changes: Int) throws {
+        for seed in 0..<20 as Range<UInt64> {
+            var generator = SeededGenerator(seed: seed &+ UInt64(changes) << 8)
+            let previous = randomBytes(Self.pageSize, seed: seed)
+            var page = previous
+            for _ in 0..<changes {
+                let offset = Int.random(in: 0..<Self.pageSize, using: &generator)
+                let width = Int.random(in: 1...3, using: &generator)
+                for i in offset..<min(Self.pageSize, offset + width) { page[i] = UInt8.random(in: 0...255, using: &generator) }
+            }
+            let expected = Self.referenceEncode(page, previous)
+            var output = [UInt8](repeating: 0xCC, count: Self.pageSize - 1 + 64)
+            let length = page.withUnsafeBytes { p in
+                previous.withUnsafeBytes { q in
+                    output.withUnsafeMutableBytes {
+                        DeltaCodec.encode(page: p, previous: q,
+                                          into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(Self.pageSize - 1)]))
+                    }
+                }
+            }
+            #expect(output[(Self.pageSize - 1)...].allSatisfy { $0 == 0xCC }, "wrote past the buffer")
+            #expect(length.map { Array(output[0..<$0]) } == expected)
+            #expect(DeltaCodec.encode(page: page, previous: previous) == expected)
+            if let delta = expected { #expect(try DeltaCodec.decode(delta, previous: previous) == page) }
+        }
+    }
+
+    @Test("small pages with random change masks encode exactly as the reference (size boundaries)")
+    func smallPagesMatchReference() {
+        var generator = SeededGenerator(seed: 2024)
+        for _ in 0..<5000 {
+            let size = Int.random(in: 1...40, using: &generator)
+            let density = Int.random(in: 1...100, using: &generator)
+            let previous = (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let page = previous.map { byte in
+                Int.random(in: 0..<100, using: &generator) < density ? byte ^ UInt8.random(in: 1...255, using: &generator) : byte
+            }
+            #expect(DeltaCodec.encode(page: page, previous: previous) == Self.referenceEncode(page, previous),
+                    "page \(page) previous \(previous)")
+        }
+    }
 }

@@ -2,7 +2,8 @@
  * COpenSSL: libssl + libcrypto (apt: libssl-dev, OpenSSL 3.0 or newer) and
  * plain-function wrappers for the OpenSSL function-like macros Swift cannot
  * import. Only the TLS transport file of the Migrate target imports this
- * module (for now Sources/Migrate/TLSLibrary.swift).
+ * module (Sources/Migrate/Transport/TLSStream.swift, which also reports the
+ * library version), plus the certificate file (Transport/CertificateAuthority.swift).
  *
  * Naming: COpenSSL_<the macro it wraps>. Each wrapper returns exactly what
  * the wrapped OpenSSL call returns (OpenSSL reports failure by value and on
@@ -13,6 +14,7 @@
 #define PVMIGRATE_COPENSSL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/bio.h>
 #include <openssl/buffer.h>
@@ -121,6 +123,36 @@ EVP_PKEY *COpenSSL_EVP_ED25519_gen(void);
 /// X509V3_EXT_conf_nid + X509_add_ext.
 /// Returns 1 on success, 0 on failure (bad value; details on the error queue).
 int COpenSSL_X509_add_ext_nid(X509 *cert, X509 *issuer, int nid, const char *value);
+
+/// XN_FLAG_ONELINE (a macro of casts Swift cannot import) for
+/// X509_NAME_print_ex: prints "O = pvmigrate, CN = dst".
+extern const unsigned long COpenSSL_XN_FLAG_ONELINE;
+
+/* ---- Transport ---------------------------------------------------------- */
+
+/// SSL_OP_IGNORE_UNEXPECTED_EOF (SSL_OP_BIT(7), which Swift cannot import):
+/// a TCP EOF without close_notify reads as SSL_ERROR_ZERO_RETURN.
+extern const uint64_t COpenSSL_SSL_OP_IGNORE_UNEXPECTED_EOF;
+
+/// SSL_OP_NO_RENEGOTIATION: refuse renegotiation (irrelevant in TLS 1.3, set
+/// for defence in depth).
+extern const uint64_t COpenSSL_SSL_OP_NO_RENEGOTIATION;
+
+/// SSL_CTX_set_read_ahead: when `yes` is 1, the record layer reads as many
+/// bytes as the socket has (up to its read buffer) instead of one record
+/// header and body at a time. Cannot fail.
+void COpenSSL_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes);
+
+/// A BIO over the connected socket `fd` that sends with MSG_NOSIGNAL, so a
+/// write to a connection the peer closed returns EPIPE instead of raising
+/// SIGPIPE (OpenSSL's socket BIO uses write(2), which raises it). Otherwise it
+/// behaves like BIO_s_socket: recv/send with the retry flags set on
+/// EAGAIN/EWOULDBLOCK/EINTR (so non-blocking sockets work), BIO_eof true after
+/// recv returned 0, BIO_get_fd returns `fd`. It never closes `fd`; the caller
+/// owns it and must keep it open while the BIO (or the SSL holding it) is used.
+/// Returns a BIO the caller frees with BIO_free (or hands to SSL_set_bio), or
+/// NULL on allocation failure.
+BIO *COpenSSL_BIO_new_socket_nosigpipe(int fd);
 
 /* ---- Errors and memory ------------------------------------------------- */
 

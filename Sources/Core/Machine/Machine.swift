@@ -73,6 +73,7 @@ public final class Machine: @unchecked Sendable {
     private let hasXCRs: Bool
     private let exitState = Locked<VMExit?>(nil)
     let manualProtectEnabled = Locked(false)
+    let throttle = Locked(ThrottleState())
     /// KVM's dirty ring, when the configuration enabled it.
     let dirtyRing: DirtyRingState?
 

@@ -106,10 +106,12 @@ public final class VCPUThread: @unchecked Sendable {
         }
     }
 
+    /// Lets a paused vCPU run again; returns once its thread has left the parked state.
     public func resume() {
         condition.withLock {
             pauseRequested = false
             condition.broadcast()
+            while case .paused = runState, !pauseRequested, threadHandle != nil { condition.wait() }
         }
     }
 

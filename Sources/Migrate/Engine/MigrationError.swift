@@ -1,0 +1,51 @@
+import Core
+
+/// Why a migration failed, by phase. The message says what happened and — on the source —
+/// that the VM is still running here.
+public enum MigrationError: Error, CustomStringConvertible {
+    case transport(TransportError)
+    case wire(WireError)
+    case codec(MigrateError)
+    /// The peer sent an ERROR frame.
+    case peer(ErrorReport)
+    case incompatible(String)
+    case dirtyTracking(DirtyTrackingError)
+    case machine(MachineError)
+    case state(StateCodingError)
+    case digestMismatch(expected: UInt64, actual: UInt64)
+    case notConverging(String)
+    case cancelled
+    case invalidOptions(String)
+
+    public var description: String {
+        switch self {
+        case let .transport(e): return e.description
+        case let .wire(e): return e.description
+        case let .codec(e): return e.description
+        case let .peer(r): return "the destination refused: \(r.reason) (code \(r.code.rawValue))"
+        case let .incompatible(why): return "incompatible peer: \(why)"
+        case let .dirtyTracking(e): return e.description
+        case let .machine(e): return e.description
+        case let .state(e): return e.description
+        case let .digestMismatch(e, a):
+            return "memory digest mismatch (source 0x\(String(e, radix: 16)), destination 0x\(String(a, radix: 16))): pages were lost or damaged"
+        case let .notConverging(why): return "the migration did not converge: \(why)"
+        case .cancelled: return "the migration was cancelled"
+        case let .invalidOptions(why): return "invalid migration options: \(why)"
+        }
+    }
+
+    /// The code to put in an ERROR frame for this failure.
+    var reportCode: ErrorReport.Code {
+        switch self {
+        case .wire: .protocolViolation
+        case .incompatible: .unsupportedVersion
+        case .machine: .resources
+        case .digestMismatch: .digestMismatch
+        case .state: .restoreFailed
+        case .cancelled: .cancelled
+        case .transport(.timeout): .timeout
+        default: .internalError
+        }
+    }
+}

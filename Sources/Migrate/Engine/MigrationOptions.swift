@@ -1,0 +1,76 @@
+import Core
+import Foundation
+
+/// How to migrate (the CLI's `send` options map onto this).
+public struct MigrationOptions: Sendable {
+    /// Stop-and-copy once the remaining set fits this pause (seconds).
+    public var downtimeTarget: Double = 0.050
+    /// Cap on bytes per second on the wire; nil = as fast as possible.
+    public var bandwidthLimit: Double?
+    /// Give up (the VM keeps running here) if not converged after this many seconds.
+    public var maxTime: Double = 300
+    /// Parallel TCP/TLS streams (protocol.md §3.1). Default: one per core.
+    public var streams: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// zstd level for page batches; nil = no compression.
+    public var compressionLevel: Int32? = 1
+    /// Send changed pages as XOR deltas against the copy last sent.
+    public var delta = true
+    public var deltaCacheBytes = 64 << 20
+    public var dirtySource: DirtySourceMode = .hybrid
+    /// Slow the guest down when it dirties faster than the link carries.
+    public var autoConverge = true
+    /// Network read timeout (seconds).
+    public var timeout: Double = 30
+    /// Pages per PAGES batch (≤ 1024).
+    public var batchPages = 256
+
+    public init() {}
+
+    func validate() throws(MigrationError) {
+        guard downtimeTarget > 0 else { throw .invalidOptions("the downtime target must be positive") }
+        guard (1...64).contains(streams) else { throw .invalidOptions("streams must be 1–64") }
+        guard (1...1024).contains(batchPages) else { throw .invalidOptions("batch size must be 1–1024 pages") }
+        if let b = bandwidthLimit, !(b >= 1_048_576) { throw .invalidOptions("the bandwidth limit must be at least 1 MiB/s") }
+        guard maxTime > 0, timeout > 0 else { throw .invalidOptions("times must be positive") }
+    }
+}
+
+/// One pre-copy round, as the progress display and the statistics show it.
+public struct RoundStats: Sendable, Codable, Equatable {
+    public var round: Int
+    public var pages = 0
+    public var zeroPages = 0, rawPages = 0, deltaPages = 0
+    /// Bytes written to the streams (headers included; TLS overhead not).
+    public var wireBytes: UInt64 = 0
+    public var seconds = 0.0
+    /// wireBytes / seconds.
+    public var bandwidth = 0.0
+    /// Pages found dirty when this round ended (the next round's size).
+    public var dirtyPages = 0
+    /// dirtyPages / seconds.
+    public var dirtyRate = 0.0
+    /// What a stop-and-copy of dirtyPages would cost now.
+    public var expectedDowntime = 0.0
+    /// Guest throttle in force during the round: PV pages/s, or vCPU fraction × 1000.
+    public var throttle: UInt32 = 0
+}
+
+/// The outcome of a migration: produced by the engine, printed by the CLI and the benchmarks.
+public struct MigrationStats: Sendable, Codable, Equatable {
+    public var memoryBytes: UInt64 = 0
+    public var streams = 0
+    public var totalSeconds = 0.0
+    /// Guest paused on the source → resumed on the destination (acknowledged).
+    public var downtimeSeconds = 0.0
+    public var wireBytes: UInt64 = 0
+    public var rounds: [RoundStats] = []
+    public var zeroPages = 0, rawPages = 0, deltaPages = 0
+    public var deltaHitRate = 0.0
+    public var finalPages = 0
+    public var pagesWithData: UInt64 = 0
+    public var digest: UInt64 = 0
+    public var dirtySource = DirtySourceMode.hybrid
+    public var throttled = false
+
+    public var pagesSent: Int { zeroPages + rawPages + deltaPages }
+}

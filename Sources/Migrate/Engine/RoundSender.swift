@@ -1,0 +1,179 @@
+import Core
+import Foundation
+
+/// Sends the pages of one round over every stream in parallel (protocol.md §3.3–3.4):
+/// page `i` always goes to stream `i mod streams`, so each stream — with its own encoder and
+/// delta cache — always holds the destination's current copy of its pages.
+final class RoundSender: @unchecked Sendable {
+    let channels: [FrameChannel]
+    let machine: Machine
+    let options: MigrationOptions
+    private let cancelled: Locked<Bool>
+    private let encoders: [PageBatchEncoder]
+    private let caches: [DeltaCache]
+
+    init(channels: [FrameChannel], machine: Machine, options: MigrationOptions, cancelled: Locked<Bool>) {
+        self.channels = channels
+        self.machine = machine
+        self.options = options
+        self.cancelled = cancelled
+        let perStreamCache = options.deltaCacheBytes / max(1, channels.count)
+        let caches = options.delta ? channels.map { _ in DeltaCache(capacityBytes: perStreamCache) } : []
+        self.caches = caches
+        encoders = channels.indices.map { i in
+            PageBatchEncoder(maxPages: options.batchPages, compressionLevel: options.compressionLevel,
+                             deltaCache: options.delta ? caches[i] : nil)
+        }
+    }
+
+    var deltaHitRate: Double {
+        let lookups = caches.reduce(0) { $0 + $1.lookups }
+        return lookups == 0 ? 0 : Double(caches.reduce(0) { $0 + $1.hits }) / Double(lookups)
+    }
+
+    /// Sends `pages` as round `round`, then a ROUND frame on the control stream. With
+    /// `skipZero` (round 0: the destination starts zeroed) all-zero pages are not sent.
+    func send(pages: PageBitmap, round: UInt32, skipZero: Bool) throws(MigrationError) -> RoundStats {
+        let n = channels.count
+        var perStream = [[Int]](repeating: [], count: n)
+        for index in pages.indices { perStream[index % n].append(index) }
+        let started = ContinuousClock.now
+        let results = Locked<[Result<StreamTotals, MigrationError>?]>(Array(repeating: nil, count: n))
+        let group = DispatchGroup()
+        let byteBudget = options.bandwidthLimit.map { $0 / Double(n) }
+        for s in 0..<n {
+            group.enter()
+            let indices = perStream[s]
+            Thread.detachNewThread { [self] in
+                let r: Result<StreamTotals, MigrationError>
+                do throws(MigrationError) {
+                    r = .success(try sendStream(s, indices: indices, round: round, skipZero: skipZero, budget: byteBudget))
+                } catch { r = .failure(error) }
+                results.withLock { $0[s] = r }
+                group.leave()
+            }
+        }
+        group.wait()
+        var stats = RoundStats(round: Int(round))
+        for r in results.value {
+            switch r {
+            case let .success(b)?:
+                stats.zeroPages += b.zero; stats.rawPages += b.raw; stats.deltaPages += b.delta
+                stats.wireBytes += UInt64(b.payloadBytes + FrameHeader.size * b.frames)
+            case let .failure(e)?:
+                channels.forEach { $0.stream.close() } // unblock the other streams
+                throw e
+            case nil: throw MigrationError.cancelled
+            }
+        }
+        stats.pages = stats.zeroPages + stats.rawPages + stats.deltaPages
+        stats.seconds = (ContinuousClock.now - started).seconds
+        do {
+            try channels[0].send(.round(RoundReport(round: round, pages: UInt64(stats.pages), bytes: stats.wireBytes)))
+        } catch { throw .transport(error) }
+        return stats
+    }
+
+    /// STREAM_END on every stream (control last), after the final round.
+    func finish() throws(MigrationError) {
+        for c in channels.reversed() {
+            do { try c.send(.streamEnd(frames: c.framesSent)) } catch { throw .transport(error) }
+        }
+    }
+
+    private func sendStream(_ s: Int, indices: [Int], round: UInt32, skipZero: Bool,
+                            budget: Double?) throws(MigrationError) -> StreamTotals {
+        let encoder = encoders[s], channel = channels[s], memory = machine.memory
+        var total = StreamTotals()
+        let started = ContinuousClock.now
+        var sentBytes = 0.0
+        func flush() throws(MigrationError) {
+            guard encoder.count > 0 else { return }
+            let (flags, payload, b) = encoder.finish()
+            do { try channel.sendPages(flags: flags, payload: payload) } catch { throw .transport(error) }
+            total.zero += b.zero; total.raw += b.raw; total.delta += b.delta
+            total.payloadBytes += b.payloadBytes; total.frames += 1
+            encoder.begin(round: round)
+            if let budget { // token bucket: stay under the cap on average
+                sentBytes += Double(payload.count + FrameHeader.size)
+                let ahead = sentBytes / budget - (ContinuousClock.now - started).seconds
+                if ahead > 0 { Thread.sleep(forTimeInterval: ahead) }
+            }
+        }
+        encoder.begin(round: round)
+        for index in indices {
+            if cancelled.value { throw .cancelled }
+            guard let page = memory.page(atIndex: index) else { continue }
+            let bytes = UnsafeRawBufferPointer(page)
+            if skipZero, PageKind.classify(bytes) == .zero { continue }
+            _ = encoder.add(pageIndex: UInt64(index), page: bytes)
+            if encoder.isFull { try flush() }
+        }
+        try flush()
+        return total
+    }
+}
+
+/// What one stream sent in a round.
+struct StreamTotals {
+    var zero = 0, raw = 0, delta = 0, payloadBytes = 0, frames = 0
+}
+
+extension MigrationSender {
+    /// Pre-copy rounds until the remaining set fits the downtime target. Returns the pages
+    /// still dirty, which the stop-and-copy round must send together with whatever the
+    /// paused harvest adds.
+    func precopy(tracker: DirtyTracker, rounds: RoundSender, stats: inout MigrationStats, started: ContinuousClock.Instant,
+                 progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
+        do { try tracker.start() } catch { throw .dirtyTracking(error) }
+        let memory = machine.memory
+        // Round 0: every page that can hold data — resident on this host, not ballooned.
+        var set = memory.residentPages().subtracting(machine.pv.balloonedPages)
+        var bandwidth = 0.0, bytesPerPage = 4096.0, throttleLevel = 0, throttle: UInt32 = 0
+        var round: UInt32 = 0
+        while true {
+            if isCancelled { throw .cancelled }
+            let elapsed = (ContinuousClock.now - started).seconds
+            guard elapsed < options.maxTime else {
+                throw .notConverging("still \(set.count) dirty pages after \(Int(elapsed)) s (--max-time); the guest dirties memory faster than the link carries it")
+            }
+            var r = try rounds.send(pages: set, round: round, skipZero: round == 0)
+            let next: PageBitmap
+            do { next = try tracker.harvest(vcpusPaused: false).pages } catch { throw .dirtyTracking(error) }
+            r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
+            if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
+            if bandwidth == 0 { bandwidth = max(r.bandwidth, 100e6) }
+            if let cap = options.bandwidthLimit { bandwidth = min(bandwidth, cap) }
+            if r.pages > 0 { bytesPerPage = max(16, Double(r.wireBytes) / Double(r.pages)) }
+            r.dirtyPages = next.count
+            r.dirtyRate = r.seconds > 0 ? Double(next.count) / r.seconds : 0
+            r.expectedDowntime = Double(next.count) * bytesPerPage / bandwidth
+            r.throttle = throttle
+            stats.add(r)
+            progress(r)
+            if next.isEmpty || r.expectedDowntime <= options.downtimeTarget { return next }
+            // Auto-converge: the guest dirties faster than the link drains.
+            if options.autoConverge, round >= 1, r.dirtyRate * bytesPerPage > 0.7 * bandwidth {
+                throttleLevel += 1
+                stats.throttled = true
+                throttle = applyThrottle(level: throttleLevel, dirtyRate: r.dirtyRate, linkPages: bandwidth / bytesPerPage)
+            }
+            set = next
+            round += 1
+        }
+    }
+
+    /// PV guests are asked to slow down (halving per level); others have their vCPUs paused
+    /// for a growing share of the time. Returns the figure for the statistics.
+    private func applyThrottle(level: Int, dirtyRate: Double, linkPages: Double) -> UInt32 {
+        if machine.pv.isRegistered {
+            let target = max(64, min(dirtyRate, linkPages) / Double(1 << min(level, 16)))
+            let pagesPerSecond = UInt32(min(target, Double(UInt32.max)))
+            machine.pv.setThrottle(pagesPerSecond: pagesPerSecond)
+            return pagesPerSecond
+        }
+        let fraction = min(0.9, 0.2 * Double(level))
+        machine.setCPUThrottle(fraction)
+        return UInt32(fraction * 1000)
+    }
+}

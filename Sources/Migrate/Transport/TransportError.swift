@@ -1,0 +1,88 @@
+// Errors of the network transport (protocol.md §3.1): TCP, TLS and the
+// certificates behind it. One enum; each message says what failed and what
+// the user can do about it.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything that can go wrong while opening, using or closing a migration
+/// stream, or while making and loading its certificates.
+public enum TransportError: Error, Equatable, CustomStringConvertible {
+    /// The host name did not resolve to any address.
+    case resolveFailed(host: String)
+    /// TCP connect failed (`errno` from connect(2); ETIMEDOUT when no answer
+    /// came within the connect timeout).
+    case connectFailed(host: String, port: UInt16, errno: Int32)
+    /// The TLS handshake with `peer` failed; `reason` comes from OpenSSL's
+    /// error queue (e.g. "certificate verify failed", "wrong version number").
+    /// The connection is closed; a listener stays usable.
+    case handshakeFailed(peer: String, reason: String)
+    /// A certificate, key or TLS directory could not be created, read or used.
+    /// The text is a complete sentence naming the file.
+    case certificate(String)
+    /// The peer closed the connection (EOF, or EPIPE on a write) before the
+    /// requested bytes were transferred.
+    case peerClosed
+    /// No progress within the stream's timeout (`ByteStream.setTimeout`).
+    case timeout
+    /// This side closed the stream or listener (`close()`), possibly from
+    /// another thread while this call was blocked.
+    case closed
+    /// A socket system call failed.
+    case io(operation: String, errno: Int32)
+    /// OpenSSL failed on an established TLS stream (corrupt record, bad MAC,
+    /// alert from the peer...).
+    case tls(String)
+
+    public var description: String {
+        switch self {
+        case .resolveFailed(let host):
+            return "cannot resolve host \"\(host)\": check the name (or use an IP address) and this host's DNS"
+        case .connectFailed(let host, let port, let code):
+            return "cannot connect to \(Self.endpoint(host, port)): \(Self.errnoText(code))"
+                + Self.connectAdvice(code)
+        case .handshakeFailed(let peer, let reason):
+            return "TLS handshake with \(peer) failed: \(reason); check that both hosts use "
+                + "certificates made by the same `pvmigrate certs init` CA and that both sides use TLS "
+                + "(or both were told --insecure)"
+        case .certificate(let message):
+            return message
+        case .peerClosed:
+            return "the peer closed the connection before the transfer was complete; "
+                + "check the peer's log for the reason"
+        case .timeout:
+            return "the peer sent or accepted no data within the stream timeout; the peer or the network "
+                + "is stalled — check the peer and the network, then retry"
+        case .closed:
+            return "the connection was closed on this host (the migration was cancelled or is shutting down)"
+        case .io(let operation, let code):
+            return "\(operation) failed: \(Self.errnoText(code)); check the network and retry"
+        case .tls(let message):
+            return "TLS error on an established stream: \(message); the stream was damaged or the peer "
+                + "misbehaved — retry the migration"
+        }
+    }
+
+    /// "host:port", with brackets around an IPv6 literal.
+    static func endpoint(_ host: String, _ port: UInt16) -> String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
+    /// strerror text plus the symbolic value, e.g. "connection refused (errno 111)".
+    static func errnoText(_ code: Int32) -> String {
+        // Sound: strerror returns a pointer to a NUL-terminated string that
+        // stays valid until the next strerror call; it is copied at once.
+        let text = String(cString: strerror(code))
+        return "\(text.prefix(1).lowercased())\(text.dropFirst()) (errno \(code))"
+    }
+
+    private static func connectAdvice(_ code: Int32) -> String {
+        switch code {
+        case ECONNREFUSED: return ": is `pvmigrate listen` running there, on that port?"
+        case ETIMEDOUT: return ": check the address, the route and any firewall between the hosts"
+        case EHOSTUNREACH, ENETUNREACH: return ": no route to that host — check the address and the network"
+        default: return ": check the address and the network"
+        }
+    }
+}

@@ -1,0 +1,301 @@
+/// Frames of the migration stream (protocol.md §3.2): a 16-byte header, then the payload.
+/// Every decoder validates lengths and contents exactly; the network is hostile.
+
+public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
+    case badMagic(UInt32)
+    case unknownType(UInt16)
+    case badFlags(type: UInt16, flags: UInt16)
+    case reservedNotZero(String)
+    case tooLong(type: UInt16, length: Int, limit: Int)
+    case malformed(type: String, reason: String)
+    /// A frame that is valid but not allowed in the receiver's current state (§3.4).
+    case unexpected(frame: String, state: String)
+
+    public var description: String {
+        let hint = "the peer is not pvmigrate, runs an incompatible version, or the stream is corrupt"
+        switch self {
+        case let .badMagic(m): return "received a frame with bad magic 0x\(String(m, radix: 16)): \(hint)"
+        case let .unknownType(t): return "received a frame of unknown type \(t): \(hint)"
+        case let .badFlags(t, f): return "received frame type \(t) with unknown flags 0x\(String(f, radix: 16)): \(hint)"
+        case let .reservedNotZero(what): return "received a frame whose reserved field \(what) is not zero: \(hint)"
+        case let .tooLong(t, n, limit): return "received frame type \(t) of \(n) bytes, over its limit of \(limit): \(hint)"
+        case let .malformed(t, why): return "received a malformed \(t) frame (\(why)): \(hint)"
+        case let .unexpected(f, s): return "received \(f) while \(s): protocol violation by the peer"
+        }
+    }
+}
+
+public enum FrameType: UInt16, Sendable, CaseIterable {
+    case hello = 1, helloAck, machine, join, pages, round, state, commit, commitAck, error, streamEnd
+
+    /// The largest payload this type may carry.
+    var payloadLimit: Int {
+        switch self {
+        case .hello: 32
+        case .helloAck: 16
+        case .machine: 50 + 255
+        case .join: 20
+        case .pages, .state: FrameHeader.maximumPayload
+        case .round: 24
+        case .commit: 16
+        case .commitAck: 8
+        case .error: 8 + ErrorReport.reasonLimit
+        case .streamEnd: 8
+        }
+    }
+}
+
+public struct FrameHeader: Equatable, Sendable {
+    public static let size = 16
+    public static let magic: UInt32 = 0x474d_5650 // "PVMG"
+    public static let maximumPayload = 16 << 20
+    public static let flagZstd: UInt16 = 1
+
+    public var type: FrameType
+    public var flags: UInt16
+    public var length: Int
+
+    public init(type: FrameType, flags: UInt16 = 0, length: Int) {
+        self.type = type; self.flags = flags; self.length = length
+    }
+
+    public func encoded() -> [UInt8] {
+        var b = Bytes()
+        b.u32(Self.magic); b.u16(type.rawValue); b.u16(flags); b.u32(UInt32(length)); b.u32(0)
+        return b.bytes
+    }
+
+    /// Validates a received header (magic, type, flags, reserved, length limits).
+    public init(decoding raw: [UInt8]) throws(WireError) {
+        precondition(raw.count == Self.size)
+        var r = raw.withUnsafeBytes { Cursor($0) }
+        let magic = r.u32(), typeRaw = r.u16(), flags = r.u16(), length = Int(r.u32()), reserved = r.u32()
+        guard magic == Self.magic else { throw .badMagic(magic) }
+        guard let type = FrameType(rawValue: typeRaw) else { throw .unknownType(typeRaw) }
+        let allowed: UInt16 = type == .pages ? Self.flagZstd : 0
+        guard flags & ~allowed == 0 else { throw .badFlags(type: typeRaw, flags: flags) }
+        guard reserved == 0 else { throw .reservedNotZero("header") }
+        guard length <= type.payloadLimit else { throw .tooLong(type: typeRaw, length: length, limit: type.payloadLimit) }
+        self.type = type; self.flags = flags; self.length = length
+    }
+}
+
+public struct Capabilities: OptionSet, Sendable, Equatable {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public static let zstd = Capabilities(rawValue: 1 << 0)
+    public static let delta = Capabilities(rawValue: 1 << 1)
+    public static let pvState = Capabilities(rawValue: 1 << 2)
+    public static let all: Capabilities = [.zstd, .delta, .pvState]
+}
+
+public struct Hello: Equatable, Sendable {
+    public var minVersion: UInt16 = 1, maxVersion: UInt16 = 1
+    public var streams: UInt32
+    public var capabilities: Capabilities
+    public var migrationID: [UInt8] // 16 bytes
+
+    public init(minVersion: UInt16 = 1, maxVersion: UInt16 = 1, streams: UInt32, capabilities: Capabilities, migrationID: [UInt8]) {
+        self.minVersion = minVersion; self.maxVersion = maxVersion; self.streams = streams
+        self.capabilities = capabilities; self.migrationID = migrationID
+    }
+}
+
+public struct HelloAck: Equatable, Sendable {
+    public var version: UInt16
+    public var streams: UInt32
+    public var capabilities: Capabilities
+
+    public init(version: UInt16, streams: UInt32, capabilities: Capabilities) {
+        self.version = version; self.streams = streams; self.capabilities = capabilities
+    }
+}
+
+public struct MachineDescription: Equatable, Sendable {
+    public var memoryBytes: UInt64
+    public var vcpus: UInt32
+    public var inKernelIRQChip: Bool
+    public var kernelSHA256: [UInt8] // 32 bytes
+    public var name: String
+
+    public init(memoryBytes: UInt64, vcpus: UInt32, inKernelIRQChip: Bool, kernelSHA256: [UInt8], name: String) {
+        self.memoryBytes = memoryBytes; self.vcpus = vcpus; self.inKernelIRQChip = inKernelIRQChip
+        self.kernelSHA256 = kernelSHA256; self.name = name
+    }
+}
+
+public struct RoundReport: Equatable, Sendable {
+    public var round: UInt32
+    public var pages: UInt64
+    public var bytes: UInt64
+
+    public init(round: UInt32, pages: UInt64, bytes: UInt64) { self.round = round; self.pages = pages; self.bytes = bytes }
+}
+
+public struct ErrorReport: Equatable, Sendable, Error {
+    public static let reasonLimit = 4096
+    public enum Code: UInt32, Sendable {
+        case protocolViolation = 1, unsupportedVersion, resources, digestMismatch, restoreFailed, cancelled, timeout, internalError
+    }
+    public var code: Code
+    public var reason: String
+
+    public init(code: Code, reason: String) { self.code = code; self.reason = reason }
+}
+
+/// One frame, decoded.
+public enum Frame: Equatable, Sendable {
+    case hello(Hello)
+    case helloAck(HelloAck)
+    case machine(MachineDescription)
+    case join(migrationID: [UInt8], streamIndex: UInt32)
+    case pages(flags: UInt16, payload: [UInt8])
+    case round(RoundReport)
+    case state([UInt8])
+    case commit(digest: UInt64, pagesWithData: UInt64)
+    case commitAck(status: UInt32)
+    case error(ErrorReport)
+    case streamEnd(frames: UInt64)
+
+    public var type: FrameType {
+        switch self {
+        case .hello: .hello
+        case .helloAck: .helloAck
+        case .machine: .machine
+        case .join: .join
+        case .pages: .pages
+        case .round: .round
+        case .state: .state
+        case .commit: .commit
+        case .commitAck: .commitAck
+        case .error: .error
+        case .streamEnd: .streamEnd
+        }
+    }
+
+    public var name: String { "\(type)".uppercased() }
+
+    /// Header and payload, ready to write.
+    public func encoded() -> [UInt8] {
+        var p = Bytes()
+        var flags: UInt16 = 0
+        switch self {
+        case let .hello(h):
+            p.u16(h.minVersion); p.u16(h.maxVersion); p.u32(h.streams); p.u64(h.capabilities.rawValue); p.raw(h.migrationID)
+        case let .helloAck(a):
+            p.u16(a.version); p.u16(0); p.u32(a.streams); p.u64(a.capabilities.rawValue)
+        case let .machine(m):
+            let name = Array(m.name.utf8.prefix(255))
+            p.u64(m.memoryBytes); p.u32(m.vcpus); p.u32(m.inKernelIRQChip ? 1 : 0); p.raw(m.kernelSHA256)
+            p.u16(UInt16(name.count)); p.raw(name)
+        case let .join(id, index):
+            p.raw(id); p.u32(index)
+        case let .pages(f, payload):
+            flags = f; p.raw(payload)
+        case let .round(r):
+            p.u32(r.round); p.u32(0); p.u64(r.pages); p.u64(r.bytes)
+        case let .state(blob):
+            p.raw(blob)
+        case let .commit(digest, pages):
+            p.u64(digest); p.u64(pages)
+        case let .commitAck(status):
+            p.u32(status); p.u32(0)
+        case let .error(e):
+            p.u32(e.code.rawValue); p.u32(0); p.raw(Array(e.reason.utf8.prefix(ErrorReport.reasonLimit)))
+        case let .streamEnd(n):
+            p.u64(n)
+        }
+        return FrameHeader(type: type, flags: flags, length: p.bytes.count).encoded() + p.bytes
+    }
+
+    /// Decodes a payload whose header was already validated. Exact: no short or trailing bytes.
+    public static func decode(_ header: FrameHeader, payload: [UInt8]) throws(WireError) -> Frame {
+        let name = "\(header.type)".uppercased()
+        func exact(_ n: Int) throws(WireError) {
+            guard payload.count == n else { throw .malformed(type: name, reason: "\(payload.count) bytes, expected \(n)") }
+        }
+        var r = payload.withUnsafeBytes { Cursor(copying: $0) }
+        switch header.type {
+        case .hello:
+            try exact(32)
+            let h = Hello(minVersion: r.u16(), maxVersion: r.u16(), streams: r.u32(),
+                          capabilities: Capabilities(rawValue: r.u64()), migrationID: r.raw(16))
+            guard h.minVersion >= 1, h.minVersion <= h.maxVersion else { throw .malformed(type: name, reason: "version range \(h.minVersion)–\(h.maxVersion)") }
+            guard (1...256).contains(h.streams) else { throw .malformed(type: name, reason: "\(h.streams) streams") }
+            return .hello(h)
+        case .helloAck:
+            try exact(16)
+            let version = r.u16()
+            guard r.u16() == 0 else { throw .reservedNotZero("HELLO_ACK") }
+            return .helloAck(HelloAck(version: version, streams: r.u32(), capabilities: Capabilities(rawValue: r.u64())))
+        case .machine:
+            guard payload.count >= 50 else { throw .malformed(type: name, reason: "\(payload.count) bytes") }
+            let memory = r.u64(), vcpus = r.u32(), flags = r.u32(), sha = r.raw(32), nameLength = Int(r.u16())
+            try exact(50 + nameLength)
+            guard flags & ~1 == 0 else { throw .reservedNotZero("MACHINE flags") }
+            guard let text = String(validating: r.raw(nameLength), as: UTF8.self) else {
+                throw .malformed(type: name, reason: "the VM name is not UTF-8")
+            }
+            return .machine(MachineDescription(memoryBytes: memory, vcpus: vcpus, inKernelIRQChip: flags & 1 != 0,
+                                               kernelSHA256: sha, name: text))
+        case .join:
+            try exact(20)
+            return .join(migrationID: r.raw(16), streamIndex: r.u32())
+        case .pages:
+            guard !payload.isEmpty else { throw .malformed(type: name, reason: "empty") }
+            return .pages(flags: header.flags, payload: payload)
+        case .round:
+            try exact(24)
+            let round = r.u32()
+            guard r.u32() == 0 else { throw .reservedNotZero("ROUND") }
+            return .round(RoundReport(round: round, pages: r.u64(), bytes: r.u64()))
+        case .state:
+            return .state(payload)
+        case .commit:
+            try exact(16)
+            return .commit(digest: r.u64(), pagesWithData: r.u64())
+        case .commitAck:
+            try exact(8)
+            let status = r.u32()
+            guard r.u32() == 0 else { throw .reservedNotZero("COMMIT_ACK") }
+            return .commitAck(status: status)
+        case .error:
+            guard payload.count >= 8 else { throw .malformed(type: name, reason: "\(payload.count) bytes") }
+            let raw = r.u32()
+            guard r.u32() == 0 else { throw .reservedNotZero("ERROR") }
+            let code = ErrorReport.Code(rawValue: raw) ?? .internalError
+            let reason = String(decoding: payload[8...], as: UTF8.self)
+            return .error(ErrorReport(code: code, reason: reason))
+        case .streamEnd:
+            try exact(8)
+            return .streamEnd(frames: r.u64())
+        }
+    }
+}
+
+/// Little-endian appends.
+struct Bytes {
+    var bytes: [UInt8] = []
+    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    mutating func raw(_ b: [UInt8]) { bytes += b }
+}
+
+/// Little-endian reads from a buffer whose length the caller checked first.
+struct Cursor {
+    private let data: [UInt8]
+    private var at = 0
+    init(_ raw: UnsafeRawBufferPointer) { data = Array(raw) }
+    init(copying raw: UnsafeRawBufferPointer) { data = Array(raw) }
+    private mutating func le(_ n: Int) -> UInt64 {
+        var v: UInt64 = 0
+        for i in 0..<n { v |= UInt64(data[at + i]) << (8 * i) }
+        at += n
+        return v
+    }
+    mutating func u16() -> UInt16 { UInt16(le(2)) }
+    mutating func u32() -> UInt32 { UInt32(le(4)) }
+    mutating func u64() -> UInt64 { le(8) }
+    mutating func raw(_ n: Int) -> [UInt8] { defer { at += n }; return Array(data[at..<(at + n)]) }
+}

@@ -1,0 +1,67 @@
+/// Frames over one ByteStream (protocol.md §3.2): encode/write and read/validate/decode.
+/// One thread sends and one thread receives at a time; counts what went through.
+public final class FrameChannel: @unchecked Sendable {
+    public let stream: ByteStream
+    public private(set) var framesSent: UInt64 = 0
+    public private(set) var bytesSent: UInt64 = 0
+    public private(set) var framesReceived: UInt64 = 0
+
+    public init(_ stream: ByteStream) { self.stream = stream }
+
+    public func send(_ frame: Frame) throws(TransportError) {
+        let bytes = frame.encoded()
+        try stream.write(bytes)
+        framesSent += 1
+        bytesSent += UInt64(bytes.count)
+    }
+
+    /// A PAGES frame without copying the payload into a second buffer.
+    public func sendPages(flags: UInt16, payload: [UInt8]) throws(TransportError) {
+        let header = FrameHeader(type: .pages, flags: flags, length: payload.count).encoded()
+        try stream.write(header)
+        try stream.write(payload)
+        framesSent += 1
+        bytesSent += UInt64(header.count + payload.count)
+    }
+
+    /// The next frame, validated. Throws the transport's error or the wire's.
+    public func receive() throws(MigrationError) -> Frame {
+        let raw: [UInt8]
+        do { raw = try stream.read(count: FrameHeader.size) } catch { throw .transport(error) }
+        let header: FrameHeader
+        do { header = try FrameHeader(decoding: raw) } catch { throw .wire(error) }
+        let payload: [UInt8]
+        do { payload = try stream.read(count: header.length) } catch { throw .transport(error) }
+        framesReceived += 1
+        do { return try Frame.decode(header, payload: payload) } catch { throw .wire(error) }
+    }
+
+    /// Best effort: tell the peer why we stop. Never throws.
+    public func sendError(_ code: ErrorReport.Code, _ reason: String) {
+        try? send(.error(ErrorReport(code: code, reason: reason)))
+    }
+}
+
+extension ByteStream {
+    /// Writes all of `bytes`.
+    public func write(_ bytes: [UInt8]) throws(TransportError) {
+        // Typed errors cannot cross the rethrowing closure: carry them out by hand.
+        var failure: TransportError?
+        bytes.withUnsafeBytes { b in
+            do throws(TransportError) { try writeAll(b) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Reads exactly `count` bytes.
+    public func read(count: Int) throws(TransportError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        guard count > 0 else { return bytes }
+        var failure: TransportError?
+        bytes.withUnsafeMutableBytes { b in
+            do throws(TransportError) { try readExactly(b) } catch { failure = error }
+        }
+        if let failure { throw failure }
+        return bytes
+    }
+}

@@ -1,0 +1,426 @@
+// PAGES payloads (protocol.md §3.3): building them on the source, checking and
+// applying them on the destination.
+//
+// ```
+// u32 round, u32 count (1–1024), u64 reserved (0)
+// count × { u64 page_index, u8 encoding, u8 0, u16 0, u32 data_length }
+// the entries' data, concatenated in entry order
+// ```
+
+import Core
+
+/// How one page travels in a batch (§3.3).
+public enum PageEncoding: UInt8, Sendable {
+    /// All zeros: no data.
+    case zero = 0
+    /// The page's 4096 bytes.
+    case raw = 1
+    /// An XOR delta (`DeltaCodec`) against the copy last sent, 1–4095 bytes.
+    case delta = 2
+}
+
+/// Per-encoding counts for one batch (or a sum of batches).
+public struct BatchStats: Equatable, Sendable {
+    public var zero = 0, raw = 0, delta = 0
+    /// Bytes of delta data.
+    public var deltaBytes = 0
+    /// The payload's size before compression.
+    public var uncompressedBytes = 0
+    /// The payload's size on the wire (compressed when the ZSTD flag is set).
+    public var payloadBytes = 0
+
+    public init() {}
+
+    public var pages: Int { zero + raw + delta }
+
+    public static func += (lhs: inout BatchStats, rhs: BatchStats) {
+        lhs.zero += rhs.zero
+        lhs.raw += rhs.raw
+        lhs.delta += rhs.delta
+        lhs.deltaBytes += rhs.deltaBytes
+        lhs.uncompressedBytes += rhs.uncompressedBytes
+        lhs.payloadBytes += rhs.payloadBytes
+    }
+}
+
+/// The numbers of §3.3.
+public enum PageBatchLayout {
+    public static let pageSize = 4096
+    public static let headerSize = 16
+    public static let entrySize = 16
+    /// Pages per batch, at most.
+    public static let maximumCount = 1024
+    /// The `ZSTD` bit of the frame flags (§3.2).
+    public static let zstdFlag: UInt16 = 1
+
+    /// The largest payload a batch of `count` pages can have, and the most a
+    /// compressed one may declare: `count × 4112 + 16`.
+    public static func maximumPayload(count: Int) -> Int {
+        count * (entrySize + pageSize) + headerSize
+    }
+}
+
+// MARK: - Encoding
+
+/// Builds one PAGES payload at a time. Its buffers are allocated once and
+/// reused by every batch; only the returned payload is new.
+///
+/// Pages are read from live guest memory, which the guest may be writing:
+/// each page is copied once (the snapshot) and everything — the delta, the
+/// raw bytes, the cache update — is derived from that copy, so the cache
+/// always holds exactly what was sent.
+///
+/// Not thread-safe: one encoder (and one `DeltaCache`) per sending stream.
+public final class PageBatchEncoder {
+    /// The delta that changes nothing (skip 0, XOR one byte with 0): sent for
+    /// a page that is unchanged since it was last sent, because §3.3 wants
+    /// deltas of 1–4095 bytes.
+    static let unchangedDelta: [UInt8] = [0x00, 0x01, 0x00]
+
+    public let maxPages: Int
+    public let deltaCache: DeltaCache?
+    private let compressor: ZstdCompressor?
+
+    /// Header, table (room for `maxPages` entries), then the data area.
+    private let buffer: UnsafeMutableRawBufferPointer
+    /// Where `compressor` writes; compressBound of the largest payload.
+    private let compressed: UnsafeMutableRawBufferPointer
+    /// A delta being built (at most 4095 bytes).
+    private let deltaScratch: UnsafeMutableRawBufferPointer
+
+    private var round: UInt32 = 0
+    private var started = false
+    public private(set) var count = 0
+    /// Bytes of data added so far (offset into the data area).
+    private var dataLength = 0
+    private var stats = BatchStats()
+
+    /// The data area starts after a full table; `finish` moves it down when
+    /// the batch is not full.
+    private var dataStart: Int { PageBatchLayout.headerSize + maxPages * PageBatchLayout.entrySize }
+
+    /// - Parameters:
+    ///   - maxPages: pages per batch, 1–1024.
+    ///   - compressionLevel: the zstd level, or nil to send batches uncompressed.
+    ///     Must be in `ZstdCompressor.supportedLevels`.
+    ///   - deltaCache: the cache of pages this stream sent, or nil for no deltas.
+    public init(maxPages: Int = 256, compressionLevel: Int32? = 1, deltaCache: DeltaCache?) {
+        precondition((1...PageBatchLayout.maximumCount).contains(maxPages),
+                     "a batch holds 1–\(PageBatchLayout.maximumCount) pages, not \(maxPages)")
+        self.maxPages = maxPages
+        self.deltaCache = deltaCache
+        let payloadCapacity = PageBatchLayout.maximumPayload(count: maxPages)
+        if let compressionLevel {
+            precondition(ZstdCompressor.supportedLevels.contains(Int(compressionLevel)),
+                         "zstd level \(compressionLevel) is outside \(ZstdCompressor.supportedLevels)")
+            do {
+                compressor = try ZstdCompressor(level: Int(compressionLevel))
+            } catch {
+                // The level was checked, so only allocation can fail: out of memory.
+                fatalError("\(error)")
+            }
+            compressed = .allocate(byteCount: ZstdCompressor.maximumCompressedSize(inputBytes: payloadCapacity),
+                                   alignment: 16)
+        } else {
+            compressor = nil
+            compressed = .allocate(byteCount: 0, alignment: 16)
+        }
+        buffer = .allocate(byteCount: payloadCapacity, alignment: 64)
+        deltaScratch = .allocate(byteCount: PageBatchLayout.pageSize, alignment: 16)
+    }
+
+    deinit {
+        buffer.deallocate()
+        compressed.deallocate()
+        deltaScratch.deallocate()
+    }
+
+    public var isFull: Bool { count == maxPages }
+
+    /// Starts a batch of round `round`, discarding any unfinished one.
+    public func begin(round: UInt32) {
+        self.round = round
+        started = true
+        count = 0
+        dataLength = 0
+        stats = BatchStats()
+    }
+
+    /// Adds one page (4096 bytes, possibly live guest memory): ZERO if it is
+    /// all zeros, else a DELTA against the cached copy when there is one and
+    /// the delta is smaller than the page, else RAW. Updates the cache with
+    /// what was sent. The batch must have been begun and not be full.
+    @discardableResult
+    public func add(pageIndex: UInt64, page: UnsafeRawBufferPointer) -> PageEncoding {
+        precondition(started, "begin(round:) must be called before add")
+        precondition(count < maxPages, "the batch is full: finish it first")
+        precondition(page.count == PageBatchLayout.pageSize, "pages are 4096 bytes, got \(page.count)")
+
+        let encoding: PageEncoding
+        var length = 0
+        if PageKind.classify(page) == .zero {
+            encoding = .zero
+            deltaCache?.invalidate(pageIndex)  // the destination now has zeros
+            stats.zero += 1
+        } else {
+            // Sound: the data area has room for maxPages pages and count < maxPages.
+            let slot = UnsafeMutableRawBufferPointer(
+                rebasing: buffer[(dataStart + dataLength)..<(dataStart + dataLength + PageBatchLayout.pageSize)])
+            slot.copyMemory(from: page)  // the snapshot: everything below reads this copy
+            let snapshot = UnsafeRawBufferPointer(slot)
+            if let cache = deltaCache, let previous = cache.lookup(pageIndex),
+               let deltaLength = DeltaCodec.encode(page: snapshot, previous: previous, into: deltaScratch) {
+                if deltaLength == 0 {
+                    // The cached copy already equals what is sent: no store.
+                    length = Self.unchangedDelta.count
+                    Self.unchangedDelta.withUnsafeBytes { slot.copyMemory(from: $0) }
+                } else {
+                    cache.store(pageIndex, snapshot)  // before the delta overwrites the snapshot
+                    length = deltaLength
+                    slot.copyMemory(from: UnsafeRawBufferPointer(rebasing: deltaScratch[0..<deltaLength]))
+                }
+                encoding = .delta
+                stats.delta += 1
+                stats.deltaBytes += length
+            } else {
+                deltaCache?.store(pageIndex, snapshot)
+                length = PageBatchLayout.pageSize
+                encoding = .raw
+                stats.raw += 1
+            }
+        }
+
+        // Sound: count < maxPages, so the entry's 16 bytes lie inside the table.
+        let entry = PageBatchLayout.headerSize + count * PageBatchLayout.entrySize
+        buffer.storeBytes(of: pageIndex.littleEndian, toByteOffset: entry, as: UInt64.self)
+        buffer.storeBytes(of: UInt32(encoding.rawValue).littleEndian, toByteOffset: entry + 8, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(length).littleEndian, toByteOffset: entry + 12, as: UInt32.self)
+        dataLength += length
+        count += 1
+        return encoding
+    }
+
+    /// Ends the batch (it must hold at least one page) and returns the frame
+    /// flags and the payload: one zstd frame with the ZSTD flag when
+    /// compression is on and makes the payload smaller, else the plain
+    /// payload with flags 0.
+    public func finish() -> (flags: UInt16, payload: [UInt8], stats: BatchStats) {
+        precondition(started && count > 0, "a batch holds 1–\(maxPages) pages; add at least one before finish")
+        started = false
+        // Sound: the buffer holds at least the 16-byte header.
+        buffer.storeBytes(of: round.littleEndian, toByteOffset: 0, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 4, as: UInt32.self)
+        buffer.storeBytes(of: UInt64(0), toByteOffset: 8, as: UInt64.self)
+        let tableEnd = PageBatchLayout.headerSize + count * PageBatchLayout.entrySize
+        if tableEnd != dataStart, dataLength > 0 {
+            // Sound: both ranges lie inside `buffer`; memmove handles the overlap.
+            (buffer.baseAddress! + tableEnd).copyMemory(from: buffer.baseAddress! + dataStart, byteCount: dataLength)
+        }
+        let total = tableEnd + dataLength
+        let plain = UnsafeRawBufferPointer(rebasing: buffer[0..<total])
+        stats.uncompressedBytes = total
+
+        if let compressor, let written = try? compressor.compress(plain, into: compressed), written < total {
+            stats.payloadBytes = written
+            return (PageBatchLayout.zstdFlag, Array(UnsafeRawBufferPointer(rebasing: compressed[0..<written])), stats)
+        }
+        // Not compressing, not smaller, or libzstd failed: the plain payload is always valid.
+        stats.payloadBytes = total
+        return (0, Array(plain), stats)
+    }
+}
+
+// MARK: - Decoding
+
+/// Checks PAGES payloads against §3.3 and applies them to guest memory.
+///
+/// The payload is hostile. The whole batch — header, every entry, the data
+/// lengths, every delta — is validated before any page is written, so a
+/// malformed batch leaves guest memory exactly as it was.
+///
+/// Pages are written through the host mapping without `markHostWritten`: a
+/// destination builds memory before its guest first runs, and the first round
+/// of any later migration sends every page anyway.
+///
+/// Not thread-safe: one decoder per receiving stream.
+public final class PageBatchDecoder {
+    /// Decompression context, created with the first compressed batch.
+    private var decompressor: ZstdDecompressor?
+    /// Decompressed payloads go here: the most any batch may hold.
+    private var plain: UnsafeMutableRawBufferPointer?
+
+    public init() {}
+
+    deinit {
+        plain?.deallocate()
+    }
+
+    /// Validates the batch in `payload` (a PAGES frame's payload, with the
+    /// frame's `flags`) and applies it to `memory`. `expectedRound` nil
+    /// accepts any round. Returns what the batch held.
+    /// - Throws: `MigrateError.pageBatchMalformed` or a `decompress…` error;
+    ///   memory is then unchanged.
+    public func apply(flags: UInt16, payload: UnsafeRawBufferPointer, to memory: GuestMemory,
+                      expectedRound: UInt32?) throws(MigrateError) -> BatchStats {
+        guard flags & ~PageBatchLayout.zstdFlag == 0 else {
+            throw .pageBatchMalformed(reason: "unknown flag bits 0x\(String(flags, radix: 16))")
+        }
+        var stats = BatchStats()
+        stats.payloadBytes = payload.count
+        let batch: UnsafeRawBufferPointer
+        if flags & PageBatchLayout.zstdFlag != 0 {
+            batch = try decompress(payload)
+        } else {
+            batch = payload
+        }
+        stats.uncompressedBytes = batch.count
+
+        // Pass 1: check everything. Every load below is at an offset checked
+        // against batch.count first (the header, then the whole table).
+        guard batch.count >= PageBatchLayout.headerSize else {
+            throw .pageBatchMalformed(reason: "\(batch.count) bytes, shorter than the 16-byte header")
+        }
+        let round = UInt32(littleEndian: batch.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
+        let count = Int(UInt32(littleEndian: batch.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+        let reserved = batch.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        guard (1...PageBatchLayout.maximumCount).contains(count) else {
+            throw .pageBatchMalformed(reason: "page count \(count), not 1–\(PageBatchLayout.maximumCount)")
+        }
+        guard reserved == 0 else { throw .pageBatchMalformed(reason: "reserved header bytes are not zero") }
+        if let expectedRound, round != expectedRound {
+            throw .pageBatchMalformed(reason: "batch of round \(round) while receiving round \(expectedRound)")
+        }
+        if flags & PageBatchLayout.zstdFlag != 0, batch.count > PageBatchLayout.maximumPayload(count: count) {
+            throw .pageBatchMalformed(
+                reason: "zstd frame declares \(batch.count) bytes, over \(PageBatchLayout.maximumPayload(count: count)) for \(count) pages")
+        }
+        let tableEnd = PageBatchLayout.headerSize + count * PageBatchLayout.entrySize
+        guard batch.count >= tableEnd else {
+            throw .pageBatchMalformed(reason: "table of \(count) entries cut off at \(batch.count) bytes")
+        }
+        let pageCount = UInt64(memory.pageCount)
+        var dataOffset = tableEnd
+        for i in 0..<count {
+            let entry = PageBatchLayout.headerSize + i * PageBatchLayout.entrySize
+            let index = UInt64(littleEndian: batch.loadUnaligned(fromByteOffset: entry, as: UInt64.self))
+            let rawEncoding = batch.load(fromByteOffset: entry + 8, as: UInt8.self)
+            let pad1 = batch.load(fromByteOffset: entry + 9, as: UInt8.self)
+            let pad2 = batch.loadUnaligned(fromByteOffset: entry + 10, as: UInt16.self)
+            let length = Int(UInt32(littleEndian: batch.loadUnaligned(fromByteOffset: entry + 12, as: UInt32.self)))
+            guard index < pageCount else {
+                throw .pageBatchMalformed(reason: "entry \(i): page index \(index) is beyond the \(pageCount) pages of RAM")
+            }
+            guard pad1 == 0, pad2 == 0 else {
+                throw .pageBatchMalformed(reason: "entry \(i): reserved bytes are not zero")
+            }
+            guard let encoding = PageEncoding(rawValue: rawEncoding) else {
+                throw .pageBatchMalformed(reason: "entry \(i): unknown encoding \(rawEncoding)")
+            }
+            let lengthOK: Bool
+            switch encoding {
+            case .zero: lengthOK = length == 0
+            case .raw: lengthOK = length == PageBatchLayout.pageSize
+            case .delta: lengthOK = (1..<PageBatchLayout.pageSize).contains(length)
+            }
+            guard lengthOK else {
+                throw .pageBatchMalformed(reason: "entry \(i): \(encoding) page with \(length) bytes of data")
+            }
+            guard batch.count - dataOffset >= length else {
+                throw .pageBatchMalformed(
+                    reason: "entry \(i): data runs past the end of the payload (\(batch.count) bytes)")
+            }
+            if encoding == .delta {
+                do {
+                    try DeltaCodec.validate(UnsafeRawBufferPointer(rebasing: batch[dataOffset..<(dataOffset + length)]),
+                                            pageSize: PageBatchLayout.pageSize)
+                } catch {
+                    throw .pageBatchMalformed(reason: "entry \(i) (page \(index)): \(error)")
+                }
+            }
+            dataOffset += length
+        }
+        guard dataOffset == batch.count else {
+            throw .pageBatchMalformed(
+                reason: "\(batch.count - dataOffset) bytes after the last entry's data (entries' data ends at \(dataOffset))")
+        }
+
+        // Pass 2: apply. Nothing below can fail: every check was made above,
+        // so every load is inside the table and every data range inside the batch.
+        dataOffset = tableEnd
+        for i in 0..<count {
+            let entry = PageBatchLayout.headerSize + i * PageBatchLayout.entrySize
+            let index = Int(UInt64(littleEndian: batch.loadUnaligned(fromByteOffset: entry, as: UInt64.self)))
+            let encoding = PageEncoding(rawValue: batch.load(fromByteOffset: entry + 8, as: UInt8.self))!
+            let length = Int(UInt32(littleEndian: batch.loadUnaligned(fromByteOffset: entry + 12, as: UInt32.self)))
+            let page = Self.page(index, of: memory)
+            let data = UnsafeRawBufferPointer(rebasing: batch[dataOffset..<(dataOffset + length)])
+            switch encoding {
+            case .zero:
+                // A page that already reads as zero (e.g. never touched) is left
+                // alone, so it is not faulted in.
+                if PageKind.classify(UnsafeRawBufferPointer(page)) == .data {
+                    page.initializeMemory(as: UInt8.self, repeating: 0)
+                }
+                stats.zero += 1
+            case .raw:
+                page.copyMemory(from: data)
+                stats.raw += 1
+            case .delta:
+                // Validated in pass 1, so this cannot throw.
+                try? DeltaCodec.apply(data, to: page)
+                stats.delta += 1
+                stats.deltaBytes += length
+            }
+            dataOffset += length
+        }
+        withExtendedLifetime(memory) {}
+        return stats
+    }
+
+    /// Applies a batch held in an array (see the raw-buffer overload).
+    public func apply(flags: UInt16, payload: [UInt8], to memory: GuestMemory,
+                      expectedRound: UInt32?) throws(MigrateError) -> BatchStats {
+        let result: Result<BatchStats, MigrateError> = payload.withUnsafeBytes { bytes in
+            do throws(MigrateError) {
+                return .success(try apply(flags: flags, payload: bytes, to: memory, expectedRound: expectedRound))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    /// Decompresses a ZSTD payload into `plain`. The count is not known until
+    /// the frame is decoded, so the declared size is bounded by the largest
+    /// batch, 1024 × 4112 + 16 bytes; `apply` then checks it against the count.
+    private func decompress(_ payload: UnsafeRawBufferPointer) throws(MigrateError) -> UnsafeRawBufferPointer {
+        do {
+            if decompressor == nil { decompressor = try ZstdDecompressor() }
+            if plain == nil {
+                plain = .allocate(byteCount: PageBatchLayout.maximumPayload(count: PageBatchLayout.maximumCount),
+                                  alignment: 64)
+            }
+            let written = try decompressor!.decompress(payload, into: plain!)
+            return UnsafeRawBufferPointer(rebasing: plain![0..<written])
+        } catch let error as MigrateError {
+            throw error
+        } catch {
+            throw .decompressCorrupt(reason: "\(error)")
+        }
+    }
+
+    /// The host bytes of RAM page `index`, which the caller checked is below
+    /// `memory.pageCount`. Sound: regions cover page indices 0..<pageCount in
+    /// order, and the returned page lies inside one region's mapping.
+    private static func page(_ index: Int, of memory: GuestMemory) -> UnsafeMutableRawBufferPointer {
+        var rest = index
+        for region in memory.regions {
+            if rest < region.pageCount {
+                return UnsafeMutableRawBufferPointer(start: region.host + rest * PageBatchLayout.pageSize,
+                                                     count: PageBatchLayout.pageSize)
+            }
+            rest -= region.pageCount
+        }
+        preconditionFailure("page index \(index) beyond RAM was not rejected")
+    }
+}
