@@ -28,14 +28,16 @@ let package = Package(
         .plugin(name: "GuestBuilder", capability: .buildTool(), path: "Plugins/GuestBuilder"),
         .target(name: "Core", dependencies: ["CKVM"]),
         .target(name: "Migrate", dependencies: ["Core", "CZstd", "COpenSSL"]),
+        // Named VMs: runtime directory, per-VM control sockets (protocol.md §4), console buffers.
+        .target(name: "Control", dependencies: ["Core", "Migrate"]),
         .executableTarget(name: "pvmigrate", dependencies: [
-            "Core", "Migrate", "GuestImage",
+            "Core", "Migrate", "Control", "GuestImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
         .target(name: "TestSupport", dependencies: ["Core"], path: "Tests/TestSupport"),
         .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "TestSupport"]),
         .testTarget(name: "MigrateTests", dependencies: ["Migrate"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "GuestImage", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "GuestImage", "TestSupport"]),
     ]
 )

@@ -154,9 +154,12 @@ public final class VCPUThread: @unchecked Sendable {
         return try result.get()
     }
 
+    /// Gets the vCPU thread's attention wherever it is: in KVM_RUN (signal + immediate_exit)
+    /// or in a PV SLEEP on the host (the condition).
     private func kickLocked() {
         vcpu.setImmediateExit(true)
         if let threadHandle { _ = ckvm_kick_thread(threadHandle) }
+        condition.broadcast()
     }
 
     // MARK: The vCPU thread

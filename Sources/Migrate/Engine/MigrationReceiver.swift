@@ -93,7 +93,9 @@ final class ReceiveSession: @unchecked Sendable {
         let machine = try build(description)
         let dataStreams = try waitForJoins()
 
-        // Receiving: every stream applies its own pages (disjoint: index mod streams).
+        // Receiving: every stream applies its own pages (disjoint: index mod streams), and
+        // records each page's hash for the digest as it lands.
+        let hashes = PageHashTable(pageCount: machine.memory.pageCount)
         let failures = Locked<MigrationError?>(nil)
         let applied = Locked(0)
         let group = DispatchGroup()
@@ -102,7 +104,7 @@ final class ReceiveSession: @unchecked Sendable {
             Thread.detachNewThread { [self] in
                 defer { group.leave() }
                 do throws(MigrationError) {
-                    let n = try drain(channel, into: machine, applied: applied, control: false)
+                    let n = try drain(channel, into: machine, hashes: hashes, applied: applied, control: false)
                     _ = n
                 } catch {
                     failures.withLock { if $0 == nil { $0 = error } }
@@ -111,7 +113,7 @@ final class ReceiveSession: @unchecked Sendable {
             }
         }
         do {
-            _ = try drain(control, into: machine, applied: applied, control: true)
+            _ = try drain(control, into: machine, hashes: hashes, applied: applied, control: true)
         } catch {
             dataStreams.forEach { $0.stream.close() }
             group.wait()
@@ -135,8 +137,7 @@ final class ReceiveSession: @unchecked Sendable {
             b.merge(words: words, atPage: 0)
             ballooned = b
         }
-        let digest = MemoryDigest.compute(memory: machine.memory, candidates: machine.memory.residentPages(),
-                                          excluding: ballooned)
+        let digest = hashes.digest(excluding: ballooned)
         guard digest.digest == expected else { throw .digestMismatch(expected: expected, actual: digest.digest) }
         do { try machine.restore(state) } catch { throw .machine(error) }
         machine.start()
@@ -176,7 +177,7 @@ final class ReceiveSession: @unchecked Sendable {
     }
 
     /// Applies frames until STREAM_END. The control stream also carries ROUND frames.
-    private func drain(_ channel: FrameChannel, into machine: Machine, applied: Locked<Int>,
+    private func drain(_ channel: FrameChannel, into machine: Machine, hashes: PageHashTable, applied: Locked<Int>,
                        control isControl: Bool) throws(MigrationError) -> Int {
         let decoder = PageBatchDecoder()
         var pages = 0
@@ -185,7 +186,11 @@ final class ReceiveSession: @unchecked Sendable {
             switch try channel.receive() {
             case let .pages(flags, payload):
                 let stats: BatchStats
-                do { stats = try decoder.apply(flags: flags, payload: payload, to: machine.memory, expectedRound: nil) }
+                do {
+                    stats = try decoder.apply(flags: flags, payload: payload, to: machine.memory, expectedRound: nil) {
+                        hashes.record($0, $1)
+                    }
+                }
                 catch { throw .codec(error) }
                 let n = stats.zero + stats.raw + stats.delta
                 pages += n

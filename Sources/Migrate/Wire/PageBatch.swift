@@ -261,7 +261,8 @@ public final class PageBatchDecoder {
     /// - Throws: `MigrateError.pageBatchMalformed` or a `decompress…` error;
     ///   memory is then unchanged.
     public func apply(flags: UInt16, payload: UnsafeRawBufferPointer, to memory: GuestMemory,
-                      expectedRound: UInt32?) throws(MigrateError) -> BatchStats {
+                      expectedRound: UInt32?,
+                      pageApplied: ((Int, UnsafeRawBufferPointer) -> Void)? = nil) throws(MigrateError) -> BatchStats {
         guard flags & ~PageBatchLayout.zstdFlag == 0 else {
             throw .pageBatchMalformed(reason: "unknown flag bits 0x\(String(flags, radix: 16))")
         }
@@ -371,6 +372,7 @@ public final class PageBatchDecoder {
                 stats.delta += 1
                 stats.deltaBytes += length
             }
+            pageApplied?(index, UnsafeRawBufferPointer(page))
             dataOffset += length
         }
         withExtendedLifetime(memory) {}
@@ -379,10 +381,12 @@ public final class PageBatchDecoder {
 
     /// Applies a batch held in an array (see the raw-buffer overload).
     public func apply(flags: UInt16, payload: [UInt8], to memory: GuestMemory,
-                      expectedRound: UInt32?) throws(MigrateError) -> BatchStats {
+                      expectedRound: UInt32?,
+                      pageApplied: ((Int, UnsafeRawBufferPointer) -> Void)? = nil) throws(MigrateError) -> BatchStats {
         let result: Result<BatchStats, MigrateError> = payload.withUnsafeBytes { bytes in
             do throws(MigrateError) {
-                return .success(try apply(flags: flags, payload: bytes, to: memory, expectedRound: expectedRound))
+                return .success(try apply(flags: flags, payload: bytes, to: memory, expectedRound: expectedRound,
+                                          pageApplied: pageApplied))
             } catch {
                 return .failure(error)
             }
