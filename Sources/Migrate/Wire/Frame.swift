@@ -28,6 +28,16 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
 public enum FrameType: UInt16, Sendable, CaseIterable {
     case hello = 1, helloAck, machine, join, pages, round, state, commit, commitAck, error, streamEnd
 
+    /// The protocol's name for the type (protocol.md §3.2), e.g. HELLO_ACK.
+    public var name: String {
+        switch self {
+        case .helloAck: "HELLO_ACK"
+        case .commitAck: "COMMIT_ACK"
+        case .streamEnd: "STREAM_END"
+        default: "\(self)".uppercased()
+        }
+    }
+
     /// The largest payload this type may carry.
     var payloadLimit: Int {
         switch self {
@@ -173,7 +183,7 @@ public enum Frame: Equatable, Sendable {
         }
     }
 
-    public var name: String { "\(type)".uppercased() }
+    public var name: String { type.name }
 
     /// Header and payload, ready to write.
     public func encoded() -> [UInt8] {
@@ -185,7 +195,7 @@ public enum Frame: Equatable, Sendable {
         case let .helloAck(a):
             p.u16(a.version); p.u16(0); p.u32(a.streams); p.u64(a.capabilities.rawValue)
         case let .machine(m):
-            let name = Array(m.name.utf8.prefix(255))
+            let name = utf8Prefix(m.name, 255)
             p.u64(m.memoryBytes); p.u32(m.vcpus); p.u32(m.inKernelIRQChip ? 1 : 0); p.raw(m.kernelSHA256)
             p.u16(UInt16(name.count)); p.raw(name)
         case let .join(id, index):
@@ -201,7 +211,7 @@ public enum Frame: Equatable, Sendable {
         case let .commitAck(status):
             p.u32(status); p.u32(0)
         case let .error(e):
-            p.u32(e.code.rawValue); p.u32(0); p.raw(Array(e.reason.utf8.prefix(ErrorReport.reasonLimit)))
+            p.u32(e.code.rawValue); p.u32(0); p.raw(utf8Prefix(e.reason, ErrorReport.reasonLimit))
         case let .streamEnd(n):
             p.u64(n)
         }
@@ -210,7 +220,7 @@ public enum Frame: Equatable, Sendable {
 
     /// Decodes a payload whose header was already validated. Exact: no short or trailing bytes.
     public static func decode(_ header: FrameHeader, payload: [UInt8]) throws(WireError) -> Frame {
-        let name = "\(header.type)".uppercased()
+        let name = header.type.name
         func exact(_ n: Int) throws(WireError) {
             guard payload.count == n else { throw .malformed(type: name, reason: "\(payload.count) bytes, expected \(n)") }
         }
@@ -271,6 +281,17 @@ public enum Frame: Equatable, Sendable {
             return .streamEnd(frames: r.u64())
         }
     }
+}
+
+/// The longest prefix of `s` whose UTF-8 fits `limit` bytes, cut between characters.
+func utf8Prefix(_ s: String, _ limit: Int) -> [UInt8] {
+    var out: [UInt8] = []
+    for ch in s {
+        let bytes = Array(String(ch).utf8)
+        if out.count + bytes.count > limit { break }
+        out += bytes
+    }
+    return out
 }
 
 /// Little-endian appends.
