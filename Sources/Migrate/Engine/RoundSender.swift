@@ -11,6 +11,7 @@ final class RoundSender: @unchecked Sendable {
     private let cancelled: Locked<Bool>
     private let encoders: [PageBatchEncoder]
     private let caches: [DeltaCache]
+    private let policies: [CompressionPolicy]
 
     init(channels: [FrameChannel], machine: Machine, options: MigrationOptions, cancelled: Locked<Bool>) {
         self.channels = channels
@@ -20,6 +21,8 @@ final class RoundSender: @unchecked Sendable {
         let perStreamCache = options.deltaCacheBytes / max(1, channels.count)
         let caches = options.delta ? channels.map { _ in DeltaCache(capacityBytes: perStreamCache) } : []
         self.caches = caches
+        let cap = options.bandwidthLimit.map { $0 / Double(max(1, channels.count)) }
+        policies = channels.map { _ in CompressionPolicy(adaptive: options.adaptiveCompression, linkCap: cap) }
         encoders = channels.indices.map { i in
             PageBatchEncoder(maxPages: options.batchPages, compressionLevel: options.compressionLevel,
                              deltaCache: options.delta ? caches[i] : nil)
@@ -83,14 +86,19 @@ final class RoundSender: @unchecked Sendable {
 
     private func sendStream(_ s: Int, indices: [Int], round: UInt32, skipZero: Bool,
                             budget: Double?) throws(MigrationError) -> StreamTotals {
-        let encoder = encoders[s], channel = channels[s], memory = machine.memory
+        let encoder = encoders[s], channel = channels[s], memory = machine.memory, policy = policies[s]
         var total = StreamTotals()
         let started = ContinuousClock.now
         var sentBytes = 0.0
         func flush() throws(MigrationError) {
             guard encoder.count > 0 else { return }
+            encoder.compressNext = policy.shouldCompress()
+            let t0 = ContinuousClock.now
             let (flags, payload, b) = encoder.finish()
+            let t1 = ContinuousClock.now
             do { try channel.sendPages(flags: flags, payload: payload) } catch { throw .transport(error) }
+            policy.record(compressed: encoder.compressNext, plainBytes: b.uncompressedBytes, payloadBytes: b.payloadBytes,
+                          encodeSeconds: (t1 - t0).seconds, sendSeconds: (ContinuousClock.now - t1).seconds)
             total.zero += b.zero; total.raw += b.raw; total.delta += b.delta
             total.payloadBytes += b.payloadBytes; total.frames += 1
             encoder.begin(round: round)
@@ -111,6 +119,45 @@ final class RoundSender: @unchecked Sendable {
         }
         try flush()
         return total
+    }
+}
+
+/// When to compress (issue: "backed off when the link is faster than compression"):
+/// compression pays while the bytes it saves take longer to cross the link than compressing
+/// them takes. Each stream keeps running estimates of its link rate (bytes / send time),
+/// zstd's speed and its ratio on this guest's pages; while compression is off, every 16th
+/// batch is still compressed to keep the estimates current.
+final class CompressionPolicy {
+    private let adaptive: Bool
+    private let linkCap: Double?      // this stream's share of --bandwidth
+    private var linkRate = 0.0        // bytes/s, EWMA over sends
+    private var compressRate = 0.0    // plain bytes/s through zstd, EWMA
+    private var savedFraction = 0.0   // 1 − payload/plain when compressed, EWMA
+    private var batches = 0
+    private var on = true
+
+    init(adaptive: Bool, linkCap: Double?) {
+        self.adaptive = adaptive
+        self.linkCap = linkCap
+    }
+
+    func shouldCompress() -> Bool {
+        batches += 1
+        guard adaptive, linkRate > 0, compressRate > 0 else { return true }
+        return on || batches % 16 == 0
+    }
+
+    func record(compressed: Bool, plainBytes: Int, payloadBytes: Int, encodeSeconds: Double, sendSeconds: Double) {
+        func ewma(_ old: Double, _ new: Double) -> Double { old == 0 ? new : old * 0.7 + new * 0.3 }
+        if sendSeconds > 0 { linkRate = ewma(linkRate, Double(payloadBytes) / sendSeconds) }
+        if let linkCap { linkRate = min(linkRate == 0 ? linkCap : linkRate, linkCap) } // the limiter's sleeps are link time too
+        if compressed, encodeSeconds > 0, plainBytes > 0 {
+            compressRate = ewma(compressRate, Double(plainBytes) / encodeSeconds)
+            savedFraction = ewma(savedFraction, 1 - Double(payloadBytes) / Double(plainBytes))
+        }
+        guard linkRate > 0, compressRate > 0 else { return }
+        // Per plain byte: compressing costs 1/compressRate seconds and saves savedFraction/linkRate.
+        on = savedFraction / linkRate > 1 / compressRate
     }
 }
 

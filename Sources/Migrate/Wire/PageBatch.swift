@@ -137,6 +137,10 @@ public final class PageBatchEncoder {
 
     public var isFull: Bool { count == maxPages }
 
+    /// Whether the next `finish()` compresses (when a level was given). The sender turns it
+    /// off while the link is faster than compression (RoundSender's adaptive policy).
+    public var compressNext = true
+
     /// Starts a batch of round `round`, discarding any unfinished one.
     public func begin(round: UInt32) {
         self.round = round
@@ -220,7 +224,7 @@ public final class PageBatchEncoder {
         let plain = UnsafeRawBufferPointer(rebasing: buffer[0..<total])
         stats.uncompressedBytes = total
 
-        if let compressor, let written = try? compressor.compress(plain, into: compressed), written < total {
+        if compressNext, let compressor, let written = try? compressor.compress(plain, into: compressed), written < total {
             stats.payloadBytes = written
             return (PageBatchLayout.zstdFlag, Array(UnsafeRawBufferPointer(rebasing: compressed[0..<written])), stats)
         }
