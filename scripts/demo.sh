@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The main job: set the machine up, build pvmigrate, and show the built-in paravirtual
-# guest on the real KVM.
+# The main job: set the machine up, build pvmigrate, and migrate a running guest live over
+# mutual TLS on this machine with `pvmigrate demo`:
 #
-# Today (issue 2 landed) this boots pvguest, shows its execution mode (native on PVM
-# hosts), has it dirty memory, and proves save -> restore into a second VM through the
-# end-to-end test. Live migration over mutual TLS (`pvmigrate demo`) replaces this body
-# when the migration engine and CLI issues land; until then nothing here migrates.
+#   certificates for two hosts (src, dst) → a destination listener on a loopback port →
+#   the built-in guest booted with a workload that keeps dirtying memory (its console shown)
+#   → live migration with a progress line → the guest carrying on at the destination (console,
+#   page counter) → its own self-check of every page it wrote ("0 bad") → the statistics.
+#
+# Exits 0 only if every check passed. Takes well under a minute once built.
+# Usage: scripts/demo.sh [pvmigrate demo options, e.g. --memory 1G --dirty-source pv]
+# Environment: SWIFTPM_FLAGS  extra flags for `swift build`, e.g. "--scratch-path .build-ci".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,24 +17,12 @@ bash scripts/setup.sh
 if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
     export PATH="/opt/swift/usr/bin:$PATH"
 fi
+read -r -a swiftpm_flags <<<"${SWIFTPM_FLAGS:-}"
 
 echo "==> building pvmigrate (release)"
-swift build -c release --product pvmigrate
-bin=$(swift build -c release --show-bin-path)/pvmigrate
+swift build -c release "${swiftpm_flags[@]}" --product pvmigrate
+bin=$(swift build -c release "${swiftpm_flags[@]}" --show-bin-path)/pvmigrate
 
 echo
-echo "==> 1. boot the built-in guest: banner, memory size, execution mode"
-"$bin" run --memory 256M --cmdline "workload=ticks count=5 interval=100"
-
-echo
-echo "==> 2. the guest dirties 256 MiB of its 1 GiB, 4 passes (8 M stores per 64 MiB)"
-start=$(date +%s%N)
-"$bin" run --memory 1G --cmdline "workload=dirty mib=256 passes=4"
-echo "demo: 4 passes over 256 MiB took $(( ($(date +%s%N) - start) / 1000000 )) ms including VM set-up"
-
-echo
-echo "==> 3. pause, save the vCPU state, restore it into a second VM with the memory copied"
-swift test --filter SaveRestoreTests 2>&1 | grep -E "✔|✘" || true
-
-echo
-echo "demo: done. Live migration (pvmigrate send/listen over mutual TLS) is not built yet."
+echo "==> pvmigrate demo $*"
+exec "$bin" demo "$@"

@@ -39,6 +39,14 @@ int ckvm_install_kick_handler(void) {
     return 0;
 }
 
+int ckvm_unblock_kick_signal(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, ckvm_kick_signal());
+    int r = pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    return r == 0 ? 0 : -r;
+}
+
 int ckvm_kick_thread(unsigned long thread) {
     int r = pthread_kill((pthread_t)thread, ckvm_kick_signal());
     return r == 0 ? 0 : -r;

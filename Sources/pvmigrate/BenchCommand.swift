@@ -5,56 +5,131 @@ import GuestImage
 import Migrate
 
 /// `pvmigrate bench`: migration benchmarks on loopback — the same cases QEMU was measured
-/// with (docs/benchmarks.md). Both ends run in this process, over real mutual TLS.
+/// with (docs/benchmarks.md), and a matrix of engine configurations. Both ends run in this
+/// process, over real mutual TLS unless a matrix case says plain.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the migration benchmarks on this machine (loopback, real KVM, mutual TLS).")
+        abstract: "Run the migration benchmarks on this machine (loopback, real KVM, mutual TLS).",
+        discussion: """
+            Without options: the four cases compared with QEMU (scripts/compare-qemu.sh), \(Bench.defaultRuns) runs each.
 
-    @Flag(name: .long, help: "Small guests and one run per case (for CI).")
+            --matrix: every combination of idle/dirtying guest × plain/TLS × zstd on/off × delta on/off × \
+            dirty source kvm/pv/hybrid (\(BenchMatrix.all.count) cases, one run each unless --runs).
+
+            --quick (CI): quarter-size guests, one run each, the QEMU cases plus \(BenchMatrix.pruned.count) matrix \
+            cases (the default configuration and one factor changed at a time); with --matrix, only those.
+
+            Columns: total time, downtime (guest paused → running at the destination), bytes on the wire, \
+            rounds, the guest's dirtying speed during the migration relative to before it, page encodings.
+            """)
+
+    static let defaultRuns = 3
+
+    @Flag(name: .long, help: "Small guests and one run per case; the QEMU cases plus a pruned matrix (for CI).")
     var quick = false
 
-    @Option(name: .long, help: "Runs per case; the table shows medians.")
-    var runs: Int = 3
+    @Flag(name: .long, help: "Run the configuration matrix instead of the QEMU comparison cases.")
+    var matrix = false
 
-    @Option(name: .long, parsing: .upToNextOption, help: "Cases to run (default: all): \(BenchCase.all.map(\.name).joined(separator: ", ")).")
+    @Option(name: .long, help: "Runs per case; the table shows medians (default: \(Bench.defaultRuns), 1 for the matrix and --quick).")
+    var runs: Int?
+
+    @Option(name: .long, parsing: .upToNextOption,
+            help: "Cases to run by name (default: the set the other options choose); --list shows them.")
     var cases: [String] = []
 
-    @Option(name: .long, help: "Write every run's statistics as JSON to this file.")
+    @Flag(name: .long, help: "List the cases (name, memory bytes, bandwidth limit, command line), tab-separated, and exit.")
+    var list = false
+
+    @Option(name: .long, help: "Write every run's statistics (per round too) as JSON to this file.")
     var json: String?
 
+    @Option(name: .long, help: "Write an SVG chart: per-round bytes and dirty pages over time for each case.")
+    var svg: String?
+
+    @Option(name: .customLong("from-json"), help: "Run nothing: print the table (and --svg chart) of an earlier --json file.")
+    var fromJSON: String?
+
     mutating func validate() throws {
-        guard (1...20).contains(runs) else { throw ValidationError("--runs must be 1–20") }
-        let known = Set(BenchCase.all.map(\.name))
-        for c in cases where !known.contains(c) { throw ValidationError("unknown case \(c); known: \(known.sorted().joined(separator: ", "))") }
+        if let runs, !(1...20).contains(runs) { throw ValidationError("--runs must be 1–20") }
+        let known = Set((BenchCase.all + BenchMatrix.all).map(\.name))
+        for c in cases where !known.contains(c) {
+            throw ValidationError("unknown case \(c); `pvmigrate bench --list` shows the cases")
+        }
+    }
+
+    /// The cases the options select, before --quick scales them.
+    var selected: [BenchCase] {
+        if !cases.isEmpty { return (BenchCase.all + BenchMatrix.all).filter { cases.contains($0.name) } }
+        switch (quick, matrix) {
+        case (false, false): return BenchCase.all
+        case (false, true): return BenchMatrix.all
+        case (true, false): return BenchCase.all + BenchMatrix.pruned
+        case (true, true): return BenchMatrix.pruned
+        }
     }
 
     func run() throws {
+        if list {
+            for c in BenchCase.all + BenchMatrix.all {
+                print([c.name, "\(c.memory)", c.bandwidth.map { String(Int($0)) } ?? "-", c.cmdline].joined(separator: "\t"))
+            }
+            return
+        }
+        if let fromJSON {
+            let results: [BenchResult]
+            do { results = try JSONDecoder().decode([BenchResult].self, from: Data(contentsOf: URL(fileURLWithPath: fromJSON))) } catch {
+                throw Diagnostics.fail(ValidationError("cannot read bench results from \(fromJSON): \(error)"))
+            }
+            print(BenchResult.table(results))
+            try writeChart(results, title: "pvmigrate bench: \((fromJSON as NSString).lastPathComponent)")
+            return
+        }
         let pki = FileManager.default.temporaryDirectory.appendingPathComponent("pvmigrate-bench-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: pki) }
         try CertificateAuthority.initialize(directory: pki, hosts: ["src", "dst"])
         let src = TLSMode.mutual(try TLSFiles(directory: pki + "/src"))
         let dst = TLSMode.mutual(try TLSFiles(directory: pki + "/dst"))
-        let selected = BenchCase.all.filter { cases.isEmpty || cases.contains($0.name) }
+        let selected = self.selected
+        let runsPerCase = runs ?? (quick || (matrix && cases.isEmpty) ? 1 : Self.defaultRuns)
+        let started = ContinuousClock.now
         var results: [BenchResult] = []
-        for c in selected {
+        for (i, c) in selected.enumerated() {
             let scaled = quick ? c.quick : c
-            for run in 0..<(quick ? 1 : runs) {
-                Diagnostics.note("bench \(scaled.name) run \(run + 1)…")
+            for run in 0..<runsPerCase {
+                Diagnostics.note("bench [\(i + 1)/\(selected.count)] \(scaled.name) run \(run + 1)…")
                 do {
-                    results.append(try scaled.measure(src: src, dst: dst))
+                    results.append(try scaled.measure(src: scaled.tls ? src : .insecure, dst: scaled.tls ? dst : .insecure,
+                                                      quick: quick))
                 } catch {
                     Diagnostics.note("bench \(scaled.name) run \(run + 1) failed: \(error)")
                     results.append(BenchResult(name: scaled.name, failure: "\(error)"))
                 }
+                results[results.count - 1].configuration = BenchResult.Configuration(scaled)
             }
         }
+        let seconds = (ContinuousClock.now - started).components.seconds
         print(BenchResult.table(results))
+        print("\(selected.count) cases, \(runsPerCase) run\(runsPerCase == 1 ? "" : "s") each, \(seconds) s"
+            + (quick ? " (--quick: \(BenchCase.quickMemory >> 20) MiB guests, quarter-size working sets)" : ""))
         if let json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(results).write(to: URL(fileURLWithPath: json))
+            do { try encoder.encode(results).write(to: URL(fileURLWithPath: json)) } catch {
+                throw Diagnostics.fail(ValidationError("cannot write \(json): \(error.localizedDescription)"))
+            }
         }
+        try writeChart(results, title: "pvmigrate bench\(quick ? " --quick" : "")\(matrix ? " --matrix" : ""): \(selected.count) cases, "
+            + "loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores")
         if results.contains(where: { $0.failure != nil }) { throw ExitCode.failure }
+    }
+
+    private func writeChart(_ results: [BenchResult], title: String) throws {
+        guard let svg else { return }
+        do { try BenchChart.svg(results, title: title).write(toFile: svg, atomically: true, encoding: .utf8) } catch {
+            throw Diagnostics.fail(ValidationError("cannot write \(svg): \(error.localizedDescription)"))
+        }
+        Diagnostics.note("chart written to \(svg)")
     }
 }
 
@@ -64,6 +139,11 @@ struct BenchCase: Sendable {
     var cmdline: String
     var bandwidth: Double?
     var maxTime: Double = 120
+    /// Engine configuration (the matrix varies these; the QEMU cases use the defaults).
+    var tls = true
+    var compression: Int32? = 1
+    var delta = true
+    var dirtySource: DirtySourceMode = .hybrid
 
     static let all: [BenchCase] = [
         BenchCase(name: "idle-1g", memory: 1 << 30, cmdline: "workload=idle"),
@@ -76,16 +156,18 @@ struct BenchCase: Sendable {
                   bandwidth: 128 * 1_048_576, maxTime: 90),
     ]
 
+    static let quickMemory: UInt64 = 256 << 20
+
     /// A scaled-down version for CI: quarter-size working sets and guests.
     var quick: BenchCase {
         var q = self
-        q.memory = 256 << 20
+        q.memory = Self.quickMemory
         q.cmdline = cmdline.replacingOccurrences(of: "mib=512", with: "mib=128").replacingOccurrences(of: "mib=256", with: "mib=64")
         q.maxTime = 60
         return q
     }
 
-    func measure(src: TLSMode, dst: TLSMode) throws -> BenchResult {
+    func measure(src: TLSMode, dst: TLSMode, quick: Bool = false) throws -> BenchResult {
         let arrived = Locked<ReceivedVM?>(nil)
         var receiverOptions = ReceiverOptions()
         receiverOptions.console = { _ in ConsoleBuffer() }
@@ -97,14 +179,18 @@ struct BenchCase: Sendable {
                                                        console: ConsoleBuffer()))
         machine.start()
         defer { machine.stop(); _ = machine.waitForExit() }
-        Thread.sleep(forTimeInterval: 1.0) // boot, balloon, reach steady state
+        let settle = quick ? 0.5 : 1.0
+        Thread.sleep(forTimeInterval: settle) // boot, balloon, reach steady state
         let before = machine.pv.guestCounters?.pagesWritten ?? 0
-        Thread.sleep(forTimeInterval: 1.0)
-        let baseline = Double((machine.pv.guestCounters?.pagesWritten ?? 0) - before)
+        Thread.sleep(forTimeInterval: settle)
+        let baseline = Double((machine.pv.guestCounters?.pagesWritten ?? 0) - before) / settle
 
         var options = MigrationOptions()
         options.bandwidthLimit = bandwidth
         options.maxTime = maxTime
+        options.compressionLevel = compression
+        options.delta = delta
+        options.dirtySource = dirtySource
         let sender = MigrationSender(machine: machine, name: name, kernelSHA256: [UInt8](repeating: 0, count: 32), options: options)
         let startCount = machine.pv.guestCounters?.pagesWritten ?? 0
         let stats = try sender.migrate(to: "127.0.0.1", port: listener.port, tls: src)
@@ -122,6 +208,23 @@ struct BenchResult: Codable {
     var guestBaseline = 0.0
     var guestDuring = 0.0
     var failure: String?
+    var configuration: Configuration?
+
+    /// What the case ran: enough to reproduce it and to group the matrix.
+    struct Configuration: Codable {
+        var memoryBytes: UInt64
+        var cmdline: String
+        var bandwidthLimit: Double?
+        var tls: Bool
+        var compressionLevel: Int32?
+        var delta: Bool
+        var dirtySource: String
+
+        init(_ c: BenchCase) {
+            memoryBytes = c.memory; cmdline = c.cmdline; bandwidthLimit = c.bandwidth; tls = c.tls
+            compressionLevel = c.compression; delta = c.delta; dirtySource = c.dirtySource.rawValue
+        }
+    }
 
     init(name: String, stats: MigrationStats? = nil, guestBaseline: Double = 0, guestDuring: Double = 0, failure: String? = nil) {
         self.name = name; self.stats = stats; self.guestBaseline = guestBaseline; self.guestDuring = guestDuring

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// pvmigrate: a KVM-based paravirtual VMM built around live migration.
 @main
@@ -7,9 +8,23 @@ struct PVMigrate: ParsableCommand {
         commandName: "pvmigrate",
         abstract: "A KVM-based paravirtual VMM built around live migration.",
         discussion: """
-            Boots the built-in paravirtual guest (pvguest) or any PVH kernel on KVM.
-            Migration (send/listen), named VMs and benchmarks are being built; see README.md.
+            Boots the built-in paravirtual guest (pvguest) or any PVH kernel on KVM, as named VMs
+            with a control socket each, and live-migrates them between hosts over mutual TLS.
+            See README.md.
             """,
         version: "0.1.0",
-        subcommands: [Run.self, Guest.self, Bench.self])
+        // By usage: start a VM, move it, look at it, manage it, then the tools.
+        subcommands: [Run.self, Send.self, Listen.self, Ps.self, Status.self, Console.self, Stop.self, Selfcheck.self,
+                      Cancel.self, Certs.self, Demo.self, Guest.self, Bench.self])
+
+    /// Starts from an empty signal mask, whatever the parent left blocked: a parent that
+    /// spawns from a dispatch or test thread (Foundation's `Process` does) passes on a mask
+    /// with nearly every signal blocked, including the vCPU kick signal — and then every
+    /// pause (status, stop-and-copy) waits for the guest's next exit instead of a kick.
+    static func main() {
+        var none = sigset_t()
+        sigemptyset(&none)
+        sigprocmask(SIG_SETMASK, &none, nil)
+        main(nil)
+    }
 }

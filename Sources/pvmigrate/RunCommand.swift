@@ -1,18 +1,40 @@
 import ArgumentParser
+import Control
 import Core
 import Foundation
 import GuestImage
 
-/// `pvmigrate run`: boot a VM and stream its console until it halts or Ctrl-C.
+/// `pvmigrate run`: boot a VM and stream its console until it halts or Ctrl-C; with `--name`
+/// it also serves the VM's control socket (protocol.md §4), with `--detach` in the background.
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a VM (the built-in guest by default) and stream its console.",
         discussion: """
             The console goes to standard output; pvmigrate's own messages go to standard error.
             The VM runs until the guest halts or exits, or until Ctrl-C.
+            With --name the VM gets a control socket (<runtime>/vms/NAME.sock; the runtime
+            directory is $PVMIGRATE_RUNTIME_DIR, else /run/pvmigrate, $XDG_RUNTIME_DIR/pvmigrate or
+            /tmp/pvmigrate-<uid>): ps, status, stop, console, selfcheck, send and cancel reach it
+            by name, and `run` also ends when the VM migrates away. Without --name the VM is
+            anonymous: no control socket, foreground only.
+            With --detach (needs --name) the VM runs in the background; its messages go to
+            <runtime>/vms/NAME.log and its console to `pvmigrate console NAME`.
             Built-in guest workloads (--cmdline): workload=idle | workload=ticks count=N interval=MS |
             workload=dirty mib=N rate=PAGES_PER_S passes=N (docs/protocol.md §1.7).
             """)
+
+    @Option(name: .long, help: "Name the VM (1–64 of A-Z a-z 0-9 . _ -): it gets a control socket.")
+    var name: String?
+
+    @Option(name: .long, help: "Virtual CPUs (this pvmigrate runs 1-vCPU VMs).")
+    var vcpus: Int = 1
+
+    @Flag(name: .long, help: "Run the named VM in the background and return once it answers.")
+    var detach = false
+
+    /// Set by `--detach` on the background copy of this command.
+    @Flag(name: .customLong("daemon-child"), help: .private)
+    var daemonChild = false
 
     @Option(name: .long, help: "Guest memory, e.g. 256M or 1G (a multiple of 2 MiB).")
     var memory: MemorySize = MemorySize(argument: "256M")!
@@ -43,27 +65,64 @@ struct Run: ParsableCommand {
         }
         if let duration, !(duration > 0) { throw ValidationError("--duration must be positive") }
         guard (1...60_000).contains(harvestMilliseconds) else { throw ValidationError("--harvest-ms must be 1–60000") }
+        if let kernel, !FileManager.default.isReadableFile(atPath: kernel) {
+            throw ValidationError("cannot read kernel \(kernel): no such file or not readable")
+        }
+        guard vcpus == 1 else { throw ValidationError("this pvmigrate runs 1-vCPU VMs: use --vcpus 1 (or leave it out)") }
+        if name != nil, dirtyLog != .off {
+            // Two harvesters would split the dirty set between them; a migration tracks its own.
+            throw ValidationError("--dirty-log is for measuring an anonymous VM: leave out --name (a named VM's "
+                + "migration tracks dirty pages itself)")
+        }
+        if let name {
+            do { try RuntimeDirectory.validate(name: name) } catch { throw ValidationError("--name: \(error)") }
+        } else if detach || daemonChild {
+            throw ValidationError("--detach needs --name: a VM in the background is reached by its name")
+        }
     }
 
     func run() throws {
+        if detach, !daemonChild {
+            try Detacher(run: self).start()
+            return
+        }
+        // The background copy leaves the terminal's session, so a hang-up does not reach it.
+        if daemonChild { _ = setsid() }
         let image: [UInt8]
         if let kernel {
             guard let data = FileManager.default.contents(atPath: kernel) else {
-                throw ValidationError("cannot read kernel \(kernel): no such file or not readable")
+                throw Diagnostics.fail(ControlError(.invalidArgument, "cannot read kernel \(kernel): no such file or not readable"))
             }
             image = [UInt8](data)
         } else {
             image = GuestImage.elf
         }
+        let ring = name.map { _ in ConsoleRing(echo: !daemonChild) }
         var configuration = Machine.Configuration(
             memorySize: memory.bytes, kernel: image, commandLine: cmdline,
-            console: StandardOutputConsole(), log: { Diagnostics.note($0) })
+            console: ring ?? StandardOutputConsole(), log: { Diagnostics.note($0) })
         configuration.allowNativeExecution = !noNative
         let machine: Machine
         do { machine = try Machine(configuration: configuration) } catch { throw Diagnostics.fail(error) }
 
-        Diagnostics.note("booting \(kernel ?? GuestImage.name) with \(memory) of memory")
-        let interrupt = SignalWatcher(SIGINT, SIGTERM) { machine.stop() }
+        // A named VM takes its name (its control socket) before it boots.
+        let host: VMHost?
+        if let name, let ring {
+            do {
+                host = try VMHost(name: name, machine: machine, console: ring, runtime: try RuntimeDirectory(),
+                                  kernelSHA256: KernelDigest.sha256(image))
+            } catch { throw Diagnostics.fail(error) }
+        } else {
+            host = nil
+        }
+
+        Diagnostics.note("booting \(kernel ?? GuestImage.name) with \(memory) of memory"
+            + (host.map { " as VM \($0.name) (socket \($0.socketPath))" } ?? ""))
+        let interrupted = Locked(false)
+        let interrupt = SignalWatcher(SIGINT, SIGTERM) {
+            interrupted.withLock { $0 = true }
+            host?.stop() ?? machine.stop()
+        }
         machine.start()
         let reporter = ExecutionModeReporter(machine: machine)
         if let duration {
@@ -73,17 +132,98 @@ struct Run: ParsableCommand {
             }
         }
         let logger = dirtyLog.mode.map { DirtyLogDriver(machine: machine, mode: $0, intervalMs: harvestMilliseconds) }
-        let exit = machine.waitForExit()
+        let exit: VMExit
+        if let host {
+            switch host.waitUntilGone() {
+            case .migrated:
+                logger?.finish()
+                interrupt.cancel()
+                Diagnostics.note("VM \(host.name) migrated to \(host.migratedTo ?? "its destination"); it no longer runs here")
+                return
+            case let .exited(e): exit = e
+            }
+        } else {
+            exit = machine.waitForExit()
+        }
         logger?.finish()
         reporter.finish()
         interrupt.cancel()
         Diagnostics.note("VM ended: \(exit)")
         switch exit {
         case .halted, .exitStatus(0): return
-        case .stopped: if duration == nil { throw ExitCode(130) }
+        case .stopped: if interrupted.value { throw ExitCode(130) } // else --duration or `pvmigrate stop`
         case let .exitStatus(status): throw ExitCode(Int32(truncatingIfNeeded: min(status, 125)))
         default: throw ExitCode.failure
         }
+    }
+}
+
+/// `run --detach`: starts this command again in the background (the same arguments minus
+/// --detach, plus --daemon-child; its own session; output to <runtime>/vms/NAME.log), waits
+/// until the VM answers on its socket, and reports — or shows why the child failed.
+struct Detacher {
+    let run: Run
+
+    func start() throws {
+        guard let name = run.name else { return }
+        let runtime = try ControlCommand.runtime()
+        if (try? ControlClient(name: name, runtime: runtime)) != nil {
+            throw Diagnostics.fail(ControlError(.nameTaken, "a VM named \(name) is already running on this host; "
+                + "choose another name, or stop that one with `pvmigrate stop \(name)`"))
+        }
+        let logPath = runtime.logPath(for: name)
+        guard FileManager.default.createFile(atPath: logPath, contents: nil, attributes: [.posixPermissions: 0o600]),
+              let log = FileHandle(forWritingAtPath: logPath) else {
+            throw Diagnostics.fail(ControlError(.runtimeDirectory, "cannot write \(logPath); check the runtime directory "
+                + "or set PVMIGRATE_RUNTIME_DIR"))
+        }
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments[0])
+        child.arguments = CommandLine.arguments.dropFirst().filter { $0 != "--detach" } + ["--daemon-child"]
+        var environment = ProcessInfo.processInfo.environment
+        environment["PVMIGRATE_RUNTIME_DIR"] = runtime.path // the same directory, however it was found
+        child.environment = environment
+        child.standardInput = FileHandle.nullDevice
+        child.standardOutput = log
+        child.standardError = log
+        do { try child.run() } catch {
+            throw Diagnostics.fail(ControlError(.connection, "cannot start the background VM process: \(error.localizedDescription)"))
+        }
+        try? log.close()
+        let pid = child.processIdentifier
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while Date() < deadline {
+            if !child.isRunning {
+                if child.terminationStatus == 0 {
+                    print("started VM \(name); it has already ended (its log: \(logPath))")
+                    return
+                }
+                throw failure("VM \(name) did not start (its process ended with status \(child.terminationStatus))",
+                              logPath: logPath)
+            }
+            if let client = try? ControlClient(name: name, runtime: runtime) {
+                client.timeout = 2
+                if let status = try? client.request("status"), status["pid"]?.int64 == Int64(pid) {
+                    print("started VM \(name) (socket \(runtime.socketPath(for: name)))")
+                    return
+                }
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        kill(pid, SIGTERM)
+        throw failure("VM \(name) did not answer on \(runtime.socketPath(for: name)) within 10 s; its process was stopped",
+                      logPath: logPath)
+    }
+
+    /// Says what went wrong, with the end of the child's log.
+    private func failure(_ what: String, logPath: String) -> any Error {
+        let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        let tail = text.split(separator: "\n").suffix(10)
+        var message = "pvmigrate: error: \(what); the end of its log (\(logPath)):\n"
+        message += tail.map { "    \($0)\n" }.joined()
+        FileHandle.standardError.write(Data(message.utf8))
+        return ExitCode.failure
     }
 }
 

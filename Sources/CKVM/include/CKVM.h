@@ -26,6 +26,10 @@ int ckvm_kick_signal(void);
 /// blocking KVM_RUN returns -EINTR when the signal arrives. Idempotent. Returns 0 or -errno.
 int ckvm_install_kick_handler(void);
 
+/// Unblocks ckvm_kick_signal() for the calling thread (threads inherit their creator's
+/// mask, which may block it; a blocked kick would leave KVM_RUN running). Returns 0 or -errno.
+int ckvm_unblock_kick_signal(void);
+
 /// pthread_kill(thread, ckvm_kick_signal()) for a thread id obtained from
 /// ckvm_current_thread(). Returns 0 or -errno.
 int ckvm_kick_thread(unsigned long thread);

@@ -117,12 +117,17 @@ public final class VCPUThread: @unchecked Sendable {
 
     /// Ends the run loop; the VM exits with `.stopped` unless it already exited.
     public func stop() {
-        condition.withLock {
-            if case .created = runState { runState = .exited(.stopped); return }
+        let neverStarted = condition.withLock { () -> Bool in
+            if case .created = runState {
+                runState = .exited(.stopped)
+                condition.broadcast() // wake anyone already in waitForExit()
+                return true
+            }
             stopRequested = true
             kickLocked()
-            condition.broadcast()
+            return false
         }
+        if neverStarted { onExit(.stopped) }
     }
 
     /// Blocks until the vCPU has exited.
@@ -165,6 +170,7 @@ public final class VCPUThread: @unchecked Sendable {
     // MARK: The vCPU thread
 
     private func loop() {
+        _ = ckvm_unblock_kick_signal() // the mask is inherited: make sure kicks reach KVM_RUN
         condition.withLock {
             threadHandle = ckvm_current_thread()
             condition.broadcast()

@@ -1,0 +1,87 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// A client of one named VM's control socket (protocol.md §4). Not thread-safe: one request
+/// at a time per client (open a second client to, say, cancel while a `migrate` streams).
+public final class ControlClient {
+    public let name: String
+    public let socketPath: String
+    private let socket: LineSocket
+    private var nextID: Int64 = 1
+
+    /// Connects to the VM's socket.
+    /// - Throws: `ControlError` `.noSuchVM` when no VM of that name answers on this host.
+    public init(name: String, runtime: RuntimeDirectory) throws {
+        try RuntimeDirectory.validate(name: name)
+        self.name = name
+        socketPath = runtime.socketPath(for: name)
+        do {
+            socket = try LineSocket.connect(path: socketPath)
+        } catch {
+            switch error.errno {
+            case ENOENT, ECONNREFUSED:
+                throw ControlError(.noSuchVM, "no VM named \(name) on this host (pvmigrate ps lists them)")
+            case EACCES, EPERM:
+                throw ControlError(.connection, "cannot reach VM \(name) at \(socketPath): permission denied; "
+                    + "run as the user that started it")
+            case ENAMETOOLONG:
+                throw ControlError(.connection, "the socket path \(socketPath) is too long for a Unix socket; "
+                    + "set PVMIGRATE_RUNTIME_DIR to a shorter directory")
+            default:
+                throw ControlError(.connection, "cannot reach VM \(name) at \(socketPath): "
+                    + "\(RuntimeDirectory.errnoText(error.errno))")
+            }
+        }
+    }
+
+    /// How long to wait for each line of an answer (nil: for ever, the default — a migration
+    /// may take minutes between events).
+    public var timeout: Double? {
+        didSet { socket.setReceiveTimeout(timeout) }
+    }
+
+    /// Sends one request; calls `onEvent` for each event line; returns the final result object
+    /// or throws the error string as `ControlError` (`.refused`).
+    public func request(_ cmd: String, _ arguments: [String: JSONValue] = [:],
+                        onEvent: (String, JSONValue) -> Void = { _, _ in }) throws -> JSONValue {
+        let id = nextID
+        nextID += 1
+        var message = arguments
+        message["id"] = .int(id)
+        message["cmd"] = .string(cmd)
+        do { try socket.writeLine(Array(JSONValue.object(message).jsonText.utf8)) } catch {
+            throw ControlError(.connection, "VM \(name) closed its control socket (\(RuntimeDirectory.errnoText(error.errno))); "
+                + "it may have ended — pvmigrate ps lists the VMs")
+        }
+        while true {
+            let line: [UInt8]?
+            do { line = try socket.readLine() } catch {
+                if error.errno == ETIMEDOUT {
+                    throw ControlError(.connection, "VM \(name) did not answer \(cmd) within \(timeout ?? 0) s; "
+                        + "its process may be stuck")
+                }
+                if error.errno == EMSGSIZE {
+                    throw ControlError(.protocolViolation, "VM \(name) sent a line longer than 1 MiB")
+                }
+                throw ControlError(.connection, "reading from VM \(name)'s control socket failed: "
+                    + RuntimeDirectory.errnoText(error.errno))
+            }
+            guard let line else {
+                throw ControlError(.connection, "VM \(name) closed its control socket before answering \(cmd); "
+                    + "it may have ended — pvmigrate ps lists the VMs")
+            }
+            guard let message = try? JSONValue(parsing: Data(line)), message.object != nil else {
+                throw ControlError(.protocolViolation, "VM \(name) sent a malformed line: \(String(decoding: line.prefix(200), as: UTF8.self))")
+            }
+            guard message["id"]?.int64 == id else { continue }
+            if let event = message["event"]?.string {
+                onEvent(event, message["data"] ?? .null)
+                continue
+            }
+            if message["ok"]?.bool == true { return message["result"] ?? .object([:]) }
+            throw ControlError(.refused, message["error"]?.string ?? "VM \(name) refused \(cmd) without saying why")
+        }
+    }
+}

@@ -1,0 +1,335 @@
+import ArgumentParser
+import Control
+import Core
+import Foundation
+import GuestImage
+import Migrate
+
+/// `pvmigrate demo`: a live migration over mutual TLS on this machine, start to finish, with
+/// every claim checked — the guest keeps running on the destination and its own self-check
+/// finds no lost or stale page.
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Migrate a running guest live over mutual TLS, on this machine, and check it.",
+        discussion: """
+            Creates certificates for two hosts (src, dst) in a temporary directory, starts a \
+            destination listener on a loopback port, boots the built-in guest with a workload that \
+            keeps dirtying memory, migrates it while it runs, shows it carrying on at the destination, \
+            has it verify every page it wrote, prints the statistics and cleans up. Exit status 0 \
+            only if every check passed.
+            """)
+
+    @Option(name: .long, help: "Guest memory (256M–4G).")
+    var memory: MemorySize = MemorySize(argument: "512M")!
+
+    @Option(name: .long, help: "The guest's workload (built-in guest command line).")
+    var cmdline = "workload=dirty mib=64 passes=0 pattern=random content=mixed rate=20000 progress=1000"
+
+    @Option(name: .customLong("dirty-source"), help: "Dirty-page source: kvm, pv or hybrid.")
+    var dirtySource = "hybrid"
+
+    @Option(name: .long, help: "Seconds to show the guest's console before and after the migration.")
+    var show: Double = 2
+
+    mutating func validate() throws {
+        guard (256 << 20...4 << 30).contains(memory.bytes), memory.bytes % (2 << 20) == 0 else {
+            throw ValidationError("--memory must be 256M–4G and a multiple of 2M")
+        }
+        guard (0.5...30).contains(show) else { throw ValidationError("--show must be 0.5–30 seconds") }
+        guard DirtySourceMode(rawValue: dirtySource) != nil else { throw ValidationError("--dirty-source must be kvm, pv or hybrid") }
+    }
+
+    func run() throws {
+        let demo = try DemoRun(memory: memory.bytes, cmdline: cmdline, dirtySource: DirtySourceMode(rawValue: dirtySource) ?? .hybrid,
+                               show: show)
+        defer { demo.cleanUp() }
+        // Ctrl-C: stop both VMs and remove the temporary directory before leaving.
+        let interrupt = SignalWatcher(SIGINT, SIGTERM) {
+            demo.cleanUp()
+            Foundation.exit(130)
+        }
+        defer { interrupt.cancel() }
+        let passed = demo.perform()
+        if !passed { throw ExitCode.failure }
+    }
+}
+
+/// One demo run: the steps, the checks, and the clean-up.
+final class DemoRun: @unchecked Sendable {
+    let memory: UInt64, cmdline: String, dirtySource: DirtySourceMode, show: Double
+    let root: String
+    let runtime: RuntimeDirectory
+    private var checks: [(String, Bool)] = []
+    private var listener: MigrationListener?
+    private var source: Machine?
+    private let arrival = DemoArrival()
+    private let cleaned = Locked(false)
+
+    init(memory: UInt64, cmdline: String, dirtySource: DirtySourceMode, show: Double) throws {
+        self.memory = memory; self.cmdline = cmdline; self.dirtySource = dirtySource; self.show = show
+        let tmp = NSTemporaryDirectory().hasSuffix("/") ? String(NSTemporaryDirectory().dropLast()) : NSTemporaryDirectory()
+        var template = Array((tmp + "/pvmigrate-demo-XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else { throw Diagnostics.fail(ValidationError("cannot create a temporary directory")) }
+        root = String(cString: made)
+        var environment = ProcessInfo.processInfo.environment
+        environment["PVMIGRATE_RUNTIME_DIR"] = root + "/dst-runtime"
+        do { runtime = try RuntimeDirectory(environment: environment) } catch { throw Diagnostics.fail(error) }
+    }
+
+    static func step(_ title: String) { say("\n==> \(title)") }
+    static func say(_ text: String) { FileHandle.standardOutput.write(Data((text + "\n").utf8)) }
+
+    private func check(_ what: String, _ ok: Bool) {
+        checks.append((what, ok))
+        Self.say("    \(ok ? "✔" : "✘") \(what)")
+    }
+
+    /// Runs every step; false when a check failed (the reason was printed).
+    func perform() -> Bool {
+        let started = ContinuousClock.now
+        do { try steps() } catch {
+            Self.say("\ndemo: FAILED: \(error)")
+            checks.append(("\(error)", false))
+        }
+        let failed = checks.filter { !$0.1 }
+        let seconds = (ContinuousClock.now - started).components.seconds
+        Self.say(failed.isEmpty
+            ? "\ndemo: all \(checks.count) checks passed in \(seconds) s"
+            : "\ndemo: \(failed.count) of \(checks.count) checks FAILED: \(failed.map(\.0).joined(separator: "; "))")
+        return failed.isEmpty
+    }
+
+    private func steps() throws {
+        Self.step("1. certificates for two hosts (pvmigrate certs init --dir \(root)/pki --hosts src dst)")
+        try CertificateAuthority.initialize(directory: root + "/pki", hosts: ["src", "dst"])
+        Self.say("    CA \(root)/pki/ca.pem; src/ and dst/ each hold ca.pem, cert.pem, key.pem (0600)")
+        let srcTLS = TLSMode.mutual(try TLSFiles(directory: root + "/pki/src"))
+        let dstTLS = TLSMode.mutual(try TLSFiles(directory: root + "/pki/dst"))
+
+        Self.step("2. the destination: pvmigrate listen, mutual TLS, on a loopback port")
+        var options = ReceiverOptions()
+        let arrival = self.arrival
+        arrival.runtime = runtime
+        options.console = { _ in arrival.makeConsole() }
+        options.log = { message in if !message.hasPrefix("received VM ") { Self.say("    [dst] \(message)") } }
+        let listener = try MigrationListener(host: "127.0.0.1", port: 0, tls: dstTLS, options: options)
+        self.listener = listener
+        listener.serve(onArrival: { arrival.arrived($0) }, onFailure: { arrival.failed($0) })
+        Self.say("    listening on 127.0.0.1:\(listener.port); arriving VMs are served in \(runtime.path)")
+
+        Self.step("3. the source: boot the built-in guest (\(memory >> 20) MiB) — \(cmdline)")
+        let sourceConsole = DemoConsole(prefix: "src")
+        sourceConsole.showing = true
+        let machine = try Machine(configuration: .init(memorySize: memory, kernel: GuestImage.elf, commandLine: cmdline,
+                                                       console: sourceConsole))
+        source = machine
+        machine.start()
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !machine.pv.isRegistered, machine.exit == nil, ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        Thread.sleep(forTimeInterval: show)
+        sourceConsole.showing = false
+        let mode = (try? machine.executionMode()).map { "\($0)" } ?? "unknown"
+        check("the guest runs on the source (execution: \(mode), PV interface registered)", machine.exit == nil && machine.pv.isRegistered)
+        let beforeCounter = machine.pv.guestCounters?.pagesWritten ?? 0
+
+        Self.step("4. live migration src → dst over mutual TLS (the guest keeps running until the last round)")
+        var migrationOptions = MigrationOptions()
+        migrationOptions.dirtySource = dirtySource
+        migrationOptions.maxTime = 60
+        let sender = MigrationSender(machine: machine, name: "demo", kernelSHA256: KernelDigest.sha256(GuestImage.elf), options: migrationOptions)
+        let progress = DemoProgress()
+        let stats = try sender.migrate(to: "127.0.0.1", port: listener.port, tls: srcTLS) { round in
+            progress.show(String(format: "    round %d: %@ pages, %.1f MiB in %.2f s (%.0f MiB/s); %@ dirty since → expected downtime %.1f ms",
+                                 round.round, round.pages.formatted(), Double(round.wireBytes) / 1_048_576, round.seconds,
+                                 round.bandwidth / 1_048_576, round.dirtyPages.formatted(), round.expectedDowntime * 1000))
+        }
+        progress.done()
+        Self.say(String(format: "    migrated in %.2f s; the guest was paused for %.1f ms", stats.totalSeconds, stats.downtimeSeconds * 1000))
+        check("the source let go of the VM (it stopped there after the destination acknowledged)",
+              machine.waitForExit() == .stopped)
+        source = nil
+
+        Self.step("5. the guest carries on at the destination")
+        guard let (vm, console) = arrival.wait(timeout: 10) else {
+            check("the VM arrived at the destination", false)
+            return
+        }
+        check("the VM arrived and runs at the destination, served as \"\(vm.name)\" at \(runtime.socketPath(for: vm.name))",
+              vm.machine.exit == nil)
+        let client = try ControlClient(name: vm.name, runtime: runtime)
+        let status = try client.request("status")
+        let state = status["state"]?.string ?? "?", execution = status["execution"]?.string ?? "?"
+        check("its control socket answers like `pvmigrate status \(vm.name)`: \(state), execution \(execution), "
+            + "arrived from \(status["arrived_from"]?.string ?? "?")", state == "running")
+        check("memory digests match (source 0x\(String(stats.digest, radix: 16)), destination 0x\(String(vm.digest, radix: 16)))",
+              stats.digest == vm.digest)
+        let arrivedCounter = vm.machine.pv.guestCounters?.pagesWritten ?? 0
+        console.showing = true
+        Thread.sleep(forTimeInterval: show)
+        console.showing = false
+        let afterCounter = vm.machine.pv.guestCounters?.pagesWritten ?? 0
+        Self.say("    the guest's page counter: \(beforeCounter.formatted()) before the migration, "
+            + "\(arrivedCounter.formatted()) on arrival, \(afterCounter.formatted()) \(show) s later")
+        check("the guest keeps working at the destination (counter \(arrivedCounter.formatted()) → \(afterCounter.formatted()))",
+              afterCounter > arrivedCounter && arrivedCounter >= beforeCounter)
+        check("its console continues at the destination (\(console.lineCount) lines since arrival)", console.lineCount > 0)
+
+        Self.step("6. the guest verifies every page it has written (like `pvmigrate selfcheck \(vm.name)` at the destination)")
+        console.showing = true
+        let answer = try client.request("selfcheck")
+        Thread.sleep(forTimeInterval: 0.1)
+        console.showing = false
+        let pages = answer["pages"]?.uint64 ?? 0, bad = answer["bad"]?.uint64 ?? UInt64.max
+        check("self-check: \(pages.formatted()) pages, \(bad) bad", pages > 0 && bad == 0)
+
+        Self.step("7. statistics")
+        Self.say(DemoRun.statistics(stats, tls: "TLS 1.3, mutual authentication", compression: migrationOptions))
+        vm.host.stop()
+        _ = vm.host.waitUntilGone()
+    }
+
+    static func statistics(_ s: MigrationStats, tls: String, compression options: MigrationOptions) -> String {
+        func mib(_ bytes: UInt64) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+        let sent = max(1, s.pagesSent)
+        var lines = [
+            String(format: "    total time       %.3f s", s.totalSeconds),
+            String(format: "    downtime         %.1f ms (guest paused at the source → running at the destination)", s.downtimeSeconds * 1000),
+            "    on the wire      \(mib(s.wireBytes)) for \(mib(s.memoryBytes)) of guest memory (\(String(format: "%.1f", Double(s.wireBytes) * 100 / Double(max(1, s.memoryBytes)))) %)",
+            "    transport        \(tls), \(s.streams) parallel stream\(s.streams == 1 ? "" : "s")",
+            "    rounds           \(s.rounds.count) (\(s.rounds.count - 1) pre-copy + stop-and-copy)\(s.throttled ? ", guest throttled (auto-converge)" : "")",
+            "    dirty source     \(s.dirtySource.rawValue)",
+            "    encodings        \(s.zeroPages.formatted()) zero, \(s.rawPages.formatted()) raw, \(s.deltaPages.formatted()) delta pages "
+                + "(\(s.rawPages * 100 / sent) % / \(s.deltaPages * 100 / sent) % of data pages); zstd "
+                + "\(options.compressionLevel.map { "level \($0)" } ?? "off"), XOR delta \(options.delta ? "on" : "off") "
+                + String(format: "(cache hit rate %.0f %%)", s.deltaHitRate * 100),
+            "    memory digest    0x\(String(s.digest, radix: 16)) over \(s.pagesWithData.formatted()) pages with data",
+            "",
+            "    round     pages      zero       raw     delta    wire MiB   seconds   dirty after",
+        ]
+        for r in s.rounds {
+            let last = r.round == s.rounds.count - 1
+            let label = last ? "final" : "\(r.round)"
+            let dirty = last ? "-" : r.dirtyPages.formatted()
+            lines.append("    " + String(repeating: " ", count: max(0, 5 - label.count)) + label
+                + String(format: " %9d %9d %9d %9d %11.1f %9.3f ", r.pages, r.zeroPages, r.rawPages, r.deltaPages,
+                         Double(r.wireBytes) / 1_048_576, r.seconds)
+                + String(repeating: " ", count: max(0, 13 - dirty.count)) + dirty)
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    func cleanUp() {
+        guard cleaned.withLock({ done in defer { done = true }; return !done }) else { return }
+        listener?.close()
+        if let source { source.stop(); _ = source.waitForExit() }
+        arrival.stopAll()
+        try? FileManager.default.removeItem(atPath: root)
+    }
+}
+
+/// The destination side of the demo: the VM that arrived, hosted under its name with a
+/// control socket (as `pvmigrate listen` would), and its console.
+final class DemoArrival: @unchecked Sendable {
+    struct Arrived { let name: String; let machine: Machine; let host: VMHost; let digest: UInt64 }
+    private let condition = NSCondition()
+    private var consoles: [ObjectIdentifier: (DemoConsole, ConsoleRing)] = [:]
+    private var result: (Arrived, DemoConsole)?
+    private var failure: String?
+    var runtime: RuntimeDirectory?
+
+    func makeConsole() -> ConsoleSink {
+        let ring = ConsoleRing()
+        let console = DemoConsole(prefix: "dst", forward: ring)
+        condition.withLock { consoles[ObjectIdentifier(Thread.current)] = (console, ring) }
+        return console
+    }
+
+    func arrived(_ vm: ReceivedVM) {
+        let pair = condition.withLock { consoles.removeValue(forKey: ObjectIdentifier(Thread.current)) }
+        let (console, ring) = pair ?? (DemoConsole(prefix: "dst"), ConsoleRing())
+        do {
+            guard let runtime else { throw ValidationError("no runtime directory") }
+            let host = try VMHost(name: vm.name, machine: vm.machine, console: ring, runtime: runtime,
+                                  kernelSHA256: vm.kernelSHA256, arrivedFrom: "src")
+            condition.withLock {
+                result = (Arrived(name: vm.name, machine: vm.machine, host: host, digest: vm.stats.digest), console)
+                condition.broadcast()
+            }
+        } catch {
+            vm.machine.stop()
+            failed("cannot host the arrived VM: \(error)")
+        }
+    }
+
+    func failed(_ why: String) {
+        DemoRun.say("    [dst] \(why)")
+        condition.withLock { failure = why; condition.broadcast() }
+    }
+
+    func wait(timeout: Double) -> (Arrived, DemoConsole)? {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        return condition.withLock {
+            while result == nil, failure == nil, condition.wait(until: deadline) {}
+            return result
+        }
+    }
+
+    func stopAll() {
+        guard let (vm, _) = condition.withLock({ result }) else { return }
+        vm.host.stop()
+        _ = vm.host.waitUntilGone()
+    }
+}
+
+/// A console that prints the guest's lines with a prefix while `showing`, counts the lines it
+/// showed, and forwards everything to another sink (the VM's console ring).
+final class DemoConsole: ConsoleSink, @unchecked Sendable {
+    let prefix: String
+    private let forward: ConsoleSink?
+    private let state = Locked((showing: false, lines: 0, partial: [UInt8]()))
+
+    init(prefix: String, forward: ConsoleSink? = nil) {
+        self.prefix = prefix
+        self.forward = forward
+    }
+
+    var showing: Bool {
+        get { state.value.showing }
+        set { state.withLock { $0.showing = newValue } }
+    }
+
+    var lineCount: Int { state.value.lines }
+
+    func console(_ bytes: [UInt8]) {
+        forward?.console(bytes)
+        let text = state.withLock { s -> String? in
+            guard s.showing else { return nil }
+            s.lines += bytes.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        guard let text else { return }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let shown = lines.enumerated().compactMap { i, line -> String? in
+            i == lines.count - 1 && line.isEmpty ? nil : "    [\(prefix)] \(line)\n"
+        }
+        FileHandle.standardOutput.write(Data(shown.joined().utf8))
+    }
+}
+
+/// A progress line that redraws itself on a terminal and prints one line per update otherwise.
+final class DemoProgress: @unchecked Sendable {
+    private let terminal = isatty(STDOUT_FILENO) == 1
+    private var width = 0
+
+    func show(_ text: String) {
+        if terminal {
+            let padded = text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0)
+            width = text.count
+            FileHandle.standardOutput.write(Data(("\r" + padded).utf8))
+        } else {
+            FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        }
+    }
+
+    func done() { if terminal, width > 0 { FileHandle.standardOutput.write(Data("\n".utf8)) } }
+}

@@ -1,0 +1,271 @@
+import ArgumentParser
+import Control
+import Core
+import Foundation
+import Migrate
+
+/// `pvmigrate listen`: the receiving daemon. Every VM that arrives runs here under its own
+/// name and control socket, so `pvmigrate ps / status / console` on this host show it.
+struct Listen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Receive migrating VMs (the destination daemon).",
+        discussion: """
+            Accepts migrations from peers that present a certificate from this host's CA (mutual \
+            TLS; `pvmigrate certs init` makes them). Each arriving VM keeps the name it had at the \
+            source (with -2, -3, … appended when that name is taken here) and gets a control socket \
+            in this host's runtime directory, so `pvmigrate ps`, `status` and `console` show it. \
+            Several migrations may arrive at once.
+
+            Logs one line per arrival (with its statistics) and per failed or rejected migration \
+            on standard output. SIGINT/SIGTERM: stop accepting, stop the VMs received here, remove \
+            their sockets, exit 0.
+            """)
+
+    @Option(name: .long, help: "Where to listen, HOST:PORT (port 0: any free port, printed at start).")
+    var address: ListenAddress = ListenAddress(argument: "0.0.0.0:7500")!
+
+    @Option(name: .customLong("tls-dir"),
+            help: "TLS directory with ca.pem, cert.pem, key.pem (default: $PVMIGRATE_TLS_DIR, else <runtime directory>/tls).")
+    var tlsDirectory: String?
+
+    @Flag(name: .long, help: "Accept plaintext connections (no TLS, no authentication): trusted networks only.")
+    var insecure = false
+
+    @Option(name: .customLong("max-memory"), help: "Largest VM this host accepts, e.g. 16G.")
+    var maxMemory: MemorySize = MemorySize(argument: "64G")!
+
+    @Flag(name: .long, help: "Log JSON objects, one per line, instead of text.")
+    var json = false
+
+    mutating func validate() throws {
+        if insecure, tlsDirectory != nil { throw ValidationError("--insecure and --tls-dir exclude each other") }
+    }
+
+    func run() throws {
+        let runtime: RuntimeDirectory
+        do { runtime = try RuntimeDirectory(environment: ProcessInfo.processInfo.environment) } catch {
+            throw Diagnostics.fail(error)
+        }
+        let tls: TLSMode
+        if insecure {
+            tls = .insecure
+        } else {
+            tls = try ListenTLS.load(tlsDirectory ?? runtime.defaultTLSDirectory, explicit: tlsDirectory != nil)
+        }
+        let log = ListenLog(json: json)
+        let daemon = ListenDaemon(runtime: runtime, log: log)
+        var options = ReceiverOptions()
+        options.maximumMemory = maxMemory.bytes
+        options.console = { _ in daemon.consoleForArrival() }
+        options.log = { daemon.engineLog($0) }
+        let listener: MigrationListener
+        do { listener = try MigrationListener(host: address.host, port: address.port, tls: tls, options: options) } catch {
+            throw Diagnostics.fail(error)
+        }
+        let finished = DispatchSemaphore(value: 0)
+        let signals = SignalWatcher(SIGINT, SIGTERM) { finished.signal() }
+        listener.serve(onArrival: { daemon.arrived($0) }, onFailure: { daemon.failed($0) })
+        let shown = ListenAddress(host: address.host, port: listener.port)
+        log.event("listening", ["address": "\(shown)", "tls": insecure ? "off (plaintext)" : "mutual",
+                                "runtime": runtime.path],
+                  text: "listening on \(shown) (\(insecure ? "PLAINTEXT, no authentication" : "mutual TLS")); "
+                      + "VMs that arrive are served in \(runtime.path)")
+        finished.wait()
+        signals.cancel()
+        log.event("stopping", [:], text: "stopping: no new migrations; stopping the VMs received here")
+        listener.close()
+        daemon.shutDown()
+        log.event("stopped", [:], text: "stopped")
+    }
+}
+
+/// HOST:PORT for `listen --address` (IPv6 in brackets: [::1]:7500).
+struct ListenAddress: ExpressibleByArgument, CustomStringConvertible, Sendable {
+    let host: String
+    let port: UInt16
+
+    init(host: String, port: UInt16) { self.host = host; self.port = port }
+
+    init?(argument: String) {
+        guard let colon = argument.lastIndex(of: ":"), let port = UInt16(argument[argument.index(after: colon)...]) else {
+            return nil
+        }
+        var host = String(argument[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        self.host = host
+        self.port = port
+    }
+
+    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    static var defaultValueDescription: String { "0.0.0.0:7500" }
+}
+
+/// The listener's TLS directory, with a one-line error that says how to make one when it is missing.
+enum ListenTLS {
+    static func load(_ directory: String, explicit: Bool) throws -> TLSMode {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            let hint = explicit ? "" : " (the default: set PVMIGRATE_TLS_DIR or pass --tls-dir to use another)"
+            throw Diagnostics.fail(ValidationError(
+                "no TLS directory at \(directory)\(hint); create certificates with `pvmigrate certs init --dir DIR "
+                    + "--hosts <this host> <peers>` and copy DIR/<this host> there, or pass --insecure for plaintext"))
+        }
+        do { return .mutual(try TLSFiles(directory: directory)) } catch { throw Diagnostics.fail(error) }
+    }
+}
+
+/// The daemon's log: text lines with a time stamp, or JSON objects; one line per event, on
+/// standard output, written at once (not buffered) so a supervisor sees them as they happen.
+final class ListenLog: Sendable {
+    let json: Bool
+    private let lock = Locked(())
+
+    init(json: Bool) { self.json = json }
+
+    func event(_ kind: String, _ fields: [String: any Sendable], text: String) {
+        let line: String
+        if json {
+            var object: [String: Any] = fields
+            object["event"] = kind
+            object["time"] = Date().timeIntervalSince1970
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+            line = String(decoding: data, as: UTF8.self)
+        } else {
+            line = "\(Date().formatted(.iso8601)) \(text)"
+        }
+        lock.withLock { _ in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+    }
+}
+
+/// The listener's state: the VMs hosted here and the migrations on their way in.
+///
+/// The engine builds an arriving VM and calls back on that migration's own thread: first
+/// `console` (when the machine is built), then `log` ("received VM … from PEER …"), then
+/// `onArrival` or `onFailure`. The thread links the three: the console ring and the peer are
+/// kept per thread until the arrival takes them.
+final class ListenDaemon: @unchecked Sendable {
+    private let runtime: RuntimeDirectory
+    private let log: ListenLog
+    private struct Pending { var console: ConsoleRing?; var peer: String?; var notes: [String] = [] }
+    private let pending = Locked<[ObjectIdentifier: Pending]>([:])
+    private let naming = NSLock()
+    private var hosted: [String: VMHost] = [:] // guarded by `naming`
+    private var stopping = false // guarded by `naming`
+    private let gone = DispatchGroup()
+
+    init(runtime: RuntimeDirectory, log: ListenLog) {
+        self.runtime = runtime
+        self.log = log
+    }
+
+    private var thread: ObjectIdentifier { ObjectIdentifier(Thread.current) }
+
+    func consoleForArrival() -> ConsoleSink {
+        let ring = ConsoleRing()
+        pending.withLock { $0[thread, default: Pending()].console = ring }
+        return ring
+    }
+
+    func engineLog(_ message: String) {
+        // "received VM NAME from PEER in S s": the arrival line below says it with the statistics.
+        if message.hasPrefix("received VM "), let end = message.range(of: " in ", options: .backwards),
+           let from = message.range(of: " from ", options: .backwards, range: message.startIndex..<end.lowerBound) {
+            let peer = String(message[from.upperBound..<end.lowerBound])
+            pending.withLock { $0[thread, default: Pending()].peer = peer }
+            return
+        }
+        // Notes made while a VM is being received (restoring its devices) are told with its arrival.
+        let held = pending.withLock { p -> Bool in
+            guard p[thread] != nil else { return false }
+            p[thread]!.notes.append(message)
+            return true
+        }
+        if !held { log.event("note", ["message": message], text: message) }
+    }
+
+    func failed(_ why: String) {
+        let context = pending.withLock { $0.removeValue(forKey: thread) }
+        if why.hasPrefix("rejected a connection") {
+            log.event("rejected", ["error": why], text: why)
+        } else {
+            log.event("failed", ["error": why], text: "migration failed: \(why)")
+        }
+        for note in context?.notes ?? [] { log.event("note", ["message": note], text: "  \(note)") }
+    }
+
+    func arrived(_ vm: ReceivedVM) {
+        let context = pending.withLock { $0.removeValue(forKey: thread) } ?? Pending()
+        let peer = context.peer ?? "unknown peer"
+        let console = context.console ?? ConsoleRing()
+        let fields: [String: any Sendable] = [
+            "source_name": vm.name, "from": peer, "memory_bytes": vm.machine.memory.size,
+            "seconds": vm.stats.seconds, "pages": vm.stats.pagesApplied, "streams": vm.stats.streams,
+        ]
+        let summary = "from \(peer): \(vm.machine.memory.size >> 20) MiB in \(Format.seconds(vm.stats.seconds)), "
+            + "\(vm.stats.pagesApplied) pages over \(vm.stats.streams) stream\(vm.stats.streams == 1 ? "" : "s")"
+        naming.lock()
+        if stopping {
+            naming.unlock()
+            vm.machine.stop()
+            _ = vm.machine.waitForExit()
+            log.event("stopped-on-arrival", fields, text: "VM \(vm.name) arrived \(summary) while shutting down: stopped")
+            return
+        }
+        var host: VMHost?
+        var lastError: (any Error)?
+        for candidate in candidateNames(for: vm.name) where hosted[candidate] == nil {
+            do {
+                host = try VMHost(name: candidate, machine: vm.machine, console: console, runtime: runtime,
+                                  kernelSHA256: vm.kernelSHA256, arrivedFrom: peer)
+                break
+            } catch { lastError = error }
+        }
+        guard let host else {
+            naming.unlock()
+            vm.machine.stop()
+            _ = vm.machine.waitForExit()
+            log.event("failed", fields.merging(["error": "\(lastError.map { "\($0)" } ?? "no free name")"]) { a, _ in a },
+                      text: "VM \(vm.name) arrived \(summary) but cannot be hosted (\(lastError.map { "\($0)" } ?? "no free name")): stopped")
+            return
+        }
+        hosted[host.name] = host
+        gone.enter()
+        naming.unlock()
+
+        var arrival = fields
+        arrival["name"] = host.name
+        let renamed = host.name == vm.name ? "" : " (\"\(vm.name)\" is taken here)"
+        log.event("arrived", arrival, text: "VM \(host.name) arrived\(renamed) \(summary)")
+        for note in context.notes { log.event("note", ["name": host.name, "message": note], text: "VM \(host.name): \(note)") }
+        Thread.detachNewThread { [self] in
+            let how: String
+            switch host.waitUntilGone() {
+            case let .exited(exit): how = "ended here: \(exit)"
+            case .migrated: how = "migrated away to \(host.migratedTo ?? "another host")"
+            }
+            naming.withLock { hosted[host.name] = nil }
+            log.event("ended", ["name": host.name, "how": how], text: "VM \(host.name) is gone: \(how)")
+            gone.leave()
+        }
+    }
+
+    /// NAME, NAME-2, NAME-3, … skipping names in use on this host; an unusable name becomes "vm".
+    private func candidateNames(for name: String) -> [String] {
+        let base = (try? RuntimeDirectory.validate(name: name)) != nil ? name : "vm"
+        let taken = Set(runtime.listNames())
+        return ([base] + (2...99).map { "\(base)-\($0)" }).filter { !taken.contains($0) }
+    }
+
+    /// Stops every VM hosted here and waits (bounded) until their sockets are gone.
+    func shutDown() {
+        let hosts = naming.withLock { () -> [VMHost] in
+            stopping = true
+            return Array(hosted.values)
+        }
+        hosts.forEach { $0.stop() }
+        if gone.wait(timeout: .now() + 30) == .timedOut {
+            log.event("note", ["message": "some VMs did not stop within 30 s"], text: "some VMs did not stop within 30 s")
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import ArgumentParser
+import Control
+import Foundation
+
+/// `pvmigrate ps`: the named VMs on this host.
+struct Ps: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the named VMs running on this host.",
+        discussion: """
+            Asks every control socket in the runtime directory ($PVMIGRATE_RUNTIME_DIR, else
+            /run/pvmigrate, $XDG_RUNTIME_DIR/pvmigrate or /tmp/pvmigrate-<uid>) for its status;
+            sockets nobody answers (left by a VM that died) are skipped.
+            PAGES/S is the guest's own write rate (built-in guest, PV interface).
+            """)
+
+    @Flag(name: .long, help: "Print each VM's full status as a JSON array.")
+    var json = false
+
+    func run() throws {
+        let runtime = try ControlCommand.runtime()
+        var statuses: [JSONValue] = []
+        for name in runtime.listNames() {
+            guard let client = try? ControlClient(name: name, runtime: runtime) else { continue }
+            client.timeout = 2
+            guard let status = try? client.request("status") else { continue }
+            statuses.append(status)
+        }
+        if json {
+            ControlCommand.printJSON(.array(statuses))
+            return
+        }
+        var rows = [["NAME", "STATE", "MEMORY", "EXECUTION", "UPTIME", "PAGES/S"]]
+        for s in statuses {
+            let registered = s["pv"]?["registered"]?.bool ?? false
+            rows.append([
+                s["name"]?.string ?? "?",
+                s["state"]?.string ?? "?",
+                s["memory_bytes"]?.uint64.map(Format.memory) ?? "?",
+                s["execution"]?.string ?? "?",
+                s["uptime_s"]?.double.map(Format.duration) ?? "?",
+                registered ? Format.count(Int(s["pv"]?["rate"]?.int64 ?? 0)) : "-",
+            ])
+        }
+        print(Format.table(rows))
+    }
+}

@@ -1,0 +1,196 @@
+import ArgumentParser
+import Control
+import Foundation
+import Migrate
+
+/// `pvmigrate send HOST:PORT VM`: live-migrate a named VM to a `pvmigrate listen` peer.
+struct Send: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Live-migrate a named VM to another host running `pvmigrate listen`.",
+        discussion: """
+            The VM's own process does the migration (pre-copy over mutual TLS, docs/protocol.md §3);
+            this command asks it to, shows the progress and prints the statistics. On success the
+            VM runs at the destination and is gone here; on any failure (or Ctrl-C, which cancels)
+            it keeps running here.
+            TLS: the directory holds ca.pem, cert.pem and key.pem (`pvmigrate certs init`); by
+            default $PVMIGRATE_TLS_DIR, else <runtime directory>/tls.
+            """)
+
+    @Argument(help: "The destination, HOST:PORT (e.g. 10.0.0.2:7070, [::1]:7070).", transform: Endpoint.argument)
+    var destination: Endpoint
+
+    @OptionGroup var target: VMArgument
+
+    @Option(name: .customLong("downtime-ms"), help: "Target pause: stop-and-copy once the rest fits in this many ms.")
+    var downtimeMilliseconds: Double = 50
+
+    @Option(name: .long, help: "Cap on the migration's bytes per second, e.g. 500M or 1G (K/M/G: binary units; default: no cap).",
+            transform: Send.byteRate)
+    var bandwidth: ByteRate?
+
+    @Option(name: .long, help: "Parallel TCP/TLS streams, 1–64 (default: one per core).")
+    var streams: Int?
+
+    @Option(name: .long, help: "zstd level 1–22 for page batches, or off (default: 1).")
+    var compression: String?
+
+    @Flag(name: .customLong("no-delta"), help: "Do not send re-sent pages as XOR deltas.")
+    var noDelta = false
+
+    @Option(name: .customLong("dirty-source"), help: "Dirty-page source: kvm, pv or hybrid (default: hybrid).")
+    var dirtySource: DirtySourceChoice?
+
+    @Option(name: .customLong("tls-dir"), help: "The TLS directory (default: $PVMIGRATE_TLS_DIR, else <runtime>/tls).")
+    var tlsDirectory: String?
+
+    @Flag(name: .long, help: "Plain TCP without TLS (the listener must be --insecure too).")
+    var insecure = false
+
+    @Option(name: .customLong("max-time"), help: "Give up after this many seconds if not converged (default: 300).")
+    var maxTime: Double?
+
+    @Flag(name: .long, help: "Print the statistics as JSON (the engine's MigrationStats).")
+    var json = false
+
+    enum DirtySourceChoice: String, ExpressibleByArgument, CaseIterable {
+        case kvm, pv, hybrid
+    }
+
+    static func byteRate(_ text: String) throws -> ByteRate {
+        guard let rate = ByteRate(argument: text) else {
+            throw ValidationError("expected bytes per second with an optional K, M or G suffix, e.g. 500M")
+        }
+        return rate
+    }
+
+    mutating func validate() throws {
+        if insecure, tlsDirectory != nil {
+            throw ValidationError("--insecure and --tls-dir exclude each other: choose plain TCP or a TLS directory")
+        }
+        guard downtimeMilliseconds > 0, downtimeMilliseconds <= 600_000 else {
+            throw ValidationError("--downtime-ms must be from 1 to 600000")
+        }
+        if let bandwidth, bandwidth.bytesPerSecond < 1_048_576 {
+            throw ValidationError("--bandwidth must be at least 1M (1 MiB/s)")
+        }
+        if let streams, !(1...64).contains(streams) { throw ValidationError("--streams must be 1–64") }
+        if let compression, compression != "off", Int(compression).map({ (1...22).contains($0) }) != true {
+            throw ValidationError("--compression must be a zstd level 1–22, or off")
+        }
+        if let maxTime, !(maxTime > 0) { throw ValidationError("--max-time must be positive") }
+    }
+
+    func run() throws {
+        let runtime = try ControlCommand.runtime()
+        var arguments: [String: JSONValue] = [
+            "destination": .string(destination.description),
+            "downtime_ms": .double(downtimeMilliseconds),
+            "delta": .bool(!noDelta),
+        ]
+        if insecure {
+            arguments["insecure"] = true
+        } else {
+            // The VM's process may have another working directory: send an absolute path.
+            arguments["tls_dir"] = .string(absolute(tlsDirectory ?? runtime.defaultTLSDirectory))
+        }
+        if let bandwidth { arguments["bandwidth"] = .double(bandwidth.bytesPerSecond) }
+        if let streams { arguments["streams"] = JSONValue(streams) }
+        if let compression { arguments["compression"] = JSONValue(compression == "off" ? 0 : Int(compression)!) }
+        if let dirtySource { arguments["dirty_source"] = .string(dirtySource.rawValue) }
+        if let maxTime { arguments["max_time_s"] = .double(maxTime) }
+
+        let client = try target.connect()
+        let vm = target.vm
+        // Ctrl-C cancels the migration (the VM stays here) instead of leaving it running unseen.
+        let interrupt = SignalWatcher(SIGINT, SIGTERM) {
+            Diagnostics.note("cancelling the migration…")
+            if let canceller = try? ControlClient(name: vm, runtime: runtime) { _ = try? canceller.request("cancel") }
+        }
+        defer { interrupt.cancel() }
+        let progress = ProgressLine()
+        let result: JSONValue
+        do {
+            result = try client.request("migrate", arguments) { event, data in
+                guard event == "round", let round = try? data.decode(RoundStats.self) else { return }
+                progress.show(round)
+            }
+        } catch let error as ControlError {
+            progress.finish()
+            FileHandle.standardError.write(Data("pvmigrate: error: \(error)\n".utf8))
+            // Say where the VM is: a failed migration leaves it here, unless it was stopped meanwhile.
+            if let again = try? ControlClient(name: vm, runtime: runtime), (try? again.request("status")) != nil {
+                Diagnostics.note("the VM still runs here (pvmigrate status \(vm))")
+            } else if error.kind == .refused {
+                Diagnostics.note("VM \(vm) no longer runs here: it was stopped while migrating")
+            }
+            throw ExitCode.failure
+        }
+        progress.finish()
+        guard let stats = try? result.decode(MigrationStats.self) else {
+            throw Diagnostics.fail(ControlError(.protocolViolation,
+                "VM \(vm) migrated, but answered with statistics this pvmigrate cannot read: \(result.jsonText)"))
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.nonConformingFloatEncodingStrategy = .convertToString(
+                positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+            print(String(decoding: try encoder.encode(stats), as: UTF8.self))
+        } else {
+            print(Self.summary(stats, vm: vm, destination: destination))
+        }
+    }
+
+    private func absolute(_ path: String) -> String {
+        URL(fileURLWithPath: path).standardizedFileURL.path
+    }
+
+    static func summary(_ s: MigrationStats, vm: String, destination: Endpoint) -> String {
+        let rounds = s.rounds.count
+        return """
+            migrated VM \(vm) to \(destination); it runs there now
+              total time    \(Format.seconds(s.totalSeconds))
+              downtime      \(Format.seconds(s.downtimeSeconds))
+              transferred   \(Format.bytes(Double(s.wireBytes))) on the wire for \(Format.memory(s.memoryBytes)) of memory, \
+            \(s.streams) stream\(s.streams == 1 ? "" : "s")
+              rounds        \(rounds) (the last one, paused: \(Format.count(s.finalPages)) pages)\(s.throttled ? "; the guest was throttled" : "")
+              pages         \(Format.count(s.pagesSent)) sent: \(Format.count(s.zeroPages)) zero, \(Format.count(s.rawPages)) raw, \
+            \(Format.count(s.deltaPages)) delta
+              delta hits    \(String(format: "%.1f%%", s.deltaHitRate * 100))
+              dirty source  \(s.dirtySource.rawValue)
+            """
+    }
+}
+
+/// Migration progress on standard error: one live line on a terminal, one line per round
+/// otherwise.
+final class ProgressLine {
+    private let live = isatty(STDERR_FILENO) == 1
+    private var shown = false
+
+    func show(_ r: RoundStats) {
+        let pagesPerSecond = r.seconds > 0 ? Double(r.pages) / r.seconds : 0
+        let eta: String
+        if r.dirtyPages == 0 {
+            eta = "0 s"
+        } else if pagesPerSecond > r.dirtyRate {
+            eta = Format.seconds(Double(r.dirtyPages) / (pagesPerSecond - r.dirtyRate))
+        } else {
+            eta = "not converging yet"
+        }
+        let text = "round \(r.round): \(Format.count(r.dirtyPages)) pages left, \(Format.rate(r.bandwidth)), "
+            + "dirtying \(Format.count(Int(r.dirtyRate.isFinite ? r.dirtyRate : 0))) pages/s, "
+            + "downtime ~\(Format.seconds(r.expectedDowntime)), ETA \(eta)"
+        if live {
+            FileHandle.standardError.write(Data("\r\u{1b}[K\(text)".utf8))
+            shown = true
+        } else {
+            FileHandle.standardError.write(Data("pvmigrate: \(text)\n".utf8))
+        }
+    }
+
+    func finish() {
+        if shown { FileHandle.standardError.write(Data("\n".utf8)) }
+        shown = false
+    }
+}
