@@ -9,25 +9,8 @@ import TestSupport
 /// their control sockets (protocol.md §4) in a scratch runtime directory per test.
 @Suite(.serialized, .enabled(if: KVMGate.present, "needs /dev/kvm"))
 struct CLITests {
-    /// The built `pvmigrate` next to this test bundle (`swift test`, with or without
-    /// --scratch-path), or $PVMIGRATE_BINARY.
-    static let binary: String? = {
-        var candidates: [String] = []
-        if let explicit = ProcessInfo.processInfo.environment["PVMIGRATE_BINARY"] { candidates.append(explicit) }
-        if let me = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-            var dir = URL(fileURLWithPath: me).deletingLastPathComponent()
-            // The test runner may sit inside a bundle directory (…/debug/X.xctest/…).
-            for _ in 0..<3 {
-                candidates.append(dir.appendingPathComponent("pvmigrate").path)
-                dir.deleteLastPathComponent()
-            }
-        }
-        candidates.append(Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("pvmigrate").path)
-        let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent()
-        candidates.append(package.appendingPathComponent(".build/debug/pvmigrate").path)
-        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }()
+    /// The built `pvmigrate` (TestSupport: next to this test bundle, or $PVMIGRATE_BINARY).
+    static let binary: String? = PVMigrateBinary.path
 
     /// One test's runtime directory; stops whatever VMs the test left behind.
     final class Sandbox {

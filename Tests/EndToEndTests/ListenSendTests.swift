@@ -9,23 +9,8 @@ import TestSupport
 /// `listen` receives, `run --detach` + `send` migrate (protocol.md §3, §4).
 @Suite(.serialized, .enabled(if: KVMGate.present, "needs /dev/kvm"))
 struct ListenSendTests {
-    /// The built `pvmigrate` next to this test bundle, or $PVMIGRATE_BINARY.
-    static let binary: String? = {
-        var candidates: [String] = []
-        if let explicit = ProcessInfo.processInfo.environment["PVMIGRATE_BINARY"] { candidates.append(explicit) }
-        if let me = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-            var dir = URL(fileURLWithPath: me).deletingLastPathComponent()
-            for _ in 0..<4 { // the runner may sit inside a bundle directory (…/debug/X.xctest/…)
-                candidates.append(dir.appendingPathComponent("pvmigrate").path)
-                dir.deleteLastPathComponent()
-            }
-        }
-        candidates.append(Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("pvmigrate").path)
-        let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent()
-        candidates.append(package.appendingPathComponent(".build/debug/pvmigrate").path)
-        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }()
+    /// The built `pvmigrate` (TestSupport: next to this test bundle, or $PVMIGRATE_BINARY).
+    static let binary: String? = PVMigrateBinary.path
 
     struct Output {
         var status: Int32
