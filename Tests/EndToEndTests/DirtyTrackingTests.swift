@@ -4,105 +4,104 @@ import GuestImage
 import Testing
 import TestSupport
 
-/// Dirty-page sources on the real KVM: the bitmap, the KVM dirty ring, and VMM writes.
-@Suite(.serialized, .enabled(if: KVMGate.present, "needs /dev/kvm"))
-struct DirtyTrackingTests {
-    static func boot(_ cmdline: String, ring: UInt32? = nil) throws -> (Machine, WaitableConsole) {
-        let console = WaitableConsole()
-        let machine = try Machine(configuration: .init(memorySize: 256 << 20, kernel: GuestImage.elf, commandLine: cmdline,
-                                                       kvmDirtyRingEntries: ring, console: console))
-        return (machine, console)
-    }
-
-    /// KVM's bitmap sees a full sequential pass over the working set, and the VMM's own
-    /// writes (invisible to KVM) are reported too.
-    @Test func kvmBitmapSeesTheWorkingSetAndVMMWrites() throws {
-        let (machine, console) = try Self.boot("workload=dirty mib=8 passes=0 pattern=seq rate=20000 progress=0")
-        let tracker = try DirtyTracker(machine: machine, mode: .kvm)
-        try tracker.start()
-        machine.start()
-        defer { machine.stop(); machine.waitForExit() }
-        #expect(console.wait(for: "pass 1 done", timeout: 20), "\(console.text)")
-        machine.pause()
-        _ = try tracker.harvest(vcpusPaused: true)
-        let base = machine.pv.guestCounters?.pagesWritten ?? 0
-        machine.resume()
-        // Wait for two full sequential passes' worth of page writes (4096), by the guest's count.
-        let deadline = ContinuousClock.now + .seconds(20)
-        while (machine.pv.guestCounters?.pagesWritten ?? 0) - base < 4096, ContinuousClock.now < deadline {
-            Thread.sleep(forTimeInterval: 0.01)
+extension EndToEnd {
+    /// Dirty-page sources on the real KVM: the bitmap, the KVM dirty ring, and VMM writes.
+    @Suite(.serialized, .enabled(if: KVMGate.present, "needs /dev/kvm"))
+    struct DirtyTrackingTests {
+        static func boot(_ cmdline: String, ring: UInt32? = nil) throws -> (Machine, WaitableConsole) {
+            let console = WaitableConsole()
+            let machine = try Machine(configuration: .init(memorySize: 256 << 20, kernel: GuestImage.elf, commandLine: cmdline,
+                                                           kvmDirtyRingEntries: ring, console: console))
+            return (machine, console)
         }
-        machine.pause()
-        let round = try tracker.harvest(vcpusPaused: true)
-        // 4096 consecutive sequential writes cover all 2048 pages of the working set.
-        #expect(try #require(round.kvm).count >= 2048)
-        let page = GuestPhysicalAddress(0x3000)
-        try machine.memory.write([1, 2, 3], at: page)
-        let next = try tracker.harvest(vcpusPaused: true)
-        machine.resume()
-        let index = try #require(machine.memory.pageIndex(of: page.frame))
-        #expect(next.host.contains(index) && next.pages.contains(index))
-        #expect(!(next.kvm?.contains(index) ?? true), "KVM does not see VMM writes; the tracker must")
-    }
 
-    /// KVM's dirty ring as the KVM source: with a natively running guest it reports what the
-    /// guest writes, and every page it reports is one the guest's PV ring reported too.
-    @Test func kvmDirtyRingAgreesWithThePVRing() throws {
-        let (machine, console) = try Self.boot("workload=dirty mib=16 passes=0 pattern=random rate=50000 progress=0",
-                                               ring: 4096)
-        machine.start()
-        defer { machine.stop(); machine.waitForExit() }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !machine.pv.isRegistered, ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.002) }
-        #expect(machine.pv.isRegistered, "\(console.text)")
-        if machine.isPVMHost {
-            #expect(throws: DirtyTrackingError.ringNotTrustedAlone) { _ = try DirtyTracker(machine: machine, mode: .kvm) }
-        }
-        let tracker = try DirtyTracker(machine: machine, mode: .hybrid)
-        try tracker.start()
-        var ringPages = 0
-        for _ in 0..<5 {
-            Thread.sleep(forTimeInterval: 0.03)
+        /// KVM's bitmap sees a full sequential pass over the working set, and the VMM's own
+        /// writes (invisible to KVM) are reported too.
+        @Test func kvmBitmapSeesTheWorkingSetAndVMMWrites() throws {
+            let (machine, console) = try Self.boot("workload=dirty mib=8 passes=0 pattern=seq rate=20000 progress=0")
+            let tracker = try DirtyTracker(machine: machine, mode: .kvm)
+            try tracker.start()
+            machine.start()
+            defer { machine.stop(); machine.waitForExit() }
+            #expect(console.wait(for: "pass 1 done"), "\(console.text)")
             machine.pause()
-            let r = try tracker.harvest(vcpusPaused: true)
+            _ = try tracker.harvest(vcpusPaused: true)
+            let base = machine.pv.guestCounters?.pagesWritten ?? 0
             machine.resume()
-            let kvm = try #require(r.kvm), pv = try #require(r.pv)
-            #expect(!r.kvmUntrustworthy)
-            #expect(kvm.subtracting(pv).subtracting(r.host).isEmpty)
-            ringPages += kvm.count
+            // Wait for two full sequential passes' worth of page writes (4096), by the guest's count.
+            #expect(machine.waitForPagesWritten(beyond: base + 4095), "the guest wrote \(machine.guestPagesWritten - base) of 4096 pages")
+            machine.pause()
+            let round = try tracker.harvest(vcpusPaused: true)
+            // 4096 consecutive sequential writes cover all 2048 pages of the working set.
+            #expect(try #require(round.kvm).count >= 2048)
+            let page = GuestPhysicalAddress(0x3000)
+            try machine.memory.write([1, 2, 3], at: page)
+            let next = try tracker.harvest(vcpusPaused: true)
+            machine.resume()
+            let index = try #require(machine.memory.pageIndex(of: page.frame))
+            #expect(next.host.contains(index) && next.pages.contains(index))
+            #expect(!(next.kvm?.contains(index) ?? true), "KVM does not see VMM writes; the tracker must")
         }
-        #expect(ringPages > 100, "the KVM dirty ring reported almost nothing")
-        #expect(machine.exit == nil, "\(String(describing: machine.exit))")
-    }
 
-    /// The watchdog: a ring that keeps "filling" with nothing to harvest (the PVM failure
-    /// mode) is declared broken; the VM's vCPU is told to stop instead of spinning, and every
-    /// later harvest reports all pages dirty rather than trusting the ring.
-    @Test func dirtyRingWatchdogGivesUpAndDistrustsTheRing() throws {
-        let (machine, _) = try Self.boot("workload=idle", ring: 256)
-        let ring = try #require(machine.dirtyRing)
-        for _ in 1..<DirtyRingState.watchdogLimit {
-            #expect(ring.ringFull(memory: machine.memory, vm: machine.vm))
+        /// KVM's dirty ring as the KVM source: with a natively running guest it reports what the
+        /// guest writes, and every page it reports is one the guest's PV ring reported too.
+        @Test func kvmDirtyRingAgreesWithThePVRing() throws {
+            let (machine, console) = try Self.boot("workload=dirty mib=16 passes=0 pattern=random rate=50000 progress=0",
+                                                   ring: 4096)
+            machine.start()
+            defer { machine.stop(); machine.waitForExit() }
+            #expect(machine.waitUntilRegistered(), "\(console.text)")
+            if machine.isPVMHost {
+                #expect(throws: DirtyTrackingError.ringNotTrustedAlone) { _ = try DirtyTracker(machine: machine, mode: .kvm) }
+            }
+            let tracker = try DirtyTracker(machine: machine, mode: .hybrid)
+            try tracker.start()
+            var ringPages = 0
+            for round in 0..<5 {
+                // Each round spans at least 64 guest page writes, counted by the guest itself.
+                let mark = machine.guestPagesWritten
+                #expect(machine.waitForPagesWritten(beyond: mark + 63), "round \(round): the guest wrote nothing past \(mark)")
+                machine.pause()
+                let r = try tracker.harvest(vcpusPaused: true)
+                machine.resume()
+                let kvm = try #require(r.kvm), pv = try #require(r.pv)
+                #expect(!r.kvmUntrustworthy)
+                #expect(kvm.subtracting(pv).subtracting(r.host).isEmpty)
+                ringPages += kvm.count
+            }
+            #expect(ringPages > 100, "the KVM dirty ring reported almost nothing")
+            #expect(machine.exit == nil, "\(String(describing: machine.exit))")
         }
-        #expect(!ring.ringFull(memory: machine.memory, vm: machine.vm))
-        let tracker = try DirtyTracker(machine: machine, mode: .hybrid)
-        try tracker.start()
-        let round = try tracker.harvest(vcpusPaused: true)
-        #expect(round.kvmUntrustworthy && round.pages.count == machine.memory.pageCount)
-    }
 
-    @Test func missingKVMDeviceSaysWhatToDo() {
-        do {
-            _ = try Hypervisor(path: "/dev/no-such-kvm")
-            Issue.record("opened a missing device")
-        } catch {
-            #expect(error.description.contains("load the kvm module"))
+        /// The watchdog: a ring that keeps "filling" with nothing to harvest (the PVM failure
+        /// mode) is declared broken; the VM's vCPU is told to stop instead of spinning, and every
+        /// later harvest reports all pages dirty rather than trusting the ring.
+        @Test func dirtyRingWatchdogGivesUpAndDistrustsTheRing() throws {
+            let (machine, _) = try Self.boot("workload=idle", ring: 256)
+            let ring = try #require(machine.dirtyRing)
+            for _ in 1..<DirtyRingState.watchdogLimit {
+                #expect(ring.ringFull(memory: machine.memory, vm: machine.vm))
+            }
+            #expect(!ring.ringFull(memory: machine.memory, vm: machine.vm))
+            let tracker = try DirtyTracker(machine: machine, mode: .hybrid)
+            try tracker.start()
+            let round = try tracker.harvest(vcpusPaused: true)
+            #expect(round.kvmUntrustworthy && round.pages.count == machine.memory.pageCount)
         }
-    }
 
-    @Test func pvModeNeedsAPVGuest() throws {
-        let console = WaitableConsole()
-        let machine = try Machine(configuration: .init(memorySize: 16 << 20, kernel: TestELF.helloGuest(), console: console))
-        #expect(throws: DirtyTrackingError.guestNotPVAware) { _ = try DirtyTracker(machine: machine, mode: .pv) }
+        @Test func missingKVMDeviceSaysWhatToDo() {
+            do {
+                _ = try Hypervisor(path: "/dev/no-such-kvm")
+                Issue.record("opened a missing device")
+            } catch {
+                #expect(error.description.contains("load the kvm module"))
+            }
+        }
+
+        @Test func pvModeNeedsAPVGuest() throws {
+            let console = WaitableConsole()
+            let machine = try Machine(configuration: .init(memorySize: 16 << 20, kernel: TestELF.helloGuest(), console: console))
+            #expect(throws: DirtyTrackingError.guestNotPVAware) { _ = try DirtyTracker(machine: machine, mode: .pv) }
+        }
     }
 }

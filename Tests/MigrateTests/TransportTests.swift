@@ -205,12 +205,15 @@ struct TransportTests {
         let fixture = try TLSFixture.shared.get()
         let listener = try StreamListener(host: "127.0.0.1", port: 0, mode: .insecure)
         defer { listener.close() }
-        // A plaintext server that answers with text, then one that says nothing.
+        // A plaintext server that answers with text (and keeps the connection open until the
+        // client has given up, so the client fails on the answer, not on a close), then one
+        // that says nothing.
+        let clientDone = DispatchSemaphore(value: 0)
         let answering = Background {
             let stream = try listener.accept()
             _ = try stream.receive(5)
             try stream.send(Array("PVMIGRATE plaintext server here\n".utf8))
-            Thread.sleep(forTimeInterval: 0.5)
+            clientDone.wait()
             stream.close()
         }
         #expect {
@@ -220,6 +223,7 @@ struct TransportTests {
             if case .handshakeFailed = transportError(error) { return true }
             return false
         }
+        clientDone.signal()
         try answering.join()
 
         let silent = Background { try listener.accept() }
@@ -286,6 +290,8 @@ struct TransportTests {
         let (client, server) = try connectedPair(kind)
         defer { server.close() }
         let reading = Background { try client.receive(100) }
+        // Not a condition (a thread blocked in a read cannot be observed): it lets the reader
+        // block first; if it has not, its read starts after close() and throws .closed all the same.
         Thread.sleep(forTimeInterval: 0.3)
         let start = ContinuousClock.now
         client.close()
@@ -302,6 +308,8 @@ struct TransportTests {
         defer { server.close() }
         let data = [UInt8](repeating: 5, count: 64 << 20)  // far more than the buffers hold; nobody reads
         let writing = Background { try client.send(data) }
+        // Not a condition (a blocked writer cannot be observed): it lets the writer fill the
+        // buffers first; if it has not, its next write after close() throws .closed all the same.
         Thread.sleep(forTimeInterval: 0.5)
         client.close()
         #expect(throws: TransportError.closed) { try writing.join(timeout: 5) }
@@ -312,7 +320,6 @@ struct TransportTests {
         let (client, server) = try connectedPair(kind)
         defer { client.close() }
         server.close()
-        Thread.sleep(forTimeInterval: 0.1)
         let chunk = pattern(1 << 20, seed: 6)
         #expect(throws: TransportError.self) {
             for _ in 0..<64 { try client.send(chunk) }
@@ -323,6 +330,8 @@ struct TransportTests {
     func listenerCloseUnblocksAccept(kind: StreamKind) throws {
         let listener = try StreamListener(host: "127.0.0.1", port: 0, mode: try kind.listenerMode())
         let accepting = Background { try listener.accept() }
+        // Not a condition (a thread blocked in accept() cannot be observed): it lets accept()
+        // block first; if it has not, it starts after close() and throws .closed all the same.
         Thread.sleep(forTimeInterval: 0.3)
         listener.close()
         #expect(throws: TransportError.closed) { _ = try accepting.join(timeout: 5) }

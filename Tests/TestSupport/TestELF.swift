@@ -117,7 +117,7 @@ public final class WaitableConsole: ConsoleSink, @unchecked Sendable {
     public var text: String { condition.withLock { String(decoding: bytes, as: UTF8.self) } }
 
     /// Waits until the output contains `needle`; false on timeout.
-    public func wait(for needle: String, timeout: TimeInterval) -> Bool {
+    public func wait(for needle: String, timeout: TimeInterval = Wait.hangBound) -> Bool {
         let deadline = Date(timeIntervalSinceNow: timeout)
         return condition.withLock {
             while !String(decoding: bytes, as: UTF8.self).contains(needle) {
