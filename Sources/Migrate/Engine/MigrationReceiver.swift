@@ -76,7 +76,7 @@ final class ReceiveSession: @unchecked Sendable {
         do {
             return try receive()
         } catch {
-            control.sendError(error.reportCode, error.description)
+            if error.isReported { control.sendError(error.reportCode, error.description) }
             abandon()
             throw error
         }

@@ -92,7 +92,7 @@ public final class MigrationSender: @unchecked Sendable {
             return stats
         } catch {
             let failure = error as? MigrationError ?? .transport(.tls("\(error)"))
-            channels.first?.sendError(failure.reportCode, failure.description)
+            if failure.isReported { channels.first?.sendError(failure.reportCode, failure.description) }
             releaseThrottle()
             tracker.stop()
             if paused { machine.resume() }
