@@ -145,7 +145,9 @@ class Migration:
 
     def check_rounds(self):
         """ROUND's pages and bytes are the PAGES entries and frame bytes of that round on all
-        streams (§3.2); every round that carried pages was reported."""
+        streams (§3.2); every round that carried pages was reported; rounds are 0, 1, … without gaps."""
+        if sorted(self.reported) != list(range(len(self.reported))) or not self.reported:
+            raise w.ProtocolError(f"ROUND numbers {sorted(self.reported)} are not 0, 1, … without gaps")
         for rnd, (pages, nbytes) in self.by_round.items():
             if self.reported.get(rnd) != (pages, nbytes):
                 raise w.ProtocolError(f"round {rnd}: received {pages} pages in {nbytes} bytes, ROUND said {self.reported.get(rnd)}")
