@@ -18,7 +18,9 @@ produce a stream the Python receiver accepts and whose digest matches, and the P
 one that the Swift listener accepts, digests to the same value and that yields a guest whose
 own check finds no bad page. Cases cover ZSTD/DELTA on/off in both directions, stream
 counts lowered by either receiver, plaintext and mutual TLS, and a PV_STATE decline (the
-Swift source must refuse and keep the VM). Then the golden capture: sender.py --golden must
+Swift source must refuse and keep the VM). receiver-rejects shows the Python receiver's
+checks can fail: sender.py --violate (ignoring the grant — issue 10's bug —, a page on the
+wrong stream, a bad delta, a wrong STREAM_END count) must each be refused. Then the golden capture: sender.py --golden must
 reproduce Tests/conformance/golden/stream-v1.bin byte for byte (the Swift encoder is checked
 against the same file by MigrateTests' ConformanceGoldenTests).
 
@@ -193,6 +195,29 @@ class Run:
         self.pv("src", "stop", vm, check=False)
         return "refused before memory; the VM keeps running at the source"
 
+    def receiver_rejects(self):
+        """The Python receiver's checks can fail: sender.py's deliberate violations (among them
+        the bug of issue 10, encoding with capabilities that were not granted) must each be
+        rejected with an ERROR that says why."""
+        seen = []
+        for violation, accept, expected in [("ignore-grant", "pv-state", "not granted"),
+                                            ("wrong-stream", "zstd,delta,pv-state", "on stream 0"),
+                                            ("bad-delta", "zstd,delta,pv-state", "empty literal"),
+                                            ("stream-end", "zstd,delta,pv-state", "STREAM_END says")]:
+            case_dir = os.path.join(self.root, "violate-" + violation)
+            os.makedirs(case_dir)
+            rx, port = self.receiver(case_dir, False, accept, 64)
+            r = subprocess.run([sys.executable, os.path.join(HERE, "sender.py"), "--to", f"127.0.0.1:{port}",
+                                "--synthetic", "--insecure", "--streams", "2", "--violate", violation],
+                               capture_output=True, text=True, timeout=DEADLINE)
+            out, _ = rx.communicate(timeout=DEADLINE)
+            res = json.loads(out.strip().splitlines()[-1])
+            if rx.returncode == 0 or r.returncode == 0 or expected not in res.get("error", ""):
+                raise Failure(f"receiver.py did not reject '{violation}' (expected '{expected}'): "
+                              f"receiver {res}, sender {r.stdout.strip()}")
+            seen.append(violation)
+        return "rejected " + ", ".join(seen)
+
     def golden(self):
         out = os.path.join(self.root, "golden.bin")
         subprocess.run([sys.executable, os.path.join(HERE, "sender.py"), "--golden", out], check=True, timeout=60)
@@ -237,7 +262,7 @@ def main():
     try:
         subprocess.run([binary, "certs", "init", "--dir", os.path.join(root, "pki"), "--hosts", "src", "dst", "py"],
                        check=True, capture_output=True, timeout=60)
-        tests = [("golden", run.golden)]
+        tests = [("golden", run.golden), ("receiver-rejects", run.receiver_rejects)]
         ports = {"plain": run.listen("dst-plain", False), "tls": run.listen("dst-tls", True),
                  "restricted": run.listen("dst-restricted", True, RESTRICTED)}
         tests += [(c[0], (lambda c=c: run.case(c, ports))) for c in CASES]

@@ -19,7 +19,8 @@ Image: --image DIR (pages.bin, state.bin, machine.json as receiver.py --dump wri
 --synthetic (a fixed 4 MiB machine whose page i, i % 8 != 0, i < 32, holds (31 i + 7 j) mod 256
 in byte j). --golden FILE writes the control stream of a 1-stream migration of the
 synthetic machine to FILE without any network (HELLO_ACK assumed to grant DELTA|PV_STATE):
-the byte-for-byte capture the Swift encoder is checked against.
+the byte-for-byte capture the Swift encoder is checked against. --violate breaks the
+protocol on purpose (see VIOLATIONS), to show a receiver rejects it.
 """
 
 import argparse
@@ -33,6 +34,10 @@ import threading
 import pvwire as w
 
 PERTURB = b"\xa5" * 8
+# Deliberate violations, each of which a receiver must reject: encode with the offered rather
+# than the granted capabilities; put every page on stream 0; a delta token with an empty
+# literal; a STREAM_END count one too high.
+VIOLATIONS = ("ignore-grant", "wrong-stream", "bad-delta", "stream-end")
 BATCH = 16  # pages per batch
 
 
@@ -79,10 +84,11 @@ def without_pv_section(state):
 
 
 class Sender:
-    def __init__(self, memory, machine, state, offer, streams, mid):
+    def __init__(self, memory, machine, state, offer, streams, mid, violate=None):
         self.memory, self.machine, self.state = memory, machine, state
         self.offer, self.asked, self.mid = offer, streams, mid
         self.zstd = None
+        self.violate = violate  # a deliberate protocol violation (VIOLATIONS), to test receivers
 
     def handshake(self, connect):
         control = connect()
@@ -103,6 +109,8 @@ class Sender:
         return channels
 
     def accept_ack(self, streams, granted):
+        if self.violate == "ignore-grant":
+            granted = self.offer  # the bug of issue 10: encode with what was offered
         self.streams, self.granted = streams, granted
         if granted & w.CAP_ZSTD:
             import zstandard  # one compressor per stream: a ZstdCompressor is not thread-safe
@@ -125,7 +133,7 @@ class Sender:
         """entries: [(page_index, encoding, data)] in order; each goes on its page's stream."""
         per = [[] for _ in channels]
         for e in entries:
-            per[e[0] % len(channels)].append(e)
+            per[0 if self.violate == "wrong-stream" else e[0] % len(channels)].append(e)
         totals = [0] * len(channels)
 
         def stream(s):
@@ -149,11 +157,13 @@ class Sender:
         delta = self.granted & w.CAP_DELTA
         r1 = [(i, w.ENC_DELTA, w.delta_encode(self.memory[i], wrong[i])) if delta else (i, w.ENC_RAW, self.memory[i])
               for i in data]
+        if self.violate == "bad-delta":
+            r1[-1] = (r1[-1][0], w.ENC_DELTA, b"\x00\x00\x00")  # a token with an empty literal
         self.send_round(channels, 1, r1)
         r2 = [(i, w.ENC_DELTA, b"\x00\x01\x00") if delta else (i, w.ENC_RAW, self.memory[i]) for i in data[:3]]
         self.send_round(channels, 2, r2)
         for ch in channels[1:] + channels[:1]:  # STREAM_END: data streams, then control
-            ch.send(w.STREAM_END, struct.pack("<Q", ch.sent))
+            ch.send(w.STREAM_END, struct.pack("<Q", ch.sent + (self.violate == "stream-end")))
 
     # --- The commit phase (§3.7): STATE, COMMIT, COMMIT_ACK. Kept in one place: the commit
     # protocol is expected to change with protocol version 2.
@@ -195,6 +205,7 @@ def main():
     ap.add_argument("--offer", default="zstd,delta,pv-state")
     ap.add_argument("--streams", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=30)
+    ap.add_argument("--violate", choices=VIOLATIONS, help="break the protocol on purpose (tests a receiver's checks)")
     args = ap.parse_args()
     if args.golden:
         golden(args.golden)
@@ -211,7 +222,7 @@ def main():
             sock = ctx.wrap_socket(sock, server_side=False)
         return w.Channel(sock, args.timeout)
 
-    s = Sender(memory, machine, state, w.parse_caps(args.offer), args.streams, os.urandom(16))
+    s = Sender(memory, machine, state, w.parse_caps(args.offer), args.streams, os.urandom(16), args.violate)
     channels = []
     try:
         channels = s.handshake(connect)
