@@ -23,6 +23,7 @@ start=$SECONDS
 build="not run"
 tests="not run"
 qemu="not run"
+conformance="not run"
 
 echo "==> swift build ${swiftpm_flags[*]}"
 if swift build "${swiftpm_flags[@]}" 2>&1 | tee "$logs/build.log"; then
@@ -37,6 +38,14 @@ if swift build "${swiftpm_flags[@]}" 2>&1 | tee "$logs/build.log"; then
     if [ $# -eq 0 ]; then
         echo "==> scripts/qemu-boot.sh (the exported guest under QEMU)"
         if bash scripts/qemu-boot.sh 2>&1 | tee "$logs/qemu.log"; then qemu="ok"; else qemu="FAILED"; fi
+        # The Python peer written from docs/protocol.md against the built binary, both directions.
+        echo "==> Tests/conformance/run.py (the Python conformance peer against pvmigrate)"
+        bin_dir=$(swift build "${swiftpm_flags[@]}" --show-bin-path)
+        if python3 Tests/conformance/run.py --binary "$bin_dir/pvmigrate" 2>&1 | tee "$logs/conformance.log"; then
+            conformance="ok"
+        else
+            conformance="FAILED"
+        fi
     fi
 else
     build="FAILED"
@@ -47,6 +56,8 @@ echo "======================== pvmigrate test summary ========================"
 echo "build: $build"
 echo "tests: $tests"
 echo "qemu:  $qemu"
+echo "conformance: $conformance"
+grep -E '^conformance: (FAIL |passed|FAILED)' "$logs/conformance.log" 2>/dev/null | sed 's/^/  /' || true
 if [ -f "$logs/test.log" ]; then
     # swift-testing and XCTest each print one result line per run.
     grep -E 'Test run with [0-9]+ tests?|Executed [0-9]+ tests?' "$logs/test.log" \
@@ -65,4 +76,4 @@ if [ -f "$logs/test.log" ]; then
     [ -n "$total" ] && echo "summary: $((total - failed)) passed, $failed failed"
 fi
 
-[ "$build" = "ok" ] && [ "$tests" = "ok" ] && [ "$qemu" != "FAILED" ]
+[ "$build" = "ok" ] && [ "$tests" = "ok" ] && [ "$qemu" != "FAILED" ] && [ "$conformance" != "FAILED" ]

@@ -37,8 +37,30 @@ struct Listen: ParsableCommand {
     @Flag(name: .long, help: "Log JSON objects, one per line, instead of text.")
     var json = false
 
+    @Option(name: .customLong("max-streams"), help: "Grant a source at most this many streams (protocol.md §3.2), 1–64.")
+    var maxStreams = 64
+
+    @Option(name: .long, help: "Capabilities to grant, comma-separated: zstd, delta, pv-state, or none (default: all).")
+    var accept = "zstd,delta,pv-state"
+
     mutating func validate() throws {
         if insecure, tlsDirectory != nil { throw ValidationError("--insecure and --tls-dir exclude each other") }
+        guard (1...64).contains(maxStreams) else { throw ValidationError("--max-streams must be 1–64") }
+        _ = try Self.capabilities(accept)
+    }
+
+    static func capabilities(_ list: String) throws -> Capabilities {
+        var c: Capabilities = []
+        for word in list.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+            switch word {
+            case "zstd": c.insert(.zstd)
+            case "delta": c.insert(.delta)
+            case "pv-state": c.insert(.pvState)
+            case "none": continue
+            default: throw ValidationError("--accept: unknown capability '\(word)' (zstd, delta, pv-state, none)")
+            }
+        }
+        return c
     }
 
     func run() throws {
@@ -56,6 +78,8 @@ struct Listen: ParsableCommand {
         let daemon = ListenDaemon(runtime: runtime, log: log)
         var options = ReceiverOptions()
         options.maximumMemory = maxMemory.bytes
+        options.maximumStreams = maxStreams
+        options.capabilities = try Self.capabilities(accept)
         options.console = { _ in daemon.consoleForArrival() }
         options.log = { daemon.engineLog($0) }
         let listener: MigrationListener

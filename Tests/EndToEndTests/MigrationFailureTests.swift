@@ -134,7 +134,8 @@ extension EndToEnd {
             let state = try vm.saveState().encoded()
             let c = FrameChannel(try StreamConnector.connect(host: "127.0.0.1", port: listener.port, mode: M.pki.src))
             defer { c.stream.close() }
-            try c.send(.hello(Hello(streams: 1, capabilities: [], migrationID: (0..<16).map { _ in .random(in: 0...255) })))
+            // PV_STATE: the state carries the PV section, which needs it (protocol.md §3.2).
+            try c.send(.hello(Hello(streams: 1, capabilities: [.pvState], migrationID: (0..<16).map { _ in .random(in: 0...255) })))
             _ = try c.receive()
             try c.send(.machine(MachineDescription(memoryBytes: 64 << 20, vcpus: 1, inKernelIRQChip: false,
                                                    kernelSHA256: [UInt8](repeating: 1, count: 32), name: "liar")))

@@ -41,8 +41,10 @@ extension EndToEnd {
             }
         }
 
-        static func listener(_ arrivals: Arrivals, tls: TLSMode = pki.dst) throws -> MigrationListener {
+        static func listener(_ arrivals: Arrivals, tls: TLSMode = pki.dst,
+                             _ configure: (inout ReceiverOptions) -> Void = { _ in }) throws -> MigrationListener {
             var options = ReceiverOptions()
+            configure(&options)
             options.console = { name in
                 let c = WaitableConsole()
                 arrivals.condition.withLock { arrivals.consoles[name] = c }
@@ -173,6 +175,49 @@ extension EndToEnd {
                 #expect(error.description.contains("refused"))
             }
             #expect(Self.isRunning(machine))
+        }
+
+        /// The destination grants only some capabilities and fewer streams than asked; the source
+        /// must use exactly what was granted — the destination rejects anything else, so a sender
+        /// that ignored HELLO_ACK fails here (issue 10).
+        @Test(arguments: [Capabilities.pvState, [.pvState, .zstd], [.pvState, .delta], .all])
+        func sourceUsesExactlyTheGrantedCapabilitiesAndStreams(granted: Capabilities) throws {
+            let arrivals = Arrivals()
+            let listener = try Self.listener(arrivals) { $0.capabilities = granted; $0.maximumStreams = 2 }
+            defer { listener.close() }
+            let (machine, console) = try Self.source(
+                "workload=dirty mib=16 passes=0 pattern=random content=mixed change=512 rate=20000 progress=0",
+                memory: 64 << 20)
+            #expect(console.wait(for: "workload dirty"))
+            let sender = Self.sender(machine) { $0.streams = 3 }
+            let stats = try sender.migrate(to: "127.0.0.1", port: listener.port, tls: Self.pki.src)
+            #expect(arrivals.wait(count: 1))
+            let vm = try #require(arrivals.vms.first)
+            defer { vm.machine.stop(); vm.machine.waitForExit() }
+            #expect(stats.streams == 2 && vm.stats.streams == 2, "asked for 3 streams, granted 2: \(stats.streams)")
+            #expect(vm.stats.digest == stats.digest)
+            if !granted.contains(.delta) { #expect(stats.deltaPages == 0) }
+            let c = try #require(arrivals.condition.withLock { arrivals.consoles.values.first })
+            let (pages, bad) = try Self.selfcheck(vm.machine, c)
+            #expect(pages > 0 && bad == 0, "\(pages) pages checked, \(bad) bad")
+        }
+
+        /// A PV guest's state cannot travel to a destination that declines PV_STATE: the source
+        /// refuses before sending memory and the VM keeps running here.
+        @Test func declinedPVStateFailsAndTheSourceKeepsRunning() throws {
+            let arrivals = Arrivals()
+            let listener = try Self.listener(arrivals) { $0.capabilities = [.zstd, .delta] }
+            defer { listener.close() }
+            let (machine, _) = try Self.source("workload=dirty mib=8 passes=0 rate=5000 progress=0", memory: 64 << 20)
+            defer { machine.stop(); machine.waitForExit() }
+            do {
+                _ = try Self.sender(machine).migrate(to: "127.0.0.1", port: listener.port, tls: Self.pki.src)
+                Issue.record("migrated a PV guest without PV_STATE")
+            } catch {
+                #expect(error.description.contains("PV_STATE"), "\(error)")
+            }
+            #expect(Self.isRunning(machine) && Self.progresses(machine))
+            #expect(arrivals.vms.isEmpty)
         }
     }
 }

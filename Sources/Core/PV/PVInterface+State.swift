@@ -10,6 +10,12 @@ extension PVInterface {
 
         static let headerSize = 16
 
+        /// False for a guest that never touched the PV interface (no HELLO, no control page,
+        /// nothing ballooned): its state is the default and need not travel.
+        public var isInUse: Bool {
+            guestVersion != 0 || controlPage != 0 || balloonWords.contains { $0 != 0 }
+        }
+
         func encoded() -> [UInt8] {
             var b: [UInt8] = []
             StateWriter.put(&b, UInt64(guestVersion), 4)
@@ -44,7 +50,7 @@ extension PVInterface {
         }
     }
 
-    func savedState() -> State {
+    public func savedState() -> State {
         lock.withLock {
             State(guestVersion: snapshotLocked.guestVersion ?? 0, controlPage: control?.gpa.raw ?? 0,
                   balloonWords: balloonLocked.words)

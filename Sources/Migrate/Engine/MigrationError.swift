@@ -35,10 +35,16 @@ public enum MigrationError: Error, CustomStringConvertible {
         }
     }
 
-    /// The code to put in an ERROR frame for this failure.
+    /// Whether the peer should be told with an ERROR frame: not when it told us (§3.6).
+    var isReported: Bool {
+        if case .peer = self { return false }
+        return true
+    }
+
+    /// The code to put in an ERROR frame for this failure (protocol.md §3.6).
     var reportCode: ErrorReport.Code {
         switch self {
-        case .wire: .protocolViolation
+        case .wire, .codec: .protocolViolation
         case .incompatible: .unsupportedVersion
         case .machine: .resources
         case .digestMismatch: .digestMismatch

@@ -31,6 +31,15 @@ public struct MigrationOptions: Sendable {
 
     public init() {}
 
+    /// These options with only the encodings `granted` allows (HELLO_ACK, protocol.md §3.2):
+    /// no zstd without ZSTD, no deltas without DELTA.
+    public func restricted(to granted: Capabilities) -> MigrationOptions {
+        var o = self
+        if !granted.contains(.zstd) { o.compressionLevel = nil }
+        if !granted.contains(.delta) { o.delta = false }
+        return o
+    }
+
     func validate() throws(MigrationError) {
         guard downtimeTarget > 0 else { throw .invalidOptions("the downtime target must be positive") }
         guard (1...64).contains(streams) else { throw .invalidOptions("streams must be 1–64") }

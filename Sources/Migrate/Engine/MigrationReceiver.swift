@@ -5,7 +5,11 @@ import Foundation
 public struct ReceiverOptions: Sendable {
     /// Largest guest this host accepts.
     public var maximumMemory: UInt64 = 64 << 30
+    /// Streams granted at most (HELLO_ACK may lower the source's count, protocol.md §3.2).
     public var maximumStreams = 64
+    /// Capabilities this host accepts; HELLO_ACK grants their intersection with the offer, and
+    /// a source that then uses one it was not granted is a protocol violation.
+    public var capabilities: Capabilities = .all
     public var timeout: Double = 30
     /// The console of an arriving VM, by name.
     public var console: @Sendable (String) -> ConsoleSink = { _ in ConsoleBuffer() }
@@ -40,6 +44,7 @@ final class ReceiveSession: @unchecked Sendable {
     private let joins = NSCondition()
     private var joined: [Int: FrameChannel] = [:] // guarded by `joins`
     private var streams = 1
+    private var granted: Capabilities = []
     private var failed = false
 
     init(hello: Hello, control: FrameChannel, options: ReceiverOptions) {
@@ -71,7 +76,7 @@ final class ReceiveSession: @unchecked Sendable {
         do {
             return try receive()
         } catch {
-            control.sendError(error.reportCode, error.description)
+            if error.isReported { control.sendError(error.reportCode, error.description) }
             abandon()
             throw error
         }
@@ -83,8 +88,8 @@ final class ReceiveSession: @unchecked Sendable {
             throw .incompatible("the source speaks protocol versions \(hello.minVersion)–\(hello.maxVersion); this host speaks 1")
         }
         joins.withLock { streams = min(Int(hello.streams), options.maximumStreams) }
-        let accepted = hello.capabilities.intersection(.all)
-        do { try control.send(.helloAck(HelloAck(version: 1, streams: UInt32(streams), capabilities: accepted))) }
+        granted = hello.capabilities.intersection(options.capabilities)
+        do { try control.send(.helloAck(HelloAck(version: 1, streams: UInt32(streams), capabilities: granted))) }
         catch { throw .transport(error) }
 
         guard case let .machine(description) = try control.receive() else {
@@ -128,6 +133,9 @@ final class ReceiveSession: @unchecked Sendable {
         }
         let state: MachineState
         do { state = try MachineState(encoded: blob) } catch { throw .state(error) }
+        if state.pv != nil, !granted.contains(.pvState) {
+            throw .wire(.malformed(type: "STATE", reason: "a PV section (tag 4) although PV_STATE was not granted"))
+        }
         guard case let .commit(expected, _) = try control.receive() else {
             throw .wire(.unexpected(frame: "a frame other than COMMIT", state: "awaiting COMMIT"))
         }
@@ -179,7 +187,7 @@ final class ReceiveSession: @unchecked Sendable {
     /// Applies frames until STREAM_END. The control stream also carries ROUND frames.
     private func drain(_ channel: FrameChannel, into machine: Machine, hashes: PageHashTable, applied: Locked<Int>,
                        control isControl: Bool) throws(MigrationError) -> Int {
-        let decoder = PageBatchDecoder()
+        let decoder = PageBatchDecoder(allowZstd: granted.contains(.zstd), allowDelta: granted.contains(.delta))
         var pages = 0
         while true {
             let before = channel.framesReceived

@@ -36,11 +36,10 @@ public final class MigrationSender: @unchecked Sendable {
         let started = ContinuousClock.now
         var channels: [FrameChannel] = []
         defer { channels.forEach { $0.stream.close() } }
-        do {
-            channels = try connect(host: host, port: port, tls: tls)
-        } catch {
-            throw error
-        }
+        let granted: Capabilities
+        (channels, granted) = try connect(host: host, port: port, tls: tls)
+        // Exactly what HELLO_ACK granted (§3.2): no zstd or deltas the destination declined.
+        let effective = options.restricted(to: granted)
         let tracker: DirtyTracker
         do { tracker = try DirtyTracker(machine: machine, mode: options.dirtySource) }
         catch { throw .dirtyTracking(error) }
@@ -50,7 +49,7 @@ public final class MigrationSender: @unchecked Sendable {
             stats.memoryBytes = machine.memory.size
             stats.streams = channels.count
             stats.dirtySource = options.dirtySource
-            let rounds = RoundSender(channels: channels, machine: machine, options: options, cancelled: cancelled)
+            let rounds = RoundSender(channels: channels, machine: machine, options: effective, cancelled: cancelled)
             let pending = try precopy(tracker: tracker, rounds: rounds, stats: &stats, started: started, progress: progress)
 
             // Stop-and-copy: from here the guest is paused until the destination resumes it.
@@ -71,9 +70,7 @@ public final class MigrationSender: @unchecked Sendable {
             var last = try rounds.send(pages: pending.union(final.pages).subtracting(excluded),
                                        round: UInt32(stats.rounds.count), skipZero: false)
             try rounds.finish()
-            let state: [UInt8]
-            do { state = try machine.saveState().encoded() } catch { throw MigrationError.machine(error) }
-            try sendControl(channels[0], .state(state))
+            try sendControl(channels[0], .state(try stateBlob(granted: granted)))
             digestDone.wait()
             try sendControl(channels[0], .commit(digest: digest.digest, pagesWithData: digest.pagesWithData))
             switch try channels[0].receive() {
@@ -95,7 +92,7 @@ public final class MigrationSender: @unchecked Sendable {
             return stats
         } catch {
             let failure = error as? MigrationError ?? .transport(.tls("\(error)"))
-            channels.first?.sendError(failure.reportCode, failure.description)
+            if failure.isReported { channels.first?.sendError(failure.reportCode, failure.description) }
             releaseThrottle()
             tracker.stop()
             if paused { machine.resume() }
@@ -105,7 +102,9 @@ public final class MigrationSender: @unchecked Sendable {
 
     // MARK: Connection set-up
 
-    private func connect(host: String, port: UInt16, tls: TLSMode) throws(MigrationError) -> [FrameChannel] {
+    /// Opens the control stream, negotiates (HELLO / HELLO_ACK, §3.2), sends MACHINE and opens
+    /// exactly the data streams the destination granted. Returns them with the granted capabilities.
+    private func connect(host: String, port: UInt16, tls: TLSMode) throws(MigrationError) -> ([FrameChannel], Capabilities) {
         func open() throws(MigrationError) -> FrameChannel {
             do {
                 let s = try StreamConnector.connect(host: host, port: port, mode: tls, timeout: options.timeout)
@@ -132,6 +131,9 @@ public final class MigrationSender: @unchecked Sendable {
         guard ack.capabilities.isSubset(of: capabilities), (1...UInt32(options.streams)).contains(ack.streams) else {
             throw .incompatible("the destination's HELLO_ACK offers capabilities or streams that were not asked for")
         }
+        if !ack.capabilities.contains(.pvState), machine.pv.savedState().isInUse {
+            throw .incompatible("the destination declined PV_STATE, but this guest uses the PV interface (its state cannot travel)")
+        }
         try sendControl(control, .machine(MachineDescription(
             memoryBytes: machine.memory.size, vcpus: UInt32(machine.vcpus.count),
             inKernelIRQChip: machine.vm.irqChipCreated, kernelSHA256: kernelSHA256, name: name)))
@@ -141,7 +143,22 @@ public final class MigrationSender: @unchecked Sendable {
             try sendControl(c, .join(migrationID: id, streamIndex: UInt32(index)))
             channels.append(c)
         }
-        return channels
+        return (channels, ack.capabilities)
+    }
+
+    /// The STATE payload (§1.8): the PV section (tag 4) only when PV_STATE was granted. Without
+    /// it the guest's PV state must be empty (checked again here: the guest may have registered
+    /// since the handshake), else the migration fails and the VM resumes here.
+    private func stateBlob(granted: Capabilities) throws(MigrationError) -> [UInt8] {
+        var state: MachineState
+        do { state = try machine.saveState() } catch { throw .machine(error) }
+        if !granted.contains(.pvState) {
+            if state.pv?.isInUse == true {
+                throw .incompatible("the destination declined PV_STATE, but this guest uses the PV interface (its state cannot travel)")
+            }
+            state.pv = nil
+        }
+        return state.encoded()
     }
 
     func sendControl(_ channel: FrameChannel, _ frame: Frame) throws(MigrationError) {

@@ -253,7 +253,14 @@ public final class PageBatchDecoder {
     /// Decompressed payloads go here: the most any batch may hold.
     private var plain: UnsafeMutableRawBufferPointer?
 
-    public init() {}
+    /// Whether the ZSTD flag and DELTA entries are allowed: only when HELLO_ACK granted them.
+    private let allowZstd: Bool
+    private let allowDelta: Bool
+
+    public init(allowZstd: Bool = true, allowDelta: Bool = true) {
+        self.allowZstd = allowZstd
+        self.allowDelta = allowDelta
+    }
 
     deinit {
         plain?.deallocate()
@@ -269,6 +276,9 @@ public final class PageBatchDecoder {
                       pageApplied: ((Int, UnsafeRawBufferPointer) -> Void)? = nil) throws(MigrateError) -> BatchStats {
         guard flags & ~PageBatchLayout.zstdFlag == 0 else {
             throw .pageBatchMalformed(reason: "unknown flag bits 0x\(String(flags, radix: 16))")
+        }
+        guard allowZstd || flags & PageBatchLayout.zstdFlag == 0 else {
+            throw .pageBatchMalformed(reason: "a ZSTD batch although ZSTD was not granted")
         }
         var stats = BatchStats()
         stats.payloadBytes = payload.count
@@ -335,6 +345,9 @@ public final class PageBatchDecoder {
                     reason: "entry \(i): data runs past the end of the payload (\(batch.count) bytes)")
             }
             if encoding == .delta {
+                guard allowDelta else {
+                    throw .pageBatchMalformed(reason: "entry \(i) (page \(index)): a DELTA although DELTA was not granted")
+                }
                 do {
                     try DeltaCodec.validate(UnsafeRawBufferPointer(rebasing: batch[dataOffset..<(dataOffset + length)]),
                                             pageSize: PageBatchLayout.pageSize)

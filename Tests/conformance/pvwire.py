@@ -1,0 +1,404 @@
+"""The pvmigrate migration stream, version 1, written from docs/protocol.md §3 alone.
+
+Shared by the conformance receiver and sender: frames (§3.2), page batches (§3.3),
+the DELTA encoding (§3.3.1), the STATE container's PV section (§1.8) and the memory
+digest (§3.5). Standard library plus `zstandard`. Every decoder here is strict: a
+violation raises ProtocolError with the error code §3.6 says answers it.
+"""
+
+import os
+import socket
+import ssl
+import struct
+
+MAGIC = 0x474D5650
+HEADER = struct.Struct("<IHHII")
+MAX_PAYLOAD = 16 << 20
+PAGE = 4096
+ENTRY = struct.Struct("<QBBHI")
+BATCH_HEADER = struct.Struct("<IIQ")
+MAX_BATCH = 1024
+FLAG_ZSTD = 1
+ZSTD_MAX_WINDOW = 8 << 20  # the largest window a receiver must accept (§3.3)
+
+HELLO, HELLO_ACK, MACHINE, JOIN, PAGES, ROUND, STATE, COMMIT, COMMIT_ACK, ERROR, STREAM_END = range(1, 12)
+NAMES = {1: "HELLO", 2: "HELLO_ACK", 3: "MACHINE", 4: "JOIN", 5: "PAGES", 6: "ROUND", 7: "STATE",
+         8: "COMMIT", 9: "COMMIT_ACK", 10: "ERROR", 11: "STREAM_END"}
+# The largest payload of each type (§3.2).
+LIMITS = {HELLO: 32, HELLO_ACK: 16, MACHINE: 50 + 255, JOIN: 20, PAGES: MAX_PAYLOAD, ROUND: 24,
+          STATE: MAX_PAYLOAD, COMMIT: 16, COMMIT_ACK: 8, ERROR: 8 + 4096, STREAM_END: 8}
+
+CAP_ZSTD, CAP_DELTA, CAP_PV_STATE = 1, 2, 4
+CAPS_ALL = CAP_ZSTD | CAP_DELTA | CAP_PV_STATE
+CAP_NAMES = {"zstd": CAP_ZSTD, "delta": CAP_DELTA, "pv-state": CAP_PV_STATE}
+
+ENC_ZERO, ENC_RAW, ENC_DELTA = 0, 1, 2
+
+# Error codes (§3.6).
+E_PROTOCOL, E_VERSION, E_RESOURCES, E_DIGEST, E_RESTORE, E_CANCELLED, E_TIMEOUT, E_INTERNAL = range(1, 9)
+
+
+class ProtocolError(Exception):
+    def __init__(self, reason, code=E_PROTOCOL):
+        super().__init__(reason)
+        self.code = code
+
+
+class PeerError(Exception):
+    """The peer sent an ERROR frame."""
+
+    def __init__(self, code, reason):
+        super().__init__(f"peer sent ERROR {code}: {reason}")
+        self.code = code
+
+
+def parse_caps(text):
+    caps = 0
+    for word in filter(None, (w.strip() for w in text.split(","))):
+        if word != "none":
+            caps |= CAP_NAMES[word]
+    return caps
+
+
+def caps_text(caps):
+    return ",".join(n for n, b in CAP_NAMES.items() if caps & b) or "none"
+
+
+# --- Transport (§3.1) ---------------------------------------------------------------------
+
+def tls_context(tls_dir, server):
+    """TLS 1.3 only, mutual: our cert.pem/key.pem, the peer verified against ca.pem."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(os.path.join(tls_dir, "cert.pem"), os.path.join(tls_dir, "key.pem"))
+    ctx.load_verify_locations(os.path.join(tls_dir, "ca.pem"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if not server:
+        ctx.check_hostname = False  # v1 authenticates the CA, not a name (§3.1)
+    return ctx
+
+
+class Channel:
+    """Frames over one connection; counts frames as §3.2's STREAM_END needs them."""
+
+    def __init__(self, sock, timeout=30.0):
+        if sock is not None:
+            sock.settimeout(timeout)
+        self.sock = sock
+        self.sent = 0
+        self.received = 0
+        self.out = None  # when set (a list), frames are also recorded here: golden captures
+
+    def send(self, ftype, payload=b"", flags=0):
+        data = HEADER.pack(MAGIC, ftype, flags, len(payload), 0) + payload
+        if self.out is not None:
+            self.out.append(data)
+        if self.sock is not None:
+            self.sock.sendall(data)
+        self.sent += 1
+        return len(data)
+
+    def _read(self, n):
+        chunks, left = [], n
+        while left:
+            b = self.sock.recv(min(left, 1 << 20))
+            if not b:
+                raise ProtocolError(f"connection closed with {left} of {n} bytes unread")
+            chunks.append(b)
+            left -= len(b)
+        return b"".join(chunks)
+
+    def receive(self):
+        """(type, flags, payload), header validated per §3.2."""
+        magic, ftype, flags, length, reserved = HEADER.unpack(self._read(16))
+        if magic != MAGIC:
+            raise ProtocolError(f"bad magic 0x{magic:08x}")
+        if ftype not in LIMITS:
+            raise ProtocolError(f"unknown frame type {ftype}")
+        if flags & ~(FLAG_ZSTD if ftype == PAGES else 0):
+            raise ProtocolError(f"{NAMES[ftype]} with unknown flags 0x{flags:x}")
+        if reserved:
+            raise ProtocolError("reserved header bytes are not zero")
+        if length > LIMITS[ftype]:
+            raise ProtocolError(f"{NAMES[ftype]} of {length} bytes, over its limit {LIMITS[ftype]}")
+        payload = self._read(length)
+        self.received += 1
+        if ftype == ERROR:
+            if length < 8:
+                raise ProtocolError("ERROR shorter than 8 bytes")
+            code, zero = struct.unpack_from("<II", payload)
+            raise PeerError(code, payload[8:].decode("utf-8", "replace"))
+        return ftype, flags, payload
+
+    def send_error(self, code, reason):
+        try:
+            self.send(ERROR, struct.pack("<II", code, 0) + reason.encode()[:4096])
+        except OSError:
+            pass
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+def expect(frame, ftype, size=None):
+    t, _, payload = frame
+    if t != ftype:
+        raise ProtocolError(f"got {NAMES[t]} where {NAMES[ftype]} was expected")
+    if size is not None and len(payload) != size:
+        raise ProtocolError(f"{NAMES[t]} of {len(payload)} bytes, expected {size}")
+    return payload
+
+
+# --- Frame payloads (§3.2) ----------------------------------------------------------------
+
+def hello(min_v, max_v, streams, caps, mid):
+    return struct.pack("<HHIQ", min_v, max_v, streams, caps) + mid
+
+
+def machine(memory_bytes, vcpus, irqchip, kernel_sha256, name):
+    n = name.encode()
+    return struct.pack("<QII", memory_bytes, vcpus, 1 if irqchip else 0) + kernel_sha256 + struct.pack("<H", len(n)) + n
+
+
+def parse_machine(p):
+    if len(p) < 50:
+        raise ProtocolError("MACHINE shorter than 50 bytes")
+    memory_bytes, vcpus, flags = struct.unpack_from("<QII", p)
+    sha, (n,) = p[16:48], struct.unpack_from("<H", p, 48)
+    if len(p) != 50 + n or n == 0 or n > 255:
+        raise ProtocolError("MACHINE name length does not match the payload")
+    if flags & ~1:
+        raise ProtocolError("MACHINE flags has unknown bits")
+    return {"memory_bytes": memory_bytes, "vcpus": vcpus, "irqchip": bool(flags & 1),
+            "kernel_sha256": sha.hex(), "name": p[50:].decode("utf-8")}
+
+
+# --- Memory layout (§1.2) -----------------------------------------------------------------
+
+def page_count(memory_bytes):
+    """RAM pages: one per 4 KiB of the configured size (RAM above 3 GiB moves to 4 GiB, same count)."""
+    return memory_bytes // PAGE
+
+
+# --- DELTA (§3.3.1) -----------------------------------------------------------------------
+
+def _varint(b, pos, limit, what):
+    value, shift, start = 0, 0, pos
+    while True:
+        if pos >= len(b):
+            raise ProtocolError(f"delta: {what} varint cut off at byte {start}")
+        byte = b[pos]
+        pos += 1
+        if byte == 0 and shift:
+            raise ProtocolError(f"delta: {what} varint at byte {start} is not minimal")
+        value |= (byte & 0x7F) << shift
+        if value > limit:
+            raise ProtocolError(f"delta: {what} {value} runs past the page ({limit} left)")
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def delta_tokens(delta):
+    """Validates a DELTA entry's data; returns [(page_offset, data_offset, n)]."""
+    if not 1 <= len(delta) <= PAGE - 1:
+        raise ProtocolError(f"delta of {len(delta)} bytes, not 1-4095")
+    tokens, pos, cursor = [], 0, 0
+    while pos < len(delta):
+        skip, pos = _varint(delta, pos, PAGE - cursor, "skip")
+        cursor += skip
+        n, pos = _varint(delta, pos, PAGE - cursor, "length")
+        if n == 0:
+            raise ProtocolError("delta: token with an empty literal")
+        if pos + n > len(delta):
+            raise ProtocolError("delta: literal runs past the end of the delta")
+        tokens.append((cursor, pos, n))
+        pos += n
+        cursor += n
+    return tokens
+
+
+def delta_apply(page, delta, tokens):
+    out = bytearray(page)
+    for at, src, n in tokens:
+        out[at:at + n] = bytes(x ^ y for x, y in zip(out[at:at + n], delta[src:src + n]))
+    return bytes(out)
+
+
+def _put_varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def delta_encode(new, old):
+    """A valid delta from old to new (one token per run of differing bytes), or None when it
+    would not be shorter than the page. An unchanged page gives the no-op token 00 01 00."""
+    out, cursor, i = bytearray(), 0, 0
+    while i < PAGE:
+        if new[i] == old[i]:
+            i += 1
+            continue
+        j = i
+        while j < PAGE and new[j] != old[j]:
+            j += 1
+        out += _put_varint(i - cursor) + _put_varint(j - i) + bytes(a ^ b for a, b in zip(new[i:j], old[i:j]))
+        if len(out) >= PAGE:
+            return None
+        cursor = i = j
+    return bytes(out) if out else b"\x00\x01\x00"
+
+
+# --- Page batches (§3.3) ------------------------------------------------------------------
+
+def batch_encode(round_no, entries):
+    """entries: [(page_index, encoding, data)] -> the plain PAGES payload."""
+    table = b"".join(ENTRY.pack(i, e, 0, 0, len(d)) for i, e, d in entries)
+    return BATCH_HEADER.pack(round_no, len(entries), 0) + table + b"".join(d for _, _, d in entries)
+
+
+def batch_decode(flags, payload, pages, allow_zstd, allow_delta, dctx):
+    """Validates a PAGES payload completely and returns [(page_index, encoding, data, tokens)]."""
+    if flags & FLAG_ZSTD:
+        if not allow_zstd:
+            raise ProtocolError("ZSTD batch although ZSTD was not granted")
+        import zstandard
+        try:
+            params = zstandard.get_frame_parameters(payload)
+        except zstandard.ZstdError as e:
+            raise ProtocolError(f"bad zstd frame: {e}")
+        limit = MAX_BATCH * (ENTRY.size + PAGE) + 16
+        if params.content_size in (0, zstandard.CONTENTSIZE_UNKNOWN) or params.content_size > limit:
+            raise ProtocolError(f"zstd frame declares content size {params.content_size}")
+        if not params.has_checksum or params.dict_id or params.window_size > ZSTD_MAX_WINDOW:
+            raise ProtocolError(f"zstd frame: checksum {params.has_checksum}, dictionary {params.dict_id}, "
+                                f"window {params.window_size}")
+        try:
+            d = dctx.decompressobj()
+            plain = d.decompress(payload)
+        except zstandard.ZstdError as e:
+            raise ProtocolError(f"zstd frame does not decode: {e}")
+        if not d.eof or d.unused_data or len(plain) != params.content_size:
+            raise ProtocolError("the PAGES payload is not exactly one complete zstd frame of its declared size")
+        payload = plain
+    if len(payload) < 16:
+        raise ProtocolError("batch shorter than its header")
+    round_no, count, reserved = BATCH_HEADER.unpack_from(payload)
+    if not 1 <= count <= MAX_BATCH or reserved:
+        raise ProtocolError(f"batch header: count {count}, reserved {reserved}")
+    if flags & FLAG_ZSTD and len(payload) > count * (ENTRY.size + PAGE) + 16:
+        raise ProtocolError("zstd frame declares more than count pages can hold")
+    offset = 16 + count * ENTRY.size
+    if len(payload) < offset:
+        raise ProtocolError("batch table cut off")
+    out = []
+    for k in range(count):
+        index, enc, pad8, pad16, length = ENTRY.unpack_from(payload, 16 + k * ENTRY.size)
+        if index >= pages or pad8 or pad16:
+            raise ProtocolError(f"entry {k}: page {index} of {pages}, reserved {pad8}/{pad16}")
+        if enc == ENC_ZERO and length == 0:
+            data, tokens = b"", None
+        elif enc == ENC_RAW and length == PAGE:
+            data, tokens = payload[offset:offset + PAGE], None
+        elif enc == ENC_DELTA and 1 <= length < PAGE:
+            if not allow_delta:
+                raise ProtocolError("DELTA entry although DELTA was not granted")
+            data = payload[offset:offset + length]
+            tokens = None
+        else:
+            raise ProtocolError(f"entry {k}: encoding {enc} with {length} bytes")
+        if offset + length > len(payload):
+            raise ProtocolError(f"entry {k}: data runs past the payload")
+        if enc == ENC_DELTA:
+            tokens = delta_tokens(data)
+        out.append((index, enc, data, tokens))
+        offset += length
+    if offset != len(payload):
+        raise ProtocolError(f"{len(payload) - offset} bytes after the last entry's data")
+    return round_no, out
+
+
+# --- STATE (§1.8): the container and its PV section ---------------------------------------
+
+def state_sections(blob):
+    if len(blob) < 8 or blob[:4] != b"PVMS":
+        raise ProtocolError("STATE is not a PVMS blob", E_RESTORE)
+    version, count = struct.unpack_from("<HH", blob, 4)
+    if version != 1:
+        raise ProtocolError(f"STATE format version {version}", E_RESTORE)
+    pos, sections = 8, {}
+    for _ in range(count):
+        if pos + 8 > len(blob):
+            raise ProtocolError("STATE section header cut off", E_RESTORE)
+        tag, reserved, length = struct.unpack_from("<HHI", blob, pos)
+        pos += 8
+        if reserved or tag in sections or pos + length > len(blob):
+            raise ProtocolError(f"STATE section {tag} malformed", E_RESTORE)
+        sections[tag] = blob[pos:pos + length]
+        pos += length
+    if pos != len(blob):
+        raise ProtocolError("trailing bytes after the STATE sections", E_RESTORE)
+    return sections
+
+
+def balloon_pages(sections, pages):
+    """The ballooned pages of the PV section (tag 4), as a set of page indexes."""
+    pv = sections.get(4)
+    if pv is None:
+        return set()
+    words = (pages + 63) // 64
+    if len(pv) != 16 + 8 * words:
+        raise ProtocolError(f"PV section of {len(pv)} bytes, expected {16 + 8 * words}", E_RESTORE)
+    out = set()
+    for w in range(words):
+        (bits,) = struct.unpack_from("<Q", pv, 16 + 8 * w)
+        while bits:
+            low = bits & -bits
+            out.add(w * 64 + low.bit_length() - 1)
+            bits ^= low
+    return out
+
+
+# --- The memory digest (§3.5) -------------------------------------------------------------
+
+M64 = (1 << 64) - 1
+P = 0x100000001B3
+_WORDS = struct.Struct("<512Q")
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & M64
+
+
+def mix(i, page):
+    w = _WORDS.unpack(page)
+    a, b, c, d = i ^ 0x9E3779B97F4A7C15, i ^ 0xC2B2AE3D27D4EB4F, i ^ 0x165667B19E3779F9, i ^ 0x27D4EB2F165667C5
+    for k in range(0, 512, 4):
+        a = ((a ^ w[k]) * P) & M64
+        b = ((b ^ w[k + 1]) * P) & M64
+        c = ((c ^ w[k + 2]) * P) & M64
+        d = ((d ^ w[k + 3]) * P) & M64
+    h = a ^ _rotl(b, 16) ^ _rotl(c, 32) ^ _rotl(d, 48)
+    h ^= h >> 29
+    h = (h * P) & M64
+    return h ^ (h >> 32)
+
+
+ZERO_PAGE = bytes(PAGE)
+
+
+def digest(memory, excluded=()):
+    """(digest, pages_with_data) over {page_index: bytes}; absent pages are zero."""
+    total, n = 0, 0
+    for i, page in memory.items():
+        if page != ZERO_PAGE and i not in excluded:
+            total = (total + mix(i, page)) & M64
+            n += 1
+    return total, n
