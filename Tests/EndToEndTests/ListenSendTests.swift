@@ -226,7 +226,7 @@ struct ListenSendTests {
 
     @Test func sentVMRunsAtTheListenerAndIsGoneAtTheSource() throws {
         let hosts = try Hosts()
-        try hosts.certs("pki", hosts: ["src", "dst"])
+        try hosts.certs("pki", hosts: ["src", "dst=127.0.0.1"])
         let (listener, port) = try hosts.listen(tlsDir: "pki/dst")
         try hosts.startVM("vm")
 
@@ -252,7 +252,7 @@ struct ListenSendTests {
     @Test func sendToAListenerOfAnotherCAFailsAndTheVMKeepsRunningAtTheSource() throws {
         let hosts = try Hosts()
         try hosts.certs("pki", hosts: ["src"])
-        try hosts.certs("other", hosts: ["dst"])
+        try hosts.certs("other", hosts: ["dst=127.0.0.1"])
         let (listener, port) = try hosts.listen(tlsDir: "other/dst")
         try hosts.startVM("vm")
         let before = try #require(try hosts.status("src", "vm"))["pv"]?["pages_written"]?.uint64 ?? 0
@@ -271,7 +271,7 @@ struct ListenSendTests {
 
     @Test func twoMigrationsIntoOneListenerAtOnceBothSucceed() throws {
         let hosts = try Hosts()
-        try hosts.certs("pki", hosts: ["src", "dst"])
+        try hosts.certs("pki", hosts: ["src", "dst=127.0.0.1"])
         let (listener, port) = try hosts.listen(tlsDir: "pki/dst")
         try hosts.startVM("a")
         try hosts.startVM("b")
