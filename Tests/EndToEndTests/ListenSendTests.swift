@@ -49,14 +49,13 @@ struct ListenSendTests {
         var stdout: String { condition.withLock { String(decoding: out, as: UTF8.self) } }
         var text: String { condition.withLock { String(decoding: out + err, as: UTF8.self) } }
 
-        /// Waits until standard output contains `text`.
-        func wait(for text: String, timeout: Double = 20) -> Bool {
+        /// Waits until standard output (or, with `orStandardError`, either stream) contains `text`.
+        func wait(for text: String, orStandardError: Bool = false, timeout: Double = 20) -> Bool {
             let deadline = Date(timeIntervalSinceNow: timeout)
             return condition.withLock {
-                while !String(decoding: out, as: UTF8.self).contains(text) {
-                    if !process.isRunning || !condition.wait(until: deadline) {
-                        return String(decoding: out, as: UTF8.self).contains(text)
-                    }
+                func seen() -> Bool { String(decoding: orStandardError ? out + err : out, as: UTF8.self).contains(text) }
+                while !seen() {
+                    if !process.isRunning || !condition.wait(until: deadline) { return seen() }
                 }
                 return true
             }
@@ -144,9 +143,9 @@ struct ListenSendTests {
         }
 
         /// Starts `listen` on the destination on a free loopback port; returns the port.
-        func listen(tlsDir: String) throws -> (Background, UInt16) {
+        func listen(tlsDir: String, _ extra: [String] = []) throws -> (Background, UInt16) {
             let port = try ListenSendTests.freePort()
-            let l = try Background(["listen", "--address", "127.0.0.1:\(port)", "--tls-dir", "\(root)/\(tlsDir)"],
+            let l = try Background(["listen", "--address", "127.0.0.1:\(port)", "--tls-dir", "\(root)/\(tlsDir)"] + extra,
                                    environment: environment("dst"))
             listeners.append(l)
             #expect(l.wait(for: "listening on 127.0.0.1:\(port)"), "listen did not start: \(l.text)")
@@ -160,8 +159,9 @@ struct ListenSendTests {
             #expect(r.status == 0, "run --detach failed: \(r.text)")
         }
 
-        func send(_ name: String, port: UInt16, tlsDir: String) throws -> Output {
-            try run("src", ["send", "127.0.0.1:\(port)", name, "--tls-dir", "\(root)/\(tlsDir)", "--max-time", "60"], timeout: 120)
+        func send(_ name: String, port: UInt16, tlsDir: String, _ extra: [String] = []) throws -> Output {
+            try run("src", ["send", "127.0.0.1:\(port)", name, "--tls-dir", "\(root)/\(tlsDir)", "--max-time", "60"] + extra,
+                    timeout: 120)
         }
 
         /// `status NAME --json` on `side`, or nil when it fails (no such VM).
