@@ -28,7 +28,7 @@ struct NamedHosts: Sendable {
 }
 
 /// A listener on 127.0.0.1 with `names`, and what one handshake against it gives on each side.
-private struct Handshake {
+struct Handshake {
     let client: Result<any ByteStream, any Error>
     let server: Result<any ByteStream, any Error>
 
@@ -158,5 +158,65 @@ struct PeerNameTests {
     @Test("an empty allow list is refused (it would refuse every source)")
     func emptyAllowListIsRefused() {
         #expect(throws: TransportError.self) { try PeerNames(clients: []) }
+    }
+}
+
+@Suite("extended key usage: each role needs its own")
+struct KeyUsageTests {
+    /// A TLS directory for a certificate of `hosts`' CA with only `extendedKeyUsage`,
+    /// made with the openssl tool (certs init never issues one).
+    static func directory(extendedKeyUsage: String, name: String) throws -> String {
+        let openssl = "/usr/bin/openssl"
+        try #require(FileManager.default.isExecutableFile(atPath: openssl), "needs the openssl tool (apt: openssl)")
+        let hosts = try NamedHosts.shared.get()
+        let ca = (hosts.src as NSString).deletingLastPathComponent
+        let dir = makeTemporaryDirectory("eku-\(name)")
+        try "extendedKeyUsage=\(extendedKeyUsage)\nsubjectAltName=DNS:\(name),IP:127.0.0.1\n"
+            .write(toFile: "\(dir)/ext.cnf", atomically: true, encoding: .utf8)
+        for arguments in [
+            ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "\(dir)/key.pem",
+             "-subj", "/CN=\(name)", "-out", "\(dir)/req.csr"],
+            ["x509", "-req", "-in", "\(dir)/req.csr", "-CA", "\(ca)/ca.pem", "-CAkey", "\(ca)/ca.key", "-set_serial", "7",
+             "-days", "1", "-extfile", "\(dir)/ext.cnf", "-out", "\(dir)/cert.pem"],
+        ] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: openssl)
+            process.arguments = arguments
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            process.waitUntilExit()
+            try #require(process.terminationStatus == 0, "openssl \(arguments.joined(separator: " ")) failed")
+        }
+        try FileManager.default.copyItem(atPath: "\(ca)/ca.pem", toPath: "\(dir)/ca.pem")
+        return dir
+    }
+
+    @Test("a certificate of the CA with serverAuth only cannot be a source")
+    func serverOnlyCertificateIsNoSource() throws {
+        let hosts = try NamedHosts.shared.get()
+        let h = try Handshake(listener: hosts.dst, client: try Self.directory(extendedKeyUsage: "serverAuth", name: "srvonly"))
+        let serverError = try #require(h.serverError, "the listener accepted a serverAuth-only source: \(h.server)")
+        print("listener sees: \(serverError)")
+        guard case .handshakeFailed(_, let reason) = serverError else {
+            Issue.record("expected .handshakeFailed, got \(serverError)")
+            return
+        }
+        #expect(reason.contains("unsuitable certificate purpose"))
+        #expect(reason.contains("clientAuth for a source"))
+        #expect(h.clientError != nil, "the source believes it was accepted")
+    }
+
+    @Test("a certificate of the CA with clientAuth only cannot be a listener")
+    func clientOnlyCertificateIsNoListener() throws {
+        let hosts = try NamedHosts.shared.get()
+        let h = try Handshake(listener: try Self.directory(extendedKeyUsage: "clientAuth", name: "clionly"), client: hosts.src)
+        let clientError = try #require(h.clientError, "the source accepted a clientAuth-only listener: \(h.client)")
+        print("source sees: \(clientError)")
+        guard case .handshakeFailed(_, let reason) = clientError else {
+            Issue.record("expected .handshakeFailed, got \(clientError)")
+            return
+        }
+        #expect(reason.contains("unsuitable certificate purpose"))
+        #expect(reason.contains("serverAuth for a listener"))
     }
 }

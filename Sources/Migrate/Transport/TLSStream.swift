@@ -512,7 +512,17 @@ enum TLSHandshake {
         let result = connection.inspect { ssl in SSL_get_verify_result(ssl) }
         guard result != X509_V_OK else { return reason }
         let detail = String(cString: X509_verify_cert_error_string(result))
-        return "\(reason): \(detail) (the peer's certificate is not from this host's CA)"
+        let hint: String
+        switch Int32(result) {
+        case X509_V_ERR_INVALID_PURPOSE:
+            hint = "the peer's certificate lacks the extended key usage of its role: serverAuth for a listener, "
+                + "clientAuth for a source; `pvmigrate certs init` issues both"
+        case X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CERT_NOT_YET_VALID:
+            hint = "check both hosts' clocks, or re-issue the certificate"
+        default:
+            hint = "the peer's certificate is not from this host's CA"
+        }
+        return "\(reason): \(detail) (\(hint))"
     }
 
     /// The CN of the verified peer certificate.
