@@ -200,9 +200,12 @@ struct ListenSendTests {
 
     @Test func certsInitWritesACAAndPerHostDirectoriesWithPrivateKeys() throws {
         let hosts = try Hosts()
-        let r = try hosts.run("src", ["certs", "init", "--dir", "\(hosts.root)/pki", "--hosts", "src", "dst"])
+        let r = try hosts.run("src", ["certs", "init", "--dir", "\(hosts.root)/pki", "--hosts", "src", "dst=192.0.2.10,dst.example"])
         #expect(r.status == 0, "\(r.text)")
         #expect(r.stdout.contains("\(hosts.root)/pki/src"), "\(r.stdout)")
+        #expect(r.stdout.contains("/pki/dst/ca.pem cert.pem key.pem (names: dst, 192.0.2.10, dst.example)"), "\(r.stdout)")
+        let bad = try hosts.run("src", ["certs", "init", "--dir", "\(hosts.root)/pki", "--hosts", "dst=IP:192.0.2.10"])
+        #expect(bad.status != 0 && bad.stderr.contains("not a usable host name"), "\(bad.text)")
         func mode(_ path: String) throws -> Int {
             let attributes = try FileManager.default.attributesOfItem(atPath: path)
             return try #require(attributes[.posixPermissions] as? Int)

@@ -191,18 +191,22 @@ struct KeyUsageTests {
         return dir
     }
 
+    /// `error` is a handshake failure for the certificate's purpose, naming the usage `role` needs.
+    static func expectPurposeRefusal(_ error: TransportError?, _ side: String, needs usage: String) {
+        guard case .handshakeFailed(_, let reason)? = error else {
+            Issue.record("\(side): expected .handshakeFailed, got \(String(describing: error))")
+            return
+        }
+        print("\(side) sees: \(reason)")
+        #expect(reason.contains("unsuitable certificate purpose"))
+        #expect(reason.contains(usage))
+    }
+
     @Test("a certificate of the CA with serverAuth only cannot be a source")
     func serverOnlyCertificateIsNoSource() throws {
         let hosts = try NamedHosts.shared.get()
         let h = try Handshake(listener: hosts.dst, client: try Self.directory(extendedKeyUsage: "serverAuth", name: "srvonly"))
-        let serverError = try #require(h.serverError, "the listener accepted a serverAuth-only source: \(h.server)")
-        print("listener sees: \(serverError)")
-        guard case .handshakeFailed(_, let reason) = serverError else {
-            Issue.record("expected .handshakeFailed, got \(serverError)")
-            return
-        }
-        #expect(reason.contains("unsuitable certificate purpose"))
-        #expect(reason.contains("clientAuth for a source"))
+        Self.expectPurposeRefusal(h.serverError, "listener", needs: "clientAuth for a source")
         #expect(h.clientError != nil, "the source believes it was accepted")
     }
 
@@ -210,13 +214,6 @@ struct KeyUsageTests {
     func clientOnlyCertificateIsNoListener() throws {
         let hosts = try NamedHosts.shared.get()
         let h = try Handshake(listener: try Self.directory(extendedKeyUsage: "clientAuth", name: "clionly"), client: hosts.src)
-        let clientError = try #require(h.clientError, "the source accepted a clientAuth-only listener: \(h.client)")
-        print("source sees: \(clientError)")
-        guard case .handshakeFailed(_, let reason) = clientError else {
-            Issue.record("expected .handshakeFailed, got \(clientError)")
-            return
-        }
-        #expect(reason.contains("unsuitable certificate purpose"))
-        #expect(reason.contains("serverAuth for a listener"))
+        Self.expectPurposeRefusal(h.clientError, "source", needs: "serverAuth for a listener")
     }
 }
