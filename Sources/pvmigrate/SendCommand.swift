@@ -100,7 +100,6 @@ struct Send: ParsableCommand {
             "delta": .bool(!noDelta),
         ]
         if insecure {
-            Diagnostics.warn(Diagnostics.insecureWarning)
             arguments["insecure"] = true
         } else {
             // The VM's process may have another working directory: send an absolute path.
@@ -114,6 +113,8 @@ struct Send: ParsableCommand {
         if let maxTime { arguments["max_time_s"] = .double(maxTime) }
 
         let client = try target.connect()
+        // Once the VM is known to exist: the migration is about to start.
+        if insecure { Diagnostics.warn(Diagnostics.insecureWarning) }
         let vm = target.vm
         // Ctrl-C cancels the migration (the VM stays here) instead of leaving it running unseen.
         let interrupt = SignalWatcher(SIGINT, SIGTERM) {

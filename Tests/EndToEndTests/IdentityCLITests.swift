@@ -62,22 +62,24 @@ struct IdentityCLITests {
         #expect(try hosts.psNames("dst") == ["vm"], "\(listener.text)")
         #expect(listener.terminate() == 0, "\(listener.text)")
     }
+
+    @Test func sendInsecureWarnsThatTheMigrationIsUnauthenticatedAndUnencrypted() throws {
+        let hosts = try Hosts()
+        try hosts.startVM("vm")
+        // Nobody listens on that port: the migration fails after the warning, the VM stays.
+        let r = try hosts.run("src", ["send", "127.0.0.1:\(try ListenSendTests.freePort())", "vm", "--insecure"])
+        #expect(r.status != 0)
+        let lines = r.stderr.split(separator: "\n")
+        #expect(lines.first.map { $0.hasPrefix(IdentityWarningTests.insecureWarning) } == true, "\(r.stderr)")
+        #expect(lines.filter { $0.contains("warning:") }.count == 1, "one warning line: \(r.stderr)")
+        try expectRunsAtTheSource(hosts, "vm")
+    }
 }
 
 /// The one-line warnings of issue 9 item 6 and of the allow-source default (no guest needed).
 @Suite(.serialized)
 struct IdentityWarningTests {
     static let insecureWarning = "pvmigrate: warning: --insecure: this migration is unauthenticated and unencrypted"
-
-    @Test func sendInsecureWarnsThatTheMigrationIsUnauthenticatedAndUnencrypted() throws {
-        let hosts = try Hosts()
-        let r = try hosts.run("src", ["send", "127.0.0.1:1", "novm", "--insecure"])
-        // No VM of that name: the command fails, but only after the warning.
-        #expect(r.status != 0)
-        let lines = r.stderr.split(separator: "\n")
-        #expect(lines.first.map { $0.hasPrefix(Self.insecureWarning) } == true, "\(r.stderr)")
-        #expect(lines.filter { $0.contains("warning:") }.count == 1, "one warning line: \(r.stderr)")
-    }
 
     @Test func listenInsecureWarnsOnceAtStart() throws {
         let hosts = try Hosts()
