@@ -2,7 +2,8 @@
 # The main job: set the machine up, build pvmigrate, and migrate a running guest live over
 # mutual TLS on this machine with `pvmigrate demo`:
 #
-#   certificates for two hosts (src, dst) → a destination listener on a loopback port →
+#   certificates for two hosts (src; dst=127.0.0.1, the address dialed) → a destination
+#   listener on a loopback port that accepts only the source named src →
 #   the built-in guest booted with a workload that keeps dirtying memory (its console shown)
 #   → live migration with a progress line → the guest carrying on at the destination (console,
 #   page counter) → its own self-check of every page it wrote ("0 bad") → the statistics.

@@ -3,7 +3,9 @@
 # installs only what is missing and changes nothing otherwise.
 #
 #   - apt packages: libzstd-dev, libssl-dev (CZstd, COpenSSL) and pkg-config
-#     (SwiftPM finds libzstd through it); `apt-get update` runs once, and only
+#     (SwiftPM finds libzstd through it); openssl (the tool: tests read the
+#     certificates `certs init` writes with `openssl x509 -text`, and make
+#     certificates it never issues); `apt-get update` runs once, and only
 #     when something has to be installed.
 #   - a Swift toolchain on PATH (or in /opt/swift/usr/bin).
 #   - the Python package zstandard for the python3 on PATH (the conformance peer,
@@ -25,7 +27,7 @@ warn() {
 }
 
 # --- apt packages -----------------------------------------------------------
-packages=(libzstd-dev libssl-dev pkg-config)
+packages=(libzstd-dev libssl-dev pkg-config openssl)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for package in "${packages[@]}"; do

@@ -9,7 +9,7 @@ import Foundation
 ///
 /// The path is `$PVMIGRATE_RUNTIME_DIR` when set, else `/run/pvmigrate` when writable, else
 /// `$XDG_RUNTIME_DIR/pvmigrate`, else `/tmp/pvmigrate-<uid>`. Directories it creates are
-/// mode 0700.
+/// mode 0700; it refuses a directory (or `vms/`) that another user owns or may write to.
 public struct RuntimeDirectory: Sendable {
     public let path: String
     /// `$PVMIGRATE_TLS_DIR` when set, else `<path>/tls`: where `send` and `listen` look for
@@ -80,7 +80,7 @@ public struct RuntimeDirectory: Sendable {
     }
 
     /// Creates `dir` (and missing parents) mode 0700, or checks that the existing one is a
-    /// directory of ours we can write to.
+    /// directory of ours, writable by us and by nobody else (`checkOwnership`).
     private static func makeDirectory(_ dir: String) throws {
         if mkdir(dir, 0o700) != 0 {
             let code = errno
@@ -102,13 +102,30 @@ public struct RuntimeDirectory: Sendable {
             throw ControlError(.runtimeDirectory, "the runtime path \(dir) is not a directory; remove it or "
                 + "set PVMIGRATE_RUNTIME_DIR to another directory")
         }
-        guard info.st_uid == getuid() || getuid() == 0 else {
-            throw ControlError(.runtimeDirectory, "the runtime directory \(dir) belongs to another user; "
-                + "set PVMIGRATE_RUNTIME_DIR to a directory of yours")
-        }
+        try checkOwnership(dir, info)
         guard access(dir, W_OK | X_OK) == 0 else {
             throw ControlError(.runtimeDirectory, "cannot write to the runtime directory \(dir); "
                 + "set PVMIGRATE_RUNTIME_DIR to a directory you can write")
+        }
+    }
+
+    /// A directory whose control sockets we trust must be ours alone: owned by this process's
+    /// effective user (root included — root must not trust a directory another user made)
+    /// and writable by nobody else, or another local user could put a spoofed control socket
+    /// in it (one that answers `stop`, say) or delete ours (docs/security.md "Local users").
+    static func checkOwnership(_ dir: String, _ info: stat, user: uid_t = geteuid()) throws {
+        guard info.st_uid == user else {
+            throw ControlError(.runtimeDirectory, "the runtime directory \(dir) belongs to uid \(info.st_uid), not "
+                + "to this user (uid \(user)): another user could plant control sockets in it. Set "
+                + "PVMIGRATE_RUNTIME_DIR to a directory of yours, or, if it should be yours, "
+                + "`chown \(user) \(dir) && chmod 0700 \(dir)`")
+        }
+        let mode = info.st_mode & 0o7777
+        guard mode & (S_IWGRP | S_IWOTH) == 0 else {
+            throw ControlError(.runtimeDirectory, "the runtime directory \(dir) is writable by "
+                + "\(mode & S_IWOTH != 0 ? "every user" : "its group") (mode \(String(mode, radix: 8))): another "
+                + "user could plant control sockets in it. Run `chmod 0700 \(dir)`, or set "
+                + "PVMIGRATE_RUNTIME_DIR to a private directory")
         }
     }
 

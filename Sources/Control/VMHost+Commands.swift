@@ -172,7 +172,7 @@ extension VMHost {
         }
         let tls: TLSMode
         if let directory = parsed.tlsDirectory {
-            do { tls = .mutual(try TLSFiles(directory: directory)) } catch {
+            do { tls = .mutual(try TLSFiles(directory: directory, peerNames: PeerNames(server: parsed.peerName))) } catch {
                 reply.fail(error.description)
                 return
             }
@@ -206,12 +206,14 @@ extension VMHost {
 
 /// The `migrate` arguments (protocol.md §4), checked.
 struct MigrateArguments {
-    static let keys = ["destination", "tls_dir", "insecure", "downtime_ms", "bandwidth", "streams", "compression",
-                       "delta", "dirty_source", "max_time_s"]
+    static let keys = ["destination", "tls_dir", "insecure", "peer_name", "downtime_ms", "bandwidth", "streams",
+                       "compression", "delta", "dirty_source", "max_time_s"]
 
     var destination: Endpoint
     /// nil: plaintext (`insecure`).
     var tlsDirectory: String?
+    /// The name the destination's certificate must carry; nil: the host of `destination`.
+    var peerName: String?
     var options = MigrationOptions()
 
     init(_ a: [String: JSONValue], defaultTLSDirectory: String) throws(ControlError) {
@@ -236,6 +238,13 @@ struct MigrateArguments {
         if directory != nil, directory?.string == nil { throw bad("\"tls_dir\" must be a path") }
         if insecure, directory != nil { throw bad("\"tls_dir\" and \"insecure\" exclude each other") }
         tlsDirectory = insecure ? nil : directory?.string.map(RuntimeDirectory.absolute) ?? defaultTLSDirectory
+        if let value = a["peer_name"], value != .null {
+            guard let name = value.string, PeerNames.isValid(name) else {
+                throw bad("\"peer_name\" must be a DNS name or an IP address")
+            }
+            if insecure { throw bad("\"peer_name\" and \"insecure\" exclude each other: plaintext checks no names") }
+            peerName = name
+        }
         if let ms = try number("downtime_ms", 1...600_000) { options.downtimeTarget = ms / 1000 }
         if let b = try number("bandwidth", 0...1e13) { options.bandwidthLimit = b == 0 ? nil : b }
         if let n = try number("streams", 1...64) {

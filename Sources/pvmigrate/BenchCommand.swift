@@ -87,9 +87,11 @@ struct Bench: ParsableCommand {
         }
         let pki = FileManager.default.temporaryDirectory.appendingPathComponent("pvmigrate-bench-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: pki) }
-        try CertificateAuthority.initialize(directory: pki, hosts: ["src", "dst"])
+        // As `certs init --hosts src dst=127.0.0.1`, `listen --allow-source src`: the same name
+        // checks as between two hosts.
+        try CertificateAuthority.initialize(directory: pki, hosts: ["src", "dst=127.0.0.1"])
         let src = TLSMode.mutual(try TLSFiles(directory: pki + "/src"))
-        let dst = TLSMode.mutual(try TLSFiles(directory: pki + "/dst"))
+        let dst = TLSMode.mutual(try TLSFiles(directory: pki + "/dst", peerNames: PeerNames(clients: ["src"])))
         let selected = self.selected
         let runsPerCase = runs ?? (quick || (matrix && cases.isEmpty) ? 1 : Self.defaultRuns)
         let started = ContinuousClock.now

@@ -100,13 +100,14 @@ final class DemoRun: @unchecked Sendable {
     }
 
     private func steps() throws {
-        Self.step("1. certificates for two hosts (pvmigrate certs init --dir \(root)/pki --hosts src dst)")
-        try CertificateAuthority.initialize(directory: root + "/pki", hosts: ["src", "dst"])
-        Self.say("    CA \(root)/pki/ca.pem; src/ and dst/ each hold ca.pem, cert.pem, key.pem (0600)")
+        Self.step("1. certificates for two hosts (pvmigrate certs init --dir \(root)/pki --hosts src dst=127.0.0.1)")
+        try CertificateAuthority.initialize(directory: root + "/pki", hosts: ["src", "dst=127.0.0.1"])
+        Self.say("    CA \(root)/pki/ca.pem; src/ and dst/ each hold ca.pem, cert.pem, key.pem (0600); "
+            + "src's certificate names src, dst's names dst and 127.0.0.1 (the address the source dials)")
         let srcTLS = TLSMode.mutual(try TLSFiles(directory: root + "/pki/src"))
-        let dstTLS = TLSMode.mutual(try TLSFiles(directory: root + "/pki/dst"))
+        let dstTLS = TLSMode.mutual(try TLSFiles(directory: root + "/pki/dst", peerNames: PeerNames(clients: ["src"])))
 
-        Self.step("2. the destination: pvmigrate listen, mutual TLS, on a loopback port")
+        Self.step("2. the destination: pvmigrate listen --allow-source src, mutual TLS, on a loopback port")
         var options = ReceiverOptions()
         let arrival = self.arrival
         arrival.runtime = runtime

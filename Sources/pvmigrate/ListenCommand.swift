@@ -11,7 +11,8 @@ struct Listen: ParsableCommand {
         abstract: "Receive migrating VMs (the destination daemon).",
         discussion: """
             Accepts migrations from peers that present a certificate from this host's CA (mutual \
-            TLS; `pvmigrate certs init` makes them). Each arriving VM keeps the name it had at the \
+            TLS; `pvmigrate certs init` makes them) and, with --allow-source, whose certificate \
+            carries one of the allowed names (docs/security.md). Each arriving VM keeps the name it had at the \
             source (with -2, -3, … appended when that name is taken here) and gets a control socket \
             in this host's runtime directory, so `pvmigrate ps`, `status` and `console` show it. \
             Several migrations may arrive at once.
@@ -31,6 +32,11 @@ struct Listen: ParsableCommand {
     @Flag(name: .long, help: "Accept plaintext connections (no TLS, no authentication): trusted networks only.")
     var insecure = false
 
+    @Option(name: .customLong("allow-source"),
+            help: ArgumentHelp("Accept VMs only from sources whose certificate carries this name (repeatable, "
+                + "or a comma list; default: any certificate of the CA, with a warning).", valueName: "name"))
+    var allowSource: [String] = []
+
     @Option(name: .customLong("max-memory"), help: "Largest VM this host accepts, e.g. 16G.")
     var maxMemory: MemorySize = MemorySize(argument: "64G")!
 
@@ -47,6 +53,13 @@ struct Listen: ParsableCommand {
         if insecure, tlsDirectory != nil { throw ValidationError("--insecure and --tls-dir exclude each other") }
         guard (1...64).contains(maxStreams) else { throw ValidationError("--max-streams must be 1–64") }
         _ = try Self.capabilities(accept)
+        allowSource = allowSource.flatMap { $0.split(separator: ",").map(String.init) }
+        if insecure, !allowSource.isEmpty {
+            throw ValidationError("--insecure and --allow-source exclude each other: plaintext checks no names")
+        }
+        if let bad = allowSource.first(where: { !PeerNames.isValid($0) }) {
+            throw ValidationError("--allow-source \"\(bad)\" is not a DNS name or an IP address")
+        }
     }
 
     static func capabilities(_ list: String) throws -> Capabilities {
@@ -70,9 +83,16 @@ struct Listen: ParsableCommand {
         }
         let tls: TLSMode
         if insecure {
+            Diagnostics.warn(Diagnostics.insecureWarning)
             tls = .insecure
         } else {
-            tls = try ListenTLS.load(tlsDirectory ?? runtime.defaultTLSDirectory, explicit: tlsDirectory != nil)
+            let sources = allowSource.isEmpty ? nil : allowSource
+            tls = try ListenTLS.load(tlsDirectory ?? runtime.defaultTLSDirectory, explicit: tlsDirectory != nil,
+                                     allowedSources: sources)
+            if sources == nil {
+                Diagnostics.warn("accepting VMs from any host holding a certificate of this CA; "
+                    + "name the hosts that may send here with --allow-source NAME")
+            }
         }
         let log = ListenLog(json: json)
         let daemon = ListenDaemon(runtime: runtime, log: log)
@@ -91,6 +111,7 @@ struct Listen: ParsableCommand {
         listener.serve(onArrival: { daemon.arrived($0) }, onFailure: { daemon.failed($0) })
         let shown = ListenAddress(host: address.host, port: listener.port)
         log.event("listening", ["address": "\(shown)", "tls": insecure ? "off (plaintext)" : "mutual",
+                                "sources": allowSource.isEmpty ? "any" : allowSource.joined(separator: ","),
                                 "runtime": runtime.path],
                   text: "listening on \(shown) (\(insecure ? "PLAINTEXT, no authentication" : "mutual TLS")); "
                       + "VMs that arrive are served in \(runtime.path)")
@@ -127,15 +148,17 @@ struct ListenAddress: ExpressibleByArgument, CustomStringConvertible, Sendable {
 
 /// The listener's TLS directory, with a one-line error that says how to make one when it is missing.
 enum ListenTLS {
-    static func load(_ directory: String, explicit: Bool) throws -> TLSMode {
+    static func load(_ directory: String, explicit: Bool, allowedSources: [String]?) throws -> TLSMode {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
             let hint = explicit ? "" : " (the default: set PVMIGRATE_TLS_DIR or pass --tls-dir to use another)"
             throw Diagnostics.fail(ValidationError(
                 "no TLS directory at \(directory)\(hint); create certificates with `pvmigrate certs init --dir DIR "
-                    + "--hosts <this host> <peers>` and copy DIR/<this host> there, or pass --insecure for plaintext"))
+                    + "--hosts <this host>=<its address> <peers>` and copy DIR/<this host> there, or pass --insecure for plaintext"))
         }
-        do { return .mutual(try TLSFiles(directory: directory)) } catch { throw Diagnostics.fail(error) }
+        do { return .mutual(try TLSFiles(directory: directory, peerNames: PeerNames(clients: allowedSources))) } catch {
+            throw Diagnostics.fail(error)
+        }
     }
 }
 

@@ -13,7 +13,9 @@ struct Send: ParsableCommand {
             VM runs at the destination and is gone here; on any failure (or Ctrl-C, which cancels)
             it keeps running here.
             TLS: the directory holds ca.pem, cert.pem and key.pem (`pvmigrate certs init`); by
-            default $PVMIGRATE_TLS_DIR, else <runtime directory>/tls.
+            default $PVMIGRATE_TLS_DIR, else <runtime directory>/tls. The destination's certificate
+            must name the host dialed (DNS name or IP address), or --peer-name when given
+            (docs/security.md).
             """)
 
     @Argument(help: "The destination, HOST:PORT (e.g. 10.0.0.2:7070, [::1]:7070).", transform: Endpoint.argument)
@@ -43,6 +45,10 @@ struct Send: ParsableCommand {
     @Option(name: .customLong("tls-dir"), help: "The TLS directory (default: $PVMIGRATE_TLS_DIR, else <runtime>/tls).")
     var tlsDirectory: String?
 
+    @Option(name: .customLong("peer-name"),
+            help: "The name the destination's certificate must carry (default: the host dialed).")
+    var peerName: String?
+
     @Flag(name: .long, help: "Plain TCP without TLS (the listener must be --insecure too).")
     var insecure = false
 
@@ -66,6 +72,12 @@ struct Send: ParsableCommand {
     mutating func validate() throws {
         if insecure, tlsDirectory != nil {
             throw ValidationError("--insecure and --tls-dir exclude each other: choose plain TCP or a TLS directory")
+        }
+        if insecure, peerName != nil {
+            throw ValidationError("--insecure and --peer-name exclude each other: plaintext checks no names")
+        }
+        if let peerName, !PeerNames.isValid(peerName) {
+            throw ValidationError("--peer-name must be a DNS name or an IP address, as the certificate carries it")
         }
         guard downtimeMilliseconds > 0, downtimeMilliseconds <= 600_000 else {
             throw ValidationError("--downtime-ms must be from 1 to 600000")
@@ -93,6 +105,7 @@ struct Send: ParsableCommand {
             // The VM's process may have another working directory: send an absolute path.
             arguments["tls_dir"] = .string(absolute(tlsDirectory ?? runtime.defaultTLSDirectory))
         }
+        if let peerName { arguments["peer_name"] = .string(peerName) }
         if let bandwidth { arguments["bandwidth"] = .double(bandwidth.bytesPerSecond) }
         if let streams { arguments["streams"] = JSONValue(streams) }
         if let compression { arguments["compression"] = JSONValue(compression == "off" ? 0 : Int(compression)!) }
@@ -100,6 +113,8 @@ struct Send: ParsableCommand {
         if let maxTime { arguments["max_time_s"] = .double(maxTime) }
 
         let client = try target.connect()
+        // Once the VM is known to exist: the migration is about to start.
+        if insecure { Diagnostics.warn(Diagnostics.insecureWarning) }
         let vm = target.vm
         // Ctrl-C cancels the migration (the VM stays here) instead of leaving it running unseen.
         let interrupt = SignalWatcher(SIGINT, SIGTERM) {

@@ -15,6 +15,16 @@ enum Diagnostics {
         FileHandle.standardError.write(Data("pvmigrate: \(message)\n".utf8))
     }
 
+    /// A one-line warning: something works, but not as safely as it could.
+    static func warn(_ message: String) {
+        FileHandle.standardError.write(Data("pvmigrate: warning: \(message)\n".utf8))
+    }
+
+    /// What `send --insecure` and `listen --insecure` warn about (docs/security.md).
+    static let insecureWarning = "--insecure: this migration is unauthenticated and unencrypted — anyone on the "
+        + "network path can read the VM's memory, alter it, or pose as the peer; use it only on a trusted "
+        + "network, or drop --insecure to use mutual TLS"
+
     /// A one-line error for people, as an ArgumentParser exit.
     static func fail(_ error: any Error) -> any Error {
         FileHandle.standardError.write(Data("pvmigrate: error: \(error)\n".utf8))

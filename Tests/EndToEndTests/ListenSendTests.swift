@@ -50,14 +50,13 @@ extension EndToEnd {
             var stdout: String { condition.withLock { String(decoding: out, as: UTF8.self) } }
             var text: String { condition.withLock { String(decoding: out + err, as: UTF8.self) } }
 
-            /// Waits until standard output contains `text`.
-            func wait(for text: String, timeout: Double = Wait.hangBound) -> Bool {
+            /// Waits until standard output (or, with `orStandardError`, either stream) contains `text`.
+            func wait(for text: String, orStandardError: Bool = false, timeout: Double = Wait.hangBound) -> Bool {
                 let deadline = Date(timeIntervalSinceNow: timeout)
                 return condition.withLock {
-                    while !String(decoding: out, as: UTF8.self).contains(text) {
-                        if !process.isRunning || !condition.wait(until: deadline) {
-                            return String(decoding: out, as: UTF8.self).contains(text)
-                        }
+                    func seen() -> Bool { String(decoding: orStandardError ? out + err : out, as: UTF8.self).contains(text) }
+                    while !seen() {
+                        if !process.isRunning || !condition.wait(until: deadline) { return seen() }
                     }
                     return true
                 }
@@ -122,8 +121,8 @@ extension EndToEnd {
 
             /// Starts `listen` on the destination on an ephemeral loopback port (chosen by the
             /// listener itself, so no other test can take it first); returns the port it printed.
-            func listen(tlsDir: String) throws -> (Background, UInt16) {
-                let l = try Background(["listen", "--address", "127.0.0.1:0", "--tls-dir", "\(root)/\(tlsDir)"],
+            func listen(tlsDir: String, _ extra: [String] = []) throws -> (Background, UInt16) {
+                let l = try Background(["listen", "--address", "127.0.0.1:0", "--tls-dir", "\(root)/\(tlsDir)"] + extra,
                                        environment: environment("dst"))
                 listeners.append(l)
                 func line() -> Substring? { // only complete lines: the port must be whole
@@ -144,8 +143,9 @@ extension EndToEnd {
                 #expect(r.status == 0, "run --detach failed: \(r.text)")
             }
 
-            func send(_ name: String, port: UInt16, tlsDir: String) throws -> CommandOutput {
-                try run("src", ["send", "127.0.0.1:\(port)", name, "--tls-dir", "\(root)/\(tlsDir)", "--max-time", "60"], timeout: 120)
+            func send(_ name: String, port: UInt16, tlsDir: String, _ extra: [String] = []) throws -> CommandOutput {
+                try run("src", ["send", "127.0.0.1:\(port)", name, "--tls-dir", "\(root)/\(tlsDir)", "--max-time", "60"] + extra,
+                        timeout: 120)
             }
 
             /// `status NAME --json` on `side`, or nil when it fails (no such VM).
@@ -165,9 +165,12 @@ extension EndToEnd {
 
         @Test func certsInitWritesACAAndPerHostDirectoriesWithPrivateKeys() throws {
             let hosts = try Hosts()
-            let r = try hosts.run("src", ["certs", "init", "--dir", "\(hosts.root)/pki", "--hosts", "src", "dst"])
+            let r = try hosts.run("src", ["certs", "init", "--dir", "\(hosts.root)/pki", "--hosts", "src", "dst=192.0.2.10,dst.example"])
             #expect(r.status == 0, "\(r.text)")
             #expect(r.stdout.contains("\(hosts.root)/pki/src"), "\(r.stdout)")
+            #expect(r.stdout.contains("/pki/dst/ca.pem cert.pem key.pem (names: dst, 192.0.2.10, dst.example)"), "\(r.stdout)")
+            let bad = try hosts.run("src", ["certs", "init", "--dir", "\(hosts.root)/pki", "--hosts", "dst=IP:192.0.2.10"])
+            #expect(bad.status != 0 && bad.stderr.contains("not a usable host name"), "\(bad.text)")
             func mode(_ path: String) throws -> Int {
                 let attributes = try FileManager.default.attributesOfItem(atPath: path)
                 return try #require(attributes[.posixPermissions] as? Int)
@@ -191,7 +194,7 @@ extension EndToEnd {
 
         @Test func sentVMRunsAtTheListenerAndIsGoneAtTheSource() throws {
             let hosts = try Hosts()
-            try hosts.certs("pki", hosts: ["src", "dst"])
+            try hosts.certs("pki", hosts: ["src", "dst=127.0.0.1"])
             let (listener, port) = try hosts.listen(tlsDir: "pki/dst")
             try hosts.startVM("vm")
 
@@ -217,7 +220,7 @@ extension EndToEnd {
         @Test func sendToAListenerOfAnotherCAFailsAndTheVMKeepsRunningAtTheSource() throws {
             let hosts = try Hosts()
             try hosts.certs("pki", hosts: ["src"])
-            try hosts.certs("other", hosts: ["dst"])
+            try hosts.certs("other", hosts: ["dst=127.0.0.1"])
             let (listener, port) = try hosts.listen(tlsDir: "other/dst")
             try hosts.startVM("vm")
             let before = try #require(try hosts.status("src", "vm"))["pv"]?["pages_written"]?.uint64 ?? 0
@@ -239,7 +242,7 @@ extension EndToEnd {
 
         @Test func twoMigrationsIntoOneListenerAtOnceBothSucceed() throws {
             let hosts = try Hosts()
-            try hosts.certs("pki", hosts: ["src", "dst"])
+            try hosts.certs("pki", hosts: ["src", "dst=127.0.0.1"])
             let (listener, port) = try hosts.listen(tlsDir: "pki/dst")
             try hosts.startVM("a")
             try hosts.startVM("b")

@@ -12,8 +12,8 @@ extension EndToEnd {
         static let pki: (dir: String, src: TLSMode, dst: TLSMode, evil: TLSMode) = {
             let dir = NSTemporaryDirectory() + "pvmigrate-test-pki-\(getpid())"
             let other = dir + "-other"
-            try! CertificateAuthority.initialize(directory: dir, hosts: ["src", "dst"])
-            try! CertificateAuthority.initialize(directory: other, hosts: ["evil"])
+        try! CertificateAuthority.initialize(directory: dir, hosts: ["src", "dst=127.0.0.1"])
+        try! CertificateAuthority.initialize(directory: other, hosts: ["evil=127.0.0.1"])
             return (dir, .mutual(try! TLSFiles(directory: dir + "/src")), .mutual(try! TLSFiles(directory: dir + "/dst")),
                     .mutual(try! TLSFiles(directory: other + "/evil")))
         }()

@@ -39,31 +39,86 @@ struct CertificateTests {
         #expect(!FileManager.default.fileExists(atPath: "\(root)/ca.key.tmp"))
     }
 
-    @Test("host certificates: CN, SANs with loopback (and IP:H for an address), both EKUs, P-256, 10 years")
+    @Test("host certificates: CN, exactly the names asked for, digitalSignature, both EKUs, P-256, 10 years")
     func hostCertificateContents() throws {
         let root = makeTemporaryDirectory("certs")
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try CertificateAuthority.initialize(directory: root, hosts: ["dst.example", "10.0.0.2"])
+        let written = try CertificateAuthority.initialize(
+            directory: root, hosts: ["dst.example", "10.0.0.2", "dst=192.0.2.10,dst.example,2001:db8::1"])
+        #expect(written == ["\(root)/dst.example", "\(root)/10.0.0.2", "\(root)/dst"])
         let ca = try CertificateAuthority.summary(ofCertificateAt: "\(root)/ca.pem")
         #expect(ca.isCA)
         #expect(ca.subject == ca.issuer)
         #expect(ca.subject.contains("CN = pvmigrate CA "))
 
+        // A bare name: that DNS name and nothing else (no localhost, no 127.0.0.1).
         let named = try CertificateAuthority.summary(ofCertificateAt: "\(root)/dst.example/cert.pem")
         #expect(!named.isCA)
         #expect(named.subject.contains("CN = dst.example"))
         #expect(named.issuer == ca.subject)
-        #expect(named.subjectAltNames == "DNS:dst.example, DNS:localhost, IP Address:127.0.0.1")
-        #expect(named.extendedKeyUsage.contains("TLS Web Server Authentication"))
-        #expect(named.extendedKeyUsage.contains("TLS Web Client Authentication"))
+        #expect(named.subjectAltNames == "DNS:dst.example")
+        #expect(named.keyUsage == "Digital Signature")
+        #expect(named.extendedKeyUsage == "TLS Web Server Authentication, TLS Web Client Authentication")
         #expect(named.keyType == "EC 256")
         #expect((3649...3650).contains(named.daysValid), "valid for \(named.daysValid) days")
 
+        // A bare address: that IP address only.
         let address = try CertificateAuthority.summary(ofCertificateAt: "\(root)/10.0.0.2/cert.pem")
-        #expect(address.subjectAltNames == "DNS:10.0.0.2, IP Address:10.0.0.2, DNS:localhost, IP Address:127.0.0.1")
+        #expect(address.subjectAltNames == "IP Address:10.0.0.2")
         #expect(address.serialHex.count == 32)
         #expect(address.serialHex != named.serialHex)
         #expect(address.serialHex != ca.serialHex)
+
+        // NAME=extras: the name, then each extra as DNS or IP, in order.
+        let listed = try CertificateAuthority.summary(ofCertificateAt: "\(root)/dst/cert.pem")
+        #expect(listed.subject.contains("CN = dst"))
+        #expect(listed.subjectAltNames == "DNS:dst, IP Address:192.0.2.10, DNS:dst.example, IP Address:2001:DB8:0:0:0:0:0:1")
+    }
+
+    @Test("openssl x509 -text agrees: only the names asked for, critical digitalSignature, serverAuth+clientAuth")
+    func opensslToolSeesOnlyTheAskedNames() throws {
+        let openssl = "/usr/bin/openssl"
+        try #require(FileManager.default.isExecutableFile(atPath: openssl), "needs the openssl tool (apt: openssl)")
+        let root = makeTemporaryDirectory("certs")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try CertificateAuthority.initialize(directory: root, hosts: ["dst=192.0.2.10,dst.example", "src"])
+        func text(_ host: String) throws -> String {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: openssl)
+            process.arguments = ["x509", "-in", "\(root)/\(host)/cert.pem", "-noout", "-text"]
+            let out = Pipe()
+            process.standardOutput = out
+            try process.run()
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0)
+            return String(decoding: data, as: UTF8.self)
+        }
+        /// The line after `heading` in the text, trimmed.
+        func field(_ text: String, _ heading: String) -> String? {
+            let lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            return lines.firstIndex { $0.hasPrefix(heading) }.map { lines[$0 + 1] }
+        }
+        let dst = try text("dst")
+        #expect(field(dst, "X509v3 Subject Alternative Name") == "DNS:dst, IP Address:192.0.2.10, DNS:dst.example")
+        #expect(field(dst, "X509v3 Key Usage: critical") == "Digital Signature")
+        #expect(field(dst, "X509v3 Extended Key Usage") == "TLS Web Server Authentication, TLS Web Client Authentication")
+        #expect(field(dst, "X509v3 Basic Constraints: critical") == "CA:FALSE")
+        let src = try text("src")
+        #expect(field(src, "X509v3 Subject Alternative Name") == "DNS:src")
+        for certificate in [dst, src] {
+            #expect(!certificate.contains("localhost"))
+            #expect(!certificate.contains("127.0.0.1"))
+        }
+    }
+
+    @Test("host specs parse into the directory name and the certificate's names")
+    func hostSpecsParse() throws {
+        let spec = try CertificateAuthority.HostSpec(parsing: "dst=192.0.2.10,dst.example,dst")
+        #expect(spec.name == "dst")
+        #expect(spec.names == ["dst", "192.0.2.10", "dst.example"])
+        #expect(try CertificateAuthority.HostSpec(parsing: "src").names == ["src"])
+        #expect(try CertificateAuthority.HostSpec(parsing: "::1").names == ["::1"])
     }
 
     @Test("re-running init reuses the existing CA and issues the new hosts under it")
@@ -103,7 +158,8 @@ struct CertificateTests {
     }
 
     @Test("host names that cannot be a directory or a SAN are refused before anything is written",
-          arguments: ["", "a/b", "..", "a,b", "host name", "evil,IP:1.2.3.4"])
+          arguments: ["", "a/b", "..", "a,b", "host name", "evil,IP:1.2.3.4", "dst=IP:1.2.3.4", "dst=",
+                      "dst=a,,b", "*.example", "dst=*.example", "=192.0.2.1"])
     func badHostNamesAreRefused(host: String) throws {
         let root = makeTemporaryDirectory("certs")
         defer { try? FileManager.default.removeItem(atPath: root) }

@@ -24,8 +24,8 @@ struct TLSFixture: Sendable {
     private init() throws {
         let good = makeTemporaryDirectory("tls-good")
         let other = makeTemporaryDirectory("tls-other")
-        try CertificateAuthority.initialize(directory: good, hosts: ["src", "dst"])
-        try CertificateAuthority.initialize(directory: other, hosts: ["rogue"])
+        try CertificateAuthority.initialize(directory: good, hosts: ["src", "dst=127.0.0.1"])
+        try CertificateAuthority.initialize(directory: other, hosts: ["rogue=127.0.0.1"])
         let impostor = "\(other)/impostor"
         try FileManager.default.createDirectory(atPath: impostor, withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: "\(good)/ca.pem", toPath: "\(impostor)/ca.pem")

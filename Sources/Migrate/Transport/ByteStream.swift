@@ -25,21 +25,26 @@ public struct TLSFiles: Sendable {
     static let fileNames = ["ca.pem", "cert.pem", "key.pem"]
 
     public let directory: String
+    /// Which names the peer's certificate must carry (docs/security.md "Names").
+    public let peerNames: PeerNames
     /// The OpenSSL client and server contexts built from the files.
     let contexts: TLSContexts
 
     /// Checks that DIR/ca.pem, DIR/cert.pem and DIR/key.pem exist and are
-    /// readable, then loads them.
+    /// readable, then loads them. `peerNames` is the name policy of every
+    /// stream opened with this value.
     /// - Throws: `.certificate` naming the missing or unusable file.
-    public init(directory: String) throws(TransportError) {
-        try self.init(directory: directory, verifyingOwnCertificate: true)
+    public init(directory: String, peerNames: PeerNames = .default) throws(TransportError) {
+        try self.init(directory: directory, peerNames: peerNames, verifyingOwnCertificate: true)
     }
 
     /// `verifyingOwnCertificate: false` skips the check that cert.pem is valid
     /// under ca.pem (tests use it to build a client that trusts our CA but
     /// presents another CA's certificate).
-    init(directory: String, verifyingOwnCertificate: Bool) throws(TransportError) {
+    init(directory: String, peerNames: PeerNames = .default,
+         verifyingOwnCertificate: Bool) throws(TransportError) {
         self.directory = directory
+        self.peerNames = peerNames
         for name in Self.fileNames {
             let path = Self.join(directory, name)
             // Sound: `path` is a NUL-terminated copy for the duration of the call.
@@ -55,11 +60,62 @@ public struct TLSFiles: Sendable {
             caFile: Self.join(directory, "ca.pem"),
             certificateFile: Self.join(directory, "cert.pem"),
             keyFile: Self.join(directory, "key.pem"),
+            names: peerNames,
             verifyingOwnCertificate: verifyingOwnCertificate)
     }
 
     static func join(_ directory: String, _ name: String) -> String {
         directory.hasSuffix("/") ? directory + name : directory + "/" + name
+    }
+}
+
+/// Which certificate names a TLS peer must present, beyond a valid chain to
+/// the CA (docs/security.md "Names"). A name is a DNS name or an IP address
+/// and matches a subjectAltName entry of that kind (never the CN; no
+/// wildcards are issued).
+public struct PeerNames: Sendable, Equatable {
+    /// Connecting (`send --peer-name`): the listener's certificate must carry
+    /// this name. nil: the host that was dialed.
+    public let server: String?
+    /// Listening (`listen --allow-source`): a source's certificate must carry
+    /// one of these names. nil: any certificate of the CA.
+    public let clients: [String]?
+
+    /// The defaults: the listener must carry the host dialed; any source of the CA is accepted.
+    public static let `default` = PeerNames(checked: nil, nil)
+
+    private init(checked server: String?, _ clients: [String]?) {
+        self.server = server
+        self.clients = clients
+    }
+
+    /// - Throws: `.certificate` naming a value that is neither a DNS name nor an address.
+    public init(server: String? = nil, clients: [String]? = nil) throws(TransportError) {
+        for name in (server.map { [$0] } ?? []) + (clients ?? []) where !Self.isValid(name) {
+            throw .certificate("\"\(name)\" is not a certificate name: give a DNS name (letters, digits, "
+                + "'.', '-', '_') or an IPv4/IPv6 address, as `pvmigrate certs init --hosts` issued it")
+        }
+        if let clients, clients.isEmpty {
+            throw .certificate("an empty list of allowed sources would refuse every source; name at least one")
+        }
+        self.init(checked: server, clients)
+    }
+
+    /// A DNS name (1–253 of `[A-Za-z0-9._-]`, not starting with '.' or '-')
+    /// or an IPv4/IPv6 address literal.
+    public static func isValid(_ name: String) -> Bool {
+        if Socket.isAddressLiteral(name) { return true }
+        let allowed = name.utf8.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "-"), UInt8(ascii: "_"):
+                return true
+            default:
+                return false
+            }
+        }
+        guard let first = name.utf8.first else { return false }
+        return allowed && name.utf8.count <= 253 && first != UInt8(ascii: ".") && first != UInt8(ascii: "-")
     }
 }
 

@@ -13,30 +13,35 @@ public enum CertificateAuthority {
     static let validityDays = 3650
 
     /// Creates DIR/ca.pem + DIR/ca.key (key mode 0600) unless they exist (then reuses that CA),
-    /// and for each host H: DIR/H/ca.pem (copy of the CA cert), DIR/H/cert.pem (signed by the CA,
-    /// subjectAltName DNS:H and, when H is an IP literal, IP:H; plus DNS:localhost and IP:127.0.0.1
-    /// so loopback works), DIR/H/key.pem (0600). EC P-256 keys, SHA-256, validity 10 years,
-    /// serial random, extKeyUsage serverAuth+clientAuth. Returns the host directories written.
+    /// and for each host spec (see `HostSpec`: `NAME[=NAME|ADDRESS,…]`) DIR/NAME/ca.pem (copy of
+    /// the CA cert), DIR/NAME/cert.pem and DIR/NAME/key.pem (0600). The certificate carries
+    /// exactly the names asked for in its subjectAltName — NAME and the extras, each as DNS:
+    /// or, for an address literal, IP: — and nothing implicit (no localhost, no 127.0.0.1).
+    /// EC P-256 keys, SHA-256, validity 10 years, random serial, keyUsage digitalSignature,
+    /// extKeyUsage serverAuth+clientAuth (one certificate per host: a host both receives and
+    /// sends; docs/security.md "Certificates"). Returns the host directories written.
     ///
-    /// A host's existing directory is overwritten with a new key and certificate.
+    /// Every spec is checked before anything is written. A host's existing directory is
+    /// overwritten with a new key and certificate.
     @discardableResult
     public static func initialize(directory: String, hosts: [String]) throws(TransportError) -> [String] {
-        for host in hosts { try validate(host: host) }
+        var specs: [HostSpec] = []
+        for host in hosts { specs.append(try HostSpec(parsing: host)) }
         try FileIO.makeDirectory(directory, mode: 0o755)
         let (caCertificate, caKey) = try loadOrCreateCA(directory: directory)
         let caPEM = try pem(certificate: caCertificate.pointer)
         var written: [String] = []
-        for host in hosts {
-            let hostDirectory = TLSFiles.join(directory, host)
+        for spec in specs {
+            let hostDirectory = TLSFiles.join(directory, spec.name)
             try FileIO.makeDirectory(hostDirectory, mode: 0o755)
             let key = try generateKey()
             let certificate = try issue(
-                commonName: host, subjectKey: key, issuer: (caCertificate, caKey),
+                commonName: spec.name, subjectKey: key, issuer: (caCertificate, caKey),
                 extensions: [
                     (NID_basic_constraints, "critical,CA:FALSE"),
                     (NID_key_usage, "critical,digitalSignature"),
                     (NID_ext_key_usage, "serverAuth,clientAuth"),
-                    (NID_subject_alt_name, subjectAltNames(host: host)),
+                    (NID_subject_alt_name, spec.subjectAltNames),
                     (NID_subject_key_identifier, "hash"),
                     (NID_authority_key_identifier, "keyid:always"),
                 ])
@@ -50,32 +55,42 @@ public enum CertificateAuthority {
 
     // MARK: Hosts
 
-    /// A host name becomes a directory name and a subjectAltName value.
-    private static func validate(host: String) throws(TransportError) {
-        let allowed = host.utf8.allSatisfy { byte in
-            switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "-"),
-                 UInt8(ascii: "_"), UInt8(ascii: ":"):
-                return true
-            default:
-                return false
-            }
-        }
-        guard !host.isEmpty, host.utf8.count <= 253, allowed, host != ".", host != ".." else {
-            throw .certificate("\"\(host)\" is not a usable host name for a certificate; use the host's "
-                + "DNS name or IP address (letters, digits, '.', '-', '_', ':')")
-        }
-    }
+    /// One host of `certs init --hosts`: `NAME[=NAME|ADDRESS[,NAME|ADDRESS…]]`, e.g. `src`,
+    /// `dst=192.0.2.10,dst.example`. NAME names the host's directory and its certificate's
+    /// CN, and is its first subjectAltName; the extras after `=` are the other names and
+    /// addresses its certificate carries (the ones peers dial, or list in --allow-source).
+    public struct HostSpec: Equatable, Sendable {
+        /// The directory name and CN.
+        public let name: String
+        /// Every name and address in the certificate, `name` first, without duplicates.
+        public let names: [String]
 
-    /// DNS:H, IP:H for an address literal, and the loopback names.
-    static func subjectAltNames(host: String) -> String {
-        var names = ["DNS:\(host)"]
-        if Socket.isAddressLiteral(host) { names.append("IP:\(host)") }
-        for loopback in ["DNS:localhost", "IP:127.0.0.1"] where !names.contains(loopback) {
-            names.append(loopback)
+        public init(parsing spec: String) throws(TransportError) {
+            let parts = spec.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            let name = parts[0]
+            guard PeerNames.isValid(name) else { throw Self.unusable(name, in: spec) }
+            var names = [name]
+            if parts.count == 2 {
+                let extras = parts[1].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+                for extra in extras {
+                    guard PeerNames.isValid(extra) else { throw Self.unusable(extra, in: spec) }
+                    if !names.contains(extra) { names.append(extra) }
+                }
+            }
+            self.name = name
+            self.names = names
         }
-        return names.joined(separator: ",")
+
+        /// The subjectAltName value: DNS:N for a name, IP:A for an address literal.
+        var subjectAltNames: String {
+            names.map { Socket.isAddressLiteral($0) ? "IP:\($0)" : "DNS:\($0)" }.joined(separator: ",")
+        }
+
+        private static func unusable(_ part: String, in spec: String) -> TransportError {
+            .certificate("\"\(part)\" in \"\(spec)\" is not a usable host name for a certificate; give each "
+                + "host as NAME or NAME=NAME|ADDRESS,… — a DNS name (letters, digits, '.', '-', '_') or an "
+                + "IPv4/IPv6 address, e.g. dst=192.0.2.10,dst.example")
+        }
     }
 
     // MARK: The CA
@@ -247,8 +262,10 @@ public enum CertificateAuthority {
     struct Summary: Equatable {
         var subject: String
         var issuer: String
-        /// e.g. "DNS:dst, DNS:localhost, IP Address:127.0.0.1"
+        /// e.g. "DNS:dst, IP Address:192.0.2.10"
         var subjectAltNames: String
+        /// e.g. "Digital Signature" (critical)
+        var keyUsage: String
         /// e.g. "TLS Web Server Authentication, TLS Web Client Authentication"
         var extendedKeyUsage: String
         var isCA: Bool
@@ -257,20 +274,36 @@ public enum CertificateAuthority {
         var keyType: String
     }
 
+    /// The names a certificate carries, for messages: "DNS:dst, IP Address:192.0.2.10 (CN=dst)";
+    /// "no subjectAltName (CN=x)" when it has none.
+    static func namesText(ofCertificate certificate: OpaquePointer) -> String {
+        let alternatives = extensionText(certificate, nid: NID_subject_alt_name)
+        var common = [CChar](repeating: 0, count: 256)
+        // Sound: writes at most common.count bytes, NUL-terminated.
+        let length = X509_NAME_get_text_by_NID(X509_get_subject_name(certificate), NID_commonName,
+                                               &common, Int32(common.count))
+        let cn = length > 0 ? cString(common) : "none"
+        return "\(alternatives.isEmpty ? "no subjectAltName" : alternatives) (CN=\(cn))"
+    }
+
+    /// The text OpenSSL prints for extension `nid` of `certificate` ("" when absent).
+    static func extensionText(_ certificate: OpaquePointer, nid: Int32) -> String {
+        let index = X509_get_ext_by_NID(certificate, nid, -1)
+        guard index >= 0, let ext = X509_get_ext(certificate, index) else { return "" }
+        return (try? withMemoryBIO { bio in X509V3_EXT_print(bio, ext, 0, 0) == 1 })
+            .map { String(decoding: $0, as: UTF8.self) } ?? ""
+    }
+
+    private static func nameText(_ name: OpaquePointer?) -> String {
+        (try? withMemoryBIO { bio in X509_NAME_print_ex(bio, name, 0, COpenSSL_XN_FLAG_ONELINE) >= 0 })
+            .map { String(decoding: $0, as: UTF8.self) } ?? ""
+    }
+
     /// Reads and describes the PEM certificate at `path`.
     static func summary(ofCertificateAt path: String) throws(TransportError) -> Summary {
         let certificate = try readCertificate(path)
         let raw = certificate.pointer
-        func name(_ name: OpaquePointer?) -> String {
-            (try? withMemoryBIO { bio in X509_NAME_print_ex(bio, name, 0, COpenSSL_XN_FLAG_ONELINE) >= 0 })
-                .map { String(decoding: $0, as: UTF8.self) } ?? ""
-        }
-        func extensionText(_ nid: Int32) -> String {
-            let index = X509_get_ext_by_NID(raw, nid, -1)
-            guard index >= 0, let ext = X509_get_ext(raw, index) else { return "" }
-            return (try? withMemoryBIO { bio in X509V3_EXT_print(bio, ext, 0, 0) == 1 })
-                .map { String(decoding: $0, as: UTF8.self) } ?? ""
-        }
+        func extensionText(_ nid: Int32) -> String { Self.extensionText(raw, nid: nid) }
         var days: Int32 = 0
         var seconds: Int32 = 0
         _ = ASN1_TIME_diff(&days, &seconds, nil, X509_getm_notAfter(raw))
@@ -287,8 +320,9 @@ public enum CertificateAuthority {
             return EVP_PKEY_is_a(key, "EC") == 1 ? "EC \(bits)" : "other \(bits)"
         } ?? "none"
         return Summary(
-            subject: name(X509_get_subject_name(raw)), issuer: name(X509_get_issuer_name(raw)),
+            subject: nameText(X509_get_subject_name(raw)), issuer: nameText(X509_get_issuer_name(raw)),
             subjectAltNames: extensionText(NID_subject_alt_name),
+            keyUsage: extensionText(NID_key_usage),
             extendedKeyUsage: extensionText(NID_ext_key_usage),
             isCA: X509_check_ca(raw) != 0, serialHex: serialHex, daysValid: Int(days), keyType: keyType)
     }

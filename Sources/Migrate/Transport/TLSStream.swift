@@ -26,8 +26,9 @@ private let cipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CH
 
 // MARK: - Contexts
 
-/// The client and server SSL_CTX for one TLS directory, built once and
-/// shared by every listener and connector using that directory.
+/// The client and server SSL_CTX for one `TLSFiles` value, built once and
+/// shared by every listener and connector using it (or a copy), with the
+/// name policy their handshakes apply.
 ///
 /// `@unchecked Sendable`: the contexts are fully configured in `init` and
 /// never modified afterwards; OpenSSL allows SSL_new from several threads on
@@ -35,9 +36,11 @@ private let cipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CH
 final class TLSContexts: @unchecked Sendable {
     let server: OpaquePointer
     let client: OpaquePointer
+    let names: PeerNames
 
-    init(caFile: String, certificateFile: String, keyFile: String,
+    init(caFile: String, certificateFile: String, keyFile: String, names: PeerNames,
          verifyingOwnCertificate: Bool) throws(TransportError) {
+        self.names = names
         let files = (ca: caFile, certificate: certificateFile, key: keyFile)
         let server = try Self.make(isServer: true, files: files, verifyingOwnCertificate: verifyingOwnCertificate)
         do throws(TransportError) {
@@ -78,14 +81,11 @@ final class TLSContexts: @unchecked Sendable {
             throw .tls("this OpenSSL cannot be limited to TLS 1.3 (\(openSSLErrors())); install OpenSSL 3")
         }
         // Both sides demand and verify the peer's certificate. The CA file is
-        // the only trust anchor (the system store is never loaded). The
-        // client deliberately does NOT match the server's host name against
-        // its certificate: peers are identified by holding a certificate from
-        // the migration CA, which `pvmigrate certs init` issues only to the
-        // hosts of one cluster, and migrations often dial addresses that are
-        // not in any certificate (NAT, a second NIC). The name is still sent
-        // as SNI.
-        SSL_CTX_set_verify(context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
+        // the only trust anchor (the system store is never loaded). OpenSSL
+        // checks the extended key usage for the role (serverAuth of a
+        // listener, clientAuth of a source); `checkPeerNames` then checks the
+        // names of the connection's `NameCheck` (docs/security.md "Names").
+        SSL_CTX_set_verify(context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, checkPeerNames)
         // An EOF without close_notify reads as a clean close (SSL_ERROR_ZERO_RETURN
         // → .peerClosed): the migration stream has its own end frames, so
         // truncation is detected above this layer.
@@ -195,10 +195,13 @@ private enum TLSStep: Sendable {
 /// `@unchecked Sendable`: `ssl` is only used inside `sslLock` (or in deinit).
 private final class TLSConnection: @unchecked Sendable {
     let socket: Socket
+    /// The names the peer's certificate must carry, if any; `checkPeerNames`
+    /// finds it through the SSL's app data (ex_data index 0).
+    let nameCheck: NameCheck?
     private let ssl: OpaquePointer
     private let sslLock = Mutex(())
 
-    init(socket: Socket, context: OpaquePointer) throws(TransportError) {
+    init(socket: Socket, context: OpaquePointer, nameCheck: NameCheck?) throws(TransportError) {
         try socket.setNonBlocking(true)
         socket.setNoDelay()
         ERR_clear_error()
@@ -211,7 +214,13 @@ private final class TLSConnection: @unchecked Sendable {
         // the BIO never closes the descriptor, which `socket` owns and keeps
         // open until after SSL_free (deinit order: ssl first, then socket).
         SSL_set_bio(ssl, bio, bio)
+        if let nameCheck {
+            // Sound: `self.nameCheck` keeps the object alive as long as the SSL
+            // (freed in deinit), so the unretained pointer never dangles.
+            _ = SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(nameCheck).toOpaque())
+        }
         self.socket = socket
+        self.nameCheck = nameCheck
         self.ssl = ssl
     }
 
@@ -324,6 +333,66 @@ final class TLSStream: ByteStream {
     }
 }
 
+// MARK: - Names
+
+/// The names one connection's peer certificate must carry (any one of
+/// `expected`), and what a refused certificate carried instead.
+///
+/// `@unchecked Sendable`: `presented` is written by `checkPeerNames` inside
+/// SSL_do_handshake and read after it, all under the connection's SSL lock.
+final class NameCheck: @unchecked Sendable {
+    let expected: [String]
+    let peerIsSource: Bool
+    private let presented = Mutex<String?>(nil)
+
+    init(expected: [String], peerIsSource: Bool) {
+        self.expected = expected
+        self.peerIsSource = peerIsSource
+    }
+
+    /// Whether `certificate` carries one of the expected names in its
+    /// subjectAltName (OpenSSL's X509_check_host / X509_check_ip_asc; never
+    /// the CN, no partial wildcards). Remembers the names it carried if not.
+    func accepts(_ certificate: OpaquePointer) -> Bool {
+        for name in expected where Self.carries(certificate, name) { return true }
+        let names = CertificateAuthority.namesText(ofCertificate: certificate)
+        presented.withLock { $0 = names }
+        return false
+    }
+
+    /// The error for a certificate `accepts` refused, nil if none was.
+    func refusal(peer: String) -> TransportError? {
+        presented.withLock { $0 }.map {
+            .peerNameMismatch(peer: peer, expected: expected, presented: $0, peerIsSource: peerIsSource)
+        }
+    }
+
+    static func carries(_ certificate: OpaquePointer, _ name: String) -> Bool {
+        if Socket.isAddressLiteral(name) { return X509_check_ip_asc(certificate, name, 0) == 1 }
+        let flags = UInt32(X509_CHECK_FLAG_NEVER_CHECK_SUBJECT | X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+        return X509_check_host(certificate, name, name.utf8.count, flags, nil) == 1
+    }
+}
+
+/// The verify callback of both contexts. OpenSSL calls it for each
+/// certificate of the peer's chain, the leaf (depth 0) last; once the chain is
+/// valid, the leaf must also pass the connection's `NameCheck` (none installed:
+/// any certificate of the CA). A refusal reports X509_V_ERR_HOSTNAME_MISMATCH,
+/// which fails the handshake with a "bad certificate" alert to the peer.
+private let checkPeerNames: @convention(c) (Int32, OpaquePointer?) -> Int32 = { preverified, store in
+    guard preverified == 1, let store, X509_STORE_CTX_get_error_depth(store) == 0 else { return preverified }
+    guard let ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
+          let data = SSL_get_ex_data(OpaquePointer(ssl), 0) else { return preverified }
+    // Sound: index 0 of an SSL's ex_data only ever holds the NameCheck its
+    // TLSConnection keeps alive for the SSL's whole life.
+    let check = Unmanaged<NameCheck>.fromOpaque(data).takeUnretainedValue()
+    guard let certificate = X509_STORE_CTX_get_current_cert(store), check.accepts(certificate) else {
+        X509_STORE_CTX_set_error(store, X509_V_ERR_HOSTNAME_MISMATCH)
+        return 0
+    }
+    return 1
+}
+
 // MARK: - Handshake
 
 /// Establishing TLS streams on connected sockets.
@@ -338,17 +407,22 @@ enum TLSHandshake {
     /// The server side, on an accepted socket.
     static func accept(socket: Socket, contexts: TLSContexts, timeout: Double) throws(TransportError) -> TLSStream {
         let peer = socket.peerText
-        let connection = try TLSConnection(socket: socket, context: contexts.server)
+        let check = contexts.names.clients.map { NameCheck(expected: $0, peerIsSource: true) }
+        let connection = try TLSConnection(socket: socket, context: contexts.server, nameCheck: check)
         connection.inspect { ssl in SSL_set_accept_state(ssl) }
         return try establish(connection, peer: peer, isServer: true, timeout: timeout)
     }
 
-    /// The client side, on a connected socket; `serverName` goes out as SNI
-    /// unless it is an address literal (RFC 6066 forbids those).
-    static func connect(socket: Socket, contexts: TLSContexts, serverName: String,
+    /// The client side, on a connected socket. The server's certificate must
+    /// carry `contexts.names.server`, else `dialed` (the host name or address
+    /// that was dialed); that name goes out as SNI unless it is an address
+    /// literal (RFC 6066 forbids those).
+    static func connect(socket: Socket, contexts: TLSContexts, serverName dialed: String,
                         timeout: Double) throws(TransportError) -> TLSStream {
         let peer = socket.peerText
-        let connection = try TLSConnection(socket: socket, context: contexts.client)
+        let serverName = contexts.names.server ?? dialed
+        let check = NameCheck(expected: [serverName], peerIsSource: false)
+        let connection = try TLSConnection(socket: socket, context: contexts.client, nameCheck: check)
         let sendsName = !serverName.isEmpty && !Socket.isAddressLiteral(serverName)
         _ = connection.inspect { ssl in
             SSL_set_connect_state(ssl)
@@ -379,7 +453,11 @@ enum TLSHandshake {
             case .zeroReturn:
                 throw fail(closedDuringHandshake)
             case .failed(let code, let reason):
+                if let refused = connection.nameCheck?.refusal(peer: peer) { throw refused }
                 if code == 0 && reason == noOpenSSLDetails { throw fail(closedDuringHandshake) }
+                if code == 0, let refused = identityRefused(reason, connection, peer: peer, peerIsSource: isServer) {
+                    throw refused
+                }
                 throw fail(code != 0 ? TransportError.errnoText(code) : explain(reason, connection))
             }
         }
@@ -402,6 +480,9 @@ enum TLSHandshake {
                 case .zeroReturn:
                     throw fail("the peer closed the connection after the handshake: it rejected this host's certificate")
                 case .failed(let code, let reason):
+                    if code == 0, let refused = identityRefused(reason, connection, peer: peer, peerIsSource: false) {
+                        throw refused
+                    }
                     throw fail(code != 0 ? TransportError.errnoText(code)
                         : "\(reason) (the peer rejected this host's certificate)")
                 }
@@ -415,12 +496,33 @@ enum TLSHandshake {
         return TLSStream(connection: connection, peerDescription: "\(peer) (CN=\(name))")
     }
 
+    /// The peer's refusal of this host's certificate for its name (an alert
+    /// "bad certificate", which `checkPeerNames` makes OpenSSL send for a
+    /// name mismatch; a certificate from another CA gets "unknown ca"), or
+    /// nil for any other failure.
+    private static func identityRefused(_ reason: String, _ connection: TLSConnection, peer: String,
+                                        peerIsSource: Bool) -> TransportError? {
+        guard reason.contains("alert bad certificate") else { return nil }
+        let own = connection.inspect { ssl in SSL_get_certificate(ssl).map(CertificateAuthority.namesText) }
+        return .identityRefused(peer: peer, reason: reason, ownNames: own ?? "none", peerIsSource: peerIsSource)
+    }
+
     /// Adds the certificate verification detail to "certificate verify failed".
     private static func explain(_ reason: String, _ connection: TLSConnection) -> String {
         let result = connection.inspect { ssl in SSL_get_verify_result(ssl) }
         guard result != X509_V_OK else { return reason }
         let detail = String(cString: X509_verify_cert_error_string(result))
-        return "\(reason): \(detail) (the peer's certificate is not from this host's CA)"
+        let hint: String
+        switch Int32(result) {
+        case X509_V_ERR_INVALID_PURPOSE:
+            hint = "the peer's certificate lacks the extended key usage of its role: serverAuth for a listener, "
+                + "clientAuth for a source; `pvmigrate certs init` issues both"
+        case X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CERT_NOT_YET_VALID:
+            hint = "check both hosts' clocks, or re-issue the certificate"
+        default:
+            hint = "the peer's certificate is not from this host's CA"
+        }
+        return "\(reason): \(detail) (\(hint))"
     }
 
     /// The CN of the verified peer certificate.

@@ -18,6 +18,16 @@ public enum TransportError: Error, Equatable, CustomStringConvertible {
     /// error queue (e.g. "certificate verify failed", "wrong version number").
     /// The connection is closed; a listener stays usable.
     case handshakeFailed(peer: String, reason: String)
+    /// The peer's certificate is valid under the CA but does not carry the
+    /// name this side requires (docs/security.md "Names"): the host dialed or
+    /// `send --peer-name` when `peerIsSource` is false, one of `listen
+    /// --allow-source` when true. `presented` lists its names ("DNS:evil (CN=evil)").
+    case peerNameMismatch(peer: String, expected: [String], presented: String, peerIsSource: Bool)
+    /// The peer aborted the handshake over this host's certificate although it
+    /// is from the CA (TLS alert `reason`): its name policy refuses this host.
+    /// `ownNames` lists this host's certificate names; `peerIsSource` says
+    /// which end the peer is.
+    case identityRefused(peer: String, reason: String, ownNames: String, peerIsSource: Bool)
     /// A certificate, key or TLS directory could not be created, read or used.
     /// The text is a complete sentence naming the file.
     case certificate(String)
@@ -46,6 +56,24 @@ public enum TransportError: Error, Equatable, CustomStringConvertible {
             return "TLS handshake with \(peer) failed: \(reason); check that both hosts use "
                 + "certificates made by the same `pvmigrate certs init` CA and that both sides use TLS "
                 + "(or both were told --insecure)"
+        case .peerNameMismatch(let peer, let expected, let presented, false):
+            let name = expected.first ?? "?"
+            return "the destination \(peer) is not \(name): its certificate names \(presented), not \(name) — it may "
+                + "be another host than the one you meant. Dial a name or address its certificate carries, pass "
+                + "--peer-name NAME with the name it was issued for if it is the right host, or re-issue its "
+                + "certificate with `pvmigrate certs init --dir DIR --hosts NAME=\(name)`"
+        case .peerNameMismatch(let peer, let expected, let presented, true):
+            return "refused source \(peer): its certificate names \(presented), none of the allowed sources "
+                + "(--allow-source \(expected.joined(separator: ","))); if it may send VMs here, add one of its "
+                + "names to --allow-source"
+        case .identityRefused(let peer, let reason, let ownNames, true):
+            return "the source \(peer) refused this host's identity (\(reason)): this certificate names "
+                + "\(ownNames), and the source expected another name — it must dial a name or address this "
+                + "certificate carries, or pass --peer-name with one of them"
+        case .identityRefused(let peer, let reason, let ownNames, false):
+            return "the destination \(peer) refused this host's identity (\(reason)): this host's certificate "
+                + "names \(ownNames), and the destination's `listen --allow-source` does not list any of them — "
+                + "add one there, or send from a host it allows"
         case .certificate(let message):
             return message
         case .peerClosed:
