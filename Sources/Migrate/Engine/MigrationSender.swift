@@ -94,7 +94,8 @@ public final class MigrationSender: @unchecked Sendable {
             machine.stop()
             return stats
         } catch {
-            let failure = error as? MigrationError ?? .transport(.tls("\(error)"))
+            let failure = destinationReason(for: error as? MigrationError ?? .transport(.tls("\(error)")),
+                                            control: channels.first)
             channels.first?.sendError(failure.reportCode, failure.description)
             releaseThrottle()
             tracker.stop()
