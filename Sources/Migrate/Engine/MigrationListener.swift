@@ -123,8 +123,10 @@ public final class MigrationListener: @unchecked Sendable {
             do {
                 let vm = try session.run()
                 options.log("received VM \(vm.name) from \(stream.peerDescription) in \(String(format: "%.3f", vm.stats.seconds)) s")
-                onArrival(vm)
+                onArrival(vm) // the VM's memory now counts as hosted; then its claim goes
             } catch {
+                sessions.withLock { $0[hello.migrationID] = nil }
+                admission.release(ticket) // before the log line: whoever reads it may retry at once
                 let verb = if case .refused = error { "" } else { "failed: " }
                 onFailure("migration from \(stream.peerDescription) \(verb)\(error)")
             }

@@ -133,6 +133,16 @@ public final class MigrationSender: @unchecked Sendable {
         guard ack.capabilities.isSubset(of: capabilities), (1...UInt32(options.streams)).contains(ack.streams) else {
             throw .incompatible("the destination's HELLO_ACK offers capabilities or streams that were not asked for")
         }
+        do throws(MigrationError) {
+            return try attachStreams(control, ack: ack, id: id, open: open)
+        } catch {
+            // Refused at MACHINE, say: the destination said why before hanging up.
+            throw destinationReason(for: error, control: control)
+        }
+    }
+
+    private func attachStreams(_ control: FrameChannel, ack: HelloAck, id: [UInt8],
+                               open: () throws(MigrationError) -> FrameChannel) throws(MigrationError) -> [FrameChannel] {
         try sendControl(control, .machine(MachineDescription(
             memoryBytes: machine.memory.size, vcpus: UInt32(machine.vcpus.count),
             inKernelIRQChip: machine.vm.irqChipCreated, kernelSHA256: kernelSHA256, name: name)))
