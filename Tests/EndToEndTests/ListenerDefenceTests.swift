@@ -40,6 +40,21 @@ struct ListenerDefenceTests {
                                     kernelSHA256: [UInt8](repeating: 1, count: 32), name: name))
     }
 
+    /// `migrate` fails with the destination's ERROR: code resources, a reason naming the limit.
+    static func expectRefusal(_ phrases: String..., migrate: () throws -> Void) {
+        do {
+            try migrate()
+            Issue.record("the migration was admitted; expected a refusal mentioning \(phrases)")
+        } catch {
+            guard case let .peer(report)? = error as? MigrationError else {
+                Issue.record("not the destination's reason: \(error)")
+                return
+            }
+            #expect(report.code == .resources)
+            #expect(phrases.allSatisfy { report.reason.contains($0) }, "\(report.reason)")
+        }
+    }
+
     /// A PAGES payload of one ZERO page (protocol.md §3.3).
     static let oneZeroPage: [UInt8] = [0, 0, 0, 0, 1, 0, 0, 0] + [UInt8](repeating: 0, count: 8 + 16)
 
@@ -86,10 +101,7 @@ struct ListenerDefenceTests {
         let before = arrivals.condition.withLock { arrivals.failures.count }
         idle.forEach { $0.close() }
         #expect(arrivals.waitForFailures(count: before + 4, timeout: 20), "the idle connections' slots: \(arrivals.failures)")
-        let (machine, _) = try M.source("workload=idle")
-        _ = try M.sender(machine).migrate(to: "127.0.0.1", port: listener.port, tls: M.pki.src)
-        #expect(arrivals.wait(count: 1))
-        arrivals.vms.forEach { $0.machine.stop(); $0.machine.waitForExit() }
+        try M.expectArrival(at: listener.port, arrivals)
     }
 
     @Test func firstFrameHasADeadline() throws {
@@ -111,13 +123,8 @@ struct ListenerDefenceTests {
         let (occupant, _) = try Self.admittedFakeSource(port: listener.port)
         let (machine, console) = try F.dirtySource()
         defer { machine.stop(); machine.waitForExit() }
-        do {
+        Self.expectRefusal("--max-incoming 1") {
             _ = try M.sender(machine).migrate(to: "127.0.0.1", port: listener.port, tls: M.pki.src)
-            Issue.record("a second migration was admitted with --max-incoming 1")
-        } catch {
-            guard case let .peer(report) = error else { Issue.record("not the destination's reason: \(error)"); return }
-            #expect(report.code == .resources)
-            #expect(report.reason.contains("--max-incoming 1"), "\(report.reason)")
         }
         try F.expectSourceIntact(machine, console)
         #expect(arrivals.waitForFailure(containing: "refused: 1 migration is already arriving"), "\(arrivals.failures)")
@@ -147,16 +154,10 @@ struct ListenerDefenceTests {
         let (second, console) = try M.source("workload=dirty mib=32 passes=0 pattern=random rate=20000 progress=0")
         defer { second.stop(); second.waitForExit() }
         #expect(console.wait(for: "workload dirty", timeout: 10))
-        do {
+        // Refused at MACHINE, while the source already sends pages: the source must report
+        // the destination's reason, not "the peer closed the connection".
+        Self.expectRefusal("256 MiB by VMs running here", "--max-memory") {
             _ = try M.sender(second).migrate(to: "127.0.0.1", port: listener.port, tls: M.pki.src)
-            Issue.record("a VM over the memory total was admitted")
-        } catch {
-            // Refused at MACHINE, while the source already sends pages: the source must report
-            // the destination's reason, not "the peer closed the connection".
-            guard case let .peer(report) = error else { Issue.record("not the destination's reason: \(error)"); return }
-            #expect(report.code == .resources)
-            #expect(report.reason.contains("256 MiB by VMs running here") && report.reason.contains("--max-memory"),
-                    "\(report.reason)")
         }
         try F.expectSourceIntact(second, console)
     }
@@ -234,6 +235,16 @@ struct ListenerDefenceTests {
             #expect(error.description.contains("the fake destination ran out of room"), "\(error)")
         }
         try F.expectSourceIntact(machine, console)
+    }
+}
+
+extension MigrationTests {
+    /// A real idle VM migrates to `port` and arrives; then it is stopped.
+    static func expectArrival(at port: UInt16, _ arrivals: Arrivals) throws {
+        let (machine, _) = try source("workload=idle")
+        _ = try sender(machine).migrate(to: "127.0.0.1", port: port, tls: pki.src)
+        #expect(arrivals.wait(count: 1), "the VM did not arrive: \(arrivals.failures)")
+        arrivals.vms.forEach { $0.machine.stop(); $0.machine.waitForExit() }
     }
 }
 
