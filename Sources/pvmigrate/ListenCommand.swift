@@ -38,23 +38,23 @@ struct Listen: ParsableCommand {
     var insecure = false
 
     @Option(name: .customLong("max-memory"),
-            help: ArgumentHelp("Guest memory that arriving VMs and the VMs received here and still running may claim in total, e.g. 16G.",
+            help: ArgumentHelp("Guest memory that arriving VMs and the VMs received here and still running may claim in total, e.g. 16G (default: this host's physical memory).",
                                valueName: "size"))
     var maxMemory: MemorySize?
 
-    @Option(name: .customLong("max-incoming"), help: "Migrations that may arrive at once; more are refused.")
+    @Option(name: .customLong("max-incoming"), help: ArgumentHelp("Migrations that may arrive at once; more are refused.", valueName: "n"))
     var maxIncoming = ReceiverOptions().maximumIncoming
 
     @Option(name: .customLong("max-pending"),
-            help: "Connections that may be completing their TLS handshake (and, separately, waiting to send their first frame) at once; more are closed at once.")
+            help: ArgumentHelp("Connections that may be completing their TLS handshake (and, separately, waiting to send their first frame) at once; more are closed at once.", valueName: "n"))
     var maxPending = ListenerLimits().maxPendingConnections
 
     @Option(name: .customLong("handshake-timeout"),
-            help: "Seconds a connection has for its TLS handshake, and then again for its first frame.")
+            help: ArgumentHelp("Seconds a connection has for its TLS handshake, and then again for its first frame.", valueName: "seconds"))
     var handshakeTimeout = ListenerLimits().handshakeTimeout
 
     @Option(name: .customLong("progress-timeout"),
-            help: "Drop a migration that receives less than 1 MiB and reaches no new phase in this many seconds.")
+            help: ArgumentHelp("Drop a migration that receives less than 1 MiB and reaches no new phase in this many seconds.", valueName: "seconds"))
     var progressTimeout = ReceiverOptions().progressTimeout
 
     @Flag(name: .long, help: "Log JSON objects, one per line, instead of text.")
@@ -226,7 +226,7 @@ final class ListenDaemon: @unchecked Sendable {
         let context = pending.withLock { $0.removeValue(forKey: thread) }
         if why.hasPrefix("rejected a connection") {
             log.event("rejected", ["error": why], text: why)
-        } else if why.contains(" refused: ") {
+        } else if why.contains(" refused: ") || why.contains(" dropped: ") {
             log.event("refused", ["error": why], text: why)
         } else {
             log.event("failed", ["error": why], text: "migration failed: \(why)")

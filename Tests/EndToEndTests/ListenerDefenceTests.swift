@@ -268,3 +268,30 @@ extension MigrationTests.Arrivals {
         }
     }
 }
+
+/// The listener's limits through the real `pvmigrate` binary: the flags reach the engine, the
+/// refusal is logged at the destination, and `send` prints the destination's reason while the
+/// VM keeps running at the source.
+@Suite(.serialized, .enabled(if: KVMGate.present, "needs /dev/kvm"))
+struct ListenLimitsCLITests {
+    @Test func sendOverTheListenersMemoryLimitIsRefusedAndTheVMStays() throws {
+        let hosts = try ListenSendTests.Hosts()
+        try hosts.certs("pki", hosts: ["src", "dst"])
+        let port = try ListenSendTests.freePort()
+        let listener = try ListenSendTests.Background(
+            ["listen", "--address", "127.0.0.1:\(port)", "--tls-dir", "\(hosts.root)/pki/dst", "--max-memory", "64M",
+             "--max-incoming", "2"],
+            environment: hosts.environment("dst"))
+        hosts.listeners.append(listener)
+        #expect(listener.wait(for: "limits: 2 migrations at once, 64 MiB"), "listen did not start: \(listener.text)")
+        try hosts.startVM("vm") // 128 MiB
+        let sent = try hosts.send("vm", port: port, tlsDir: "pki/src")
+        #expect(sent.status != 0, "a 128 MiB VM was sent to a listener with --max-memory 64M: \(sent.text)")
+        #expect(sent.stderr.contains("the destination refused: the VM has 128 MiB, more than this host accepts"),
+                "\(sent.text)")
+        #expect(listener.wait(for: "refused: the VM has 128 MiB"), "no refusal in the listener's log: \(listener.text)")
+        let status = try #require(try hosts.status("src", "vm"), "the VM is gone from the source")
+        #expect(status["state"]?.string == "running", "\(status)")
+        #expect(try hosts.psNames("dst").isEmpty)
+    }
+}

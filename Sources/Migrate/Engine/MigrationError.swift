@@ -36,8 +36,15 @@ public enum MigrationError: Error, CustomStringConvertible {
         case let .notConverging(why): return "the migration did not converge: \(why)"
         case .cancelled: return "the migration was cancelled"
         case let .invalidOptions(why): return "invalid migration options: \(why)"
-        case let .refused(_, why): return "refused: \(why)"
+        case let .refused(code, why): return "\(code == .timeout ? "dropped" : "refused"): \(why)"
         }
+    }
+
+    /// The reason to put in an ERROR frame: the description, without the "refused: " that
+    /// the peer's report ("the destination refused: …") says already.
+    var reportReason: String {
+        if case let .refused(_, why) = self { return why }
+        return description
     }
 
     /// The code to put in an ERROR frame for this failure.

@@ -68,21 +68,29 @@ public final class MigrationListener: @unchecked Sendable {
         defer { awaitingFirstFrame.withLock { $0 -= 1 } }
         // A deadline, not a read timeout: a peer sending a byte now and then must not hold on.
         let seconds = options.listener.handshakeTimeout
-        let expired = Locked(false)
+        // nil: waiting; true: the deadline passed first; false: the frame arrived first.
+        let outcome = Locked<Bool?>(nil)
         let deadline = DispatchWorkItem {
-            expired.withLock { $0 = true }
-            stream.close()
+            let expired = outcome.withLock { o -> Bool in
+                if o == nil { o = true }
+                return o == true
+            }
+            if expired { stream.close() }
         }
         DispatchQueue.global().asyncAfter(deadline: .now() + seconds, execute: deadline)
         defer { deadline.cancel() }
         stream.setTimeout(seconds: seconds)
         do throws(MigrationError) {
             let frame = try channel.receive(allowed: [.hello, .join], state: "awaiting HELLO or JOIN")
-            guard !expired.value else { throw .transport(.closed) }
+            let inTime = outcome.withLock { o -> Bool in
+                if o == nil { o = false }
+                return o == false
+            }
+            guard inTime else { throw .transport(.closed) }
             stream.setTimeout(seconds: options.timeout)
             return frame
         } catch {
-            if expired.value {
+            if outcome.value == true {
                 onFailure("rejected a connection: \(stream.peerDescription) sent no HELLO or JOIN within \(seconds) s")
             } else {
                 if case .wire = error { channel.sendError(.protocolViolation, error.description) }
@@ -101,7 +109,7 @@ public final class MigrationListener: @unchecked Sendable {
         case let .hello(hello):
             let ticket: Admission.Ticket
             do { ticket = try admission.admit() } catch {
-                channel.sendError(error.reportCode, error.description)
+                channel.sendError(error.reportCode, error.reportReason)
                 onFailure("migration from \(stream.peerDescription) \(error)")
                 stream.close()
                 return
@@ -127,7 +135,7 @@ public final class MigrationListener: @unchecked Sendable {
             } catch {
                 sessions.withLock { $0[hello.migrationID] = nil }
                 admission.release(ticket) // before the log line: whoever reads it may retry at once
-                let verb = if case .refused = error { "" } else { "failed: " }
+                let verb = if case .refused = error { "" } else { "failed: " } // "refused: …" / "dropped: …"
                 onFailure("migration from \(stream.peerDescription) \(verb)\(error)")
             }
         case let .join(id, index):

@@ -101,7 +101,7 @@ final class ReceiveSession: @unchecked Sendable {
             return try receive()
         } catch {
             let error = progress.reason.map { MigrationError.refused(.timeout, $0) } ?? error
-            control.sendError(error.reportCode, error.description)
+            control.sendError(error.reportCode, error.reportReason)
             abandon()
             throw error
         }
