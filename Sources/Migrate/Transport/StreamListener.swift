@@ -163,8 +163,9 @@ public final class StreamListener: @unchecked Sendable {
             lastRefusalReport = now
             defer { unreportedRefusals = 0 }
             let others = unreportedRefusals - 1
-            let stage = if case .mutual = mode { "in their TLS handshake" } else { "being set up" }
-            return .refused(peer: peer, reason: "\(limits.maxPendingConnections) connections are already "
+            let n = limits.maxPendingConnections
+            let stage = if case .mutual = mode { n == 1 ? "in its TLS handshake" : "in their TLS handshake" } else { "being set up" }
+            return .refused(peer: peer, reason: "\(n) connection\(n == 1 ? " is" : "s are") already "
                 + "\(stage) (the limit: listen --max-pending)"
                 + (others > 0 ? "; \(others) more connection\(others == 1 ? "" : "s") refused since the last report" : ""))
         }
