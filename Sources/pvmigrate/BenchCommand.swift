@@ -173,6 +173,9 @@ struct BenchCase: Sendable {
         let arrived = Locked<ReceivedVM?>(nil)
         var receiverOptions = ReceiverOptions()
         receiverOptions.console = { _ in ConsoleBuffer() }
+        // Both ends share this process: the guest's memory exists once already, so the
+        // listener's total (default: physical memory) must not refuse a large idle guest.
+        receiverOptions.maximumMemory = .max
         let listener = try MigrationListener(host: "127.0.0.1", port: 0, tls: dst, options: receiverOptions)
         defer { listener.close() }
         listener.serve(onArrival: { vm in arrived.withLock { $0 = vm } }, onFailure: { Diagnostics.note("receiver: \($0)") })

@@ -15,7 +15,13 @@ struct Listen: ParsableCommand {
             carries one of the allowed names (docs/security.md). Each arriving VM keeps the name it had at the \
             source (with -2, -3, … appended when that name is taken here) and gets a control socket \
             in this host's runtime directory, so `pvmigrate ps`, `status` and `console` show it. \
-            Several migrations may arrive at once.
+            Several migrations may arrive at once, up to --max-incoming, and together with the \
+            VMs already running here they may claim at most --max-memory of guest memory; a \
+            migration over either limit is refused (the source keeps its VM and is told which \
+            limit). Handshakes run concurrently: idle or slow connections cannot hold up a \
+            migration; each must finish its TLS handshake and send its first frame within \
+            --handshake-timeout, at most --max-pending at a time. A migration that makes no \
+            progress for --progress-timeout is dropped and its memory freed.
 
             Logs one line per arrival (with its statistics) and per failed or rejected migration \
             on standard output. SIGINT/SIGTERM: stop accepting, stop the VMs received here, remove \
@@ -37,8 +43,25 @@ struct Listen: ParsableCommand {
                 + "or a comma list; default: any certificate of the CA, with a warning).", valueName: "name"))
     var allowSource: [String] = []
 
-    @Option(name: .customLong("max-memory"), help: "Largest VM this host accepts, e.g. 16G.")
-    var maxMemory: MemorySize = MemorySize(argument: "64G")!
+    @Option(name: .customLong("max-memory"),
+            help: ArgumentHelp("Guest memory that arriving VMs and the VMs received here and still running may claim in total, e.g. 16G (default: this host's physical memory).",
+                               valueName: "size"))
+    var maxMemory: MemorySize?
+
+    @Option(name: .customLong("max-incoming"), help: ArgumentHelp("Migrations that may arrive at once; more are refused.", valueName: "n"))
+    var maxIncoming = ReceiverOptions().maximumIncoming
+
+    @Option(name: .customLong("max-pending"),
+            help: ArgumentHelp("Connections that may be completing their TLS handshake (and, separately, waiting to send their first frame) at once; more are closed at once.", valueName: "n"))
+    var maxPending = ListenerLimits().maxPendingConnections
+
+    @Option(name: .customLong("handshake-timeout"),
+            help: ArgumentHelp("Seconds a connection has for its TLS handshake, and then again for its first frame.", valueName: "seconds"))
+    var handshakeTimeout = ListenerLimits().handshakeTimeout
+
+    @Option(name: .customLong("progress-timeout"),
+            help: ArgumentHelp("Drop a migration that receives less than 1 MiB and reaches no new phase in this many seconds.", valueName: "seconds"))
+    var progressTimeout = ReceiverOptions().progressTimeout
 
     @Flag(name: .long, help: "Log JSON objects, one per line, instead of text.")
     var json = false
@@ -51,6 +74,10 @@ struct Listen: ParsableCommand {
 
     mutating func validate() throws {
         if insecure, tlsDirectory != nil { throw ValidationError("--insecure and --tls-dir exclude each other") }
+        guard maxIncoming >= 1, maxPending >= 1 else { throw ValidationError("--max-incoming and --max-pending must be at least 1") }
+        guard handshakeTimeout > 0, progressTimeout > 0, handshakeTimeout.isFinite, progressTimeout.isFinite else {
+            throw ValidationError("--handshake-timeout and --progress-timeout must be positive numbers of seconds")
+        }
         guard (1...64).contains(maxStreams) else { throw ValidationError("--max-streams must be 1–64") }
         _ = try Self.capabilities(accept)
         allowSource = allowSource.flatMap { $0.split(separator: ",").map(String.init) }
@@ -97,9 +124,14 @@ struct Listen: ParsableCommand {
         let log = ListenLog(json: json)
         let daemon = ListenDaemon(runtime: runtime, log: log)
         var options = ReceiverOptions()
-        options.maximumMemory = maxMemory.bytes
         options.maximumStreams = maxStreams
         options.capabilities = try Self.capabilities(accept)
+        if let maxMemory { options.maximumMemory = maxMemory.bytes }
+        options.maximumIncoming = maxIncoming
+        options.listener.maxPendingConnections = maxPending
+        options.listener.handshakeTimeout = handshakeTimeout
+        options.progressTimeout = progressTimeout
+        options.hostedMemory = { daemon.hostedMemory }
         options.console = { _ in daemon.consoleForArrival() }
         options.log = { daemon.engineLog($0) }
         let listener: MigrationListener
@@ -115,6 +147,12 @@ struct Listen: ParsableCommand {
                                 "runtime": runtime.path],
                   text: "listening on \(shown) (\(insecure ? "PLAINTEXT, no authentication" : "mutual TLS")); "
                       + "VMs that arrive are served in \(runtime.path)")
+        log.event("limits", ["max_incoming": maxIncoming, "max_memory_bytes": options.maximumMemory,
+                             "max_pending": maxPending, "handshake_timeout": handshakeTimeout,
+                             "progress_timeout": progressTimeout],
+                  text: "limits: \(maxIncoming) migrations at once, \(options.maximumMemory >> 20) MiB of guest memory "
+                      + "in total, \(maxPending) pending connections, \(Format.seconds(handshakeTimeout)) to handshake, "
+                      + "\(Format.seconds(progressTimeout)) without progress")
         finished.wait()
         signals.cancel()
         log.event("stopping", [:], text: "stopping: no new migrations; stopping the VMs received here")
@@ -235,6 +273,8 @@ final class ListenDaemon: @unchecked Sendable {
         let context = pending.withLock { $0.removeValue(forKey: thread) }
         if why.hasPrefix("rejected a connection") {
             log.event("rejected", ["error": why], text: why)
+        } else if why.contains(" refused: ") || why.contains(" dropped: ") {
+            log.event("refused", ["error": why], text: why)
         } else {
             log.event("failed", ["error": why], text: "migration failed: \(why)")
         }
@@ -302,6 +342,11 @@ final class ListenDaemon: @unchecked Sendable {
         let base = (try? RuntimeDirectory.validate(name: name)) != nil ? name : "vm"
         let taken = Set(runtime.listNames())
         return ([base] + (2...99).map { "\(base)-\($0)" }).filter { !taken.contains($0) }
+    }
+
+    /// Guest memory of the VMs hosted here (counts against `listen --max-memory`).
+    var hostedMemory: UInt64 {
+        naming.withLock { hosted.values.reduce(0) { $0 + $1.machine.memory.size } }
     }
 
     /// Stops every VM hosted here and waits (bounded) until their sockets are gone.

@@ -16,6 +16,10 @@ public enum MigrationError: Error, CustomStringConvertible {
     case notConverging(String)
     case cancelled
     case invalidOptions(String)
+    /// This host (the destination) refused or dropped the migration at a limit
+    /// (protocol.md §3.1.1); the text names the limit and what to do. Goes to the peer
+    /// as an ERROR frame with `code`.
+    case refused(ErrorReport.Code, String)
 
     public var description: String {
         switch self {
@@ -32,6 +36,7 @@ public enum MigrationError: Error, CustomStringConvertible {
         case let .notConverging(why): return "the migration did not converge: \(why)"
         case .cancelled: return "the migration was cancelled"
         case let .invalidOptions(why): return "invalid migration options: \(why)"
+        case let .refused(code, why): return "\(code == .timeout ? "dropped" : "refused"): \(why)"
         }
     }
 
@@ -41,10 +46,19 @@ public enum MigrationError: Error, CustomStringConvertible {
         return true
     }
 
+    /// The reason to put in an ERROR frame: the description, without the "refused: " that
+    /// the peer's report ("the destination refused: …") says already.
+    var reportReason: String {
+        if case let .refused(_, why) = self { return why }
+        return description
+    }
+
     /// The code to put in an ERROR frame for this failure (protocol.md §3.6).
     var reportCode: ErrorReport.Code {
         switch self {
-        case .wire, .codec: .protocolViolation
+        case .wire: .protocolViolation
+        case let .codec(e): e.reportCode
+        case let .refused(code, _): code
         case .incompatible: .unsupportedVersion
         case .machine: .resources
         case .digestMismatch: .digestMismatch
@@ -52,6 +66,21 @@ public enum MigrationError: Error, CustomStringConvertible {
         case .cancelled: .cancelled
         case .transport(.timeout): .timeout
         default: .internalError
+        }
+    }
+}
+
+extension MigrateError {
+    /// The ERROR code for a codec failure: bytes from the peer that do not decode are its
+    /// protocol violation (code 1), not an internal error of this host.
+    var reportCode: ErrorReport.Code {
+        switch self {
+        case .zstdContextAllocationFailed: .resources
+        case .compressionLevelInvalid, .compressionFailed: .internalError
+        case .decompressNotAFrame, .decompressTruncated, .decompressTrailingBytes, .decompressMissingContentSize,
+             .decompressMissingChecksum, .decompressSizeExceedsBound, .decompressCorrupt, .decompressSizeMismatch,
+             .deltaMalformed, .pageBatchMalformed:
+            .protocolViolation
         }
     }
 }

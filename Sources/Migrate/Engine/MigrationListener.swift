@@ -5,15 +5,26 @@ import Foundation
 /// starts a migration (its own thread), JOIN attaches a data stream to one in progress.
 /// Several migrations may arrive at once. A failed handshake (wrong CA, plaintext peer) is
 /// logged and the listener keeps accepting.
+///
+/// Defences (protocol.md §3.1.1): handshakes run concurrently under a deadline
+/// (`StreamListener`); the first frame has the same deadline and only HELLO or JOIN is read;
+/// at most `listener.maxPendingConnections` connections wait for it; a HELLO is admitted only
+/// within `maximumIncoming`, its memory only within `maximumMemory` (`Admission`); an
+/// admitted migration that stops progressing is dropped (`ProgressWatchdog`).
 public final class MigrationListener: @unchecked Sendable {
     private let listener: StreamListener
     private let options: ReceiverOptions
+    private let admission: Admission
     private let sessions = Locked<[[UInt8]: ReceiveSession]>([:])
     private let closed = Locked(false)
+    /// Handshaken connections whose first frame has not arrived yet.
+    private let awaitingFirstFrame = Locked(0)
 
     public init(host: String, port: UInt16, tls: TLSMode, options: ReceiverOptions = .init()) throws(MigrationError) {
-        do { listener = try StreamListener(host: host, port: port, mode: tls) } catch { throw .transport(error) }
+        do { listener = try StreamListener(host: host, port: port, mode: tls, limits: options.listener) }
+        catch { throw .transport(error) }
         self.options = options
+        admission = Admission(options: options)
     }
 
     public var port: UInt16 { listener.port }
@@ -40,19 +51,72 @@ public final class MigrationListener: @unchecked Sendable {
         listener.close()
     }
 
+    /// The first frame, within the handshake deadline; nil (and logged) when none came.
+    private func firstFrame(_ channel: FrameChannel, onFailure: @Sendable (String) -> Void) -> Frame? {
+        let stream = channel.stream
+        let limit = options.listener.maxPendingConnections
+        let admitted = awaitingFirstFrame.withLock { n -> Bool in
+            guard n < limit else { return false }
+            n += 1
+            return true
+        }
+        guard admitted else {
+            onFailure("rejected a connection: \(TransportError.refused(peer: stream.peerDescription, reason: "\(limit) connections are already waiting to send their first frame (the limit: listen --max-pending)"))")
+            stream.close()
+            return nil
+        }
+        defer { awaitingFirstFrame.withLock { $0 -= 1 } }
+        // A deadline, not a read timeout: a peer sending a byte now and then must not hold on.
+        let seconds = options.listener.handshakeTimeout
+        // nil: waiting; true: the deadline passed first; false: the frame arrived first.
+        let outcome = Locked<Bool?>(nil)
+        let deadline = DispatchWorkItem {
+            let expired = outcome.withLock { o -> Bool in
+                if o == nil { o = true }
+                return o == true
+            }
+            if expired { stream.close() }
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds, execute: deadline)
+        defer { deadline.cancel() }
+        stream.setTimeout(seconds: seconds)
+        do throws(MigrationError) {
+            let frame = try channel.receive(allowed: [.hello, .join], state: "awaiting HELLO or JOIN")
+            let inTime = outcome.withLock { o -> Bool in
+                if o == nil { o = false }
+                return o == false
+            }
+            guard inTime else { throw .transport(.closed) }
+            stream.setTimeout(seconds: options.timeout)
+            return frame
+        } catch {
+            if outcome.value == true {
+                onFailure("rejected a connection: \(stream.peerDescription) sent no HELLO or JOIN within \(seconds) s")
+            } else {
+                if case .wire = error { channel.sendError(.protocolViolation, error.description) }
+                onFailure("rejected a connection: \(stream.peerDescription): \(error)")
+            }
+            stream.close()
+            return nil
+        }
+    }
+
     private func handle(_ stream: ByteStream, onArrival: @Sendable (ReceivedVM) -> Void,
                         onFailure: @Sendable (String) -> Void) {
-        stream.setTimeout(seconds: options.timeout)
         let channel = FrameChannel(stream)
-        let first: Frame
-        do { first = try channel.receive() } catch {
-            onFailure("\(stream.peerDescription): \(error)")
-            stream.close()
-            return
-        }
+        guard let first = firstFrame(channel, onFailure: onFailure) else { return }
         switch first {
         case let .hello(hello):
-            let session = ReceiveSession(hello: hello, control: channel, options: options)
+            let ticket: Admission.Ticket
+            do { ticket = try admission.admit() } catch {
+                channel.sendError(error.reportCode, error.reportReason)
+                onFailure("migration from \(stream.peerDescription) \(error)")
+                stream.close()
+                return
+            }
+            defer { admission.release(ticket) }
+            let session = ReceiveSession(hello: hello, control: channel, options: options,
+                                         admission: admission, ticket: ticket)
             let fresh = sessions.withLock { s -> Bool in
                 guard s[hello.migrationID] == nil else { return false }
                 s[hello.migrationID] = session
@@ -67,9 +131,12 @@ public final class MigrationListener: @unchecked Sendable {
             do {
                 let vm = try session.run()
                 options.log("received VM \(vm.name) from \(stream.peerDescription) in \(String(format: "%.3f", vm.stats.seconds)) s")
-                onArrival(vm)
+                onArrival(vm) // the VM's memory now counts as hosted; then its claim goes
             } catch {
-                onFailure("migration from \(stream.peerDescription) failed: \(error)")
+                sessions.withLock { $0[hello.migrationID] = nil }
+                admission.release(ticket) // before the log line: whoever reads it may retry at once
+                let verb = if case .refused = error { "" } else { "failed: " } // "refused: …" / "dropped: …"
+                onFailure("migration from \(stream.peerDescription) \(verb)\(error)")
             }
         case let .join(id, index):
             guard let session = sessions.withLock({ $0[id] }), session.attach(channel, index: Int(index)) else {

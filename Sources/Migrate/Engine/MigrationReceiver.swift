@@ -1,16 +1,32 @@
 import Core
 import Foundation
 
-/// How a destination receives VMs.
+/// How a destination receives VMs, and the limits that protect it (protocol.md §3.1.1).
 public struct ReceiverOptions: Sendable {
-    /// Largest guest this host accepts.
-    public var maximumMemory: UInt64 = 64 << 30
+    /// Guest memory all incoming migrations together, plus the VMs that arrived and still run
+    /// here (`hostedMemory`), may claim. Default: this host's physical memory.
+    public var maximumMemory: UInt64 = ProcessInfo.processInfo.physicalMemory
+    /// Migrations arriving at once (from HELLO until the VM runs here or the migration fails).
+    public var maximumIncoming = 4
     /// Streams granted at most (HELLO_ACK may lower the source's count, protocol.md §3.2).
     public var maximumStreams = 64
     /// Capabilities this host accepts; HELLO_ACK grants their intersection with the offer, and
     /// a source that then uses one it was not granted is a protocol violation.
     public var capabilities: Capabilities = .all
+    /// Per-read timeout (seconds) on an admitted migration's streams.
     public var timeout: Double = 30
+    /// A migration that receives less than `minimumProgressBytes` and reaches no new phase
+    /// within this many seconds is dropped and freed (a deadline on progress, distinct from
+    /// the per-read timeout, which a peer trickling a byte at a time never trips).
+    public var progressTimeout: Double = 60
+    public var minimumProgressBytes: UInt64 = 1 << 20
+    /// Handshake deadline and cap on pending connections. The first frame (HELLO or JOIN)
+    /// must arrive within `listener.handshakeTimeout` of the handshake, and at most
+    /// `listener.maxPendingConnections` handshaken connections may be waiting for it.
+    public var listener = ListenerLimits()
+    /// Guest memory of the VMs that arrived through this listener and still run here; it
+    /// counts against `maximumMemory`. The engine does not keep arrived VMs: their host does.
+    public var hostedMemory: @Sendable () -> UInt64 = { 0 }
     /// The console of an arriving VM, by name.
     public var console: @Sendable (String) -> ConsoleSink = { _ in ConsoleBuffer() }
     public var log: @Sendable (String) -> Void = { _ in }
@@ -46,12 +62,19 @@ final class ReceiveSession: @unchecked Sendable {
     private var streams = 1
     private var granted: Capabilities = []
     private var failed = false
+    private let admission: Admission
+    private let ticket: Admission.Ticket
+    private let progress: ProgressWatchdog
 
-    init(hello: Hello, control: FrameChannel, options: ReceiverOptions) {
+    /// `ticket`: this migration's admission (counted by `MigrationListener` at HELLO).
+    init(hello: Hello, control: FrameChannel, options: ReceiverOptions, admission: Admission, ticket: Admission.Ticket) {
         id = hello.migrationID
         self.hello = hello
         self.control = control
         self.options = options
+        self.admission = admission
+        self.ticket = ticket
+        progress = ProgressWatchdog(seconds: options.progressTimeout, minimumBytes: options.minimumProgressBytes)
     }
 
     /// A data stream of this migration arrived (JOIN). False when it does not belong.
@@ -73,10 +96,17 @@ final class ReceiveSession: @unchecked Sendable {
     }
 
     func run() throws(MigrationError) -> ReceivedVM {
+        progress.start { [self] reason in
+            // The session's thread is blocked reading: tell the peer, then unblock it.
+            control.sendError(.timeout, reason)
+            abandon()
+        }
         do {
+            defer { _ = progress.disarm() }
             return try receive()
         } catch {
-            if error.isReported { control.sendError(error.reportCode, error.description) }
+            let error = progress.reason.map { MigrationError.refused(.timeout, $0) } ?? error
+            if error.isReported { control.sendError(error.reportCode, error.reportReason) }
             abandon()
             throw error
         }
@@ -91,16 +121,20 @@ final class ReceiveSession: @unchecked Sendable {
         granted = hello.capabilities.intersection(options.capabilities)
         do { try control.send(.helloAck(HelloAck(version: 1, streams: UInt32(streams), capabilities: granted))) }
         catch { throw .transport(error) }
+        progress.advanced()
 
         guard case let .machine(description) = try control.receive() else {
             throw .wire(.unexpected(frame: "a frame other than MACHINE", state: "awaiting MACHINE"))
         }
+        progress.advanced()
         let machine = try build(description)
         let dataStreams = try waitForJoins()
+        progress.advanced()
 
         // Receiving: every stream applies its own pages (disjoint: index mod streams), and
         // records each page's hash for the digest as it lands.
         let hashes = PageHashTable(pageCount: machine.memory.pageCount)
+        // The first failure is the one to report: the others are its follow-on closes.
         let failures = Locked<MigrationError?>(nil)
         let applied = Locked(0)
         let group = DispatchGroup()
@@ -120,12 +154,14 @@ final class ReceiveSession: @unchecked Sendable {
         do {
             _ = try drain(control, into: machine, hashes: hashes, applied: applied, control: true)
         } catch {
+            failures.withLock { if $0 == nil { $0 = error } }
             dataStreams.forEach { $0.stream.close() }
             group.wait()
             throw failures.value ?? error
         }
         group.wait()
         if let e = failures.value { throw e }
+        progress.advanced()
 
         // awaitCommit: STATE, then COMMIT with the source's digest.
         guard case let .state(blob) = try control.receive() else {
@@ -136,9 +172,12 @@ final class ReceiveSession: @unchecked Sendable {
         if state.pv != nil, !granted.contains(.pvState) {
             throw .wire(.malformed(type: "STATE", reason: "a PV section (tag 4) although PV_STATE was not granted"))
         }
+        progress.advanced()
         guard case let .commit(expected, _) = try control.receive() else {
             throw .wire(.unexpected(frame: "a frame other than COMMIT", state: "awaiting COMMIT"))
         }
+        // From here on the guest may start: the progress watchdog must not cut in.
+        guard progress.disarm() else { throw .refused(.timeout, progress.reason ?? "no progress") }
         var ballooned: PageBitmap?
         if let words = state.pv?.balloonWords, words.count == (machine.memory.pageCount + 63) / 64 {
             var b = PageBitmap(pageCount: machine.memory.pageCount)
@@ -163,12 +202,12 @@ final class ReceiveSession: @unchecked Sendable {
         return ReceivedVM(name: description.name, machine: machine, kernelSHA256: description.kernelSHA256, stats: stats)
     }
 
+    /// Admission of the memory first (protocol.md §3.1.1): nothing of the VM's size is
+    /// allocated before the claim succeeds.
     private func build(_ d: MachineDescription) throws(MigrationError) -> Machine {
-        guard d.memoryBytes <= options.maximumMemory else {
-            throw .machine(.invalidConfiguration("the VM has \(d.memoryBytes >> 20) MiB; this host accepts at most \(options.maximumMemory >> 20) MiB"))
-        }
         guard d.vcpus == 1 else { throw .machine(.invalidConfiguration("\(d.vcpus) vCPUs: this pvmigrate runs 1-vCPU VMs")) }
         guard d.kernelSHA256.count == 32, !d.name.isEmpty else { throw .wire(.malformed(type: "MACHINE", reason: "bad identity")) }
+        try admission.claim(ticket, bytes: d.memoryBytes)
         let configuration = Machine.Configuration(memorySize: d.memoryBytes, kernel: [], inKernelIRQChip: d.inKernelIRQChip,
                                                   console: options.console(d.name), log: options.log)
         do { return try Machine(restoring: configuration) } catch { throw .machine(error) }
@@ -191,7 +230,9 @@ final class ReceiveSession: @unchecked Sendable {
         var pages = 0
         while true {
             let before = channel.framesReceived
-            switch try channel.receive() {
+            let frame = try channel.receive()
+            if case let .pages(_, payload) = frame { progress.received(FrameHeader.size + payload.count) }
+            switch frame {
             case let .pages(flags, payload):
                 let stats: BatchStats
                 do {

@@ -91,7 +91,8 @@ public final class MigrationSender: @unchecked Sendable {
             machine.stop()
             return stats
         } catch {
-            let failure = error as? MigrationError ?? .transport(.tls("\(error)"))
+            let failure = destinationReason(for: error as? MigrationError ?? .transport(.tls("\(error)")),
+                                            control: channels.first)
             if failure.isReported { channels.first?.sendError(failure.reportCode, failure.description) }
             releaseThrottle()
             tracker.stop()
@@ -134,6 +135,16 @@ public final class MigrationSender: @unchecked Sendable {
         if !ack.capabilities.contains(.pvState), machine.pv.savedState().isInUse {
             throw .incompatible("the destination declined PV_STATE, but this guest uses the PV interface (its state cannot travel)")
         }
+        do throws(MigrationError) {
+            return (try attachStreams(control, ack: ack, id: id, open: open), ack.capabilities)
+        } catch {
+            // Refused at MACHINE, say: the destination said why before hanging up.
+            throw destinationReason(for: error, control: control)
+        }
+    }
+
+    private func attachStreams(_ control: FrameChannel, ack: HelloAck, id: [UInt8],
+                               open: () throws(MigrationError) -> FrameChannel) throws(MigrationError) -> [FrameChannel] {
         try sendControl(control, .machine(MachineDescription(
             memoryBytes: machine.memory.size, vcpus: UInt32(machine.vcpus.count),
             inKernelIRQChip: machine.vm.irqChipCreated, kernelSHA256: kernelSHA256, name: name)))
@@ -143,7 +154,7 @@ public final class MigrationSender: @unchecked Sendable {
             try sendControl(c, .join(migrationID: id, streamIndex: UInt32(index)))
             channels.append(c)
         }
-        return (channels, ack.capabilities)
+        return channels
     }
 
     /// The STATE payload (§1.8): the PV section (tag 4) only when PV_STATE was granted. Without

@@ -64,7 +64,9 @@ final class RoundSender: @unchecked Sendable {
                 stats.zeroPages += b.zero; stats.rawPages += b.raw; stats.deltaPages += b.delta
                 stats.wireBytes += UInt64(b.payloadBytes + FrameHeader.size * b.frames)
             case let .failure(e)?:
-                channels.forEach { $0.stream.close() } // unblock the other streams
+                // The data streams are done for; the control stream stays open so that the
+                // destination's ERROR frame, if it sent one, can still be read.
+                channels.dropFirst().forEach { $0.stream.close() }
                 throw e
             case nil: throw MigrationError.cancelled
             }

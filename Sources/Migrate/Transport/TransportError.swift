@@ -44,6 +44,10 @@ public enum TransportError: Error, Equatable, CustomStringConvertible {
     /// OpenSSL failed on an established TLS stream (corrupt record, bad MAC,
     /// alert from the peer...).
     case tls(String)
+    /// A listener closed `peer`'s connection at once because a limit was
+    /// reached (protocol.md §3.1.1); `reason` names the limit. The listener
+    /// stays usable.
+    case refused(peer: String, reason: String)
 
     public var description: String {
         switch self {
@@ -89,6 +93,9 @@ public enum TransportError: Error, Equatable, CustomStringConvertible {
         case .tls(let message):
             return "TLS error on an established stream: \(message); the stream was damaged or the peer "
                 + "misbehaved — retry the migration"
+        case .refused(let peer, let reason):
+            return "closed the connection from \(peer) at once: \(reason); if this is not a flood of "
+                + "connections, raise the limit"
         }
     }
 

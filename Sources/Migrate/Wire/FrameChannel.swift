@@ -24,12 +24,14 @@ public final class FrameChannel: @unchecked Sendable {
         bytesSent += UInt64(header.count + payload.count)
     }
 
-    /// The next frame, validated. Throws the transport's error or the wire's.
-    public func receive() throws(MigrationError) -> Frame {
+    /// The next frame, validated. Throws the transport's error or the wire's. With `allowed`,
+    /// a frame of another type is refused from its header, before its payload is read.
+    public func receive(allowed: Set<FrameType>? = nil, state: String = "") throws(MigrationError) -> Frame {
         let raw: [UInt8]
         do { raw = try stream.read(count: FrameHeader.size) } catch { throw .transport(error) }
         let header: FrameHeader
         do { header = try FrameHeader(decoding: raw) } catch { throw .wire(error) }
+        if let allowed, !allowed.contains(header.type) { throw .wire(.unexpected(frame: header.type.name, state: state)) }
         let payload: [UInt8]
         do { payload = try stream.read(count: header.length) } catch { throw .transport(error) }
         framesReceived += 1
