@@ -40,8 +40,9 @@ struct MigrationTests {
         }
     }
 
-    static func listener(_ arrivals: Arrivals, tls: TLSMode = pki.dst) throws -> MigrationListener {
-        var options = ReceiverOptions()
+    static func listener(_ arrivals: Arrivals, tls: TLSMode = pki.dst,
+                         options base: ReceiverOptions = ReceiverOptions()) throws -> MigrationListener {
+        var options = base
         options.console = { name in
             let c = WaitableConsole()
             arrivals.condition.withLock { arrivals.consoles[name] = c }
