@@ -140,3 +140,40 @@ struct CommitFaultTests {
         }
     }
 }
+
+/// Version 2 talks only to version 2 (protocol.md §3.6.6): a version 1 peer on either side
+/// is refused before anything is sent, and the VM stays where it is.
+@Suite(.serialized, .enabled(if: KVMGate.present, "needs /dev/kvm"))
+struct CommitVersionTests {
+    typealias M = MigrationTests
+
+    @Test func aVersion1SourceIsRefusedByTheDestination() throws {
+        let arrivals = M.Arrivals()
+        let listener = try M.listener(arrivals)
+        defer { listener.close() }
+        let c = FrameChannel(try StreamConnector.connect(host: "127.0.0.1", port: listener.port, mode: M.pki.src))
+        defer { c.stream.close() }
+        try c.send(.hello(Hello(minVersion: 1, maxVersion: 1, streams: 1, capabilities: [], migrationID: Array(repeating: 3, count: 16))))
+        guard case let .error(report) = try c.receive() else { Issue.record("no ERROR for a version 1 HELLO"); return }
+        #expect(report.code == .unsupportedVersion, "\(report)")
+        #expect(report.reason.contains("only 2"), "\(report.reason)")
+    }
+
+    @Test func aVersion1DestinationIsRefusedAndTheVMKeepsRunning() throws {
+        let fake = try MigrationFailureTests.fakeReceiver { c in
+            guard case .hello = try c.receive() else { return }
+            try c.send(.helloAck(HelloAck(version: 1, streams: 1, capabilities: [])))
+            _ = try? c.receive()
+        }
+        defer { fake.close() }
+        let (machine, console) = try MigrationFailureTests.dirtySource()
+        defer { machine.stop(); machine.waitForExit() }
+        do {
+            _ = try M.sender(machine) { $0.streams = 1 }.migrate(to: "127.0.0.1", port: fake.port, tls: M.pki.src)
+            Issue.record("migrated to a version 1 destination")
+        } catch {
+            #expect("\(error)".contains("version 1"), "\(error)")
+        }
+        try MigrationFailureTests.expectSourceIntact(machine, console)
+    }
+}

@@ -106,5 +106,10 @@ struct CommitKillTests {
         let check = try hosts.run("src", ["selfcheck", "vm"])
         #expect(check.status == 0 && check.stdout.contains(" 0 bad"), "\(check.text)")
         #expect(!FileManager.default.fileExists(atPath: "\(hosts.root)/src/vms/vm.handover"), "the hand-over record was left")
+        // Settled: nothing left to recover, and a new migration may start again.
+        let again = try hosts.run("src", ["recover", "vm"])
+        #expect(again.status != 0 && again.stderr.contains("no unresolved migration"), "\(again.text)")
+        let both = try hosts.run("src", ["recover", "vm", "--force-resume", "--force-stop"])
+        #expect(both.status != 0 && both.text.contains("exclude each other"), "\(both.text)")
     }
 }
