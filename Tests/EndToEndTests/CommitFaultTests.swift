@@ -138,6 +138,13 @@ struct CommitFaultTests {
             let (pages, bad) = try M.selfcheck(vm.machine, console2)
             #expect(pages > 0 && bad == 0, "destination self-check: \(pages) pages, \(bad) bad")
         }
+        // The destination keeps serving: a clean migration (no proxy) still arrives.
+        let before = arrivals.condition.withLock { arrivals.vms.count }
+        let (next, _) = try M.source("workload=idle", memory: 64 << 20)
+        _ = try M.sender(next) { $0.streams = 1 }.migrate(to: "127.0.0.1", port: listener.port, tls: c.tls ? M.pki.src : .insecure)
+        #expect(arrivals.wait(count: before + 1), "the destination no longer receives after the fault")
+        #expect(next.waitForExit() == .stopped)
+        arrivals.condition.withLock { arrivals.vms }.dropFirst(before).forEach { $0.machine.stop(); $0.machine.waitForExit() }
     }
 }
 
