@@ -37,6 +37,13 @@ struct CommitKillTests {
         }
 
         func restart() throws { listener = try Self.start(hosts, port) }
+
+        /// Ends what the test started even if a reference outlives it (the proxy's threads):
+        /// the listeners, the VM on either side.
+        func cleanUp() {
+            for l in hosts.listeners { _ = l.terminate(timeout: 10) }
+            for side in ["src", "dst"] { _ = try? hosts.run(side, ["stop", "vm"], timeout: 10) }
+        }
     }
 
     /// Polls `status VM` on the source until `accept` holds (bounded); returns the last status.
@@ -56,7 +63,7 @@ struct CommitKillTests {
     static func sendAndKill(_ hosts: H.Hosts, _ destination: Destination, frame: UInt16,
                             _ direction: FaultProxy.Direction) throws -> (String, FaultProxy) {
         let proxy = try FaultProxy(upstream: destination.port, rules: [
-            FaultProxy.Rule(direction, frameType: frame, .hook { destination.kill9() }),
+            FaultProxy.Rule(direction, frameType: frame, .hook { [weak destination] in destination?.kill9() }),
         ])
         try hosts.startVM("vm")
         let sent = try hosts.run("src", ["send", "127.0.0.1:\(proxy.port)", "vm", "--insecure", "--max-time", "60"], timeout: 120)
@@ -77,6 +84,7 @@ struct CommitKillTests {
     @Test func listenerKilledAfterStartingResolvesToStartedAndTheSourceStops() throws {
         let hosts = try H.Hosts()
         let destination = try Destination(hosts)
+        defer { destination.cleanUp() }
         let (id, proxy) = try Self.sendAndKill(hosts, destination, frame: Self.done, .toSource)
         defer { proxy.close() }
         let outcomes = (try? String(contentsOfFile: "\(hosts.root)/dst/outcomes", encoding: .utf8)) ?? ""
@@ -94,6 +102,7 @@ struct CommitKillTests {
     @Test func listenerKilledBeforeGoResolvesToUnknownAndTheSourceResumes() throws {
         let hosts = try H.Hosts()
         let destination = try Destination(hosts)
+        defer { destination.cleanUp() }
         let (id, proxy) = try Self.sendAndKill(hosts, destination, frame: Self.go, .toDestination)
         defer { proxy.close() }
         // Ask on demand too (the automatic attempts may win the race: both settle the same way).
