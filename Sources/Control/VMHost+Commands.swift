@@ -12,10 +12,12 @@ extension VMHost {
 
     /// The `status` result.
     func status() -> JSONValue {
-        let (migration, ended) = condition.withLock { (self.migration, hasEndedLocked) }
+        let (migration, ended, unresolved) = condition.withLock { (self.migration, hasEndedLocked, self.unresolved) }
         let state: String
         if ended || machine.exit != nil {
             state = "exited"
+        } else if unresolved != nil {
+            state = "unresolved"
         } else if migration != nil {
             state = "migrating"
         } else {
@@ -35,6 +37,7 @@ extension VMHost {
             "pv": pvStatus(),
         ]
         if let arrivedFrom { result["arrived_from"] = .string(arrivedFrom) }
+        if let u = unresolved, state == "unresolved" { result["unresolved"] = unresolvedStatus(u) }
         if let m = migration {
             var info: [String: JSONValue] = [
                 "destination": .string(m.destination),
@@ -186,10 +189,15 @@ extension VMHost {
             if let m = migration {
                 return "VM \(name) is already migrating to \(m.destination); wait for it, or stop it with `pvmigrate cancel \(name)`"
             }
+            if let u = unresolved {
+                return "VM \(name) is paused: the outcome of its migration to \(u.migration.destination) is not known yet; "
+                    + "see `pvmigrate status \(name)` and `pvmigrate recover \(name)`"
+            }
             migration = Migration(sender: sender, destination: destination, startedAt: Date())
             return nil
         }
         if let refusal { reply.fail(refusal); return }
+        sender.onHandOver = { [self] u in try writeHandOverRecord(u) }
         do {
             let stats = try sender.migrate(to: parsed.destination.host, port: parsed.destination.port, tls: tls) { [self] round in
                 condition.withLock { migration?.last = round }
@@ -198,6 +206,7 @@ extension VMHost {
             finishMigration(success: (stats, destination))
             reply.ok((try? JSONValue(encoding: stats)) ?? [:])
         } catch {
+            if case let .unresolved(u) = error { enterUnresolved(u, sender: sender) }
             finishMigration(success: nil)
             reply.fail(error.description)
         }

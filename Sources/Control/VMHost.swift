@@ -42,10 +42,20 @@ public final class VMHost: @unchecked Sendable {
         var last: RoundStats?
     }
 
+    /// A migration whose outcome is unknown (protocol.md §3.6.5): the VM is paused here.
+    struct Unresolved {
+        var migration: UnresolvedMigration
+        var sender: MigrationSender
+        var since = Date()
+        var attempts = 0
+        var lastError: String?
+    }
+
     let condition = NSCondition()
     // Guarded by `condition`:
     var migration: Migration?
-    private var migrated: (stats: MigrationStats, destination: String)?
+    var unresolved: Unresolved?
+    var migrated: (stats: MigrationStats, destination: String)?
     private var end: VMHostEnd?
     private var drained = false
     private var activeRequests = 0
@@ -214,7 +224,7 @@ public final class VMHost: @unchecked Sendable {
             }
             let reply = Reply(id: fields["id"] ?? .null, connection: connection)
             guard let cmd = fields["cmd"]?.string else {
-                reply.fail("malformed request: \"cmd\" must be a string (status, stop, console, selfcheck, migrate, cancel)")
+                reply.fail("malformed request: \"cmd\" must be a string (status, stop, console, selfcheck, migrate, cancel, recover)")
                 continue
             }
             var arguments = fields
@@ -234,8 +244,9 @@ public final class VMHost: @unchecked Sendable {
         case "console": allowed = ["follow"]
         case "migrate": allowed = Set(MigrateArguments.keys)
         case "status", "stop", "selfcheck", "cancel": allowed = []
+        case "recover": allowed = ["force"]
         default:
-            reply.fail("unknown command \"\(cmd)\"; the commands are status, stop, console, selfcheck, migrate and cancel")
+            reply.fail("unknown command \"\(cmd)\"; the commands are status, stop, console, selfcheck, migrate, cancel and recover")
             return
         }
         if let unknown = arguments.keys.sorted().first(where: { !allowed.contains($0) }) {
@@ -249,6 +260,7 @@ public final class VMHost: @unchecked Sendable {
         case "console": console(arguments, reply, connection)
         case "selfcheck": selfcheck(reply)
         case "migrate": migrate(arguments, reply)
+        case "recover": recoverRequest(arguments, reply)
         default: cancelRequest(reply)
         }
     }
@@ -256,7 +268,7 @@ public final class VMHost: @unchecked Sendable {
     /// Records a successful migration (before the host notices the VM stopped).
     func finishMigration(success: (stats: MigrationStats, destination: String)?) {
         condition.withLock {
-            if let success { migrated = success }
+            if let success { migrated = success; removeHandOverRecord() }
             migration = nil
             condition.broadcast()
         }

@@ -132,6 +132,9 @@ struct Listen: ParsableCommand {
         options.listener.handshakeTimeout = handshakeTimeout
         options.progressTimeout = progressTimeout
         options.hostedMemory = { daemon.hostedMemory }
+        // The commit decisions (protocol.md §3.6.4) outlive this process: a source that lost
+        // the end of a migration asks for them with RESOLVE, also after a restart.
+        do { options.outcomes = try OutcomeTable(path: runtime.path + "/outcomes") } catch { throw Diagnostics.fail(error) }
         options.console = { _ in daemon.consoleForArrival() }
         options.log = { daemon.engineLog($0) }
         let listener: MigrationListener

@@ -10,8 +10,11 @@ struct Send: ParsableCommand {
         discussion: """
             The VM's own process does the migration (pre-copy over mutual TLS, docs/protocol.md §3);
             this command asks it to, shows the progress and prints the statistics. On success the
-            VM runs at the destination and is gone here; on any failure (or Ctrl-C, which cancels)
-            it keeps running here.
+            VM runs at the destination and is gone here; on a failure (or Ctrl-C, which cancels)
+            before the hand-over it keeps running here. If the connection fails during the
+            hand-over (docs/protocol.md §3.6), the VM stays PAUSED here, `pvmigrate status` shows
+            it "unresolved", and pvmigrate asks the destination what it did and settles it
+            (`pvmigrate recover` asks on demand).
             TLS: the directory holds ca.pem, cert.pem and key.pem (`pvmigrate certs init`); by
             default $PVMIGRATE_TLS_DIR, else <runtime directory>/tls. The destination's certificate
             must name the host dialed (DNS name or IP address), or --peer-name when given

@@ -41,6 +41,11 @@ struct Status: ParsableCommand {
                 lines.append(("rejected", "\(rejected) invalid PV requests from the guest"))
             }
         }
+        if let u = s["unresolved"] {
+            lines.append(("unresolved", "migration \(u["migration_id"]?.string ?? "?") to \(u["destination"]?.string ?? "?"): "
+                + "the VM is PAUSED until the destination's decision is known; \(u["attempts"]?.int64 ?? 0) failed attempts to ask"
+                + (u["last_error"]?.string.map { " (last: \($0))" } ?? "") + "; `pvmigrate recover \(target.vm)` asks again"))
+        }
         if let m = s["migration"] {
             var text = "to \(m["destination"]?.string ?? "?"), round \(m["round"]?.int64 ?? 0)"
             if let left = m["remaining_pages"]?.int64 { text += ", \(Format.count(Int(left))) pages left" }

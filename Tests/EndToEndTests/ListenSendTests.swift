@@ -122,8 +122,13 @@ extension EndToEnd {
             /// Starts `listen` on the destination on an ephemeral loopback port (chosen by the
             /// listener itself, so no other test can take it first); returns the port it printed.
             func listen(tlsDir: String, _ extra: [String] = []) throws -> (Background, UInt16) {
-                let l = try Background(["listen", "--address", "127.0.0.1:0", "--tls-dir", "\(root)/\(tlsDir)"] + extra,
-                                       environment: environment("dst"))
+                try listen(port: 0, ["--tls-dir", "\(root)/\(tlsDir)"] + extra)
+            }
+
+            /// Starts `listen --address 127.0.0.1:PORT arguments…` on the destination (port 0: one
+            /// the listener chooses) and returns it with the port it printed once it listens.
+            func listen(port: UInt16, _ arguments: [String]) throws -> (Background, UInt16) {
+                let l = try Background(["listen", "--address", "127.0.0.1:\(port)"] + arguments, environment: environment("dst"))
                 listeners.append(l)
                 func line() -> Substring? { // only complete lines: the port must be whole
                     l.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropLast()

@@ -30,7 +30,7 @@ extension EndToEnd {
             let c = FrameChannel(try StreamConnector.connect(host: "127.0.0.1", port: port, mode: M.pki.src))
             c.stream.setTimeout(seconds: 20)
             let id = (0..<16).map { _ in UInt8.random(in: 0...255) }
-            try c.send(.hello(Hello(streams: streams, capabilities: [.zstd], migrationID: id)))
+            try c.send(.hello(Hello(minVersion: 2, maxVersion: 2, streams: streams, capabilities: [.zstd], migrationID: id)))
             let reply = try c.receive()
             guard case .helloAck = reply else { throw MigrationError.wire(.unexpected(frame: reply.name, state: "test: HELLO_ACK")) }
             return (c, id)

@@ -27,7 +27,7 @@ extension EndToEnd {
 
         static func handshake(_ c: FrameChannel) throws {
             guard case .hello = try c.receive() else { return }
-            try c.send(.helloAck(HelloAck(version: 1, streams: 1, capabilities: [.zstd, .delta, .pvState])))
+        try c.send(.helloAck(HelloAck(version: 2, streams: 1, capabilities: [.zstd, .delta, .pvState])))
             guard case .machine = try c.receive() else { return }
         }
 
@@ -102,7 +102,7 @@ extension EndToEnd {
             func fakeSender(_ afterMachine: (FrameChannel) throws -> Void) throws -> Frame? {
                 let c = FrameChannel(try StreamConnector.connect(host: "127.0.0.1", port: listener.port, mode: M.pki.src))
                 defer { c.stream.close() }
-                try c.send(.hello(Hello(streams: 1, capabilities: [.zstd], migrationID: (0..<16).map { _ in .random(in: 0...255) })))
+            try c.send(.hello(Hello(minVersion: 2, maxVersion: 2, streams: 1, capabilities: [.zstd], migrationID: (0..<16).map { _ in .random(in: 0...255) })))
                 _ = try c.receive()
                 try c.send(.machine(MachineDescription(memoryBytes: 64 << 20, vcpus: 1, inKernelIRQChip: false,
                                                        kernelSHA256: [UInt8](repeating: 1, count: 32), name: "fake")))
@@ -132,13 +132,14 @@ extension EndToEnd {
             let c = FrameChannel(try StreamConnector.connect(host: "127.0.0.1", port: listener.port, mode: M.pki.src))
             defer { c.stream.close() }
             // PV_STATE: the state carries the PV section, which needs it (protocol.md §3.2).
-            try c.send(.hello(Hello(streams: 1, capabilities: [.pvState], migrationID: (0..<16).map { _ in .random(in: 0...255) })))
+            try c.send(.hello(Hello(minVersion: 2, maxVersion: 2, streams: 1, capabilities: [.pvState],
+                                    migrationID: (0..<16).map { _ in .random(in: 0...255) })))
             _ = try c.receive()
             try c.send(.machine(MachineDescription(memoryBytes: 64 << 20, vcpus: 1, inKernelIRQChip: false,
                                                    kernelSHA256: [UInt8](repeating: 1, count: 32), name: "liar")))
             try c.send(.streamEnd(frames: 2))
             try c.send(.state(state))
-            try c.send(.commit(digest: 0xdead_beef, pagesWithData: 1))
+        try c.send(.commit(digest: 0xdead_beef, pagesWithData: 1, stateDigest: StateDigest.compute(state)))
             guard case let .error(report) = try c.receive() else { Issue.record("no ERROR for a wrong digest"); return }
             #expect(report.code == .digestMismatch)
             #expect(arrivals.vms.isEmpty)

@@ -42,8 +42,9 @@ extension EndToEnd {
         }
 
         static func listener(_ arrivals: Arrivals, tls: TLSMode = pki.dst,
+                             options base: ReceiverOptions = ReceiverOptions(),
                              _ configure: (inout ReceiverOptions) -> Void = { _ in }) throws -> MigrationListener {
-            var options = ReceiverOptions()
+            var options = base
             configure(&options)
             options.console = { name in
                 let c = WaitableConsole()

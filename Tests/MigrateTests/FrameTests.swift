@@ -168,12 +168,49 @@ private enum Golden {
         0xde, 0xad, 0xbe, 0xef, 0x00, 0x01,
     ]
 
-    // COMMIT: digest 0x0123456789abcdef, 65536 pages with data.
-    static let commitFrame = Frame.commit(digest: 0x0123_4567_89ab_cdef, pagesWithData: 65536)
+    // COMMIT (version 2): digest 0x0123456789abcdef, 65536 pages with data, state digest 0xfedcba9876543210.
+    static let commitFrame = Frame.commit(digest: 0x0123_4567_89ab_cdef, pagesWithData: 65536,
+                                          stateDigest: 0xfedc_ba98_7654_3210)
     static let commit: [UInt8] = [
-        0x50, 0x56, 0x4d, 0x47, 0x08, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x50, 0x56, 0x4d, 0x47, 0x08, 0x00, 0x00, 0x00, 0x18, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
         0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01, // digest
         0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, // pages_with_data 0x10000
+        0x10, 0x32, 0x54, 0x76, 0x98, 0xba, 0xdc, 0xfe, // state_digest
+    ]
+
+    /// The migration id 00 11 22 … ff that PREPARED, GO, DONE and RESOLVE carry below.
+    static let id: [UInt8] = (0..<16).map { UInt8($0 * 0x11) }
+    static let idBytes: [UInt8] = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]
+
+    // PREPARED (12), GO (13), DONE (14), RESOLVE (15): the 16-byte migration id.
+    static let preparedFrame = Frame.prepared(migrationID: id)
+    static let prepared: [UInt8] = [
+        0x50, 0x56, 0x4d, 0x47, 0x0c, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ] + idBytes
+    static let goFrame = Frame.go(migrationID: id)
+    static let go: [UInt8] = [
+        0x50, 0x56, 0x4d, 0x47, 0x0d, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ] + idBytes
+    static let doneFrame = Frame.done(migrationID: id)
+    static let done: [UInt8] = [
+        0x50, 0x56, 0x4d, 0x47, 0x0e, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ] + idBytes
+    static let resolveFrame = Frame.resolve(migrationID: id)
+    static let resolve: [UInt8] = [
+        0x50, 0x56, 0x4d, 0x47, 0x0f, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ] + idBytes
+
+    // OUTCOME (16): started (1), and unknown (0).
+    static let outcomeFrame = Frame.outcome(.started)
+    static let outcome: [UInt8] = [
+        0x50, 0x56, 0x4d, 0x47, 0x10, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x01, 0x00, 0x00, 0x00,                         // outcome 1 started
+        0x00, 0x00, 0x00, 0x00,                         // u32 0
+    ]
+    static let outcomeUnknownFrame = Frame.outcome(.unknown)
+    static let outcomeUnknown: [UInt8] = [
+        0x50, 0x56, 0x4d, 0x47, 0x10, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     ]
 
     // COMMIT_ACK: status 0 (resumed).
@@ -232,6 +269,12 @@ private enum Golden {
         ("ERROR", errorFrame, error),
         ("ERROR (bare)", errorBareFrame, errorBare),
         ("STREAM_END", streamEndFrame, streamEnd),
+        ("PREPARED", preparedFrame, prepared),
+        ("GO", goFrame, go),
+        ("DONE", doneFrame, done),
+        ("RESOLVE", resolveFrame, resolve),
+        ("OUTCOME", outcomeFrame, outcome),
+        ("OUTCOME (unknown)", outcomeUnknownFrame, outcomeUnknown),
     ]
 }
 
@@ -307,9 +350,11 @@ struct FrameTests {
         let types: [(FrameType, UInt16)] = [
             (.hello, 1), (.helloAck, 2), (.machine, 3), (.join, 4), (.pages, 5), (.round, 6),
             (.state, 7), (.commit, 8), (.commitAck, 9), (.error, 10), (.streamEnd, 11),
+            (.prepared, 12), (.go, 13), (.done, 14), (.resolve, 15), (.outcome, 16),
         ]
         for (type, number) in types { #expect(type.rawValue == number, "\(type)") }
-        #expect(FrameType.allCases.count == 11)
+        #expect(FrameType.allCases.count == 16)
+        #expect(CommitOutcome.unknown.rawValue == 0 && CommitOutcome.started.rawValue == 1 && CommitOutcome.aborted.rawValue == 2)
         #expect(Capabilities.zstd.rawValue == 1 << 0)
         #expect(Capabilities.delta.rawValue == 1 << 1)
         #expect(Capabilities.pvState.rawValue == 1 << 2)
@@ -435,7 +480,7 @@ struct FrameTests {
         #expect(headerError([UInt8](repeating: 0, count: 16)) == .badMagic(0))
     }
 
-    @Test("an unknown type is rejected", arguments: [UInt16(0), 12, 0x100, 0xffff])
+    @Test("an unknown type is rejected", arguments: [UInt16(0), 17, 0x100, 0xffff])
     func unknownType(_ type: UInt16) {
         #expect(headerError(rawHeader(type: type, length: 0)) == .unknownType(type))
     }
@@ -462,7 +507,8 @@ struct FrameTests {
     /// Each type's payload limit: its fixed size, 50 + 255 (MACHINE), 8 + 4096 (ERROR), 16 MiB (PAGES, STATE).
     static let limits: [(FrameType, Int)] = [
         (.hello, 32), (.helloAck, 16), (.machine, 305), (.join, 20), (.pages, 16 << 20), (.round, 24),
-        (.state, 16 << 20), (.commit, 16), (.commitAck, 8), (.error, 4104), (.streamEnd, 8),
+        (.state, 16 << 20), (.commit, 24), (.commitAck, 8), (.error, 4104), (.streamEnd, 8),
+        (.prepared, 16), (.go, 16), (.done, 16), (.resolve, 16), (.outcome, 8),
     ]
 
     @Test("a length over the type's limit is rejected; the limit itself is accepted", arguments: limits.indices)
@@ -490,6 +536,8 @@ struct FrameTests {
     static let fixedSize: [(FrameType, [UInt8])] = [
         (.hello, Golden.hello), (.helloAck, Golden.helloAck), (.join, Golden.join), (.round, Golden.round),
         (.commit, Golden.commit), (.commitAck, Golden.commitAck), (.streamEnd, Golden.streamEnd),
+        (.prepared, Golden.prepared), (.go, Golden.go), (.done, Golden.done), (.resolve, Golden.resolve),
+        (.outcome, Golden.outcome),
     ]
 
     @Test("fixed-size payloads one byte short or one byte long are malformed", arguments: fixedSize.indices)
@@ -536,6 +584,7 @@ struct FrameTests {
             (.helloAck, Array(Golden.helloAck[16...]), 2..<4),
             (.round, Array(Golden.round[16...]), 4..<8),
             (.commitAck, Array(Golden.commitAck[16...]), 4..<8),
+            (.outcome, Array(Golden.outcome[16...]), 4..<8),
             (.error, Array(Golden.error[16...]), 4..<8),
         ]
         for (type, payload, reserved) in cases {
@@ -599,14 +648,14 @@ struct FrameTests {
         try sender.send(Golden.stateFrame)
         try sender.send(Golden.commitFrame)
         try sender.send(Golden.errorFrame)
-        // 48 + 71 + 48 + 23 + 40 + 24 + 22 + 32 + 34 bytes.
+        // 48 + 71 + 48 + 23 + 40 + 24 + 22 + 40 (COMMIT, version 2) + 34 bytes.
         #expect(sender.framesSent == 9)
-        #expect(sender.bytesSent == 342)
+        #expect(sender.bytesSent == 350)
         #expect(sender.framesReceived == 0)
         let wire = Golden.hello + Golden.machine + Golden.pages + Golden.pagesZstd + Golden.round
             + Golden.streamEnd + Golden.state + Golden.commit + Golden.error
         #expect(pipe.written == wire)
-        #expect(wire.count == 342)
+        #expect(wire.count == 350)
 
         let receiver = FrameChannel(pipe)
         let expected = [Golden.helloFrame, Golden.machineFrame, Golden.pagesFrame, Golden.pagesZstdFrame,

@@ -1,4 +1,4 @@
-"""The pvmigrate migration stream, version 1, written from docs/protocol.md §3 alone.
+"""The pvmigrate migration stream, version 2, written from docs/protocol.md §3 alone.
 
 Shared by the conformance receiver and sender: frames (§3.2), page batches (§3.3),
 the DELTA encoding (§3.3.1), the STATE container's PV section (§1.8) and the memory
@@ -22,11 +22,15 @@ FLAG_ZSTD = 1
 ZSTD_MAX_WINDOW = 8 << 20  # the largest window a receiver must accept (§3.3)
 
 HELLO, HELLO_ACK, MACHINE, JOIN, PAGES, ROUND, STATE, COMMIT, COMMIT_ACK, ERROR, STREAM_END = range(1, 12)
+PREPARED, GO, DONE, RESOLVE, OUTCOME = range(12, 17)  # version 2: the commit protocol (§3.6)
 NAMES = {1: "HELLO", 2: "HELLO_ACK", 3: "MACHINE", 4: "JOIN", 5: "PAGES", 6: "ROUND", 7: "STATE",
-         8: "COMMIT", 9: "COMMIT_ACK", 10: "ERROR", 11: "STREAM_END"}
+         8: "COMMIT", 9: "COMMIT_ACK", 10: "ERROR", 11: "STREAM_END", 12: "PREPARED", 13: "GO",
+         14: "DONE", 15: "RESOLVE", 16: "OUTCOME"}
+VERSION = 2  # the only version this peer speaks (§3.6.6)
 # The largest payload of each type (§3.2).
 LIMITS = {HELLO: 32, HELLO_ACK: 16, MACHINE: 50 + 255, JOIN: 20, PAGES: MAX_PAYLOAD, ROUND: 24,
-          STATE: MAX_PAYLOAD, COMMIT: 16, COMMIT_ACK: 8, ERROR: 8 + 4096, STREAM_END: 8}
+          STATE: MAX_PAYLOAD, COMMIT: 24, COMMIT_ACK: 8, ERROR: 8 + 4096, STREAM_END: 8,
+          PREPARED: 16, GO: 16, DONE: 16, RESOLVE: 16, OUTCOME: 8}
 
 CAP_ZSTD, CAP_DELTA, CAP_PV_STATE = 1, 2, 4
 CAPS_ALL = CAP_ZSTD | CAP_DELTA | CAP_PV_STATE
@@ -402,3 +406,19 @@ def digest(memory, excluded=()):
             total = (total + mix(i, page)) & M64
             n += 1
     return total, n
+
+
+# --- The STATE digest (§3.6.2) -------------------------------------------------------------
+
+def state_digest(blob):
+    """COMMIT's state_digest over a STATE payload: its bytes as little-endian u64 words (the
+    last zero-padded), the length mixed in first."""
+    n = len(blob)
+    padded = blob + bytes(-n % 8)
+    h = n ^ 0x9E3779B97F4A7C15
+    for (word,) in struct.iter_unpack("<Q", padded):
+        h = ((h ^ word) * P) & M64
+        h ^= h >> 29
+    h ^= h >> 32
+    h = (h * P) & M64
+    return h ^ (h >> 29)

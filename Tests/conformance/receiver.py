@@ -89,13 +89,13 @@ class Migration:
             # Handshake (§3.2): the first frame tells control (HELLO) from data (JOIN).
             hp = w.expect(control.receive(), w.HELLO, 32)
             mn, mx, streams, offered = struct.unpack_from("<HHIQ", hp)
-            mid = hp[16:32]
+            mid = self.mid = hp[16:32]
             self.hello = (mn, mx, streams, offered)
-            if not (mn <= 1 <= mx):
-                raise w.ProtocolError(f"source speaks versions {mn}-{mx}; this receiver speaks 1", w.E_VERSION)
+            if not (mn <= w.VERSION <= mx):
+                raise w.ProtocolError(f"source speaks versions {mn}-{mx}; this receiver speaks {w.VERSION}", w.E_VERSION)
             self.streams = min(streams, self.args.max_streams)
             self.granted = offered & self.accept_caps & w.CAPS_ALL
-            control.send(w.HELLO_ACK, struct.pack("<HHIQ", 1, 0, self.streams, self.granted))
+            control.send(w.HELLO_ACK, struct.pack("<HHIQ", w.VERSION, 0, self.streams, self.granted))
             self.machine = w.parse_machine(w.expect(control.receive(), w.MACHINE))
             self.pages = w.page_count(self.machine["memory_bytes"])
             data = {}
@@ -152,15 +152,18 @@ class Migration:
             if self.reported.get(rnd) != (pages, nbytes):
                 raise w.ProtocolError(f"round {rnd}: received {pages} pages in {nbytes} bytes, ROUND said {self.reported.get(rnd)}")
 
-    # --- The commit phase (§3.7): STATE, COMMIT, COMMIT_ACK. Kept in one place: the commit
-    # protocol is expected to change with protocol version 2.
+    # --- The commit protocol (§3.6): STATE, COMMIT → PREPARED ← GO → DONE ←. This receiver
+    # never runs the guest: "starting" it is answering DONE, after which the VM is its own.
     def commit(self, control):
         state = w.expect(control.receive(), w.STATE)
+        expected, pages_with_data, expected_state = struct.unpack("<QQQ", w.expect(control.receive(), w.COMMIT, 24))
+        if w.state_digest(state) != expected_state:
+            control.send_error(w.E_DIGEST, f"STATE digest {w.state_digest(state):016x}, COMMIT says {expected_state:016x}")
+            return {"ok": False, "error": "STATE digest mismatch"}, state
         sections = w.state_sections(state)
         if 4 in sections and not self.granted & w.CAP_PV_STATE:
             raise w.ProtocolError("STATE has a PV section although PV_STATE was not granted")
         ballooned = w.balloon_pages(sections, self.pages)
-        expected, pages_with_data = struct.unpack("<QQ", w.expect(control.receive(), w.COMMIT, 16))
         for i in ballooned:
             self.memory.pop(i, None)
         digest, n = w.digest(self.memory)
@@ -172,7 +175,12 @@ class Migration:
         if not result["ok"]:
             control.send_error(w.E_DIGEST, f"digest {digest:016x} ({n} pages), COMMIT says {expected:016x} ({pages_with_data})")
             return result, state
-        control.send(w.COMMIT_ACK, struct.pack("<II", 0, 0))
+        # Prepared: both digests match. The source must answer GO with this migration's id.
+        control.send(w.PREPARED, self.mid)
+        go = w.expect(control.receive(), w.GO, 16)
+        if go != self.mid:
+            raise w.ProtocolError("GO names another migration")
+        control.send(w.DONE, self.mid)
         return result, state
 
     def dump(self, directory, state):

@@ -21,7 +21,7 @@ counts lowered by either receiver, plaintext and mutual TLS, and a PV_STATE decl
 Swift source must refuse and keep the VM). receiver-rejects shows the Python receiver's
 checks can fail: sender.py --violate (ignoring the grant — issue 10's bug —, a page on the
 wrong stream, a bad delta, a wrong STREAM_END count) must each be refused. Then the golden capture: sender.py --golden must
-reproduce Tests/conformance/golden/stream-v1.bin byte for byte (the Swift encoder is checked
+reproduce Tests/conformance/golden/stream-v2.bin byte for byte (the Swift encoder is checked
 against the same file by MigrateTests' ConformanceGoldenTests).
 
     run.py [--binary .build/debug/pvmigrate]      exit status 0 only if every case passed
@@ -37,7 +37,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-GOLDEN = os.path.join(HERE, "golden", "stream-v1.bin")
+GOLDEN = os.path.join(HERE, "golden", "stream-v2.bin")
 
 # (name, tls, send --streams, receiver.py --accept, receiver.py --max-streams,
 #  sender.py --offer, sender.py --streams, destination listener)
@@ -226,7 +226,7 @@ class Run:
         if mine != theirs:
             at = next((i for i, (x, y) in enumerate(zip(mine, theirs)) if x != y), min(len(mine), len(theirs)))
             raise Failure(f"sender.py --golden differs from {GOLDEN} at byte {at} ({len(mine)} vs {len(theirs)} bytes)")
-        return f"{len(mine)} bytes identical to golden/stream-v1.bin"
+        return f"{len(mine)} bytes identical to golden/stream-v2.bin"
 
     def close(self):
         for p in self.procs:

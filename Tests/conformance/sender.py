@@ -92,10 +92,10 @@ class Sender:
 
     def handshake(self, connect):
         control = connect()
-        control.send(w.HELLO, w.hello(1, 1, self.asked, self.offer, self.mid))
+        control.send(w.HELLO, w.hello(w.VERSION, w.VERSION, self.asked, self.offer, self.mid))
         p = w.expect(control.receive(), w.HELLO_ACK, 16)
         version, zero, streams, granted = struct.unpack("<HHIQ", p)
-        if version != 1 or zero:
+        if version != w.VERSION or zero:
             raise w.ProtocolError(f"HELLO_ACK chose version {version}", w.E_VERSION)
         if granted & ~self.offer or not 1 <= streams <= self.asked:
             raise w.ProtocolError(f"HELLO_ACK grants {granted:#x} / {streams} streams, more than offered")
@@ -165,18 +165,20 @@ class Sender:
         for ch in channels[1:] + channels[:1]:  # STREAM_END: data streams, then control
             ch.send(w.STREAM_END, struct.pack("<Q", ch.sent + (self.violate == "stream-end")))
 
-    # --- The commit phase (§3.7): STATE, COMMIT, COMMIT_ACK. Kept in one place: the commit
-    # protocol is expected to change with protocol version 2.
-    def commit(self, control, wait_ack=True):
+    # --- The commit protocol (§3.6): STATE, COMMIT → PREPARED ← GO → DONE ←. The VM this
+    # sender replays exists nowhere else, so it may always give it up: it sends GO at once.
+    def commit(self, control, wait_done=True):
         state = self.state if self.granted & w.CAP_PV_STATE else without_pv_section(self.state)
         control.send(w.STATE, state)
         d, n = w.digest(self.memory)
-        control.send(w.COMMIT, struct.pack("<QQ", d, n))
-        if not wait_ack:
+        control.send(w.COMMIT, struct.pack("<QQQ", d, n, w.state_digest(state)))
+        if not wait_done:
             return d, n
-        status, zero = struct.unpack("<II", w.expect(control.receive(), w.COMMIT_ACK, 8))
-        if status != 0 or zero:
-            raise w.ProtocolError(f"COMMIT_ACK status {status}")
+        if w.expect(control.receive(), w.PREPARED, 16) != self.mid:
+            raise w.ProtocolError("PREPARED names another migration")
+        control.send(w.GO, self.mid)
+        if w.expect(control.receive(), w.DONE, 16) != self.mid:
+            raise w.ProtocolError("DONE names another migration")
         return d, n
 
 
@@ -185,11 +187,11 @@ def golden(path):
     s = Sender(memory, machine, state, w.CAP_DELTA | w.CAP_PV_STATE, 1, bytes(range(16)))
     control = w.Channel(None)
     control.out = []
-    control.send(w.HELLO, w.hello(1, 1, 1, s.offer, s.mid))
+    control.send(w.HELLO, w.hello(w.VERSION, w.VERSION, 1, s.offer, s.mid))
     s.accept_ack(1, s.offer)
     control.send(w.MACHINE, s.machine_payload())
     s.rounds([control])
-    s.commit(control, wait_ack=False)
+    s.commit(control, wait_done=False)
     with open(path, "wb") as f:
         f.write(b"".join(control.out))
 

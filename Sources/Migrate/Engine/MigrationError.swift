@@ -20,6 +20,13 @@ public enum MigrationError: Error, CustomStringConvertible {
     /// (protocol.md §3.1.1); the text names the limit and what to do. Goes to the peer
     /// as an ERROR frame with `code`.
     case refused(ErrorReport.Code, String)
+    /// The STATE blob does not match the digest COMMIT carries (protocol.md §3.6.2).
+    case stateDigestMismatch(expected: UInt64, actual: UInt64)
+    /// The destination's outcome table could not be read or written (protocol.md §3.6.4).
+    case outcomeTable(String)
+    /// GO may have reached the destination, but DONE did not arrive: the VM is paused here
+    /// until the destination's decision is known (protocol.md §3.6.5).
+    case unresolved(UnresolvedMigration)
 
     public var description: String {
         switch self {
@@ -37,10 +44,15 @@ public enum MigrationError: Error, CustomStringConvertible {
         case .cancelled: return "the migration was cancelled"
         case let .invalidOptions(why): return "invalid migration options: \(why)"
         case let .refused(code, why): return "\(code == .timeout ? "dropped" : "refused"): \(why)"
+        case let .stateDigestMismatch(e, a):
+            return "machine state digest mismatch (source 0x\(String(e, radix: 16)), destination 0x\(String(a, radix: 16))): "
+                + "the vCPU/device state was damaged on the way"
+        case let .outcomeTable(why): return why
+        case let .unresolved(u): return u.description
         }
     }
 
-    /// Whether the peer should be told with an ERROR frame: not when it told us (§3.6).
+    /// Whether the peer should be told with an ERROR frame: not when it told us (protocol.md §3.7).
     var isReported: Bool {
         if case .peer = self { return false }
         return true
@@ -53,7 +65,7 @@ public enum MigrationError: Error, CustomStringConvertible {
         return description
     }
 
-    /// The code to put in an ERROR frame for this failure (protocol.md §3.6).
+    /// The code to put in an ERROR frame for this failure (protocol.md §3.7).
     var reportCode: ErrorReport.Code {
         switch self {
         case .wire: .protocolViolation
@@ -61,7 +73,7 @@ public enum MigrationError: Error, CustomStringConvertible {
         case let .refused(code, _): code
         case .incompatible: .unsupportedVersion
         case .machine: .resources
-        case .digestMismatch: .digestMismatch
+        case .digestMismatch, .stateDigestMismatch: .digestMismatch
         case .state: .restoreFailed
         case .cancelled: .cancelled
         case .transport(.timeout): .timeout
@@ -82,5 +94,26 @@ extension MigrateError {
              .deltaMalformed, .pageBatchMalformed:
             .protocolViolation
         }
+    }
+}
+
+/// A migration whose outcome the source does not know: it sent GO and never got DONE
+/// (protocol.md §3.6.5). The VM stays paused at the source until the destination answers a
+/// RESOLVE for `migrationID`, or an operator forces a side.
+public struct UnresolvedMigration: Sendable, CustomStringConvertible {
+    public let host: String
+    public let port: UInt16
+    public let tls: TLSMode
+    public let migrationID: [UInt8]
+    /// What went wrong after GO was sent.
+    public let reason: String
+
+    public var destination: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var migrationIDHex: String { OutcomeTable.hex(migrationID) }
+
+    public var description: String {
+        "the outcome of migration \(migrationIDHex) to \(destination) is unknown (\(reason)): the VM is PAUSED here "
+            + "until the destination says whether it started it; pvmigrate asks it automatically — see "
+            + "`pvmigrate status` and `pvmigrate recover`"
     }
 }

@@ -2,7 +2,8 @@ import Core
 import Foundation
 
 /// The destination's accept loop: every connection's first frame says what it is — HELLO
-/// starts a migration (its own thread), JOIN attaches a data stream to one in progress.
+/// starts a migration (its own thread), JOIN attaches a data stream to one in progress,
+/// RESOLVE asks what this host decided for a migration (protocol.md §3.6.5).
 /// Several migrations may arrive at once. A failed handshake (wrong CA, plaintext peer) is
 /// logged and the listener keeps accepting.
 ///
@@ -81,7 +82,7 @@ public final class MigrationListener: @unchecked Sendable {
         defer { deadline.cancel() }
         stream.setTimeout(seconds: seconds)
         do throws(MigrationError) {
-            let frame = try channel.receive(allowed: [.hello, .join], state: "awaiting HELLO or JOIN")
+            let frame = try channel.receive(allowed: [.hello, .join, .resolve], state: "awaiting HELLO, JOIN or RESOLVE")
             let inTime = outcome.withLock { o -> Bool in
                 if o == nil { o = false }
                 return o == false
@@ -118,7 +119,8 @@ public final class MigrationListener: @unchecked Sendable {
             let session = ReceiveSession(hello: hello, control: channel, options: options,
                                          admission: admission, ticket: ticket)
             let fresh = sessions.withLock { s -> Bool in
-                guard s[hello.migrationID] == nil else { return false }
+                // An id with a decision on record is spent, even across restarts.
+                guard s[hello.migrationID] == nil, options.outcomes.lookup(hello.migrationID) == .unknown else { return false }
                 s[hello.migrationID] = session
                 return true
             }
@@ -144,8 +146,15 @@ public final class MigrationListener: @unchecked Sendable {
                 stream.close()
                 return
             }
+        case let .resolve(id):
+            // Under the sessions lock: a session in progress cannot finish its decision
+            // between the check and the answer without the table seeing it first.
+            let outcome = sessions.withLock { options.outcomes.resolve(id, active: $0[id] != nil) }
+            options.log("RESOLVE \(OutcomeTable.hex(id)) from \(stream.peerDescription): \(outcome)")
+            try? channel.send(.outcome(outcome))
+            stream.close()
         default:
-            channel.sendError(.protocolViolation, "expected HELLO or JOIN, got \(first.name)")
+            channel.sendError(.protocolViolation, "expected HELLO, JOIN or RESOLVE, got \(first.name)")
             stream.close()
         }
     }

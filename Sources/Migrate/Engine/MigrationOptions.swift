@@ -87,4 +87,6 @@ public struct MigrationStats: Sendable, Codable, Equatable {
     public var throttled = false
 
     public var pagesSent: Int { zeroPages + rawPages + deltaPages }
+
+    public init() {}
 }

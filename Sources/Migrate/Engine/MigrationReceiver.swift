@@ -27,6 +27,11 @@ public struct ReceiverOptions: Sendable {
     /// Guest memory of the VMs that arrived through this listener and still run here; it
     /// counts against `maximumMemory`. The engine does not keep arrived VMs: their host does.
     public var hostedMemory: @Sendable () -> UInt64 = { 0 }
+    /// How long a PREPARED destination waits for GO before it aborts (protocol.md §3.6.3).
+    public var goDeadline: Double = 30
+    /// The decisions this host made (protocol.md §3.6.4); `listen` keeps them in its runtime
+    /// directory. The default, in memory, does not survive the process.
+    public var outcomes = try! OutcomeTable(path: nil)
     /// The console of an arriving VM, by name.
     public var console: @Sendable (String) -> ConsoleSink = { _ in ConsoleBuffer() }
     public var log: @Sendable (String) -> Void = { _ in }
@@ -49,9 +54,10 @@ public struct ReceiveStats: Sendable, Codable, Equatable {
     public var digest: UInt64 = 0
 }
 
-/// One incoming migration: the destination's state machine (protocol.md §3.4).
-/// awaitHello → awaitMachine → receiving → awaitCommit → resumed; any error → failed, and
-/// the half-built VM is discarded with everything it holds.
+/// One incoming migration: the destination's state machine (protocol.md §3.4, §3.6).
+/// awaitHello → awaitMachine → receiving → awaitCommit → prepared → started; any error →
+/// failed (after PREPARED: "aborted" recorded), and the half-built VM is discarded with
+/// everything it holds. The guest starts only after GO, once "started" is on disk.
 final class ReceiveSession: @unchecked Sendable {
     let id: [UInt8]
     let hello: Hello
@@ -114,12 +120,13 @@ final class ReceiveSession: @unchecked Sendable {
 
     private func receive() throws(MigrationError) -> ReceivedVM {
         let started = ContinuousClock.now
-        guard hello.minVersion <= 1, hello.maxVersion >= 1 else {
-            throw .incompatible("the source speaks protocol versions \(hello.minVersion)–\(hello.maxVersion); this host speaks 1")
+        guard hello.minVersion <= 2, hello.maxVersion >= 2 else {
+            throw .incompatible("the source speaks protocol versions \(hello.minVersion)–\(hello.maxVersion); this host speaks "
+                + "only 2 (version 1 can run a VM in two places: upgrade the source's pvmigrate)")
         }
         joins.withLock { streams = min(Int(hello.streams), options.maximumStreams) }
         granted = hello.capabilities.intersection(options.capabilities)
-        do { try control.send(.helloAck(HelloAck(version: 1, streams: UInt32(streams), capabilities: granted))) }
+        do { try control.send(.helloAck(HelloAck(version: 2, streams: UInt32(streams), capabilities: granted))) }
         catch { throw .transport(error) }
         progress.advanced()
 
@@ -163,21 +170,24 @@ final class ReceiveSession: @unchecked Sendable {
         if let e = failures.value { throw e }
         progress.advanced()
 
-        // awaitCommit: STATE, then COMMIT with the source's digest.
+        // awaitCommit: STATE, then COMMIT with the source's digests; nothing of the state is
+        // used before its digest matches.
         guard case let .state(blob) = try control.receive() else {
             throw .wire(.unexpected(frame: "a frame other than STATE", state: "awaiting STATE"))
         }
+        progress.advanced()
+        guard case let .commit(expected, _, expectedState) = try control.receive() else {
+            throw .wire(.unexpected(frame: "a frame other than COMMIT", state: "awaiting COMMIT"))
+        }
+        // From here on the guest may start: the progress watchdog must not cut in.
+        guard progress.disarm() else { throw .refused(.timeout, progress.reason ?? "no progress") }
+        let stateDigest = StateDigest.compute(blob)
+        guard stateDigest == expectedState else { throw .stateDigestMismatch(expected: expectedState, actual: stateDigest) }
         let state: MachineState
         do { state = try MachineState(encoded: blob) } catch { throw .state(error) }
         if state.pv != nil, !granted.contains(.pvState) {
             throw .wire(.malformed(type: "STATE", reason: "a PV section (tag 4) although PV_STATE was not granted"))
         }
-        progress.advanced()
-        guard case let .commit(expected, _) = try control.receive() else {
-            throw .wire(.unexpected(frame: "a frame other than COMMIT", state: "awaiting COMMIT"))
-        }
-        // From here on the guest may start: the progress watchdog must not cut in.
-        guard progress.disarm() else { throw .refused(.timeout, progress.reason ?? "no progress") }
         var ballooned: PageBitmap?
         if let words = state.pv?.balloonWords, words.count == (machine.memory.pageCount + 63) / 64 {
             var b = PageBitmap(pageCount: machine.memory.pageCount)
@@ -187,12 +197,7 @@ final class ReceiveSession: @unchecked Sendable {
         let digest = hashes.digest(excluding: ballooned)
         guard digest.digest == expected else { throw .digestMismatch(expected: expected, actual: digest.digest) }
         do { try machine.restore(state) } catch { throw .machine(error) }
-        machine.start()
-        do { try control.send(.commitAck(status: 0)) } catch {
-            // The guest runs here now; the source may not know. It will resume its copy only
-            // if it never got the acknowledgment — the classic two-generals window, logged.
-            options.log("VM \(description.name) resumed, but the acknowledgment could not be sent: \(error)")
-        }
+        try commit(machine, name: description.name)
         control.stream.close()
         dataStreams.forEach { $0.stream.close() }
         let stats = ReceiveStats(seconds: (ContinuousClock.now - started).seconds, streams: streams,
@@ -200,6 +205,40 @@ final class ReceiveSession: @unchecked Sendable {
                                  frames: control.framesReceived + dataStreams.reduce(0) { $0 + $1.framesReceived },
                                  digest: digest.digest)
         return ReceivedVM(name: description.name, machine: machine, kernelSHA256: description.kernelSHA256, stats: stats)
+    }
+
+    /// prepared → (GO) → started, or aborted (protocol.md §3.6.3). Returns with the guest
+    /// running; throws with "aborted" recorded (the caller discards the VM).
+    private func commit(_ machine: Machine, name: String) throws(MigrationError) {
+        var commit = DestinationCommit(migrationID: id)
+        _ = commit.handle(.verified)
+        let frame: Frame
+        do {
+            try control.send(.prepared(migrationID: id))
+            control.stream.setTimeout(seconds: options.goDeadline)
+            frame = try control.receive()
+        } catch {
+            _ = commit.handle(.failed)
+            _ = try? options.outcomes.decide(id, .aborted)
+            throw error as? MigrationError ?? .transport(.timeout)
+        }
+        guard commit.handle(.received(frame)) == .recordStarted else {
+            _ = try? options.outcomes.decide(id, .aborted)
+            throw MigrationSender.refusal(frame, awaiting: "GO")
+        }
+        let decided: CommitOutcome
+        do { decided = try options.outcomes.decide(id, .started) } catch {
+            _ = commit.handle(.failed)
+            throw error
+        }
+        guard commit.handle(.recorded(decided)) == .startAndSendDone else {
+            throw .incompatible("GO came after this migration was resolved as \(decided) (the source asked with RESOLVE)")
+        }
+        machine.start()
+        do { try control.send(.done(migrationID: id)) } catch {
+            // The guest runs here, as recorded; the source learns it with RESOLVE.
+            options.log("VM \(name) started, but DONE could not be sent (the source will ask): \(error)")
+        }
     }
 
     /// Admission of the memory first (protocol.md §3.1.1): nothing of the VM's size is

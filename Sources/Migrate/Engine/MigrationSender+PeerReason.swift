@@ -15,7 +15,8 @@ extension MigrationSender {
         default: return failure // a timeout (waiting longer would not help), a local close, …
         }
         control.stream.setTimeout(seconds: min(options.timeout, Self.reasonTimeout))
-        // The destination sends only HELLO_ACK, COMMIT_ACK and ERROR on the control stream.
+        // What the destination sends on the control stream (HELLO_ACK, PREPARED, …) is skipped
+        // until its ERROR. Never called for `.unresolved`: that is not a transport failure.
         for _ in 0..<2 {
             guard let frame = try? control.receive() else { break }
             if case let .error(report) = frame { return .peer(report) }

@@ -3,8 +3,9 @@ import Foundation
 
 /// The source side of a live migration (design.md "Migrate", protocol.md §3): pre-copy
 /// rounds of dirty pages over parallel TLS streams, a stop-and-copy when the rest fits the
-/// downtime target, commit with a memory digest, and — until the destination acknowledges —
-/// the VM stays here: on any failure it is resumed and the error says why.
+/// downtime target, then the commit protocol (§3.6, `MigrationSender+Commit.swift`): until
+/// GO is sent the VM stays here and any failure resumes it; after GO it runs only where the
+/// destination decided, and if that cannot be known the VM stays paused (`.unresolved`).
 public final class MigrationSender: @unchecked Sendable {
     public let machine: Machine
     public let name: String
@@ -12,6 +13,12 @@ public final class MigrationSender: @unchecked Sendable {
     public let options: MigrationOptions
     private let cancelled = Locked(false)
     private let openStreams = Locked<[ByteStream]>([])
+    /// Where the commit protocol stands (nil before COMMIT): decides what a failure means.
+    let commitState = Locked<SourceCommit?>(nil)
+    /// Called when the destination is PREPARED, before GO is sent: records the hand-over
+    /// (`VMHost` writes it to the runtime directory). If it throws, GO is not sent and the VM
+    /// resumes here.
+    public var onHandOver: (@Sendable (UnresolvedMigration) throws -> Void)?
 
     public init(machine: Machine, name: String, kernelSHA256: [UInt8], options: MigrationOptions = .init()) {
         self.machine = machine
@@ -20,8 +27,10 @@ public final class MigrationSender: @unchecked Sendable {
         self.options = options
     }
 
-    /// Stops the migration at the next batch boundary; the VM keeps running here.
+    /// Stops the migration at the next batch boundary; the VM keeps running here. Does
+    /// nothing once the hand-over has begun (PREPARED received): then the destination decides.
     public func cancel() {
+        guard commitState.value?.mayResume ?? true else { return }
         cancelled.withLock { $0 = true }
         openStreams.value.forEach { $0.close() }
     }
@@ -29,15 +38,16 @@ public final class MigrationSender: @unchecked Sendable {
     var isCancelled: Bool { cancelled.value }
 
     /// Migrates the machine to `host:port`. On success the VM runs on the destination and is
-    /// stopped here. On failure it runs here (resumed if it had been paused).
+    /// stopped here. On failure it runs here (resumed if it had been paused) — except
+    /// `.unresolved`: the VM is paused here until `resolve` learns the destination's decision.
     public func migrate(to host: String, port: UInt16, tls: TLSMode,
                         progress: @escaping @Sendable (RoundStats) -> Void = { _ in }) throws(MigrationError) -> MigrationStats {
         try options.validate()
         let started = ContinuousClock.now
         var channels: [FrameChannel] = []
         defer { channels.forEach { $0.stream.close() } }
-        let granted: Capabilities
-        (channels, granted) = try connect(host: host, port: port, tls: tls)
+        let granted: Capabilities, migrationID: [UInt8]
+        (channels, granted, migrationID) = try connect(host: host, port: port, tls: tls)
         // Exactly what HELLO_ACK granted (§3.2): no zstd or deltas the destination declined.
         let effective = options.restricted(to: granted)
         let tracker: DirtyTracker
@@ -70,14 +80,13 @@ public final class MigrationSender: @unchecked Sendable {
             var last = try rounds.send(pages: pending.union(final.pages).subtracting(excluded),
                                        round: UInt32(stats.rounds.count), skipZero: false)
             try rounds.finish()
-            try sendControl(channels[0], .state(try stateBlob(granted: granted)))
+            let state = try stateBlob(granted: granted)
+            try sendControl(channels[0], .state(state))
             digestDone.wait()
-            try sendControl(channels[0], .commit(digest: digest.digest, pagesWithData: digest.pagesWithData))
-            switch try channels[0].receive() {
-            case .commitAck(status: 0): break
-            case let .error(report): throw MigrationError.peer(report)
-            case let other: throw MigrationError.wire(.unexpected(frame: other.name, state: "awaiting COMMIT_ACK"))
-            }
+            let target = UnresolvedMigration(host: host, port: port, tls: tls, migrationID: migrationID,
+                                             reason: "no DONE yet")
+            try commit(channels[0], target, .commit(digest: digest.digest, pagesWithData: digest.pagesWithData,
+                                                    stateDigest: StateDigest.compute(state)))
             stats.downtimeSeconds = (ContinuousClock.now - pausedAt).seconds
             last.seconds = stats.downtimeSeconds
             stats.add(last)
@@ -93,9 +102,10 @@ public final class MigrationSender: @unchecked Sendable {
         } catch {
             let failure = destinationReason(for: error as? MigrationError ?? .transport(.tls("\(error)")),
                                             control: channels.first)
-            if failure.isReported { channels.first?.sendError(failure.reportCode, failure.description) }
             releaseThrottle()
             tracker.stop()
+            if case .unresolved = failure { throw failure } // paused here: only the destination knows
+            if failure.isReported { channels.first?.sendError(failure.reportCode, failure.description) }
             if paused { machine.resume() }
             throw failure
         }
@@ -104,16 +114,15 @@ public final class MigrationSender: @unchecked Sendable {
     // MARK: Connection set-up
 
     /// Opens the control stream, negotiates (HELLO / HELLO_ACK, §3.2), sends MACHINE and opens
-    /// exactly the data streams the destination granted. Returns them with the granted capabilities.
-    private func connect(host: String, port: UInt16, tls: TLSMode) throws(MigrationError) -> ([FrameChannel], Capabilities) {
+    /// exactly the data streams the destination granted. Returns them with the granted
+    /// capabilities and the migration's id.
+    private func connect(host: String, port: UInt16, tls: TLSMode)
+        throws(MigrationError) -> ([FrameChannel], Capabilities, [UInt8]) {
         func open() throws(MigrationError) -> FrameChannel {
-            do {
-                let s = try StreamConnector.connect(host: host, port: port, mode: tls, timeout: options.timeout)
-                s.setTimeout(seconds: options.timeout)
-                openStreams.withLock { $0.append(s) }
-                if isCancelled { s.close() }
-                return FrameChannel(s)
-            } catch { throw .transport(error) }
+            let c = try self.open(host: host, port: port, tls: tls)
+            openStreams.withLock { $0.append(c.stream) }
+            if isCancelled { c.stream.close() }
+            return c
         }
         let control = try open()
         var id = [UInt8](repeating: 0, count: 16)
@@ -121,14 +130,19 @@ public final class MigrationSender: @unchecked Sendable {
         var capabilities: Capabilities = [.pvState]
         if options.compressionLevel != nil { capabilities.insert(.zstd) }
         if options.delta { capabilities.insert(.delta) }
-        try sendControl(control, .hello(Hello(streams: UInt32(options.streams), capabilities: capabilities, migrationID: id)))
+        // Version 2 only: a v1 destination starts the guest before the source has let go of it
+        // (protocol.md §3.6.6), so this source does not migrate to one.
+        try sendControl(control, .hello(Hello(minVersion: 2, maxVersion: 2, streams: UInt32(options.streams),
+                                              capabilities: capabilities, migrationID: id)))
         let ack: HelloAck
         switch try control.receive() {
         case let .helloAck(a): ack = a
         case let .error(report): throw .peer(report)
         case let other: throw .wire(.unexpected(frame: other.name, state: "awaiting HELLO_ACK"))
         }
-        guard ack.version == 1 else { throw .incompatible("the destination chose protocol version \(ack.version)") }
+        guard ack.version == 2 else {
+            throw .incompatible("the destination chose protocol version \(ack.version); this source speaks only 2 — upgrade the destination's pvmigrate")
+        }
         guard ack.capabilities.isSubset(of: capabilities), (1...UInt32(options.streams)).contains(ack.streams) else {
             throw .incompatible("the destination's HELLO_ACK offers capabilities or streams that were not asked for")
         }
@@ -136,7 +150,7 @@ public final class MigrationSender: @unchecked Sendable {
             throw .incompatible("the destination declined PV_STATE, but this guest uses the PV interface (its state cannot travel)")
         }
         do throws(MigrationError) {
-            return (try attachStreams(control, ack: ack, id: id, open: open), ack.capabilities)
+            return (try attachStreams(control, ack: ack, id: id, open: open), ack.capabilities, id)
         } catch {
             // Refused at MACHINE, say: the destination said why before hanging up.
             throw destinationReason(for: error, control: control)
@@ -155,6 +169,14 @@ public final class MigrationSender: @unchecked Sendable {
             channels.append(c)
         }
         return channels
+    }
+
+    func open(host: String, port: UInt16, tls: TLSMode) throws(MigrationError) -> FrameChannel {
+        do {
+            let s = try StreamConnector.connect(host: host, port: port, mode: tls, timeout: options.timeout)
+            s.setTimeout(seconds: options.timeout)
+            return FrameChannel(s)
+        } catch { throw .transport(error) }
     }
 
     /// The STATE payload (§1.8): the PV section (tag 4) only when PV_STATE was granted. Without
@@ -176,7 +198,7 @@ public final class MigrationSender: @unchecked Sendable {
         do { try channel.send(frame) } catch { throw .transport(error) }
     }
 
-    private func releaseThrottle() {
+    func releaseThrottle() {
         machine.setCPUThrottle(0)
         machine.pv.setThrottle(pagesPerSecond: 0)
     }

@@ -27,6 +27,8 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
 
 public enum FrameType: UInt16, Sendable, CaseIterable {
     case hello = 1, helloAck, machine, join, pages, round, state, commit, commitAck, error, streamEnd
+    // Protocol version 2: the commit protocol (protocol.md §3.6) and its resolution.
+    case prepared, go, done, resolve, outcome
 
     /// The protocol's name for the type (protocol.md §3.2), e.g. HELLO_ACK.
     public var name: String {
@@ -47,8 +49,10 @@ public enum FrameType: UInt16, Sendable, CaseIterable {
         case .join: 20
         case .pages, .state: FrameHeader.maximumPayload
         case .round: 24
-        case .commit: 16
+        case .commit: 24
         case .commitAck: 8
+        case .prepared, .go, .done, .resolve: 16
+        case .outcome: 8
         case .error: 8 + ErrorReport.reasonLimit
         case .streamEnd: 8
         }
@@ -142,6 +146,24 @@ public struct RoundReport: Equatable, Sendable {
     public init(round: UInt32, pages: UInt64, bytes: UInt64) { self.round = round; self.pages = pages; self.bytes = bytes }
 }
 
+/// What a destination decided about a migration (protocol.md §3.6), as OUTCOME reports it.
+public enum CommitOutcome: UInt32, Sendable, Equatable, CustomStringConvertible {
+    /// No record: the destination never started this migration's guest (safe to resume).
+    case unknown = 0
+    /// The destination started the guest: it runs there.
+    case started = 1
+    /// The destination discarded the VM: it never ran there.
+    case aborted = 2
+
+    public var description: String {
+        switch self {
+        case .unknown: "unknown"
+        case .started: "started"
+        case .aborted: "aborted"
+        }
+    }
+}
+
 public struct ErrorReport: Equatable, Sendable, Error {
     public static let reasonLimit = 4096
     public enum Code: UInt32, Sendable {
@@ -162,10 +184,15 @@ public enum Frame: Equatable, Sendable {
     case pages(flags: UInt16, payload: [UInt8])
     case round(RoundReport)
     case state([UInt8])
-    case commit(digest: UInt64, pagesWithData: UInt64)
+    case commit(digest: UInt64, pagesWithData: UInt64, stateDigest: UInt64)
     case commitAck(status: UInt32)
     case error(ErrorReport)
     case streamEnd(frames: UInt64)
+    case prepared(migrationID: [UInt8])
+    case go(migrationID: [UInt8])
+    case done(migrationID: [UInt8])
+    case resolve(migrationID: [UInt8])
+    case outcome(CommitOutcome)
 
     public var type: FrameType {
         switch self {
@@ -180,6 +207,11 @@ public enum Frame: Equatable, Sendable {
         case .commitAck: .commitAck
         case .error: .error
         case .streamEnd: .streamEnd
+        case .prepared: .prepared
+        case .go: .go
+        case .done: .done
+        case .resolve: .resolve
+        case .outcome: .outcome
         }
     }
 
@@ -206,14 +238,18 @@ public enum Frame: Equatable, Sendable {
             p.u32(r.round); p.u32(0); p.u64(r.pages); p.u64(r.bytes)
         case let .state(blob):
             p.raw(blob)
-        case let .commit(digest, pages):
-            p.u64(digest); p.u64(pages)
+        case let .commit(digest, pages, stateDigest):
+            p.u64(digest); p.u64(pages); p.u64(stateDigest)
         case let .commitAck(status):
             p.u32(status); p.u32(0)
         case let .error(e):
             p.u32(e.code.rawValue); p.u32(0); p.raw(utf8Prefix(e.reason, ErrorReport.reasonLimit))
         case let .streamEnd(n):
             p.u64(n)
+        case let .prepared(id), let .go(id), let .done(id), let .resolve(id):
+            p.raw(id)
+        case let .outcome(o):
+            p.u32(o.rawValue); p.u32(0)
         }
         return FrameHeader(type: type, flags: flags, length: p.bytes.count).encoded() + p.bytes
     }
@@ -262,8 +298,8 @@ public enum Frame: Equatable, Sendable {
         case .state:
             return .state(payload)
         case .commit:
-            try exact(16)
-            return .commit(digest: r.u64(), pagesWithData: r.u64())
+            try exact(24)
+            return .commit(digest: r.u64(), pagesWithData: r.u64(), stateDigest: r.u64())
         case .commitAck:
             try exact(8)
             let status = r.u32()
@@ -279,6 +315,21 @@ public enum Frame: Equatable, Sendable {
         case .streamEnd:
             try exact(8)
             return .streamEnd(frames: r.u64())
+        case .prepared, .go, .done, .resolve:
+            try exact(16)
+            let id = r.raw(16)
+            switch header.type {
+            case .prepared: return .prepared(migrationID: id)
+            case .go: return .go(migrationID: id)
+            case .done: return .done(migrationID: id)
+            default: return .resolve(migrationID: id)
+            }
+        case .outcome:
+            try exact(8)
+            let raw = r.u32()
+            guard r.u32() == 0 else { throw .reservedNotZero("OUTCOME") }
+            guard let o = CommitOutcome(rawValue: raw) else { throw .malformed(type: name, reason: "outcome \(raw)") }
+            return .outcome(o)
         }
     }
 }

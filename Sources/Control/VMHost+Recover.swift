@@ -1,0 +1,103 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Migrate
+
+// A migration whose outcome the source does not know (protocol.md §3.6.5): the VM stays
+// paused here, `status` says "unresolved", and the host asks the destination (RESOLVE)
+// automatically with backoff; `recover` asks again on demand or forces a side.
+
+extension VMHost {
+    /// Automatic attempts, and the waits before each (seconds).
+    static let resolveBackoff: [Double] = [0.5, 1, 2, 4, 8, 15, 30, 30]
+
+    /// `<runtime>/vms/<name>.handover`: written before GO is sent, removed when the migration
+    /// is settled. It tells an operator which destination holds the decision even if this
+    /// process is gone.
+    var handOverPath: String { runtime.vmsDirectory + "/\(name).handover" }
+
+    func writeHandOverRecord(_ u: UnresolvedMigration) throws {
+        let record: JSONValue = ["destination": .string(u.destination), "migration_id": .string(u.migrationIDHex),
+                                 "since": .double(Date().timeIntervalSince1970)]
+        let data = Data((record.jsonText + "\n").utf8)
+        guard FileManager.default.createFile(atPath: handOverPath, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw ControlError(.runtimeDirectory, "cannot write \(handOverPath)")
+        }
+    }
+
+    func removeHandOverRecord() { unlink(handOverPath) }
+
+    func enterUnresolved(_ u: UnresolvedMigration, sender: MigrationSender) {
+        condition.withLock { unresolved = Unresolved(migration: u, sender: sender) }
+        Thread.detachNewThread { [self] in
+            for delay in Self.resolveBackoff {
+                Thread.sleep(forTimeInterval: delay) // backoff between attempts to reach the destination
+                guard condition.withLock({ unresolved != nil }), machine.exit == nil else { return }
+                if (try? settle(force: nil)) != nil { return }
+            }
+        }
+    }
+
+    /// Asks the destination (or takes `force`) and applies the answer. Throws when the
+    /// destination cannot be asked; the VM then stays paused.
+    @discardableResult
+    func settle(force: CommitOutcome?) throws -> CommitOutcome {
+        guard let u = condition.withLock({ unresolved }) else {
+            throw ControlError(.invalidArgument, "VM \(name) has no unresolved migration")
+        }
+        let outcome: CommitOutcome
+        do { outcome = try force ?? u.sender.askOutcome(u.migration) } catch {
+            condition.withLock {
+                unresolved?.attempts += 1
+                unresolved?.lastError = "\(error)"
+            }
+            throw ControlError(.connection, "cannot ask \(u.migration.destination) for the outcome: \(error)")
+        }
+        let settled = condition.withLock { () -> Bool in
+            guard unresolved?.migration.migrationID == u.migration.migrationID else { return false }
+            unresolved = nil
+            if outcome == .started {
+                var stats = MigrationStats()
+                stats.memoryBytes = machine.memory.size
+                migrated = (stats, u.migration.destination)
+            }
+            condition.broadcast()
+            return true
+        }
+        guard settled else { return outcome }
+        try? u.sender.resolve(u.migration, force: outcome) // stops (started) or resumes the VM
+        removeHandOverRecord()
+        return outcome
+    }
+
+    /// `recover` (protocol.md §4): `{"force": "resume" | "stop"}` optional.
+    func recoverRequest(_ arguments: [String: JSONValue], _ reply: Reply) {
+        var force: CommitOutcome?
+        if let value = arguments["force"], value != .null {
+            switch value.string {
+            case "resume": force = .aborted
+            case "stop": force = .started
+            default: reply.fail("recover: \"force\" must be \"resume\" or \"stop\""); return
+            }
+        }
+        do {
+            let outcome = try settle(force: force)
+            let here = outcome == .started ? "stopped here (it runs at the destination)" : "resumed here"
+            reply.ok(["outcome": .string(outcome.description), "vm": .string(here), "forced": .bool(force != nil)])
+        } catch {
+            reply.fail("\(error)")
+        }
+    }
+
+    func unresolvedStatus(_ u: Unresolved) -> JSONValue {
+        var info: [String: JSONValue] = [
+            "destination": .string(u.migration.destination),
+            "migration_id": .string(u.migration.migrationIDHex),
+            "since_s": .double(Date().timeIntervalSince(u.since)),
+            "attempts": JSONValue(u.attempts),
+        ]
+        if let e = u.lastError { info["last_error"] = .string(e) }
+        return .object(info)
+    }
+}
