@@ -139,12 +139,12 @@ final class DemoRun: @unchecked Sendable {
         let sender = MigrationSender(machine: machine, name: "demo", kernelSHA256: KernelDigest.sha256(GuestImage.elf), options: migrationOptions)
         let progress = DemoProgress()
         let stats = try sender.migrate(to: "127.0.0.1", port: listener.port, tls: srcTLS) { round in
-            progress.show(String(format: "    round %d: %@ pages, %.1f MiB in %.2f s (%.0f MiB/s); %@ dirty since → expected downtime %.1f ms",
+            progress.show(String(format: "    round %d: %@ pages, %.1f MiB in %.2f s (%.0f MiB/s); %@ dirty since → predicted pause %.1f ms",
                                  round.round, round.pages.formatted(), Double(round.wireBytes) / 1_048_576, round.seconds,
                                  round.bandwidth / 1_048_576, round.dirtyPages.formatted(), round.expectedDowntime * 1000))
         }
         progress.done()
-        Self.say(String(format: "    migrated in %.2f s; the guest was paused for %.1f ms", stats.totalSeconds, stats.downtimeSeconds * 1000))
+        Self.say(String(format: "    migrated in %.2f s; the guest was paused for %.1f ms (predicted %.1f ms)", stats.totalSeconds, stats.downtimeSeconds * 1000, stats.predictedDowntimeSeconds * 1000))
         check("the source let go of the VM (it stopped there after the destination acknowledged)",
               machine.waitForExit() == .stopped)
         source = nil

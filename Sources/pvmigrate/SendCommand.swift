@@ -150,13 +150,17 @@ struct Send: ParsableCommand {
         return """
             migrated VM \(vm) to \(destination); it runs there now
               total time    \(Format.seconds(s.totalSeconds))
-              downtime      \(Format.seconds(s.downtimeSeconds))
+              downtime      \(Format.seconds(s.downtimeSeconds)) (predicted \(Format.seconds(s.predictedDowntimeSeconds)) for \
+            \(Format.count(s.predictedFinalPages)) pages, of which \(Format.seconds(s.predictedFixedSeconds)) fixed; \
+            target \(Format.seconds(s.downtimeTargetSeconds)))
               transferred   \(Format.bytes(Double(s.wireBytes))) on the wire for \(Format.memory(s.memoryBytes)) of memory, \
             \(s.streams) stream\(s.streams == 1 ? "" : "s")
               rounds        \(rounds) (the last one, paused: \(Format.count(s.finalPages)) pages)\(s.throttled ? "; the guest was throttled" : "")
               pages         \(Format.count(s.pagesSent)) sent: \(Format.count(s.zeroPages)) zero, \(Format.count(s.rawPages)) raw, \
             \(Format.count(s.deltaPages)) delta
               delta hits    \(String(format: "%.1f%%", s.deltaHitRate * 100))
+              cost          \(String(format: "%.2f", s.cpuSeconds)) CPU-s on this host, \
+            \(String(format: "%.2f", s.cpuSecondsPerGiB)) CPU-s per GiB moved; \(Format.rate(s.wireBytesPerSecond)) on the wire
               dirty source  \(s.dirtySource.rawValue)
             """
     }
@@ -180,7 +184,7 @@ final class ProgressLine {
         }
         let text = "round \(r.round): \(Format.count(r.dirtyPages)) pages left, \(Format.rate(r.bandwidth)), "
             + "dirtying \(Format.count(Int(r.dirtyRate.isFinite ? r.dirtyRate : 0))) pages/s, "
-            + "downtime ~\(Format.seconds(r.expectedDowntime)), ETA \(eta)"
+            + "predicted pause \(Format.seconds(r.expectedDowntime)), ETA \(eta)"
         if live {
             FileHandle.standardError.write(Data("\r\u{1b}[K\(text)".utf8))
             shown = true

@@ -127,6 +127,12 @@ extension EndToEnd {
             #expect(machine.waitForExit() == .stopped)
             #expect(stats.rounds.count >= 2)
             #expect(vm.stats.digest == stats.digest)
+            // The stats carry the prediction stop-and-copy started on, the actual pause, and
+            // each side's CPU time.
+            #expect(stats.downtimeTargetSeconds == 0.050 && stats.predictedDowntimeSeconds > stats.predictedFixedSeconds
+                    && stats.predictedDowntimeSeconds <= stats.downtimeTargetSeconds, "\(stats)")
+            #expect(stats.finalRoundSeconds > 0 && stats.finalRoundSeconds < stats.downtimeSeconds, "\(stats)")
+            #expect(stats.cpuSeconds > 0 && vm.stats.cpuSeconds > 0, "source \(stats.cpuSeconds) s, destination \(vm.stats.cpuSeconds) s")
             // The guest carries on where it was, and its own check finds every page intact.
             #expect(Self.progresses(vm.machine), "the guest does not run on the destination")
             let console2 = try #require(arrivals.condition.withLock { arrivals.consoles.values.first })

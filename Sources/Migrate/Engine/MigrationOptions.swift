@@ -54,7 +54,7 @@ public struct RoundStats: Sendable, Codable, Equatable {
     public var dirtyPages = 0
     /// dirtyPages / seconds.
     public var dirtyRate = 0.0
-    /// What a stop-and-copy of dirtyPages would cost now.
+    /// The pause a stop-and-copy of dirtyPages would cause now (`DowntimePredictor`).
     public var expectedDowntime = 0.0
     /// Guest throttle in force during the round: PV pages/s, or vCPU fraction × 1000.
     public var throttle: UInt32 = 0
@@ -67,6 +67,15 @@ public struct MigrationStats: Sendable, Codable, Equatable {
     public var totalSeconds = 0.0
     /// Guest paused on the source → resumed on the destination (acknowledged).
     public var downtimeSeconds = 0.0
+    /// The target stop-and-copy was started for, and what `DowntimePredictor` predicted
+    /// when it started: the pause, its fixed part (harvest, state, commit round trip), and
+    /// the pages it expected to send (the harvest while paused may add a few).
+    public var downtimeTargetSeconds = 0.0
+    public var predictedDowntimeSeconds = 0.0
+    public var predictedFixedSeconds = 0.0
+    public var predictedFinalPages = 0
+    /// Time the final (paused) round took to send its pages: the rest of the pause is fixed cost.
+    public var finalRoundSeconds = 0.0
     public var wireBytes: UInt64 = 0
     public var rounds: [RoundStats] = []
     public var zeroPages = 0, rawPages = 0, deltaPages = 0
@@ -77,5 +86,23 @@ public struct MigrationStats: Sendable, Codable, Equatable {
     public var dirtySource = DirtySourceMode.hybrid
     public var throttled = false
 
+    /// CPU seconds (user + system) the source's migration threads used: workers summed per
+    /// thread (`CPUMeter`), so the figure holds when both ends share a process.
+    public var cpuSeconds = 0.0
+
     public var pagesSent: Int { zeroPages + rawPages + deltaPages }
+
+    /// CPU seconds per GiB of guest memory moved (pages sent × 4 KiB).
+    public var cpuSecondsPerGiB: Double { Self.perGiB(cpuSeconds, pages: pagesSent) }
+
+    /// Bytes per second on the wire while rounds were being sent (pre-copy rounds and the
+    /// final round's pages; connection set-up and the commit are not link time).
+    public var wireBytesPerSecond: Double {
+        let sending = rounds.dropLast().reduce(0) { $0 + $1.seconds } + finalRoundSeconds
+        return sending > 0 ? Double(wireBytes) / sending : 0
+    }
+
+    static func perGiB(_ seconds: Double, pages: Int) -> Double {
+        pages > 0 ? seconds / (Double(pages) * 4096 / Double(1 << 30)) : 0
+    }
 }

@@ -12,6 +12,8 @@ public final class MigrationSender: @unchecked Sendable {
     public let options: MigrationOptions
     private let cancelled = Locked(false)
     private let openStreams = Locked<[ByteStream]>([])
+    /// HELLO → HELLO_ACK on the control stream: the commit's round trip, for the prediction.
+    private let handshakeRoundTrip = Locked(0.0)
 
     public init(machine: Machine, name: String, kernelSHA256: [UInt8], options: MigrationOptions = .init()) {
         self.machine = machine
@@ -34,6 +36,8 @@ public final class MigrationSender: @unchecked Sendable {
                         progress: @escaping @Sendable (RoundStats) -> Void = { _ in }) throws(MigrationError) -> MigrationStats {
         try options.validate()
         let started = ContinuousClock.now
+        // This thread's CPU time plus every worker's (CPUMeter): the sender's cost.
+        let cpu = CPUMeter(), threadCPUAtStart = CPUMeter.threadSeconds()
         var channels: [FrameChannel] = []
         defer { channels.forEach { $0.stream.close() } }
         do {
@@ -50,8 +54,9 @@ public final class MigrationSender: @unchecked Sendable {
             stats.memoryBytes = machine.memory.size
             stats.streams = channels.count
             stats.dirtySource = options.dirtySource
-            let rounds = RoundSender(channels: channels, machine: machine, options: options, cancelled: cancelled)
-            let pending = try precopy(tracker: tracker, rounds: rounds, stats: &stats, started: started, progress: progress)
+            let rounds = RoundSender(channels: channels, machine: machine, options: options, cancelled: cancelled, cpu: cpu)
+            let pending = try precopy(tracker: tracker, rounds: rounds, stats: &stats, started: started,
+                                      roundTrip: handshakeRoundTrip.value, progress: progress)
 
             // Stop-and-copy: from here the guest is paused until the destination resumes it.
             releaseThrottle()
@@ -65,7 +70,7 @@ public final class MigrationSender: @unchecked Sendable {
             nonisolated(unsafe) var digest: (digest: UInt64, pagesWithData: UInt64) = (0, 0)
             let digestDone = DispatchSemaphore(value: 0)
             Thread.detachNewThread {
-                digest = MemoryDigest.compute(memory: memory, candidates: memory.residentPages(), excluding: excluded)
+                digest = cpu.measure { MemoryDigest.compute(memory: memory, candidates: memory.residentPages(), excluding: excluded) }
                 digestDone.signal()
             }
             var last = try rounds.send(pages: pending.union(final.pages).subtracting(excluded),
@@ -82,6 +87,7 @@ public final class MigrationSender: @unchecked Sendable {
             case let other: throw MigrationError.wire(.unexpected(frame: other.name, state: "awaiting COMMIT_ACK"))
             }
             stats.downtimeSeconds = (ContinuousClock.now - pausedAt).seconds
+            stats.finalRoundSeconds = last.seconds
             last.seconds = stats.downtimeSeconds
             stats.add(last)
             stats.finalPages = last.pages
@@ -90,6 +96,7 @@ public final class MigrationSender: @unchecked Sendable {
             stats.deltaHitRate = rounds.deltaHitRate
             stats.wireBytes = channels.reduce(0) { $0 + $1.bytesSent }
             stats.totalSeconds = (ContinuousClock.now - started).seconds
+            stats.cpuSeconds = cpu.seconds + CPUMeter.threadSeconds() - threadCPUAtStart
             // The guest runs on the destination now: this copy is over.
             machine.stop()
             return stats
@@ -121,10 +128,11 @@ public final class MigrationSender: @unchecked Sendable {
         var capabilities: Capabilities = [.pvState]
         if options.compressionLevel != nil { capabilities.insert(.zstd) }
         if options.delta { capabilities.insert(.delta) }
+        let helloSent = ContinuousClock.now
         try sendControl(control, .hello(Hello(streams: UInt32(options.streams), capabilities: capabilities, migrationID: id)))
         let ack: HelloAck
         switch try control.receive() {
-        case let .helloAck(a): ack = a
+        case let .helloAck(a): ack = a; handshakeRoundTrip.withLock { $0 = (ContinuousClock.now - helloSent).seconds }
         case let .error(report): throw .peer(report)
         case let other: throw .wire(.unexpected(frame: other.name, state: "awaiting HELLO_ACK"))
         }
