@@ -176,7 +176,7 @@ struct BenchCase: Sendable {
     static let resident: [BenchCase] = [(256, 512), (1024, 1536), (4096, 4608), (8192, 9216)].map { fill, memory in
         BenchCase(name: "resident-\(fill >= 1024 ? "\(fill >> 10)g" : "\(fill)m")", memory: UInt64(memory) << 20,
                   cmdline: "workload=dirty mib=64 passes=0 pattern=random content=mixed rate=16384 progress=0 fill=\(fill)",
-                  maxTime: 180, fixedSize: true)
+                  maxTime: 600, fixedSize: true)
     }
 
     static let quickMemory: UInt64 = 256 << 20
