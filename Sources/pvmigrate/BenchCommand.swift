@@ -16,6 +16,10 @@ struct Bench: ParsableCommand {
             --matrix: every combination of idle/dirtying guest × plain/TLS × zstd on/off × delta on/off × \
             dirty source kvm/pv/hybrid (\(BenchMatrix.all.count) cases, one run each unless --runs).
 
+            The final round's page part of the prediction (pages × cost per page + round overhead) is shown \
+            next to the time the paused round really took to send its pages; the rest of the pause is the \
+            fixed part (harvest, state, commit) and whatever the model leaves out.
+
             --resident: the same dirtying load on guests with 0.25, 1, 4 and 8 GiB of resident data (the guest's \
             fill= option), to see whether the pause depends on the guest's size.
 
@@ -277,22 +281,24 @@ struct BenchResult: Codable {
     }
 
     static func table(_ results: [BenchResult]) -> String {
-        var lines = ["| case | runs | total s | downtime ms | predicted ms | sent MiB | rounds | guest speed during | pages zero/raw/delta | CPU-s/GiB src/dst | wire MB/s |",
-                     "|---|---|---|---|---|---|---|---|---|---|---|"]
+        var lines = ["| case | runs | total s | downtime ms | predicted ms | final pages ms pred/actual | sent MiB | rounds | guest speed during | pages zero/raw/delta | CPU-s/GiB src/dst | wire MB/s |",
+                     "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         let names = results.map(\.name).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
         for name in names {
             let ok = results.filter { $0.name == name && $0.stats != nil }
             let failed = results.filter { $0.name == name && $0.failure != nil }.count
-            guard !ok.isEmpty else { lines.append("| \(name) | \(failed) failed | | | | | | | | | |"); continue }
+            guard !ok.isEmpty else { lines.append("| \(name) | \(failed) failed | | | | | | | | | | |"); continue }
             func median(_ f: (BenchResult) -> Double) -> Double {
                 let v = ok.map(f).sorted()
                 return v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2
             }
             let s = ok[ok.count / 2].stats!
             let speed = median { $0.guestBaseline > 0 ? $0.guestDuring / $0.guestBaseline : 1 }
-            lines.append(String(format: "| %@ | %d%@ | %.2f | %.1f | %.1f | %.1f | %.0f | %@ | %d/%d/%d | %.2f/%.2f | %.0f |", name, ok.count,
+            lines.append(String(format: "| %@ | %d%@ | %.2f | %.1f | %.1f | %.1f/%.1f | %.1f | %.0f | %@ | %d/%d/%d | %.2f/%.2f | %.0f |", name, ok.count,
                                 failed > 0 ? " (+\(failed) failed)" : "", median { $0.stats!.totalSeconds },
                                 median { $0.stats!.downtimeSeconds * 1000 }, median { $0.stats!.predictedDowntimeSeconds * 1000 },
+                                median { ($0.stats!.predictedDowntimeSeconds - $0.stats!.predictedFixedSeconds) * 1000 },
+                                median { $0.stats!.finalRoundSeconds * 1000 },
                                 median { Double($0.stats!.wireBytes) / 1_048_576 },
                                 median { Double($0.stats!.rounds.count) },
                                 ok[0].guestBaseline > 0 ? String(format: "%.0f%%", speed * 100) : "idle",
