@@ -13,6 +13,9 @@ final class RoundSender: @unchecked Sendable {
     private let caches: [DeltaCache]
     private let policies: [CompressionPolicy]
     private let cpu: CPUMeter
+    /// One thread per stream for the whole migration: rounds hand them work, none is
+    /// created per round (the final round's overhead is part of the pause).
+    private let workers: [StreamWorker]
 
     init(channels: [FrameChannel], machine: Machine, options: MigrationOptions, cancelled: Locked<Bool>, cpu: CPUMeter) {
         self.channels = channels
@@ -25,11 +28,14 @@ final class RoundSender: @unchecked Sendable {
         self.caches = caches
         let cap = options.bandwidthLimit.map { $0 / Double(max(1, channels.count)) }
         policies = channels.map { _ in CompressionPolicy(adaptive: options.adaptiveCompression, linkCap: cap) }
+        workers = channels.map { _ in StreamWorker() }
         encoders = channels.indices.map { i in
             PageBatchEncoder(maxPages: options.batchPages, compressionLevel: options.compressionLevel,
                              deltaCache: options.delta ? caches[i] : nil)
         }
     }
+
+    deinit { workers.forEach { $0.stop() } }
 
     var deltaHitRate: Double {
         let lookups = caches.reduce(0) { $0 + $1.lookups }
@@ -49,7 +55,7 @@ final class RoundSender: @unchecked Sendable {
         for s in 0..<n {
             group.enter()
             let indices = perStream[s]
-            Thread.detachNewThread { [self] in
+            workers[s].run { [self] in
                 let r: Result<StreamTotals, MigrationError>
                 do throws(MigrationError) {
                     r = .success(try cpu.measure { () throws(MigrationError) in
@@ -162,6 +168,49 @@ final class CompressionPolicy {
         guard linkRate > 0, compressRate > 0 else { return }
         // Per plain byte: compressing costs 1/compressRate seconds and saves savedFraction/linkRate.
         on = savedFraction / linkRate > 1 / compressRate
+    }
+}
+
+/// A thread that runs one job at a time until stopped (a stream's sender for the whole
+/// migration).
+final class StreamWorker: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var job: (@Sendable () -> Void)? // guarded by `condition`
+    private var stopped = false              // guarded by `condition`
+
+    init() {
+        Thread.detachNewThread { [self] in loop() }
+    }
+
+    /// Runs `job` on the worker's thread; the caller waits for it by its own means.
+    func run(_ job: @escaping @Sendable () -> Void) {
+        condition.withLock {
+            precondition(self.job == nil, "a stream worker got a job while busy")
+            self.job = job
+            condition.broadcast()
+        }
+    }
+
+    /// Ends the thread once its current job (if any) is done.
+    func stop() {
+        condition.withLock {
+            stopped = true
+            condition.broadcast()
+        }
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while job == nil && !stopped { condition.wait() }
+            guard let next = job else {
+                condition.unlock()
+                return
+            }
+            job = nil
+            condition.unlock()
+            next()
+        }
     }
 }
 
