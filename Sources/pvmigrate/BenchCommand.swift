@@ -65,7 +65,7 @@ struct Bench: ParsableCommand {
 
     mutating func validate() throws {
         if let runs, !(1...20).contains(runs) { throw ValidationError("--runs must be 1–20") }
-        let known = Set((BenchCase.all + BenchCase.resident + BenchMatrix.all).map(\.name))
+        let known = Set((BenchCase.named).map(\.name))
         if resident && matrix { throw ValidationError("--resident and --matrix are separate sets: choose one") }
         for c in cases where !known.contains(c) {
             throw ValidationError("unknown case \(c); `pvmigrate bench --list` shows the cases")
@@ -74,7 +74,7 @@ struct Bench: ParsableCommand {
 
     /// The cases the options select, before --quick scales them.
     var selected: [BenchCase] {
-        if !cases.isEmpty { return (BenchCase.all + BenchCase.resident + BenchMatrix.all).filter { cases.contains($0.name) } }
+        if !cases.isEmpty { return (BenchCase.named).filter { cases.contains($0.name) } }
         if resident { return quick ? Array(BenchCase.resident.prefix(1)) : BenchCase.resident }
         switch (quick, matrix) {
         case (false, false): return BenchCase.all
@@ -86,7 +86,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         if list {
-            for c in BenchCase.all + BenchCase.resident + BenchMatrix.all {
+            for c in BenchCase.named {
                 print([c.name, "\(c.memory)", c.bandwidth.map { String(Int($0)) } ?? "-", c.cmdline].joined(separator: "\t"))
             }
             return
@@ -157,6 +157,8 @@ struct BenchCase: Sendable {
     /// Engine configuration (the matrix varies these; the QEMU cases use the defaults).
     var tls = true
     var compression: Int32? = 1
+    /// MigrationOptions.adaptiveCompression: skip zstd while it does not pay.
+    var adaptive = false
     var delta = true
     var dirtySource: DirtySourceMode = .hybrid
     /// Runs at this size under --quick too (the resident cases: their size is the point).
@@ -182,6 +184,21 @@ struct BenchCase: Sendable {
                   cmdline: "workload=dirty mib=64 passes=0 pattern=random content=mixed rate=16384 progress=0 fill=\(fill)",
                   maxTime: 600, fixedSize: true)
     }
+
+    /// The compression policies on compressible and incompressible writes (by name only):
+    /// zstd always (the default), adaptive, and off.
+    static let compressionPolicies: [BenchCase] = ["mixed", "random"].flatMap { content in
+        [("zstd", Int32(1), false), ("adaptive", 1, true), ("off", nil, false)].map { policy, level, adaptive in
+            var c = BenchCase(name: "dirty-max-\(content)-\(policy)", memory: 1 << 30,
+                              cmdline: "workload=dirty mib=512 passes=0 pattern=random content=\(content) progress=0")
+            c.compression = level
+            c.adaptive = adaptive
+            return c
+        }
+    }
+
+    /// Every case `--cases` and `--list` know.
+    static var named: [BenchCase] { all + resident + compressionPolicies + BenchMatrix.all }
 
     static let quickMemory: UInt64 = 256 << 20
 
@@ -219,6 +236,7 @@ struct BenchCase: Sendable {
         options.bandwidthLimit = bandwidth
         options.maxTime = maxTime
         options.compressionLevel = compression
+        options.adaptiveCompression = adaptive
         options.delta = delta
         options.dirtySource = dirtySource
         let sender = MigrationSender(machine: machine, name: name, kernelSHA256: [UInt8](repeating: 0, count: 32), options: options)
@@ -266,12 +284,13 @@ struct BenchResult: Codable {
         var bandwidthLimit: Double?
         var tls: Bool
         var compressionLevel: Int32?
+        var adaptiveCompression: Bool?
         var delta: Bool
         var dirtySource: String
 
         init(_ c: BenchCase) {
             memoryBytes = c.memory; cmdline = c.cmdline; bandwidthLimit = c.bandwidth; tls = c.tls
-            compressionLevel = c.compression; delta = c.delta; dirtySource = c.dirtySource.rawValue
+            compressionLevel = c.compression; adaptiveCompression = c.adaptive; delta = c.delta; dirtySource = c.dirtySource.rawValue
         }
     }
 
