@@ -158,7 +158,7 @@ struct BenchCase: Sendable {
     var tls = true
     var compression: Int32? = 1
     /// MigrationOptions.adaptiveCompression: skip zstd while it does not pay.
-    var adaptive = false
+    var adaptive = MigrationOptions().adaptiveCompression
     var delta = true
     var dirtySource: DirtySourceMode = .hybrid
     /// Runs at this size under --quick too (the resident cases: their size is the point).

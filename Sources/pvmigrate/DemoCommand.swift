@@ -200,7 +200,7 @@ final class DemoRun: @unchecked Sendable {
             "    dirty source     \(s.dirtySource.rawValue)",
             "    encodings        \(s.zeroPages.formatted()) zero, \(s.rawPages.formatted()) raw, \(s.deltaPages.formatted()) delta pages "
                 + "(\(s.rawPages * 100 / sent) % / \(s.deltaPages * 100 / sent) % of data pages); zstd "
-                + "\(options.compressionLevel.map { "level \($0)" } ?? "off"), XOR delta \(options.delta ? "on" : "off") "
+                + "\(options.compressionLevel.map { "level \($0)\(options.adaptiveCompression ? ", adaptive" : "")" } ?? "off"), XOR delta \(options.delta ? "on" : "off") "
                 + String(format: "(cache hit rate %.0f %%)", s.deltaHitRate * 100),
             "    memory digest    0x\(String(s.digest, radix: 16)) over \(s.pagesWithData.formatted()) pages with data",
             "",

@@ -34,6 +34,10 @@ struct Send: ParsableCommand {
     @Option(name: .long, help: "zstd level 1–22 for page batches, or off (default: 1).")
     var compression: String?
 
+    @Flag(name: .customLong("always-compress"),
+          help: "Compress every batch, even while the link carries bytes faster than zstd saves them (default: adaptive).")
+    var alwaysCompress = false
+
     @Flag(name: .customLong("no-delta"), help: "Do not send re-sent pages as XOR deltas.")
     var noDelta = false
 
@@ -96,6 +100,7 @@ struct Send: ParsableCommand {
         if let bandwidth { arguments["bandwidth"] = .double(bandwidth.bytesPerSecond) }
         if let streams { arguments["streams"] = JSONValue(streams) }
         if let compression { arguments["compression"] = JSONValue(compression == "off" ? 0 : Int(compression)!) }
+        if alwaysCompress { arguments["adaptive_compression"] = false }
         if let dirtySource { arguments["dirty_source"] = .string(dirtySource.rawValue) }
         if let maxTime { arguments["max_time_s"] = .double(maxTime) }
 
