@@ -164,7 +164,7 @@ struct Send: ParsableCommand {
               pages         \(Format.count(s.pagesSent)) sent: \(Format.count(s.zeroPages)) zero, \(Format.count(s.rawPages)) raw, \
             \(Format.count(s.deltaPages)) delta
               delta hits    \(String(format: "%.1f%%", s.deltaHitRate * 100))
-              cost          \(String(format: "%.2f", s.cpuSeconds)) CPU-s on this host, \
+              cost          \(String(format: "%.2f", s.cpuSeconds)) CPU-s in the migration threads here, \
             \(String(format: "%.2f", s.cpuSecondsPerGiB)) CPU-s per GiB moved; \(Format.rate(s.wireBytesPerSecond)) on the wire
               dirty source  \(s.dirtySource.rawValue)
             """
