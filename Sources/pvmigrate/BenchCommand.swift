@@ -218,7 +218,9 @@ struct BenchCase: Sendable {
         receiverOptions.console = { _ in ConsoleBuffer() }
         let listener = try MigrationListener(host: "127.0.0.1", port: 0, tls: dst, options: receiverOptions)
         defer { listener.close() }
-        listener.serve(onArrival: { vm in arrived.withLock { $0 = vm } }, onFailure: { Diagnostics.note("receiver: \($0)") })
+        let arrival = DispatchSemaphore(value: 0)
+        listener.serve(onArrival: { vm in arrived.withLock { $0 = vm }; arrival.signal() },
+                       onFailure: { Diagnostics.note("receiver: \($0)") })
 
         let console = ConsoleBuffer()
         let machine = try Machine(configuration: .init(memorySize: memory, kernel: GuestImage.elf, commandLine: cmdline,
@@ -244,6 +246,9 @@ struct BenchCase: Sendable {
         let stats = try sender.migrate(to: "127.0.0.1", port: listener.port, tls: src)
         let written = Double((machine.pv.guestCounters?.pagesWritten ?? startCount) - startCount)
         let duringRate = written / max(stats.totalSeconds - stats.downtimeSeconds, 0.001)
+        // The destination reports the arrival just after its acknowledgment, which may be after
+        // migrate() returned: wait for it (bounded only against a hang), for its stats and to stop it.
+        if arrival.wait(timeout: .now() + 60) == .timedOut { Diagnostics.note("bench \(name): the destination never reported the arrival") }
         if let vm = arrived.value { vm.machine.stop(); _ = vm.machine.waitForExit() }
         var result = BenchResult(name: name, stats: stats, guestBaseline: baseline, guestDuring: duringRate)
         result.receiver = arrived.value?.stats
