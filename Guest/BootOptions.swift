@@ -41,6 +41,7 @@ struct BootOptions {
     var seed: UInt64 = 1
     var progress: UInt64 = 1000 // dirty: milliseconds between progress lines, 0 = never
     var selfcheck = true        // dirty: verify all written pages after the last pass
+    var fill: UInt64 = 0        // any workload: MiB of RAM to fill with data first
 
     /// Numeric values above this are rejected as malformed (keeps all
     /// derived arithmetic, such as `mib << 20` or `interval * kHz`, in range).
@@ -111,6 +112,8 @@ struct BootOptions {
             setNumber(&change, key, value, minimum: 8, maximum: 4096)
         } else if key == "seed" {
             setNumber(&seed, key, value, minimum: 0, maximum: UInt64.max)
+        } else if key == "fill" {
+            setNumber(&fill, key, value, minimum: 0)
         } else if key == "progress" {
             setNumber(&progress, key, value, minimum: 0)
         } else if key == "selfcheck" {

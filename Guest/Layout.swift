@@ -10,6 +10,7 @@
 //                    version table (u32 per working-set page): logged like
 //                    any other page when the guest updates it
 //   next 2 MiB       the working set (`mib` MiB for `dirty`, empty otherwise)
+//   ...              filled RAM (`fill` MiB, written once at boot, §1.7)
 //   ...              free RAM: ballooned at boot when the host offers it
 
 struct Layout {
@@ -35,6 +36,9 @@ struct Layout {
     let workingSetPages: UInt64
     /// End of the highest RAM range (exclusive).
     let ramEnd: UInt64
+    /// RAM above the working set that `fill` writes once (the first bytes of it, below the
+    /// identity-mapped limit); the rest is free.
+    let fillBytes: UInt64
 
     var workingSetEnd: UInt64 { workingSet &+ workingSetPages &* Self.pageSize }
     var alwaysDirtyPages: UInt64 { (alwaysDirtyEnd - Self.imageStart) / Self.pageSize }
@@ -46,8 +50,9 @@ struct Layout {
 
     /// Lays out the bookkeeping for a working set of `workingSetMiB` MiB and
     /// checks that everything fits in RAM; panics with the reason otherwise.
-    init(startInfo: StartInfo, workingSetMiB: UInt64) {
+    init(startInfo: StartInfo, workingSetMiB: UInt64, fillMiB: UInt64 = 0) {
         ramEnd = startInfo.ramEnd
+        fillBytes = fillMiB << 20  // fillMiB <= 2^32 (BootOptions): no overflow
         let covered = Self.alignUp(ramEnd < CPU.mappedLimit ? ramEnd : CPU.mappedLimit, Self.pageSize)
         dedupPages = covered / Self.pageSize
         dedupWords = (dedupPages &+ 63) / 64
@@ -84,6 +89,19 @@ struct Layout {
             line.append(") does not fit in RAM")
             panic(line)
         }
+        var available: UInt64 = 0
+        forEachRangeAboveWorkingSet(startInfo: startInfo) { start, end in
+            let usable = end < CPU.mappedLimit ? end : CPU.mappedLimit
+            if start < usable { available &+= usable - start }
+        }
+        guard fillBytes <= available else {
+            var line = ConsoleLine("pvguest: panic: fill of ")
+            line.append(decimal: fillMiB)
+            line.append(" MiB does not fit: ")
+            line.append(decimal: available >> 20)
+            line.append(" MiB of RAM above the working set")
+            panic(line)
+        }
     }
 
     /// Zeroes the de-duplication bitmap and the version table (RAM is zero
@@ -112,8 +130,36 @@ struct Layout {
     }
 
     /// Calls `body(start, end)` for each page-aligned piece of RAM above the
-    /// working set: the memory the guest never uses and gives to the balloon.
+    /// working set: the memory the guest never uses and gives to the balloon
+    /// (the first `fillBytes` of it excepted).
     func forEachFreeRange(startInfo: StartInfo, _ body: (UInt64, UInt64) -> Void) {
+        splitAboveWorkingSet(startInfo: startInfo, fill: { _, _ in }, free: body)
+    }
+
+    /// Calls `body(start, end)` for each piece of the `fillBytes` that `fill` writes.
+    func forEachFillRange(startInfo: StartInfo, _ body: (UInt64, UInt64) -> Void) {
+        splitAboveWorkingSet(startInfo: startInfo, fill: body, free: { _, _ in })
+    }
+
+    /// The RAM above the working set, first `fillBytes` of it (taken below the
+    /// identity-mapped limit) to `fill`, the rest to `free`.
+    private func splitAboveWorkingSet(startInfo: StartInfo, fill: (UInt64, UInt64) -> Void,
+                                      free: (UInt64, UInt64) -> Void) {
+        var toFill = fillBytes
+        forEachRangeAboveWorkingSet(startInfo: startInfo) { start, end in
+            var first = start
+            let usable = end < CPU.mappedLimit ? end : CPU.mappedLimit
+            if toFill > 0 && first < usable {
+                let take = usable - first < toFill ? usable - first : toFill
+                fill(first, first &+ take)
+                toFill &-= take
+                first &+= take
+            }
+            if first < end { free(first, end) }
+        }
+    }
+
+    private func forEachRangeAboveWorkingSet(startInfo: StartInfo, _ body: (UInt64, UInt64) -> Void) {
         let floor = workingSetEnd
         startInfo.forEachRAMRange { start, end in
             let first = Self.alignUp(start > floor ? start : floor, Self.pageSize)

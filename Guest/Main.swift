@@ -53,7 +53,8 @@ func kmain(startInfo gpa: UInt64) {
     }
 
     let options = BootOptions(commandLine: startInfo.commandLine)
-    let layout = Layout(startInfo: startInfo, workingSetMiB: options.workload == .dirty ? options.mib : 0)
+    let layout = Layout(startInfo: startInfo, workingSetMiB: options.workload == .dirty ? options.mib : 0,
+                        fillMiB: options.fill)
     layout.clearBookkeeping()
     let control = layout.makeControlPage()
     control.setWorkload(options.workload.code)
@@ -72,6 +73,8 @@ func kmain(startInfo gpa: UInt64) {
             Console.log("pv registration refused")
         }
     }
+
+    if options.fill > 0 { Fill.run(kernel) }
 
     switch options.workload {
     case .idle:

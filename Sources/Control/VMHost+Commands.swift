@@ -216,7 +216,7 @@ extension VMHost {
 /// The `migrate` arguments (protocol.md §4), checked.
 struct MigrateArguments {
     static let keys = ["destination", "tls_dir", "insecure", "peer_name", "downtime_ms", "bandwidth", "streams",
-                       "compression", "delta", "dirty_source", "max_time_s"]
+                       "compression", "adaptive_compression", "delta", "dirty_source", "max_time_s"]
 
     var destination: Endpoint
     /// nil: plaintext (`insecure`).
@@ -264,6 +264,7 @@ struct MigrateArguments {
             guard level.rounded() == level else { throw bad("\"compression\" must be a zstd level 1–22, or 0 for off") }
             options.compressionLevel = level == 0 ? nil : Int32(level)
         }
+        if let adaptive = try flag("adaptive_compression") { options.adaptiveCompression = adaptive }
         if let delta = try flag("delta") { options.delta = delta }
         if let value = a["dirty_source"], value != .null {
             guard let mode = value.string.flatMap(DirtySourceMode.init(rawValue:)) else {

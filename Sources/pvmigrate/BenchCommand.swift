@@ -16,11 +16,21 @@ struct Bench: ParsableCommand {
             --matrix: every combination of idle/dirtying guest × plain/TLS × zstd on/off × delta on/off × \
             dirty source kvm/pv/hybrid (\(BenchMatrix.all.count) cases, one run each unless --runs).
 
-            --quick (CI): quarter-size guests, one run each, the QEMU cases plus \(BenchMatrix.pruned.count) matrix \
-            cases (the default configuration and one factor changed at a time); with --matrix, only those.
+            The final round's page part of the prediction (pages × cost per page + round overhead) is shown \
+            next to the time the paused round really took to send its pages; the rest of the pause is the \
+            fixed part (harvest, state, commit) and whatever the model leaves out.
 
-            Columns: total time, downtime (guest paused → running at the destination), bytes on the wire, \
-            rounds, the guest's dirtying speed during the migration relative to before it, page encodings.
+            --resident: the same dirtying load on guests with 0.25, 1, 4 and 8 GiB of resident data (the guest's \
+            fill= option), to see whether the pause depends on the guest's size.
+
+            --quick (CI): quarter-size guests, one run each, the QEMU cases plus \(BenchMatrix.pruned.count) matrix \
+            cases (the default configuration and one factor changed at a time) and the 0.25 GiB resident case; \
+            with --matrix, only the matrix cases.
+
+            Columns: total time, downtime (guest paused → running at the destination) and the downtime \
+            predicted when stop-and-copy started, bytes on the wire, rounds, the guest's dirtying speed during \
+            the migration relative to before it, page encodings, CPU-seconds per GiB of guest memory moved \
+            (source/destination, per-thread getrusage), MB/s on the wire while sending.
             """)
 
     static let defaultRuns = 3
@@ -30,6 +40,9 @@ struct Bench: ParsableCommand {
 
     @Flag(name: .long, help: "Run the configuration matrix instead of the QEMU comparison cases.")
     var matrix = false
+
+    @Flag(name: .long, help: "Run the resident-size cases (0.25–8 GiB of data, the same dirtying load) instead.")
+    var resident = false
 
     @Option(name: .long, help: "Runs per case; the table shows medians (default: \(Bench.defaultRuns), 1 for the matrix and --quick).")
     var runs: Int?
@@ -52,7 +65,8 @@ struct Bench: ParsableCommand {
 
     mutating func validate() throws {
         if let runs, !(1...20).contains(runs) { throw ValidationError("--runs must be 1–20") }
-        let known = Set((BenchCase.all + BenchMatrix.all).map(\.name))
+        let known = Set((BenchCase.named).map(\.name))
+        if resident && matrix { throw ValidationError("--resident and --matrix are separate sets: choose one") }
         for c in cases where !known.contains(c) {
             throw ValidationError("unknown case \(c); `pvmigrate bench --list` shows the cases")
         }
@@ -60,18 +74,19 @@ struct Bench: ParsableCommand {
 
     /// The cases the options select, before --quick scales them.
     var selected: [BenchCase] {
-        if !cases.isEmpty { return (BenchCase.all + BenchMatrix.all).filter { cases.contains($0.name) } }
+        if !cases.isEmpty { return (BenchCase.named).filter { cases.contains($0.name) } }
+        if resident { return quick ? Array(BenchCase.resident.prefix(1)) : BenchCase.resident }
         switch (quick, matrix) {
         case (false, false): return BenchCase.all
         case (false, true): return BenchMatrix.all
-        case (true, false): return BenchCase.all + BenchMatrix.pruned
+        case (true, false): return BenchCase.all + BenchMatrix.pruned + BenchCase.resident.prefix(1)
         case (true, true): return BenchMatrix.pruned
         }
     }
 
     func run() throws {
         if list {
-            for c in BenchCase.all + BenchMatrix.all {
+            for c in BenchCase.named {
                 print([c.name, "\(c.memory)", c.bandwidth.map { String(Int($0)) } ?? "-", c.cmdline].joined(separator: "\t"))
             }
             return
@@ -144,8 +159,12 @@ struct BenchCase: Sendable {
     /// Engine configuration (the matrix varies these; the QEMU cases use the defaults).
     var tls = true
     var compression: Int32? = 1
+    /// MigrationOptions.adaptiveCompression: skip zstd while it does not pay.
+    var adaptive = MigrationOptions().adaptiveCompression
     var delta = true
     var dirtySource: DirtySourceMode = .hybrid
+    /// Runs at this size under --quick too (the resident cases: their size is the point).
+    var fixedSize = false
 
     static let all: [BenchCase] = [
         BenchCase(name: "idle-1g", memory: 1 << 30, cmdline: "workload=idle"),
@@ -158,11 +177,37 @@ struct BenchCase: Sendable {
                   bandwidth: 128 * 1_048_576, maxTime: 90),
     ]
 
+    /// The same dirtying load (64 MiB/s of random writes over 64 MiB) on guests holding
+    /// 0.25, 1, 4 and 8 GiB of data written once at boot (protocol.md §1.7 `fill`): the pause
+    /// should not grow with the resident size. Each guest has 0.25–1 GiB more memory than it
+    /// fills; with both ends in this process the 8 GiB case holds ~17 GiB of this host's memory.
+    static let resident: [BenchCase] = [(256, 512), (1024, 1536), (4096, 4608), (8192, 9216)].map { fill, memory in
+        BenchCase(name: "resident-\(fill >= 1024 ? "\(fill >> 10)g" : "\(fill)m")", memory: UInt64(memory) << 20,
+                  cmdline: "workload=dirty mib=64 passes=0 pattern=random content=mixed rate=16384 progress=0 fill=\(fill)",
+                  maxTime: 600, fixedSize: true)
+    }
+
+    /// The compression policies on compressible and incompressible writes (by name only):
+    /// zstd always (the default), adaptive, and off.
+    static let compressionPolicies: [BenchCase] = ["mixed", "random"].flatMap { content in
+        [("zstd", Int32(1), false), ("adaptive", 1, true), ("off", nil, false)].map { policy, level, adaptive in
+            var c = BenchCase(name: "dirty-max-\(content)-\(policy)", memory: 1 << 30,
+                              cmdline: "workload=dirty mib=512 passes=0 pattern=random content=\(content) progress=0")
+            c.compression = level
+            c.adaptive = adaptive
+            return c
+        }
+    }
+
+    /// Every case `--cases` and `--list` know.
+    static var named: [BenchCase] { all + resident + compressionPolicies + BenchMatrix.all }
+
     static let quickMemory: UInt64 = 256 << 20
 
     /// A scaled-down version for CI: quarter-size working sets and guests.
     var quick: BenchCase {
         var q = self
+        guard !fixedSize else { return q }
         q.memory = Self.quickMemory
         q.cmdline = cmdline.replacingOccurrences(of: "mib=512", with: "mib=128").replacingOccurrences(of: "mib=256", with: "mib=64")
         q.maxTime = 60
@@ -178,12 +223,16 @@ struct BenchCase: Sendable {
         receiverOptions.maximumMemory = .max
         let listener = try MigrationListener(host: "127.0.0.1", port: 0, tls: dst, options: receiverOptions)
         defer { listener.close() }
-        listener.serve(onArrival: { vm in arrived.withLock { $0 = vm } }, onFailure: { Diagnostics.note("receiver: \($0)") })
+        let arrival = DispatchSemaphore(value: 0)
+        listener.serve(onArrival: { vm in arrived.withLock { $0 = vm }; arrival.signal() },
+                       onFailure: { Diagnostics.note("receiver: \($0)") })
 
+        let console = ConsoleBuffer()
         let machine = try Machine(configuration: .init(memorySize: memory, kernel: GuestImage.elf, commandLine: cmdline,
-                                                       console: ConsoleBuffer()))
+                                                       console: console))
         machine.start()
         defer { machine.stop(); _ = machine.waitForExit() }
+        if cmdline.contains("fill=") { try Self.waitForFill(console, machine: machine) }
         let settle = quick ? 0.5 : 1.0
         Thread.sleep(forTimeInterval: settle) // boot, balloon, reach steady state
         let before = machine.pv.guestCounters?.pagesWritten ?? 0
@@ -194,6 +243,7 @@ struct BenchCase: Sendable {
         options.bandwidthLimit = bandwidth
         options.maxTime = maxTime
         options.compressionLevel = compression
+        options.adaptiveCompression = adaptive
         options.delta = delta
         options.dirtySource = dirtySource
         let sender = MigrationSender(machine: machine, name: name, kernelSHA256: [UInt8](repeating: 0, count: 32), options: options)
@@ -201,8 +251,28 @@ struct BenchCase: Sendable {
         let stats = try sender.migrate(to: "127.0.0.1", port: listener.port, tls: src)
         let written = Double((machine.pv.guestCounters?.pagesWritten ?? startCount) - startCount)
         let duringRate = written / max(stats.totalSeconds - stats.downtimeSeconds, 0.001)
+        // The destination reports the arrival just after its acknowledgment, which may be after
+        // migrate() returned: wait for it (bounded only against a hang), for its stats and to stop it.
+        if arrival.wait(timeout: .now() + 60) == .timedOut { Diagnostics.note("bench \(name): the destination never reported the arrival") }
         if let vm = arrived.value { vm.machine.stop(); _ = vm.machine.waitForExit() }
-        return BenchResult(name: name, stats: stats, guestBaseline: baseline, guestDuring: duringRate)
+        var result = BenchResult(name: name, stats: stats, guestBaseline: baseline, guestDuring: duringRate)
+        result.receiver = arrived.value?.stats
+        return result
+    }
+
+    /// Waits for the guest's "fill … done" line (protocol.md §1.7); the wait is bounded only
+    /// against a guest that never gets there.
+    static func waitForFill(_ console: ConsoleBuffer, machine: Machine) throws {
+        let deadline = ContinuousClock.now + .seconds(600)
+        while !console.text.contains("pvguest: fill ") {
+            if let exit = machine.exit {
+                throw ValidationError("the guest ended before filling its memory (\(exit)): \(console.text.suffix(300))")
+            }
+            guard ContinuousClock.now < deadline else {
+                throw ValidationError("the guest did not fill its memory within 600 s: \(console.text.suffix(300))")
+            }
+            Thread.sleep(forTimeInterval: 0.05) // polling the console: the guest has no other signal for this
+        }
     }
 }
 
@@ -214,6 +284,8 @@ struct BenchResult: Codable {
     var guestDuring = 0.0
     var failure: String?
     var configuration: Configuration?
+    /// The destination's statistics (its CPU time).
+    var receiver: ReceiveStats?
 
     /// What the case ran: enough to reproduce it and to group the matrix.
     struct Configuration: Codable {
@@ -222,12 +294,13 @@ struct BenchResult: Codable {
         var bandwidthLimit: Double?
         var tls: Bool
         var compressionLevel: Int32?
+        var adaptiveCompression: Bool?
         var delta: Bool
         var dirtySource: String
 
         init(_ c: BenchCase) {
             memoryBytes = c.memory; cmdline = c.cmdline; bandwidthLimit = c.bandwidth; tls = c.tls
-            compressionLevel = c.compression; delta = c.delta; dirtySource = c.dirtySource.rawValue
+            compressionLevel = c.compression; adaptiveCompression = c.adaptive; delta = c.delta; dirtySource = c.dirtySource.rawValue
         }
     }
 
@@ -237,25 +310,30 @@ struct BenchResult: Codable {
     }
 
     static func table(_ results: [BenchResult]) -> String {
-        var lines = ["| case | runs | total s | downtime ms | sent MiB | rounds | guest speed during | pages zero/raw/delta |",
-                     "|---|---|---|---|---|---|---|---|"]
+        var lines = ["| case | runs | total s | downtime ms | predicted ms | final pages ms pred/actual | sent MiB | rounds | guest speed during | pages zero/raw/delta | CPU-s/GiB src/dst | wire MB/s |",
+                     "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         let names = results.map(\.name).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
         for name in names {
             let ok = results.filter { $0.name == name && $0.stats != nil }
             let failed = results.filter { $0.name == name && $0.failure != nil }.count
-            guard !ok.isEmpty else { lines.append("| \(name) | \(failed) failed | | | | | | |"); continue }
+            guard !ok.isEmpty else { lines.append("| \(name) | \(failed) failed | | | | | | | | | | |"); continue }
             func median(_ f: (BenchResult) -> Double) -> Double {
                 let v = ok.map(f).sorted()
                 return v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2
             }
             let s = ok[ok.count / 2].stats!
             let speed = median { $0.guestBaseline > 0 ? $0.guestDuring / $0.guestBaseline : 1 }
-            lines.append(String(format: "| %@ | %d%@ | %.2f | %.1f | %.1f | %.0f | %@ | %d/%d/%d |", name, ok.count,
+            lines.append(String(format: "| %@ | %d%@ | %.2f | %.1f | %.1f | %.1f/%.1f | %.1f | %.0f | %@ | %d/%d/%d | %.2f/%.2f | %.0f |", name, ok.count,
                                 failed > 0 ? " (+\(failed) failed)" : "", median { $0.stats!.totalSeconds },
-                                median { $0.stats!.downtimeSeconds * 1000 }, median { Double($0.stats!.wireBytes) / 1_048_576 },
+                                median { $0.stats!.downtimeSeconds * 1000 }, median { $0.stats!.predictedDowntimeSeconds * 1000 },
+                                median { ($0.stats!.predictedDowntimeSeconds - $0.stats!.predictedFixedSeconds) * 1000 },
+                                median { $0.stats!.finalRoundSeconds * 1000 },
+                                median { Double($0.stats!.wireBytes) / 1_048_576 },
                                 median { Double($0.stats!.rounds.count) },
                                 ok[0].guestBaseline > 0 ? String(format: "%.0f%%", speed * 100) : "idle",
-                                s.zeroPages, s.rawPages, s.deltaPages))
+                                s.zeroPages, s.rawPages, s.deltaPages,
+                                median { $0.stats!.cpuSecondsPerGiB }, median { $0.receiver?.cpuSecondsPerGiB ?? .nan },
+                                median { $0.stats!.wireBytesPerSecond / 1e6 }))
         }
         return lines.joined(separator: "\n")
     }

@@ -140,12 +140,12 @@ final class DemoRun: @unchecked Sendable {
         let sender = MigrationSender(machine: machine, name: "demo", kernelSHA256: KernelDigest.sha256(GuestImage.elf), options: migrationOptions)
         let progress = DemoProgress()
         let stats = try sender.migrate(to: "127.0.0.1", port: listener.port, tls: srcTLS) { round in
-            progress.show(String(format: "    round %d: %@ pages, %.1f MiB in %.2f s (%.0f MiB/s); %@ dirty since → expected downtime %.1f ms",
+            progress.show(String(format: "    round %d: %@ pages, %.1f MiB in %.2f s (%.0f MiB/s); %@ dirty since → predicted pause %.1f ms",
                                  round.round, round.pages.formatted(), Double(round.wireBytes) / 1_048_576, round.seconds,
                                  round.bandwidth / 1_048_576, round.dirtyPages.formatted(), round.expectedDowntime * 1000))
         }
         progress.done()
-        Self.say(String(format: "    migrated in %.2f s; the guest was paused for %.1f ms", stats.totalSeconds, stats.downtimeSeconds * 1000))
+        Self.say(String(format: "    migrated in %.2f s; the guest was paused for %.1f ms (predicted %.1f ms)", stats.totalSeconds, stats.downtimeSeconds * 1000, stats.predictedDowntimeSeconds * 1000))
         check("the source let go of the VM (it stopped there after the destination acknowledged)",
               machine.waitForExit() == .stopped)
         source = nil
@@ -201,7 +201,7 @@ final class DemoRun: @unchecked Sendable {
             "    dirty source     \(s.dirtySource.rawValue)",
             "    encodings        \(s.zeroPages.formatted()) zero, \(s.rawPages.formatted()) raw, \(s.deltaPages.formatted()) delta pages "
                 + "(\(s.rawPages * 100 / sent) % / \(s.deltaPages * 100 / sent) % of data pages); zstd "
-                + "\(options.compressionLevel.map { "level \($0)" } ?? "off"), XOR delta \(options.delta ? "on" : "off") "
+                + "\(options.compressionLevel.map { "level \($0)\(options.adaptiveCompression ? ", adaptive" : "")" } ?? "off"), XOR delta \(options.delta ? "on" : "off") "
                 + String(format: "(cache hit rate %.0f %%)", s.deltaHitRate * 100),
             "    memory digest    0x\(String(s.digest, radix: 16)) over \(s.pagesWithData.formatted()) pages with data",
             "",

@@ -291,9 +291,11 @@ final class ListenDaemon: @unchecked Sendable {
         let fields: [String: any Sendable] = [
             "source_name": vm.name, "from": peer, "memory_bytes": vm.machine.memory.size,
             "seconds": vm.stats.seconds, "pages": vm.stats.pagesApplied, "streams": vm.stats.streams,
+            "cpu_s": vm.stats.cpuSeconds, "cpu_s_per_gib": vm.stats.cpuSecondsPerGiB,
         ]
         let summary = "from \(peer): \(vm.machine.memory.size >> 20) MiB in \(Format.seconds(vm.stats.seconds)), "
-            + "\(vm.stats.pagesApplied) pages over \(vm.stats.streams) stream\(vm.stats.streams == 1 ? "" : "s")"
+            + "\(vm.stats.pagesApplied) pages over \(vm.stats.streams) stream\(vm.stats.streams == 1 ? "" : "s"), "
+            + String(format: "%.2f CPU-s (%.2f per GiB)", vm.stats.cpuSeconds, vm.stats.cpuSecondsPerGiB)
         naming.lock()
         if stopping {
             naming.unlock()

@@ -39,6 +39,10 @@ struct Send: ParsableCommand {
     @Option(name: .long, help: "zstd level 1–22 for page batches, or off (default: 1).")
     var compression: String?
 
+    @Flag(name: .customLong("always-compress"),
+          help: "Compress every batch, even while the link carries bytes faster than zstd saves them (default: adaptive).")
+    var alwaysCompress = false
+
     @Flag(name: .customLong("no-delta"), help: "Do not send re-sent pages as XOR deltas.")
     var noDelta = false
 
@@ -112,6 +116,7 @@ struct Send: ParsableCommand {
         if let bandwidth { arguments["bandwidth"] = .double(bandwidth.bytesPerSecond) }
         if let streams { arguments["streams"] = JSONValue(streams) }
         if let compression { arguments["compression"] = JSONValue(compression == "off" ? 0 : Int(compression)!) }
+        if alwaysCompress { arguments["adaptive_compression"] = false }
         if let dirtySource { arguments["dirty_source"] = .string(dirtySource.rawValue) }
         if let maxTime { arguments["max_time_s"] = .double(maxTime) }
 
@@ -168,13 +173,17 @@ struct Send: ParsableCommand {
         return """
             migrated VM \(vm) to \(destination); it runs there now
               total time    \(Format.seconds(s.totalSeconds))
-              downtime      \(Format.seconds(s.downtimeSeconds))
+              downtime      \(Format.seconds(s.downtimeSeconds)) (predicted \(Format.seconds(s.predictedDowntimeSeconds)) for \
+            \(Format.count(s.predictedFinalPages)) pages, of which \(Format.seconds(s.predictedFixedSeconds)) fixed; \
+            target \(Format.seconds(s.downtimeTargetSeconds)))
               transferred   \(Format.bytes(Double(s.wireBytes))) on the wire for \(Format.memory(s.memoryBytes)) of memory, \
             \(s.streams) stream\(s.streams == 1 ? "" : "s")
               rounds        \(rounds) (the last one, paused: \(Format.count(s.finalPages)) pages)\(s.throttled ? "; the guest was throttled" : "")
               pages         \(Format.count(s.pagesSent)) sent: \(Format.count(s.zeroPages)) zero, \(Format.count(s.rawPages)) raw, \
             \(Format.count(s.deltaPages)) delta
               delta hits    \(String(format: "%.1f%%", s.deltaHitRate * 100))
+              cost          \(String(format: "%.2f", s.cpuSeconds)) CPU-s in the migration threads here, \
+            \(String(format: "%.2f", s.cpuSecondsPerGiB)) CPU-s per GiB moved; \(Format.rate(s.wireBytesPerSecond)) on the wire
               dirty source  \(s.dirtySource.rawValue)
             """
     }
@@ -198,7 +207,7 @@ final class ProgressLine {
         }
         let text = "round \(r.round): \(Format.count(r.dirtyPages)) pages left, \(Format.rate(r.bandwidth)), "
             + "dirtying \(Format.count(Int(r.dirtyRate.isFinite ? r.dirtyRate : 0))) pages/s, "
-            + "downtime ~\(Format.seconds(r.expectedDowntime)), ETA \(eta)"
+            + "predicted pause \(Format.seconds(r.expectedDowntime)), ETA \(eta)"
         if live {
             FileHandle.standardError.write(Data("\r\u{1b}[K\(text)".utf8))
             shown = true

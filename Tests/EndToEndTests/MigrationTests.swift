@@ -111,6 +111,25 @@ extension EndToEnd {
             #expect(vm.machine.pv.isRegistered)
         }
 
+        /// `fill=` (protocol.md §1.7) makes data resident that the balloon does not take and
+        /// the workload never touches again: all of it must cross, and arrive intact.
+        @Test func filledGuestMovesItsResidentData() throws {
+            let arrivals = Arrivals()
+            let listener = try Self.listener(arrivals)
+            defer { listener.close() }
+            let (machine, console) = try Self.source("workload=idle fill=96")
+            #expect(console.wait(for: "pvguest: fill 96 MiB done"), "no fill line: \(console.text.suffix(300))")
+            #expect(console.wait(for: "pvguest: workload idle"))
+            let stats = try Self.sender(machine).migrate(to: "127.0.0.1", port: listener.port, tls: Self.pki.src)
+            #expect(arrivals.wait(count: 1))
+            let vm = try #require(arrivals.vms.first)
+            defer { vm.machine.stop(); vm.machine.waitForExit() }
+            let filledPages = 96 << 8
+            #expect(stats.pagesWithData >= UInt64(filledPages) && stats.rawPages + stats.deltaPages >= filledPages,
+                    "\(stats.pagesWithData) pages with data, \(stats.rawPages) raw, \(stats.deltaPages) delta")
+            #expect(vm.stats.digest == stats.digest && vm.stats.pagesApplied >= filledPages)
+        }
+
         @Test(arguments: [DirtySourceMode.hybrid, .pv, .kvm])
         func dirtyingGuestMigratesAndSelfChecksClean(mode: DirtySourceMode) throws {
             let arrivals = Arrivals()
@@ -130,6 +149,12 @@ extension EndToEnd {
             #expect(machine.waitForExit() == .stopped)
             #expect(stats.rounds.count >= 2)
             #expect(vm.stats.digest == stats.digest)
+            // The stats carry the prediction stop-and-copy started on, the actual pause, and
+            // each side's CPU time.
+            #expect(stats.downtimeTargetSeconds == 0.050 && stats.predictedDowntimeSeconds > stats.predictedFixedSeconds
+                    && stats.predictedDowntimeSeconds <= stats.downtimeTargetSeconds, "\(stats)")
+            #expect(stats.finalRoundSeconds > 0 && stats.finalRoundSeconds < stats.downtimeSeconds, "\(stats)")
+            #expect(stats.cpuSeconds > 0 && vm.stats.cpuSeconds > 0, "source \(stats.cpuSeconds) s, destination \(vm.stats.cpuSeconds) s")
             // The guest carries on where it was, and its own check finds every page intact.
             #expect(Self.progresses(vm.machine), "the guest does not run on the destination")
             let console2 = try #require(arrivals.condition.withLock { arrivals.consoles.values.first })

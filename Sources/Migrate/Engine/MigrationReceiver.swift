@@ -52,6 +52,12 @@ public struct ReceiveStats: Sendable, Codable, Equatable {
     public var pagesApplied = 0
     public var frames: UInt64 = 0
     public var digest: UInt64 = 0
+    /// CPU seconds (user + system) of the session's threads, summed per thread (`CPUMeter`);
+    /// the listener's accept and TLS handshake threads are not included.
+    public var cpuSeconds = 0.0
+
+    /// CPU seconds per GiB of guest memory applied (pages applied × 4 KiB).
+    public var cpuSecondsPerGiB: Double { MigrationStats.perGiB(cpuSeconds, pages: pagesApplied) }
 }
 
 /// One incoming migration: the destination's state machine (protocol.md §3.4, §3.6).
@@ -120,6 +126,7 @@ final class ReceiveSession: @unchecked Sendable {
 
     private func receive() throws(MigrationError) -> ReceivedVM {
         let started = ContinuousClock.now
+        let cpu = CPUMeter(), threadCPUAtStart = CPUMeter.threadSeconds()
         guard hello.minVersion <= 2, hello.maxVersion >= 2 else {
             throw .incompatible("the source speaks protocol versions \(hello.minVersion)–\(hello.maxVersion); this host speaks "
                 + "only 2 (version 1 can run a VM in two places: upgrade the source's pvmigrate)")
@@ -150,8 +157,9 @@ final class ReceiveSession: @unchecked Sendable {
             Thread.detachNewThread { [self] in
                 defer { group.leave() }
                 do throws(MigrationError) {
-                    let n = try drain(channel, into: machine, hashes: hashes, applied: applied, control: false)
-                    _ = n
+                    _ = try cpu.measure { () throws(MigrationError) in
+                        try drain(channel, into: machine, hashes: hashes, applied: applied, control: false)
+                    }
                 } catch {
                     failures.withLock { if $0 == nil { $0 = error } }
                     control.stream.close() // unblock the control loop
@@ -203,7 +211,8 @@ final class ReceiveSession: @unchecked Sendable {
         let stats = ReceiveStats(seconds: (ContinuousClock.now - started).seconds, streams: streams,
                                  pagesApplied: applied.value,
                                  frames: control.framesReceived + dataStreams.reduce(0) { $0 + $1.framesReceived },
-                                 digest: digest.digest)
+                                 digest: digest.digest,
+                                 cpuSeconds: cpu.seconds + CPUMeter.threadSeconds() - threadCPUAtStart)
         return ReceivedVM(name: description.name, machine: machine, kernelSHA256: description.kernelSHA256, stats: stats)
     }
 

@@ -19,6 +19,8 @@ public final class MigrationSender: @unchecked Sendable {
     /// (`VMHost` writes it to the runtime directory). If it throws, GO is not sent and the VM
     /// resumes here.
     public var onHandOver: (@Sendable (UnresolvedMigration) throws -> Void)?
+    /// HELLO → HELLO_ACK on the control stream: the commit's round trip, for the prediction.
+    private let handshakeRoundTrip = Locked(0.0)
 
     public init(machine: Machine, name: String, kernelSHA256: [UInt8], options: MigrationOptions = .init()) {
         self.machine = machine
@@ -44,6 +46,8 @@ public final class MigrationSender: @unchecked Sendable {
                         progress: @escaping @Sendable (RoundStats) -> Void = { _ in }) throws(MigrationError) -> MigrationStats {
         try options.validate()
         let started = ContinuousClock.now
+        // This thread's CPU time plus every worker's (CPUMeter): the sender's cost.
+        let cpu = CPUMeter(), threadCPUAtStart = CPUMeter.threadSeconds()
         var channels: [FrameChannel] = []
         defer { channels.forEach { $0.stream.close() } }
         let granted: Capabilities, migrationID: [UInt8]
@@ -59,8 +63,9 @@ public final class MigrationSender: @unchecked Sendable {
             stats.memoryBytes = machine.memory.size
             stats.streams = channels.count
             stats.dirtySource = options.dirtySource
-            let rounds = RoundSender(channels: channels, machine: machine, options: effective, cancelled: cancelled)
-            let pending = try precopy(tracker: tracker, rounds: rounds, stats: &stats, started: started, progress: progress)
+            let rounds = RoundSender(channels: channels, machine: machine, options: effective, cancelled: cancelled, cpu: cpu)
+            let pending = try precopy(tracker: tracker, rounds: rounds, stats: &stats, started: started,
+                                      roundTrip: handshakeRoundTrip.value, progress: progress)
 
             // Stop-and-copy: from here the guest is paused until the destination resumes it.
             releaseThrottle()
@@ -74,7 +79,7 @@ public final class MigrationSender: @unchecked Sendable {
             nonisolated(unsafe) var digest: (digest: UInt64, pagesWithData: UInt64) = (0, 0)
             let digestDone = DispatchSemaphore(value: 0)
             Thread.detachNewThread {
-                digest = MemoryDigest.compute(memory: memory, candidates: memory.residentPages(), excluding: excluded)
+                digest = cpu.measure { MemoryDigest.compute(memory: memory, candidates: memory.residentPages(), excluding: excluded) }
                 digestDone.signal()
             }
             var last = try rounds.send(pages: pending.union(final.pages).subtracting(excluded),
@@ -88,6 +93,7 @@ public final class MigrationSender: @unchecked Sendable {
             try commit(channels[0], target, .commit(digest: digest.digest, pagesWithData: digest.pagesWithData,
                                                     stateDigest: StateDigest.compute(state)))
             stats.downtimeSeconds = (ContinuousClock.now - pausedAt).seconds
+            stats.finalRoundSeconds = last.seconds
             last.seconds = stats.downtimeSeconds
             stats.add(last)
             stats.finalPages = last.pages
@@ -96,6 +102,7 @@ public final class MigrationSender: @unchecked Sendable {
             stats.deltaHitRate = rounds.deltaHitRate
             stats.wireBytes = channels.reduce(0) { $0 + $1.bytesSent }
             stats.totalSeconds = (ContinuousClock.now - started).seconds
+            stats.cpuSeconds = cpu.seconds + CPUMeter.threadSeconds() - threadCPUAtStart
             // The guest runs on the destination now: this copy is over.
             machine.stop()
             return stats
@@ -132,11 +139,12 @@ public final class MigrationSender: @unchecked Sendable {
         if options.delta { capabilities.insert(.delta) }
         // Version 2 only: a v1 destination starts the guest before the source has let go of it
         // (protocol.md §3.6.6), so this source does not migrate to one.
+        let helloSent = ContinuousClock.now
         try sendControl(control, .hello(Hello(minVersion: 2, maxVersion: 2, streams: UInt32(options.streams),
                                               capabilities: capabilities, migrationID: id)))
         let ack: HelloAck
         switch try control.receive() {
-        case let .helloAck(a): ack = a
+        case let .helloAck(a): ack = a; handshakeRoundTrip.withLock { $0 = (ContinuousClock.now - helloSent).seconds }
         case let .error(report): throw .peer(report)
         case let other: throw .wire(.unexpected(frame: other.name, state: "awaiting HELLO_ACK"))
         }

@@ -12,9 +12,14 @@ final class RoundSender: @unchecked Sendable {
     private let encoders: [PageBatchEncoder]
     private let caches: [DeltaCache]
     private let policies: [CompressionPolicy]
+    private let cpu: CPUMeter
+    /// One thread per stream for the whole migration: rounds hand them work, none is
+    /// created per round (the final round's overhead is part of the pause).
+    private let workers: [StreamWorker]
 
-    init(channels: [FrameChannel], machine: Machine, options: MigrationOptions, cancelled: Locked<Bool>) {
+    init(channels: [FrameChannel], machine: Machine, options: MigrationOptions, cancelled: Locked<Bool>, cpu: CPUMeter) {
         self.channels = channels
+        self.cpu = cpu
         self.machine = machine
         self.options = options
         self.cancelled = cancelled
@@ -23,11 +28,14 @@ final class RoundSender: @unchecked Sendable {
         self.caches = caches
         let cap = options.bandwidthLimit.map { $0 / Double(max(1, channels.count)) }
         policies = channels.map { _ in CompressionPolicy(adaptive: options.adaptiveCompression, linkCap: cap) }
+        workers = channels.map { _ in StreamWorker() }
         encoders = channels.indices.map { i in
             PageBatchEncoder(maxPages: options.batchPages, compressionLevel: options.compressionLevel,
                              deltaCache: options.delta ? caches[i] : nil)
         }
     }
+
+    deinit { workers.forEach { $0.stop() } }
 
     var deltaHitRate: Double {
         let lookups = caches.reduce(0) { $0 + $1.lookups }
@@ -47,10 +55,12 @@ final class RoundSender: @unchecked Sendable {
         for s in 0..<n {
             group.enter()
             let indices = perStream[s]
-            Thread.detachNewThread { [self] in
+            workers[s].run { [self] in
                 let r: Result<StreamTotals, MigrationError>
                 do throws(MigrationError) {
-                    r = .success(try sendStream(s, indices: indices, round: round, skipZero: skipZero, budget: byteBudget))
+                    r = .success(try cpu.measure { () throws(MigrationError) in
+                        try sendStream(s, indices: indices, round: round, skipZero: skipZero, budget: byteBudget)
+                    })
                 } catch { r = .failure(error) }
                 results.withLock { $0[s] = r }
                 group.leave()
@@ -163,6 +173,49 @@ final class CompressionPolicy {
     }
 }
 
+/// A thread that runs one job at a time until stopped (a stream's sender for the whole
+/// migration).
+final class StreamWorker: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var job: (@Sendable () -> Void)? // guarded by `condition`
+    private var stopped = false              // guarded by `condition`
+
+    init() {
+        Thread.detachNewThread { [self] in loop() }
+    }
+
+    /// Runs `job` on the worker's thread; the caller waits for it by its own means.
+    func run(_ job: @escaping @Sendable () -> Void) {
+        condition.withLock {
+            precondition(self.job == nil, "a stream worker got a job while busy")
+            self.job = job
+            condition.broadcast()
+        }
+    }
+
+    /// Ends the thread once its current job (if any) is done.
+    func stop() {
+        condition.withLock {
+            stopped = true
+            condition.broadcast()
+        }
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while job == nil && !stopped { condition.wait() }
+            guard let next = job else {
+                condition.unlock()
+                return
+            }
+            job = nil
+            condition.unlock()
+            next()
+        }
+    }
+}
+
 /// What one stream sent in a round.
 struct StreamTotals {
     var zero = 0, raw = 0, delta = 0, payloadBytes = 0, frames = 0
@@ -172,23 +225,32 @@ extension MigrationSender {
     /// Pre-copy rounds until the remaining set fits the downtime target. Returns the pages
     /// still dirty, which the stop-and-copy round must send together with whatever the
     /// paused harvest adds.
+    /// Stop-and-copy starts when the `DowntimePredictor`'s pause for the remaining set fits the
+    /// target; the prediction is kept in `stats` to be set against the actual pause.
     func precopy(tracker: DirtyTracker, rounds: RoundSender, stats: inout MigrationStats, started: ContinuousClock.Instant,
-                 progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
+                 roundTrip: Double, progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
         do { try tracker.start() } catch { throw .dirtyTracking(error) }
         let memory = machine.memory
         // Round 0: every page that can hold data — resident on this host, not ballooned.
         var set = memory.residentPages().subtracting(machine.pv.balloonedPages)
         var bandwidth = 0.0, bytesPerPage = 4096.0, throttleLevel = 0, throttle: UInt32 = 0
         var round: UInt32 = 0
+        var predictor = DowntimePredictor()
+        predictor.roundTrip = roundTrip
+        stats.downtimeTargetSeconds = options.downtimeTarget
         while true {
             if isCancelled { throw .cancelled }
             let elapsed = (ContinuousClock.now - started).seconds
             guard elapsed < options.maxTime else {
-                throw .notConverging("still \(set.count) dirty pages after \(Int(elapsed)) s (--max-time); the guest dirties memory faster than the link carries it")
+                throw .notConverging(Self.notConvergingReason(stats: stats, predictor: predictor, elapsed: elapsed,
+                                                              target: options.downtimeTarget))
             }
             var r = try rounds.send(pages: set, round: round, skipZero: round == 0)
             let next: PageBitmap
+            let harvestStarted = ContinuousClock.now
             do { next = try tracker.harvest(vcpusPaused: false).pages } catch { throw .dirtyTracking(error) }
+            predictor.harvest = (ContinuousClock.now - harvestStarted).seconds
+            predictor.record(pages: r.pages, seconds: r.seconds)
             r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
             if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
             if bandwidth == 0 { bandwidth = max(r.bandwidth, 100e6) }
@@ -196,11 +258,17 @@ extension MigrationSender {
             if r.pages > 0 { bytesPerPage = max(16, Double(r.wireBytes) / Double(r.pages)) }
             r.dirtyPages = next.count
             r.dirtyRate = r.seconds > 0 ? Double(next.count) / r.seconds : 0
-            r.expectedDowntime = Double(next.count) * bytesPerPage / bandwidth
+            let prediction = predictor.predict(pages: next.count)
+            r.expectedDowntime = prediction.seconds
             r.throttle = throttle
             stats.add(r)
             progress(r)
-            if next.isEmpty || r.expectedDowntime <= options.downtimeTarget { return next }
+            if next.isEmpty || prediction.seconds <= options.downtimeTarget {
+                stats.predictedDowntimeSeconds = prediction.seconds
+                stats.predictedFixedSeconds = prediction.fixedSeconds
+                stats.predictedFinalPages = next.count
+                return next
+            }
             // Auto-converge: the guest dirties faster than the link drains.
             if options.autoConverge, round >= 1, r.dirtyRate * bytesPerPage > 0.7 * bandwidth {
                 throttleLevel += 1
@@ -210,6 +278,28 @@ extension MigrationSender {
             set = next
             round += 1
         }
+    }
+
+    /// Why pre-copy gave up, with the figures that decide it: what the pause would have been,
+    /// which part of it does not shrink with the dirty set, and how fast the guest dirtied.
+    static func notConvergingReason(stats: MigrationStats, predictor: DowntimePredictor, elapsed: Double,
+                                    target: Double) -> String {
+        guard let last = stats.rounds.last else { return "no round finished within --max-time" }
+        let p = predictor.predict(pages: last.dirtyPages)
+        let perPage = predictor.fit.secondsPerPage
+        func ms(_ s: Double) -> String { String(format: "%.1f ms", s * 1000) }
+        var why = "after \(Int(elapsed)) s (--max-time) \(last.dirtyPages) pages were still dirty; the pause would have been "
+            + "\(ms(p.seconds)) (\(ms(p.pagesSeconds)) for the pages, \(ms(p.fixedSeconds)) fixed: harvest, state, commit round trip), "
+            + "above the \(ms(target)) target. "
+        if p.fixedSeconds >= target {
+            why += "The fixed part alone exceeds the target: raise --downtime-ms."
+        } else {
+            why += String(format: "The guest dirtied %.0f pages/s; this link moves about %.0f pages/s",
+                          last.dirtyRate, perPage > 0 ? 1 / perPage : 0)
+            why += stats.throttled ? " even with the guest throttled (auto-converge)" : ""
+            why += ". Raise --downtime-ms or --max-time, or lower the guest's write load."
+        }
+        return why
     }
 
     /// PV guests are asked to slow down (halving per level); others have their vCPUs paused

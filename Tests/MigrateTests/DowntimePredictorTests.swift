@@ -1,0 +1,117 @@
+import Testing
+
+@testable import Migrate
+
+/// A model of a link and of the final round: a round of `pages` pages takes
+/// `overhead + pages × perPage` seconds, scaled by a deterministic noise factor.
+private struct LinkModel {
+    var overhead = 0.0004
+    var perPage = 12e-6
+    func seconds(_ pages: Int, noise: Double = 1) -> Double { (overhead + Double(pages) * perPage) * noise }
+}
+
+@Suite("downtime predictor")
+struct DowntimePredictorTests {
+    /// Pre-copy rounds of a converging guest on the modelled link, with ±8 % noise.
+    private func predictor(_ link: LinkModel, rounds: [Int] = [65_000, 9_000, 2_400, 1_100, 700]) -> DowntimePredictor {
+        var p = DowntimePredictor()
+        let noise = [1.08, 0.93, 1.05, 0.96, 1.02, 0.97]
+        for (i, pages) in rounds.enumerated() { p.record(pages: pages, seconds: link.seconds(pages, noise: noise[i % noise.count])) }
+        p.roundTrip = 0.0003
+        p.harvest = 0.0002
+        p.stateSave = 0.001
+        return p
+    }
+
+    @Test("predicts the modelled final round and the fixed cost within 10 %")
+    func matchesTheModelOfTheFinalRound() {
+        let link = LinkModel()
+        let p = predictor(link)
+        for finalPages in [0, 120, 500, 2_000, 3_500] {
+            let actual = link.seconds(finalPages) + 0.0003 + 0.0002 + 0.001
+            let predicted = p.predict(pages: finalPages).seconds
+            #expect(abs(predicted - actual) / actual < 0.10,
+                    "final round of \(finalPages) pages: predicted \(predicted * 1000) ms, model \(actual * 1000) ms")
+        }
+        let fit = p.fit
+        #expect(abs(fit.secondsPerPage - link.perPage) / link.perPage < 0.10, "per page \(fit.secondsPerPage)")
+    }
+
+    @Test("the fixed part is harvest + state + commit round trip, whatever the page count")
+    func fixedPart() {
+        let p = predictor(LinkModel())
+        #expect(p.predict(pages: 0).fixedSeconds == p.predict(pages: 10_000).fixedSeconds)
+        #expect(abs(p.predict(pages: 0).fixedSeconds - 0.0015) < 1e-12)
+        #expect(p.predict(pages: 10_000).pagesSeconds > p.predict(pages: 100).pagesSeconds)
+    }
+
+    @Test("a slower link predicts a longer pause for the same pages, so stop-and-copy waits for fewer pages")
+    func slowerLinkWaitsLonger() {
+        let fast = predictor(LinkModel(perPage: 10e-6)), slow = predictor(LinkModel(perPage: 80e-6))
+        let target = 0.050
+        func largestFitting(_ p: DowntimePredictor) -> Int {
+            (0...20_000).last { p.predict(pages: $0).seconds <= target } ?? -1
+        }
+        let fastPages = largestFitting(fast), slowPages = largestFitting(slow)
+        #expect(fastPages > 4_000 && fastPages < 5_500, "fast link: \(fastPages) pages fit 50 ms")
+        #expect(slowPages > 500 && slowPages < 700, "slow link: \(slowPages) pages fit 50 ms")
+    }
+
+    @Test("before any page was sent, a conservative default cost per page")
+    func noPagesYet() {
+        var p = DowntimePredictor()
+        #expect(p.fit.secondsPerPage == DowntimePredictor.defaultSecondsPerPage)
+        p.record(pages: 0, seconds: 0.002)
+        #expect(p.fit.roundOverhead == 0.002)
+        #expect(abs(p.predict(pages: 1000).pagesSeconds - (0.002 + 1000 * DowntimePredictor.defaultSecondsPerPage)) < 1e-12)
+    }
+
+    @Test("noise that would give a negative slope or overhead falls back to a line that still covers the rounds")
+    func noisyRoundsStayConservative() {
+        var p = DowntimePredictor()
+        // The big round went faster than the small one (the host got quieter): the floor of
+        // the rounds plus the average cost per page.
+        p.record(pages: 10_000, seconds: 0.03)
+        p.record(pages: 1_000, seconds: 0.04)
+        #expect(p.fit.roundOverhead == 0.03)
+        #expect(abs(p.fit.secondsPerPage - 0.07 / 11_000) < 1e-12)
+        #expect(p.predict(pages: 1_000).pagesSeconds > 0.03)
+        // Small rounds cheap per page, a big one dear: the overhead would be negative, so the
+        // line goes through the origin.
+        var q = DowntimePredictor()
+        q.record(pages: 1_000, seconds: 0.001)
+        q.record(pages: 10_000, seconds: 0.05)
+        #expect(q.fit.roundOverhead == 0 && q.fit.secondsPerPage > 1e-6 && q.fit.secondsPerPage < 5e-6, "\(q.fit)")
+        // Rejected measurements are ignored.
+        q.record(pages: -1, seconds: 1)
+        q.record(pages: 5, seconds: .nan)
+        #expect(q.samples.count == 2)
+    }
+
+    @Test("only recent rounds count: a link that got faster is seen within the window")
+    func forgetsOldRounds() {
+        var p = predictor(LinkModel(perPage: 200e-6))
+        let fast = LinkModel(perPage: 10e-6)
+        for pages in [3_000, 1_500, 800, 3_000, 1_000, 600] { p.record(pages: pages, seconds: fast.seconds(pages)) }
+        #expect(p.samples.count == DowntimePredictor.window)
+        #expect(abs(p.fit.secondsPerPage - fast.perPage) / fast.perPage < 0.01)
+    }
+
+    @Test("a migration that cannot converge says which part of the pause does not fit")
+    func notConvergingReason() {
+        var stats = MigrationStats()
+        var r = RoundStats(round: 7)
+        r.dirtyPages = 20_000
+        r.dirtyRate = 50_000
+        stats.rounds = [r]
+        stats.throttled = true
+        let p = predictor(LinkModel())
+        let why = MigrationSender.notConvergingReason(stats: stats, predictor: p, elapsed: 300, target: 0.05)
+        #expect(why.contains("20000 pages were still dirty") && why.contains("50000 pages/s"), "\(why)")
+        #expect(why.contains("auto-converge") && why.contains("--downtime-ms or --max-time"), "\(why)")
+        var slowCommit = p
+        slowCommit.roundTrip = 0.2
+        let fixed = MigrationSender.notConvergingReason(stats: stats, predictor: slowCommit, elapsed: 300, target: 0.05)
+        #expect(fixed.contains("fixed part alone exceeds the target"), "\(fixed)")
+    }
+}
