@@ -16,7 +16,9 @@ enum Reference {
             let byte = b[at]
             at += 1
             length += 1
-            value |= UInt64(byte & 0x7f) << shift
+            let part = UInt64(byte & 0x7f)
+            guard shift == 0 || part >> (64 - shift) == 0 else { return nil }  // bits beyond 64: too long
+            value |= part << shift
             if byte & 0x80 == 0 {
                 if length > 1 && byte == 0 { return nil }  // a last byte of 0 adds nothing: not minimal
                 return value <= UInt64(limit) ? Int(value) : nil
