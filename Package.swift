@@ -9,6 +9,10 @@ let package = Package(
         .executable(name: "pvmigrate", targets: ["pvmigrate"]),
         .library(name: "Core", targets: ["Core"]),
         .library(name: "Migrate", targets: ["Migrate"]),
+        // For the fuzz harnesses (Fuzz/, scripts/fuzz.sh), which build against the real sources
+        // and make their seed ELF files with the tests' builder.
+        .library(name: "Control", targets: ["Control"]),
+        .library(name: "TestSupport", targets: ["TestSupport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

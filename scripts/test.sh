@@ -5,6 +5,7 @@
 # Usage: scripts/test.sh [swift test arguments, e.g. --filter MigrateTests]
 # Environment: SWIFTPM_FLAGS  extra flags for both `swift build` and
 #              `swift test`, e.g. "--scratch-path .build-ci".
+#              FUZZ_SECONDS  seconds per fuzz target in the fuzz step (default 5; 0 skips it)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,6 +25,7 @@ build="not run"
 tests="not run"
 qemu="not run"
 conformance="not run"
+fuzz="not run"
 
 echo "==> swift build ${swiftpm_flags[*]}"
 if swift build "${swiftpm_flags[@]}" 2>&1 | tee "$logs/build.log"; then
@@ -47,6 +49,13 @@ if swift build "${swiftpm_flags[@]}" 2>&1 | tee "$logs/build.log"; then
             conformance="FAILED"
         fi
     fi
+    # Every decoder of untrusted bytes under libFuzzer for a few seconds (docs/fuzzing.md).
+    if [ $# -eq 0 ] && [ "${FUZZ_SECONDS:-5}" != 0 ]; then
+        echo "==> scripts/fuzz.sh ${FUZZ_SECONDS:-5} (sanitizer build + each fuzz target)"
+        fuzz_start=$SECONDS
+        if bash scripts/fuzz.sh "${FUZZ_SECONDS:-5}" 2>&1 | tee "$logs/fuzz.log"; then fuzz="ok"; else fuzz="FAILED"; fi
+        fuzz="$fuzz ($((SECONDS - fuzz_start)) s; $(grep -oE '[0-9]+ targets, [0-9]+ executions, [0-9]+ crashes' "$logs/fuzz.log" | tail -1 || true))"
+    fi
 else
     build="FAILED"
 fi
@@ -58,6 +67,7 @@ echo "tests: $tests"
 echo "qemu:  $qemu"
 echo "conformance: $conformance"
 grep -E '^conformance: (FAIL |passed|FAILED)' "$logs/conformance.log" 2>/dev/null | sed 's/^/  /' || true
+echo "fuzz:  $fuzz"
 if [ -f "$logs/test.log" ]; then
     # swift-testing and XCTest each print one result line per run.
     grep -E 'Test run with [0-9]+ tests?|Executed [0-9]+ tests?' "$logs/test.log" \
@@ -76,4 +86,5 @@ if [ -f "$logs/test.log" ]; then
     [ -n "$total" ] && echo "summary: $((total - failed)) passed, $failed failed"
 fi
 
-[ "$build" = "ok" ] && [ "$tests" = "ok" ] && [ "$qemu" != "FAILED" ] && [ "$conformance" != "FAILED" ]
+[ "$build" = "ok" ] && [ "$tests" = "ok" ] && [ "$qemu" != "FAILED" ] && [ "$conformance" != "FAILED" ] \
+    && [ "${fuzz%% *}" != "FAILED" ]

@@ -216,52 +216,32 @@ public final class VMHost: @unchecked Sendable {
                 return
             }
             guard let line else { return }
-            if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0d }) { continue }
-            guard let request = try? JSONValue(parsing: Data(line)), let fields = request.object else {
-                Reply(id: .null, connection: connection).fail(
-                    "malformed request: each line must be one JSON object like {\"id\": 1, \"cmd\": \"status\"}")
+            let request: ControlRequest
+            switch ControlRequest.parse(line) {
+            case .blank: continue
+            case let .refused(id, message):
+                Reply(id: id, connection: connection).fail(message)
                 continue
+            case let .request(parsed): request = parsed
             }
-            let reply = Reply(id: fields["id"] ?? .null, connection: connection)
-            guard let cmd = fields["cmd"]?.string else {
-                reply.fail("malformed request: \"cmd\" must be a string (status, stop, console, selfcheck, migrate, cancel, recover)")
-                continue
-            }
-            var arguments = fields
-            arguments["id"] = nil
-            arguments["cmd"] = nil
+            let reply = Reply(id: request.id, connection: connection)
             condition.withLock { activeRequests += 1 }
-            Thread.detachNewThread { [self, arguments] in
+            Thread.detachNewThread { [self] in
                 defer { condition.withLock { activeRequests -= 1; condition.broadcast() } }
-                handle(cmd, arguments, reply, connection)
+                handle(request, reply, connection)
             }
         }
     }
 
-    private func handle(_ cmd: String, _ arguments: [String: JSONValue], _ reply: Reply, _ connection: Connection) {
-        let allowed: Set<String>
-        switch cmd {
-        case "console": allowed = ["follow"]
-        case "migrate": allowed = Set(MigrateArguments.keys)
-        case "status", "stop", "selfcheck", "cancel": allowed = []
-        case "recover": allowed = ["force"]
-        default:
-            reply.fail("unknown command \"\(cmd)\"; the commands are status, stop, console, selfcheck, migrate, cancel and recover")
-            return
-        }
-        if let unknown = arguments.keys.sorted().first(where: { !allowed.contains($0) }) {
-            reply.fail("\(cmd) takes no argument \"\(unknown)\""
-                + (allowed.isEmpty ? "" : " (it takes: \(allowed.sorted().joined(separator: ", ")))"))
-            return
-        }
-        switch cmd {
-        case "status": reply.ok(status())
-        case "stop": stopRequest(reply)
-        case "console": console(arguments, reply, connection)
-        case "selfcheck": selfcheck(reply)
-        case "migrate": migrate(arguments, reply)
-        case "recover": recoverRequest(arguments, reply)
-        default: cancelRequest(reply)
+    private func handle(_ request: ControlRequest, _ reply: Reply, _ connection: Connection) {
+        switch request.command {
+        case .status: reply.ok(status())
+        case .stop: stopRequest(reply)
+        case .console: console(request.arguments, reply, connection)
+        case .selfcheck: selfcheck(reply)
+        case .migrate: migrate(request.arguments, reply)
+        case .cancel: cancelRequest(reply)
+        case .recover: recoverRequest(request.arguments, reply)
         }
     }
 

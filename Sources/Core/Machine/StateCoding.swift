@@ -11,6 +11,8 @@ public enum StateCodingError: Error, Equatable, CustomStringConvertible {
     case missingSection(String)
     case badSectionSize(name: String, expected: Int, got: Int)
     case trailingBytes(Int)
+    /// A reserved field (a section header's, or one inside a section) holds something other than 0.
+    case reservedNotZero(String)
 
     public var description: String {
         switch self {
@@ -22,6 +24,7 @@ public enum StateCodingError: Error, Equatable, CustomStringConvertible {
         case let .missingSection(n): return "saved state: required section \(n) is missing"
         case let .badSectionSize(n, e, g): return "saved state: section \(n) is \(g) bytes, expected \(e)"
         case let .trailingBytes(n): return "saved state: \(n) unexpected bytes after the last section"
+        case let .reservedNotZero(what): return "saved state: the reserved field of \(what) is not zero"
         }
     }
 }
@@ -70,6 +73,7 @@ struct StateReader {
             guard bytes.count - p >= 8 else { throw .truncated }
             let tag = UInt16(StateReader.le(bytes, p, 2))
             let length = Int(StateReader.le(bytes, p + 4, 4))
+            guard StateReader.le(bytes, p + 2, 2) == 0 else { throw .reservedNotZero("section \(tag)'s header") }
             p += 8
             guard knownTags.contains(tag) else { throw .unknownSection(tag) }
             guard sections[tag] == nil else { throw .duplicateSection(tag) }

@@ -33,6 +33,7 @@ extension PVInterface {
             guard b.count >= Self.headerSize, (b.count - Self.headerSize) % 8 == 0 else {
                 throw .badSectionSize(name: "pv", expected: Self.headerSize, got: b.count)
             }
+            guard StateReader.le(b, 4, 4) == 0 else { throw .reservedNotZero("section pv") }
             guestVersion = UInt32(StateReader.le(b, 0, 4))
             controlPage = StateReader.le(b, 8, 8)
             balloonWords = stride(from: Self.headerSize, to: b.count, by: 8).map { StateReader.le(b, $0, 8) }

@@ -1,0 +1,67 @@
+import Foundation
+@testable import Control
+import Migrate
+
+/// One control-protocol request line (protocol.md §4) through the parse and validation a
+/// `VMHost` applies before acting: `ControlRequest.parse`, then `MigrateArguments` for
+/// `migrate`. No VM and no socket: the checks are pure.
+enum ControlTarget: FuzzTarget {
+    static let name = "control"
+    static let invariant = """
+        an accepted request names a known command and carries only that command's arguments; \
+        accepted migrate arguments are inside their documented ranges (destination port 1–65535, \
+        streams 1–64, compression 1–22 or off, finite positive times, TLS xor insecure); every \
+        answer, accepted or refused, is one line of JSON that parses back to an object echoing the id
+        """
+
+    static func run(_ input: [UInt8]) {
+        let id: JSONValue
+        switch ControlRequest.parse(input) {
+        case .blank:
+            check(input.allSatisfy { $0 == 0x20 || $0 == 0x09 || $0 == 0x0d }, "a non-blank line was ignored")
+            return
+        case let .refused(refusedID, message):
+            id = refusedID
+            checkAnswer(["id": id, "ok": false, "error": .string(message)], id: id)
+        case let .request(request):
+            id = request.id
+            check(request.arguments.keys.allSatisfy(request.command.arguments.contains),
+                  "\(request.command) accepted arguments \(request.arguments.keys.sorted())")
+            if request.command == .migrate { migrate(request.arguments) }
+            checkAnswer(["id": id, "ok": true, "result": [:]], id: id)
+        }
+    }
+
+    static func migrate(_ arguments: [String: JSONValue]) {
+        guard let parsed = try? MigrateArguments(arguments, defaultTLSDirectory: "/run/pvmigrate/tls") else { return }
+        let o = parsed.options
+        check(parsed.destination.port > 0 && !parsed.destination.host.isEmpty, "destination \(parsed.destination)")
+        check((1...64).contains(o.streams), "\(o.streams) streams")
+        check(o.compressionLevel.map { (1...22).contains($0) } ?? true, "compression \(String(describing: o.compressionLevel))")
+        check(o.downtimeTarget.isFinite && o.downtimeTarget > 0, "downtime \(o.downtimeTarget)")
+        check(o.maxTime.isFinite && o.maxTime > 0, "max time \(o.maxTime)")
+        check(o.bandwidthLimit.map { $0.isFinite && $0 > 0 } ?? true, "bandwidth \(String(describing: o.bandwidthLimit))")
+        let insecure = arguments["insecure"]?.bool == true
+        check(insecure == (parsed.tlsDirectory == nil), "insecure \(insecure) but TLS directory \(String(describing: parsed.tlsDirectory))")
+    }
+
+    /// What `VMHost.Reply` sends must be one JSON line that a client parses back.
+    static func checkAnswer(_ answer: JSONValue, id: JSONValue) {
+        let text = answer.jsonText
+        check(!text.utf8.contains(0x0a), "the answer spans lines: \(text)")
+        let back = try? JSONValue(parsing: Data(text.utf8))
+        check(back?.object != nil, "the answer \(text) does not parse back to an object")
+        check(back?["id"] == id, "the answer's id \(String(describing: back?["id"])) is not the request's \(id)")
+    }
+
+    static func seeds() -> [[UInt8]] {
+        [
+            #"{"id": 1, "cmd": "status"}"#,
+            #"{"id": "a", "cmd": "console", "follow": true}"#,
+            #"{"id": 3, "cmd": "migrate", "destination": "127.0.0.1:7070", "insecure": true, "streams": 2, "compression": 3, "downtime_ms": 50, "bandwidth": 1e9, "delta": false, "dirty_source": "pv", "max_time_s": 60}"#,
+            #"{"id": 18446744073709551615, "cmd": "migrate", "destination": "[::1]:1", "tls_dir": "/tmp/tls"}"#,
+            #"{"id": null, "cmd": "stop", "x": [1, 2.5, {"y": "\u00e9"}]}"#,
+            #"[1, 2]"#,
+        ].map { Array($0.utf8) }
+    }
+}
