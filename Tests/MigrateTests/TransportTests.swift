@@ -290,9 +290,8 @@ struct TransportTests {
         let (client, server) = try connectedPair(kind)
         defer { server.close() }
         let reading = Background { try client.receive(100) }
-        // Not a condition (a thread blocked in a read cannot be observed): it lets the reader
-        // block first; if it has not, its read starts after close() and throws .closed all the same.
-        Thread.sleep(forTimeInterval: 0.3)
+        // If the reader has not blocked yet, its read starts after close() and throws .closed all the same.
+        Thread.sleep(forTimeInterval: 0.3) // not a condition: a thread blocked in a read cannot be observed
         let start = ContinuousClock.now
         client.close()
         #expect(throws: TransportError.closed) { _ = try reading.join(timeout: 5) }
@@ -308,9 +307,8 @@ struct TransportTests {
         defer { server.close() }
         let data = [UInt8](repeating: 5, count: 64 << 20)  // far more than the buffers hold; nobody reads
         let writing = Background { try client.send(data) }
-        // Not a condition (a blocked writer cannot be observed): it lets the writer fill the
-        // buffers first; if it has not, its next write after close() throws .closed all the same.
-        Thread.sleep(forTimeInterval: 0.5)
+        // If the writer has not filled the buffers yet, its next write after close() throws .closed all the same.
+        Thread.sleep(forTimeInterval: 0.5) // not a condition: a writer blocked on a full socket cannot be observed
         client.close()
         #expect(throws: TransportError.closed) { try writing.join(timeout: 5) }
     }
@@ -330,9 +328,8 @@ struct TransportTests {
     func listenerCloseUnblocksAccept(kind: StreamKind) throws {
         let listener = try StreamListener(host: "127.0.0.1", port: 0, mode: try kind.listenerMode())
         let accepting = Background { try listener.accept() }
-        // Not a condition (a thread blocked in accept() cannot be observed): it lets accept()
-        // block first; if it has not, it starts after close() and throws .closed all the same.
-        Thread.sleep(forTimeInterval: 0.3)
+        // If accept() has not blocked yet, it starts after close() and throws .closed all the same.
+        Thread.sleep(forTimeInterval: 0.3) // not a condition: a thread blocked in accept() cannot be observed
         listener.close()
         #expect(throws: TransportError.closed) { _ = try accepting.join(timeout: 5) }
         listener.close()

@@ -252,7 +252,7 @@ public final class FaultProxy: @unchecked Sendable {
             case let .flipBit(bit)?:
                 if bit / 8 < payload.count { payload[bit / 8] ^= 1 << (bit % 8) } else { header[4] ^= 0x80 }
             case let .delay(seconds)?:
-                Thread.sleep(forTimeInterval: seconds) // the fault itself: hold the frame
+                Thread.sleep(forTimeInterval: seconds) // not a condition: the fault itself, holding the frame
             case let .hook(action)?:
                 action()
                 continue

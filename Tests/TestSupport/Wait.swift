@@ -17,8 +17,7 @@ public enum Wait {
         while true {
             if try condition() { return true }
             if ContinuousClock.now >= deadline { return false }
-            // Not a condition: the poll interval between two checks of `condition` above.
-            Thread.sleep(forTimeInterval: interval)
+            Thread.sleep(forTimeInterval: interval) // not a condition: the interval between two checks of it
             interval = min(interval * 2, 0.05)
         }
     }

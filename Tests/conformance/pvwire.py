@@ -78,7 +78,9 @@ def tls_context(tls_dir, server):
     ctx.load_verify_locations(os.path.join(tls_dir, "ca.pem"))
     ctx.verify_mode = ssl.CERT_REQUIRED
     if not server:
-        ctx.check_hostname = False  # v1 authenticates the CA, not a name (§3.1)
+        # §3.1 "Names": the listener's certificate must carry the host dialed (wrap_socket's
+        # server_hostname; an IP address is matched against the IP subjectAltNames).
+        ctx.check_hostname = True
     return ctx
 
 

@@ -221,7 +221,7 @@ def main():
     def connect():
         sock = socket.create_connection((host, int(port)), timeout=args.timeout)
         if ctx:
-            sock = ctx.wrap_socket(sock, server_side=False)
+            sock = ctx.wrap_socket(sock, server_side=False, server_hostname=host)
         return w.Channel(sock, args.timeout)
 
     s = Sender(memory, machine, state, w.parse_caps(args.offer), args.streams, os.urandom(16), args.violate)
