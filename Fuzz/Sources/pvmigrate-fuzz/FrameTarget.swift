@@ -45,18 +45,20 @@ enum FrameTarget: FuzzTarget {
     static func seeds() -> [[UInt8]] {
         let id = (0..<16).map { UInt8($0 * 7) }
         let frames: [Frame] = [
-            .hello(Hello(streams: 2, capabilities: .all, migrationID: id)),
-            .helloAck(HelloAck(version: 1, streams: 2, capabilities: [.zstd, .delta])),
+            .hello(Hello(minVersion: 2, maxVersion: 2, streams: 2, capabilities: .all, migrationID: id)),
+            .helloAck(HelloAck(version: 2, streams: 2, capabilities: [.zstd, .delta])),
             .machine(MachineDescription(memoryBytes: 64 << 20, vcpus: 1, inKernelIRQChip: true,
                                         kernelSHA256: [UInt8](repeating: 0xab, count: 32), name: "vm-ü")),
             .join(migrationID: id, streamIndex: 1),
             .pages(flags: 0, payload: [1, 0, 0, 0, 1, 0, 0, 0] + [UInt8](repeating: 0, count: 24)),
             .round(RoundReport(round: 3, pages: 1000, bytes: 4_096_000)),
             .state([0x50, 0x56, 0x4d, 0x53, 1, 0, 0, 0]),
-            .commit(digest: 0x0123_4567_89ab_cdef, pagesWithData: 17),
+            .commit(digest: 0x0123_4567_89ab_cdef, pagesWithData: 17, stateDigest: 0xfedc_ba98_7654_3210),
             .commitAck(status: 0),
             .error(ErrorReport(code: .digestMismatch, reason: "digest mismatch")),
             .streamEnd(frames: 42),
+            .prepared(migrationID: id), .go(migrationID: id), .done(migrationID: id), .resolve(migrationID: id),
+            .outcome(.started),
         ]
         // Each frame alone, and one stream of all of them.
         return frames.map { $0.encoded() } + [frames.flatMap { $0.encoded() }]
