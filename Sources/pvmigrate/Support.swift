@@ -33,18 +33,66 @@ enum Diagnostics {
 }
 
 /// Runs `handler` on SIGINT/SIGTERM (instead of dying) until cancelled.
-final class SignalWatcher {
-    private let sources: [any DispatchSourceSignal]
+///
+/// The signal handler is installed with `sigaction` before `init` returns, so a signal that
+/// arrives the moment after (a supervisor's SIGTERM right after "listening on …") is never
+/// lost. (A Dispatch signal source was used before: libdispatch installs its own handler
+/// asynchronously, and a SIGTERM in that window was ignored — seen as a listener that
+/// outlived its SIGTERM on a loaded machine.) The handler only writes the signal's number
+/// to a pipe, which is async-signal-safe; one thread reads the pipe and runs the handlers.
+final class SignalWatcher: Sendable {
+    private let token = UInt64.random(in: 0...UInt64.max)
 
     init(_ signals: Int32..., handler: @escaping @Sendable () -> Void) {
-        sources = signals.map { sig in
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler(handler: handler)
-            source.resume()
-            return source
+        SignalPipe.shared.add(token, signals, handler)
+    }
+
+    /// No more calls of the handler; the signals stay caught (a later SIGTERM does nothing).
+    func cancel() { SignalPipe.shared.remove(token) }
+}
+
+/// The self-pipe behind `SignalWatcher`: a process-wide pipe, one reader thread.
+private final class SignalPipe: @unchecked Sendable {
+    static let shared = SignalPipe()
+    /// Read end and write end; the write end is what the C handler uses (a global, no capture).
+    fileprivate static let fds: (read: Int32, write: Int32) = {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { fatalError("pvmigrate: pipe() for signal handling failed: errno \(errno)") }
+        _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) // a full pipe drops, never blocks
+        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+        return (fds[0], fds[1])
+    }()
+    private let lock = NSLock()
+    private var watchers: [UInt64: (signals: [Int32], handler: @Sendable () -> Void)] = [:] // guarded by `lock`
+
+    private init() {
+        let fd = Self.fds.read
+        Thread.detachNewThread { [self] in
+            var byte: UInt8 = 0
+            while true {
+                let n = read(fd, &byte, 1)
+                if n < 0, errno == EINTR { continue }
+                guard n == 1 else { return }
+                let handlers = lock.withLock { watchers.values.filter { $0.signals.contains(Int32(byte)) }.map(\.handler) }
+                handlers.forEach { $0() }
+            }
         }
     }
 
-    func cancel() { sources.forEach { $0.cancel() } }
+    func add(_ token: UInt64, _ signals: [Int32], _ handler: @escaping @Sendable () -> Void) {
+        lock.withLock { watchers[token] = (signals, handler) }
+        for sig in signals {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { sig in
+                var byte = UInt8(truncatingIfNeeded: sig)
+                _ = write(SignalPipe.fds.write, &byte, 1) // async-signal-safe
+            }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = SA_RESTART
+            sigaction(sig, &action, nil)
+        }
+    }
+
+    func remove(_ token: UInt64) { lock.withLock { watchers[token] = nil } }
 }
