@@ -51,7 +51,24 @@ enum ControlTarget: FuzzTarget {
         check(!text.utf8.contains(0x0a), "the answer spans lines: \(text)")
         let back = try? JSONValue(parsing: Data(text.utf8))
         check(back?.object != nil, "the answer \(text) does not parse back to an object")
-        check(back?["id"] == id, "the answer's id \(String(describing: back?["id"])) is not the request's \(id)")
+        check(back.map { sameID($0["id"] ?? .null, id) } ?? false,
+              "the answer's id \(String(describing: back?["id"])) is not the request's \(id)")
+    }
+
+    /// The same id, numbers compared as the doubles JSON makes of them: a request id such as
+    /// 8446744067440737.551614 parses to the double 8.446744067440738e16, which the answer
+    /// writes as 84467440674407380 — the same number, in another spelling (protocol.md §4).
+    static func sameID(_ a: JSONValue, _ b: JSONValue) -> Bool {
+        func number(_ v: JSONValue) -> Double? {
+            switch v {
+            case let .int(i): Double(i)
+            case let .uint(u): Double(u)
+            case let .double(d): d
+            default: nil
+            }
+        }
+        if let x = number(a), let y = number(b) { return x == y }
+        return a == b
     }
 
     static func seeds() -> [[UInt8]] {
