@@ -30,8 +30,8 @@ let package = Package(
         .target(name: "GuestImage", path: "Sources/GuestImage",
                 plugins: [.plugin(name: "GuestBuilder")]),
         .plugin(name: "GuestBuilder", capability: .buildTool(), path: "Plugins/GuestBuilder"),
-        // The one place that calls libc's file and socket API: a retrying syscall helper,
-        // `Errno` (the one errno formatter), the owning `FileDescriptor`.
+        // The system layer: a retrying `syscall` helper, `Errno` (the one errno formatter), the
+        // owning `FileDescriptor` that both socket wrappers and the KVM descriptors use.
         .target(name: "Posix"),
         .target(name: "Core", dependencies: ["CKVM", "Posix"]),
         .target(name: "Migrate", dependencies: ["Core", "Posix", "CZstd", "COpenSSL"]),
