@@ -1,6 +1,6 @@
 // swift-tools-version:6.1
 // pvmigrate: a KVM-based paravirtual VMM built around live migration.
-// Layering (../shared/design.md): pvmigrate -> Migrate -> Core -> CKVM.
+// Layering (../shared/design.md): pvmigrate -> Control -> Migrate -> Core -> CKVM, all over Posix.
 import PackageDescription
 
 let package = Package(
@@ -30,17 +30,20 @@ let package = Package(
         .target(name: "GuestImage", path: "Sources/GuestImage",
                 plugins: [.plugin(name: "GuestBuilder")]),
         .plugin(name: "GuestBuilder", capability: .buildTool(), path: "Plugins/GuestBuilder"),
-        .target(name: "Core", dependencies: ["CKVM"]),
-        .target(name: "Migrate", dependencies: ["Core", "CZstd", "COpenSSL"]),
+        // The system layer: a retrying `syscall` helper, `Errno` (the one errno formatter), the
+        // owning `FileDescriptor` that both socket wrappers and the KVM descriptors use.
+        .target(name: "Posix"),
+        .target(name: "Core", dependencies: ["CKVM", "Posix"]),
+        .target(name: "Migrate", dependencies: ["Core", "Posix", "CZstd", "COpenSSL"]),
         // Named VMs: runtime directory, per-VM control sockets (protocol.md §4), console buffers.
-        .target(name: "Control", dependencies: ["Core", "Migrate"]),
+        .target(name: "Control", dependencies: ["Core", "Migrate", "Posix"]),
         .executableTarget(name: "pvmigrate", dependencies: [
-            "Core", "Migrate", "Control", "GuestImage",
+            "Core", "Migrate", "Control", "Posix", "GuestImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
         .target(name: "TestSupport", dependencies: ["Core"], path: "Tests/TestSupport"),
-        .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "TestSupport"]),
+        .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "Posix", "TestSupport"]),
         .testTarget(name: "MigrateTests", dependencies: ["Migrate"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "GuestImage", "TestSupport"]),
     ]

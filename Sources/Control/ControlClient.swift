@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Posix
 
 /// A client of one named VM's control socket (protocol.md §4). Not thread-safe: one request
 /// at a time per client (open a second client to, say, cancel while a `migrate` streams).
@@ -31,7 +32,7 @@ public final class ControlClient {
                     + "set PVMIGRATE_RUNTIME_DIR to a shorter directory")
             default:
                 throw ControlError(.connection, "cannot reach VM \(name) at \(socketPath): "
-                    + "\(RuntimeDirectory.errnoText(error.errno))")
+                    + "\(Errno(error.errno).description)")
             }
         }
     }
@@ -52,7 +53,7 @@ public final class ControlClient {
         message["id"] = .int(id)
         message["cmd"] = .string(cmd)
         do { try socket.writeLine(Array(JSONValue.object(message).jsonText.utf8)) } catch {
-            throw ControlError(.connection, "VM \(name) closed its control socket (\(RuntimeDirectory.errnoText(error.errno))); "
+            throw ControlError(.connection, "VM \(name) closed its control socket (\(Errno(error.errno).description)); "
                 + "it may have ended — pvmigrate ps lists the VMs")
         }
         while true {
@@ -66,7 +67,7 @@ public final class ControlClient {
                     throw ControlError(.protocolViolation, "VM \(name) sent a line longer than 1 MiB")
                 }
                 throw ControlError(.connection, "reading from VM \(name)'s control socket failed: "
-                    + RuntimeDirectory.errnoText(error.errno))
+                    + Errno(error.errno).description)
             }
             guard let line else {
                 throw ControlError(.connection, "VM \(name) closed its control socket before answering \(cmd); "

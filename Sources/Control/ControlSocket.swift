@@ -3,10 +3,13 @@ import Glibc
 #endif
 import Core
 import Foundation
+import Posix
 
-// The only file of Control that calls libc's socket API: Unix stream sockets carrying JSON
-// lines (protocol.md §4). Every call retries EINTR; writes use MSG_NOSIGNAL so a client that
-// went away is an error, not a SIGPIPE.
+// The only file of Control that calls libc's socket API, through Posix: Unix stream sockets
+// carrying JSON lines (protocol.md §4). Every call retries EINTR (`syscall`); both socket
+// kinds own a `FileDescriptor`, whose close protocol lets one thread close while another is
+// blocked in recv or accept; writes use MSG_NOSIGNAL so a client that went away is an error,
+// not a SIGPIPE.
 
 /// One connected control socket: reads `\n`-terminated lines (at most 1 MiB), writes whole
 /// lines. One reader at a time; writers are serialized, so several threads may answer
@@ -14,24 +17,22 @@ import Foundation
 final class LineSocket: @unchecked Sendable {
     static let lineLimit = 1 << 20
 
-    private let fd: Int32
+    private let descriptor: FileDescriptor
     private let writeLock = NSLock()
     private var buffer: [UInt8] = []       // reader only
     private var scanned = 0                // reader only: bytes of `buffer` known to hold no "\n"
-    private let closedFlag = Locked(false)
 
-    init(fd: Int32) { self.fd = fd }
-
-    deinit { close(fd) }
+    init(_ descriptor: FileDescriptor) { self.descriptor = descriptor }
 
     /// Connects to the socket at `path`.
     static func connect(path: String) throws(SocketError) -> LineSocket {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SocketError(operation: "socket", errno: errno) }
-        let s = LineSocket(fd: fd)
         var address = try UnixAddress(path)
-        let rc = address.withSockaddr { sa, len in retryingEINTR { Glibc.connect(fd, sa, len) } }
-        guard rc == 0 else { throw SocketError(operation: "connect", errno: errno) }
+        let fd: Int32
+        do { fd = try syscall { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) } }
+        catch { throw SocketError(operation: "socket", errno: error.rawValue) }
+        let s = LineSocket(FileDescriptor(owning: fd))
+        do { _ = try s.descriptor.call { fd in address.withSockaddr { Glibc.connect(fd, $0, $1) } } }
+        catch { throw SocketError(operation: "connect", errno: error.rawValue) }
         return s
     }
 
@@ -42,10 +43,11 @@ final class LineSocket: @unchecked Sendable {
             tv.tv_sec = Int(seconds)
             tv.tv_usec = Int((seconds - Double(Int(seconds))) * 1_000_000)
         }
-        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        _ = try? descriptor.call { setsockopt($0, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) }
     }
 
-    /// The next line without its "\n"; nil at end of stream (a partial last line is dropped).
+    /// The next line without its "\n"; nil at end of stream (a partial last line is dropped)
+    /// or once `shutdown()` ran.
     func readLine() throws(SocketError) -> [UInt8]? {
         while true {
             if let nl = buffer[scanned...].firstIndex(of: 0x0a) {
@@ -58,15 +60,18 @@ final class LineSocket: @unchecked Sendable {
             guard buffer.count <= Self.lineLimit else { throw SocketError(operation: "read", errno: EMSGSIZE) }
             var chunk = [UInt8](repeating: 0, count: 64 << 10)
             // Sound: `chunk` has `chunk.count` writable bytes for the duration of the call.
-            let n = chunk.withUnsafeMutableBytes { b in retryingEINTR { recv(fd, b.baseAddress, b.count, 0) } }
-            if n == 0 { return nil }
-            if n < 0 {
-                let code = errno
+            let received = chunk.withUnsafeMutableBytes { b in
+                Result { () throws(Errno) in try descriptor.call { recv($0, b.baseAddress, b.count, 0) } }
+            }
+            switch received {
+            case .success(0): return nil
+            case .success(let n): buffer += chunk[..<n]
+            case .failure(let error):
+                let code = error.rawValue
                 if code == EAGAIN || code == EWOULDBLOCK { throw SocketError(operation: "read", errno: ETIMEDOUT) }
-                if closedFlag.value || code == ECONNRESET { return nil }
+                if descriptor.isClosing || code == ECONNRESET { return nil }
                 throw SocketError(operation: "read", errno: code)
             }
-            buffer += chunk[..<n]
         }
     }
 
@@ -79,24 +84,28 @@ final class LineSocket: @unchecked Sendable {
         var offset = 0
         while offset < bytes.count {
             // Sound: the range [offset, count) lies inside `bytes` for the duration of the call.
-            let n = bytes.withUnsafeBytes { b in
-                retryingEINTR { send(fd, b.baseAddress! + offset, b.count - offset, Int32(MSG_NOSIGNAL)) }
+            let sent = bytes.withUnsafeBytes { b in
+                Result { () throws(Errno) in
+                    try descriptor.call { send($0, b.baseAddress! + offset, b.count - offset, Int32(MSG_NOSIGNAL)) }
+                }
             }
-            guard n > 0 else { throw SocketError(operation: "write", errno: n < 0 ? errno : EPIPE) }
-            offset += n
+            switch sent {
+            case .success(let n) where n > 0: offset += n
+            case .success: throw SocketError(operation: "write", errno: EPIPE)
+            case .failure(let error):
+                throw SocketError(operation: "write", errno: descriptor.isClosing ? EPIPE : error.rawValue)
+            }
         }
     }
 
-    /// Wakes a blocked reader (it sees end of stream) and fails later writes.
-    func shutdown() {
-        closedFlag.withLock { $0 = true }
-        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
-    }
+    /// Wakes a blocked reader (it sees end of stream) and fails later writes; the descriptor
+    /// is closed once no call is inside it.
+    func shutdown() { descriptor.close() }
 }
 
 /// The listening side of a control socket.
-final class ListeningSocket: @unchecked Sendable {
-    private let fd: Int32
+final class ListeningSocket: Sendable {
+    private let descriptor: FileDescriptor
     private let closed = Locked(false)
     let path: String
     /// The socket file's inode, to remove only our own file.
@@ -105,16 +114,15 @@ final class ListeningSocket: @unchecked Sendable {
     /// Binds and listens at `path` (which must not exist).
     init(path: String) throws(SocketError) {
         var address = try UnixAddress(path)
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SocketError(operation: "socket", errno: errno) }
-        self.fd = fd
+        let fd: Int32
+        do { fd = try syscall { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) } }
+        catch { throw SocketError(operation: "socket", errno: error.rawValue) }
+        descriptor = FileDescriptor(owning: fd)  // closed on deinit if binding fails
         self.path = path
-        let rc = address.withSockaddr { sa, len in Glibc.bind(fd, sa, len) }
-        guard rc == 0, listen(fd, 64) == 0 else {
-            let code = errno
-            Glibc.close(fd)
-            throw SocketError(operation: "bind", errno: code)
-        }
+        do {
+            _ = try syscall { address.withSockaddr { sa, len in Glibc.bind(fd, sa, len) } }
+            _ = try syscall { listen(fd, 64) }
+        } catch { throw SocketError(operation: "bind", errno: error.rawValue) }
         _ = chmod(path, 0o600)
         var info = stat()
         inode = stat(path, &info) == 0 ? UInt(info.st_ino) : 0
@@ -122,18 +130,22 @@ final class ListeningSocket: @unchecked Sendable {
 
     deinit { close() }
 
-    /// The next connection; nil once `close()` was called.
+    /// The next connection; nil once `close()` was called. A concurrent `close()` wakes a
+    /// blocked accept, and the descriptor stays open until accept has returned, so accept
+    /// never runs on a closed (or reused) descriptor number.
     func accept() -> LineSocket? {
-        while !closed.value {
-            let c = Glibc.accept(fd, nil, nil)
-            if c >= 0 {
-                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-                return LineSocket(fd: c)
-            }
-            switch errno {
-            case EINTR, ECONNABORTED, EPROTO: continue
-            case EMFILE, ENFILE, ENOBUFS, ENOMEM: usleep(100_000)
-            default: if closed.value { return nil }; usleep(10_000)
+        while !descriptor.isClosing {
+            do {
+                let c = try descriptor.call { Glibc.accept($0, nil, nil) }
+                let connection = FileDescriptor(owning: c)
+                connection.setCloseOnExec()
+                return LineSocket(connection)
+            } catch {
+                switch error.rawValue {
+                case ECONNABORTED, EPROTO: continue
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM: usleep(100_000)
+                default: if descriptor.isClosing { return nil }; usleep(10_000)
+                }
             }
         }
         return nil
@@ -145,8 +157,7 @@ final class ListeningSocket: @unchecked Sendable {
         guard first else { return }
         var info = stat()
         if stat(path, &info) == 0, UInt(info.st_ino) == inode { unlink(path) }
-        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
-        Glibc.close(fd)
+        descriptor.close()
     }
 }
 
@@ -178,13 +189,5 @@ struct UnixAddress {
         return withUnsafePointer(to: &storage) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
         }
-    }
-}
-
-@inline(__always)
-func retryingEINTR<T: BinaryInteger>(_ call: () -> T) -> T {
-    while true {
-        let r = call()
-        if r >= 0 || errno != EINTR { return r }
     }
 }

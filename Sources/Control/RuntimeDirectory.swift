@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Posix
 
 /// Where a host's named VMs live (protocol.md §4): `<path>/vms/<name>.sock` (control socket),
 /// `<path>/vms/<name>.log` (a detached VM's own messages), `<path>/tls` (the default TLS
@@ -94,7 +95,7 @@ public struct RuntimeDirectory: Sendable {
                 }
             } else if code != EEXIST {
                 throw ControlError(.runtimeDirectory, "cannot create the runtime directory \(dir): "
-                    + "\(Self.errnoText(code)); set PVMIGRATE_RUNTIME_DIR to a directory you can write")
+                    + "\(Errno(code).description); set PVMIGRATE_RUNTIME_DIR to a directory you can write")
             }
         }
         var info = stat()
@@ -127,10 +128,5 @@ public struct RuntimeDirectory: Sendable {
                 + "user could plant control sockets in it. Run `chmod 0700 \(dir)`, or set "
                 + "PVMIGRATE_RUNTIME_DIR to a private directory")
         }
-    }
-
-    static func errnoText(_ code: Int32) -> String {
-        let text = String(cString: strerror(code))
-        return "\(text.prefix(1).lowercased())\(text.dropFirst()) (errno \(code))"
     }
 }

@@ -4,6 +4,7 @@ import Glibc
 import Core
 import Foundation
 import Migrate
+import Posix
 
 /// How a hosted VM left this host.
 public enum VMHostEnd: Sendable {
@@ -131,7 +132,7 @@ public final class VMHost: @unchecked Sendable {
                     + "set PVMIGRATE_RUNTIME_DIR to a shorter directory")
             default:
                 throw ControlError(.connection, "cannot create the control socket \(path): "
-                    + "\(RuntimeDirectory.errnoText(error.errno)); set PVMIGRATE_RUNTIME_DIR to a directory you can write")
+                    + "\(Errno(error.errno).description); set PVMIGRATE_RUNTIME_DIR to a directory you can write")
             }
         }
     }

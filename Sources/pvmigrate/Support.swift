@@ -1,6 +1,7 @@
 import ArgumentParser
 import Core
 import Foundation
+import Posix
 
 /// Console output straight to standard output, line by line.
 final class StandardOutputConsole: ConsoleSink, Sendable {
@@ -55,14 +56,15 @@ final class SignalWatcher: Sendable {
 private final class SignalPipe: @unchecked Sendable {
     static let shared = SignalPipe()
     /// Read end and write end; the write end is what the C handler uses (a global, no capture).
-    fileprivate static let fds: (read: Int32, write: Int32) = {
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { fatalError("pvmigrate: pipe() for signal handling failed: errno \(errno)") }
-        _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) // a full pipe drops, never blocks
-        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
-        return (fds[0], fds[1])
+    /// Both ends live as long as the process (a static), so the raw numbers stay valid.
+    private static let ends: (read: FileDescriptor, write: FileDescriptor) = {
+        do {
+            let ends = try FileDescriptor.pipe()
+            try ends.write.setNonBlocking(true) // a full pipe drops, never blocks
+            return ends
+        } catch { fatalError("pvmigrate: pipe() for signal handling failed: \(error)") }
     }()
+    fileprivate static let fds = (read: ends.read.rawValue, write: ends.write.rawValue)
     private let lock = NSLock()
     private var watchers: [UInt64: (signals: [Int32], handler: @Sendable () -> Void)] = [:] // guarded by `lock`
 
@@ -71,8 +73,7 @@ private final class SignalPipe: @unchecked Sendable {
         Thread.detachNewThread { [self] in
             var byte: UInt8 = 0
             while true {
-                let n = read(fd, &byte, 1)
-                if n < 0, errno == EINTR { continue }
+                let n = retryingEINTR { read(fd, &byte, 1) }
                 guard n == 1 else { return }
                 let handlers = lock.withLock { watchers.values.filter { $0.signals.contains(Int32(byte)) }.map(\.handler) }
                 handlers.forEach { $0() }

@@ -48,7 +48,7 @@ struct CapabilityTests {
           arguments: combinations)
     func encoderHonoursGrant(granted: Capabilities) {
         let (flags, deltas) = encodeTwoRounds(MigrationOptions().restricted(to: granted))
-        #expect(flags == (granted.contains(.zstd) ? [PageBatchLayout.zstdFlag] : [0]))
+        #expect(flags == (granted.contains(.zstd) ? [FrameHeader.flagZstd] : [0]))
         #expect((deltas > 0) == granted.contains(.delta), "\(deltas) deltas with \(granted)")
     }
 
@@ -57,7 +57,7 @@ struct CapabilityTests {
         let tests = PageBatchTests()
         let (memory, batch) = try tests.victim()
         let before = tests.snapshot(memory)
-        #expect(throws: MigrateError.self) {
+        #expect(throws: CodecError.self) {
             _ = try PageBatchDecoder(allowDelta: false).apply(flags: 0, payload: batch.bytes, to: memory, expectedRound: nil)
         }
         #expect(tests.snapshot(memory) == before)
@@ -76,9 +76,9 @@ struct CapabilityTests {
         let page = [UInt8](repeating: 0x5a, count: 4096)
         _ = page.withUnsafeBytes { encoder.add(pageIndex: 7, page: $0) }
         let (flags, payload, _) = encoder.finish()
-        #expect(flags == PageBatchLayout.zstdFlag)
+        #expect(flags == FrameHeader.flagZstd)
         let memory = try GuestMemory(size: 8 << 20)
-        #expect(throws: MigrateError.self) {
+        #expect(throws: CodecError.self) {
             _ = try PageBatchDecoder(allowZstd: false).apply(flags: flags, payload: payload, to: memory, expectedRound: nil)
         }
         #expect(pageBytes(memory, 7).allSatisfy { $0 == 0 })

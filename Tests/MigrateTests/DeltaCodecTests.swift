@@ -104,7 +104,7 @@ struct DeltaCodecTests {
                 try page.withUnsafeMutableBytes { try DeltaCodec.apply(bytes, to: $0) }
             }
             Issue.record("malformed delta \(delta) was accepted", sourceLocation: sourceLocation)
-        } catch let MigrateError.deltaMalformed(errorOffset, _) {
+        } catch let CodecError.deltaMalformed(errorOffset, _) {
             if let offset {
                 #expect(errorOffset == offset, sourceLocation: sourceLocation)
             }

@@ -248,7 +248,7 @@ struct PageBatchTests {
 
     /// Expects the payload to be rejected and memory to be untouched.
     func expectRejected(_ payload: [UInt8], flags: UInt16 = 0, memory: GuestMemory, round: UInt32? = 5,
-                        _ check: (MigrateError) -> Bool = { _ in true }, _ comment: Comment,
+                        _ check: (CodecError) -> Bool = { _ in true }, _ comment: Comment,
                         sourceLocation: SourceLocation = #_sourceLocation) {
         let before = snapshot(memory)
         do {
@@ -261,7 +261,7 @@ struct PageBatchTests {
         #expect(snapshot(memory) == before, "memory changed: \(comment)", sourceLocation: sourceLocation)
     }
 
-    func isMalformed(_ error: MigrateError) -> Bool {
+    func isMalformed(_ error: CodecError) -> Bool {
         if case .pageBatchMalformed = error { return true }
         return false
     }
@@ -469,7 +469,7 @@ struct PageBatchTests {
 
     @Test("error messages say what failed")
     func errorMessage() {
-        let text = "\(MigrateError.pageBatchMalformed(reason: "entry 2: unknown encoding 7"))"
+        let text = "\(CodecError.pageBatchMalformed(reason: "entry 2: unknown encoding 7"))"
         #expect(text.contains("page batch") && text.contains("unknown encoding 7"))
         #expect(text.contains("left as it was"))
     }

@@ -61,7 +61,7 @@ struct ZstdTests {
             #expect(try decompressor.decompress(frame, maxOutputSize: input.count) == input)
         }
         // A failed decode must not poison the context.
-        #expect(throws: MigrateError.self) {
+        #expect(throws: CodecError.self) {
             try decompressor.decompress([0x28, 0xB5, 0x2F, 0xFD], maxOutputSize: 10)
         }
         let input = compressibleBytes(4096)
@@ -83,7 +83,7 @@ struct ZstdTests {
 
     @Test("an unsupported compression level is rejected")
     func invalidLevel() {
-        #expect(throws: MigrateError.compressionLevelInvalid(level: 1000, supported: ZstdCompressor.supportedLevels)) {
+        #expect(throws: CodecError.compressionLevelInvalid(level: 1000, supported: ZstdCompressor.supportedLevels)) {
             try ZstdCompressor(level: 1000)
         }
     }
@@ -97,14 +97,14 @@ struct ZstdTests {
         for position in stride(from: 8, to: frame.count, by: max(1, frame.count / 37)) {
             var corrupted = frame
             corrupted[position] ^= 0x41
-            #expect(throws: MigrateError.self, "byte \(position) flipped") {
+            #expect(throws: CodecError.self, "byte \(position) flipped") {
                 try decompressor.decompress(corrupted, maxOutputSize: input.count)
             }
         }
         // The checksum alone catches a flipped bit in the last byte of data.
         var badChecksum = frame
         badChecksum[frame.count - 1] ^= 0x01
-        #expect(throws: MigrateError.self) {
+        #expect(throws: CodecError.self) {
             try decompressor.decompress(badChecksum, maxOutputSize: input.count)
         }
     }
@@ -112,12 +112,12 @@ struct ZstdTests {
     @Test("input that is not a zstd frame is rejected")
     func rejectsNonFrames() throws {
         let decompressor = try ZstdDecompressor()
-        #expect(throws: MigrateError.decompressNotAFrame(inputBytes: 4096)) {
+        #expect(throws: CodecError.decompressNotAFrame(inputBytes: 4096)) {
             try decompressor.decompress(randomBytes(4096, seed: 1), maxOutputSize: 1 << 20)
         }
         // A skippable frame (magic 0x184D2A50) declares no content: rejected too.
         let skippable: [UInt8] = [0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 1, 2, 3, 4]
-        #expect(throws: MigrateError.decompressNotAFrame(inputBytes: skippable.count)) {
+        #expect(throws: CodecError.decompressNotAFrame(inputBytes: skippable.count)) {
             try decompressor.decompress(skippable, maxOutputSize: 1 << 20)
         }
     }
@@ -132,7 +132,7 @@ struct ZstdTests {
             do {
                 _ = try decompressor.decompress(truncated, maxOutputSize: input.count)
                 Issue.record("a frame cut to \(length) of \(frame.count) bytes was accepted")
-            } catch let error as MigrateError {
+            } catch let error as CodecError {
                 guard case .decompressTruncated = error else {
                     Issue.record("cut to \(length) bytes: expected decompressTruncated, got \(error)")
                     continue
@@ -144,10 +144,10 @@ struct ZstdTests {
     @Test("trailing bytes after the frame are rejected")
     func rejectsTrailingBytes() throws {
         let frame = try ZstdCompressor().compress(compressibleBytes(4096))
-        #expect(throws: MigrateError.decompressTrailingBytes(frameBytes: frame.count, inputBytes: frame.count + 1)) {
+        #expect(throws: CodecError.decompressTrailingBytes(frameBytes: frame.count, inputBytes: frame.count + 1)) {
             try ZstdDecompressor().decompress(frame + [0], maxOutputSize: 4096)
         }
-        #expect(throws: MigrateError.self) {
+        #expect(throws: CodecError.self) {
             try ZstdDecompressor().decompress(frame + frame, maxOutputSize: 8192)
         }
     }
@@ -156,11 +156,11 @@ struct ZstdTests {
     func rejectsOversizedDeclaration() throws {
         let input = compressibleBytes(64 * 1024)
         var frame = try ZstdCompressor().compress(input)
-        #expect(throws: MigrateError.decompressSizeExceedsBound(declared: 65536, bound: 65535)) {
+        #expect(throws: CodecError.decompressSizeExceedsBound(declared: 65536, bound: 65535)) {
             try ZstdDecompressor().decompress(frame, maxOutputSize: 65535)
         }
         var small = [UInt8](repeating: 0, count: 4096)
-        #expect(throws: MigrateError.decompressSizeExceedsBound(declared: 65536, bound: 4096)) {
+        #expect(throws: CodecError.decompressSizeExceedsBound(declared: 65536, bound: 4096)) {
             try frame.withUnsafeBytes { source in
                 try small.withUnsafeMutableBytes { try ZstdDecompressor().decompress(source, into: $0) }
             }
@@ -173,11 +173,11 @@ struct ZstdTests {
             + [0, 0, 0, 0, 0, 1, 0, 0]  // 2^40, little endian
             + [0x01, 0x00, 0x00]  // last block, raw, 0 bytes
             + [0, 0, 0, 0]  // checksum
-        #expect(throws: MigrateError.decompressSizeExceedsBound(declared: 1 << 40, bound: 1 << 20)) {
+        #expect(throws: CodecError.decompressSizeExceedsBound(declared: 1 << 40, bound: 1 << 20)) {
             try ZstdDecompressor().decompress(hostile, maxOutputSize: 1 << 20)
         }
         frame[4] = 0  // leave the header valid but without content size or checksum
-        #expect(throws: MigrateError.self) {
+        #expect(throws: CodecError.self) {
             try ZstdDecompressor().decompress(frame, maxOutputSize: 1 << 20)
         }
     }
@@ -187,12 +187,12 @@ struct ZstdTests {
         // Hand-built frames holding one empty raw block (0x01 0x00 0x00).
         // FHD 0x00: no content size, no checksum, window descriptor 0x58.
         let noSize: [UInt8] = [0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x58, 0x01, 0x00, 0x00]
-        #expect(throws: MigrateError.decompressMissingContentSize) {
+        #expect(throws: CodecError.decompressMissingContentSize) {
             try ZstdDecompressor().decompress(noSize, maxOutputSize: 4096)
         }
         // FHD 0x20: single segment, 1-byte content size (0), no checksum.
         let noChecksum: [UInt8] = [0x28, 0xB5, 0x2F, 0xFD, 0x20, 0x00, 0x01, 0x00, 0x00]
-        #expect(throws: MigrateError.decompressMissingChecksum) {
+        #expect(throws: CodecError.decompressMissingChecksum) {
             try ZstdDecompressor().decompress(noChecksum, maxOutputSize: 4096)
         }
     }
@@ -203,14 +203,14 @@ struct ZstdTests {
         let frame: [UInt8] = [0x28, 0xB5, 0x2F, 0xFD, 0x24, 0x05]
             + [0x19, 0x00, 0x00, 0x61, 0x62, 0x63]  // last, raw, 3 bytes "abc"
             + [0, 0, 0, 0]
-        #expect(throws: MigrateError.self) {
+        #expect(throws: CodecError.self) {
             try ZstdDecompressor().decompress(frame, maxOutputSize: 4096)
         }
     }
 
     @Test("error messages say what failed and what to do")
     func errorMessages() {
-        let message = MigrateError.decompressSizeExceedsBound(declared: 1 << 40, bound: 4096).description
+        let message = CodecError.decompressSizeExceedsBound(declared: 1 << 40, bound: 4096).description
         #expect(message.contains("1099511627776"))
         #expect(message.contains("4096"))
     }

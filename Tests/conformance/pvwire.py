@@ -333,11 +333,18 @@ def batch_decode(flags, payload, pages, allow_zstd, allow_delta, dctx):
 
 # --- STATE (§1.8): the container and its PV section ---------------------------------------
 
+STATE_VERSIONS = (1, 2)  # §1.8: format 2 adds the serial section (tag 5)
+
+
+def state_version(blob):
+    return struct.unpack_from("<H", blob, 4)[0]
+
+
 def state_sections(blob):
     if len(blob) < 8 or blob[:4] != b"PVMS":
         raise ProtocolError("STATE is not a PVMS blob", E_RESTORE)
     version, count = struct.unpack_from("<HH", blob, 4)
-    if version != 1:
+    if version not in STATE_VERSIONS:
         raise ProtocolError(f"STATE format version {version}", E_RESTORE)
     pos, sections = 8, {}
     for _ in range(count):

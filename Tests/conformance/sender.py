@@ -76,7 +76,7 @@ def without_pv_section(state):
         return state
     if any(pv):
         raise w.ProtocolError("the destination declined PV_STATE, but this guest's PV state is in use", w.E_VERSION)
-    out = [b"PVMS", struct.pack("<HH", 1, len(sections) - 1)]
+    out = [b"PVMS", struct.pack("<HH", w.state_version(state), len(sections) - 1)]
     for tag, payload in sections.items():  # insertion order = the blob's order
         if tag != 4:
             out.append(struct.pack("<HHI", tag, 0, len(payload)) + payload)

@@ -77,10 +77,10 @@ enum PagesTarget: FuzzTarget {
         let payload = Array(input[2...])
         let m = FuzzMemory.shared
         var plain: [UInt8]? = payload
-        if flags & PageBatchLayout.zstdFlag != 0 {
+        if flags & FrameHeader.flagZstd != 0 {
             plain = try? decompressor.decompress(payload, maxOutputSize: maximumPlain)
         }
-        let expected = flags & ~PageBatchLayout.zstdFlag != 0 ? nil
+        let expected = flags & ~FrameHeader.flagZstd != 0 ? nil
             : plain.flatMap { Reference.batch($0, pageCount: m.pageCount, compressed: flags != 0) }
 
         var applied: [Int] = []

@@ -2,13 +2,13 @@ import CFuzzer
 @testable import Core
 
 /// Saved machine state (protocol.md §1.8) as it arrives in a STATE frame: the same input is
-/// offered to the machine-state, vCPU-state and PV-state decoders.
+/// offered to the machine-state, vCPU-state, PV-state and serial-state decoders.
 enum StateTarget: FuzzTarget {
     static let name = "state"
     static let invariant = """
         whatever decodes re-encodes to bytes that decode to an equal value and re-encode to the same \
         bytes; every kernel struct section has exactly its struct's size; a machine has 1–255 vCPUs \
-        numbered without gaps; a PV section re-encodes to exactly its bytes (no field is ignored)
+        numbered without gaps; a PV or serial section re-encodes to exactly its bytes (no field is ignored)
         """
 
     static func run(_ input: [UInt8]) {
@@ -34,6 +34,9 @@ enum StateTarget: FuzzTarget {
         }
         if let pv = try? PVInterface.State(encoded: input) {
             check(pv.encoded() == input, "PV state \(pv) re-encodes to other bytes: a field was ignored")
+        }
+        if let serial = try? SerialPort.State(encoded: input) {
+            check(serial.encoded() == input, "serial state \(serial) re-encodes to other bytes: a field was ignored")
         }
     }
 

@@ -101,7 +101,7 @@ public struct ELFImage: Sendable {
     }
 
     /// Walks the notes in one PT_NOTE segment looking for ("Xen", 18).
-    static func findPVHEntry(_ r: ByteReader, offset: Int, size: Int) throws(BootError) -> UInt32? {
+    static func findPVHEntry(_ r: ByteReader<[UInt8]>, offset: Int, size: Int) throws(BootError) -> UInt32? {
         var p = offset
         let end = offset + size
         func align4(_ n: Int) -> Int { (n + 3) & ~3 }
@@ -120,23 +120,18 @@ public struct ELFImage: Sendable {
     }
 }
 
-/// Bounds-checked little-endian reads from an untrusted byte array.
-struct ByteReader {
-    let data: [UInt8]
-    init(_ data: [UInt8]) { self.data = data }
-
+/// ELF fields at absolute offsets; a field past the end of the file is `BootError.truncated`.
+extension ByteReader where Bytes == [UInt8] {
     func bytes(_ at: Int, _ n: Int) throws(BootError) -> [UInt8] {
-        guard at >= 0, n >= 0, at <= data.count - n else { throw .truncated("\(n) bytes at offset \(at)") }
-        return Array(data[at..<(at + n)])
+        guard let b = bytes(at: at, count: n) else { throw .truncated("\(n) bytes at offset \(at)") }
+        return b
     }
-    func u16(_ at: Int) throws(BootError) -> UInt16 { UInt16(try le(at, 2)) }
-    func u32(_ at: Int) throws(BootError) -> UInt32 { UInt32(try le(at, 4)) }
-    func u64(_ at: Int) throws(BootError) -> UInt64 { try le(at, 8) }
+    func u16(_ at: Int) throws(BootError) -> UInt16 { try field(at) }
+    func u32(_ at: Int) throws(BootError) -> UInt32 { try field(at) }
+    func u64(_ at: Int) throws(BootError) -> UInt64 { try field(at) }
 
-    private func le(_ at: Int, _ n: Int) throws(BootError) -> UInt64 {
-        guard at >= 0, at <= data.count - n else { throw .truncated("\(n)-byte field at offset \(at)") }
-        var v: UInt64 = 0
-        for i in 0..<n { v |= UInt64(data[at + i]) << (8 * i) }
+    private func field<T: FixedWidthInteger & UnsignedInteger>(_ at: Int) throws(BootError) -> T {
+        guard let v = integer(at: at, as: T.self) else { throw .truncated("\(MemoryLayout<T>.size)-byte field at offset \(at)") }
         return v
     }
 }

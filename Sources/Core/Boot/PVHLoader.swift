@@ -60,27 +60,21 @@ public struct PVHLoader {
 
         do {
             let map = memoryMap(for: memory)
-            var info = [UInt8](repeating: 0, count: 56)
-            put(&info, 0, UInt64(startInfoMagic), 4)
-            put(&info, 4, 1, 4)                                   // version
-            put(&info, 24, cmdline.isEmpty ? 0 : commandLineAddress.raw, 8)
-            put(&info, 40, memoryMapAddress.raw, 8)
-            put(&info, 48, UInt64(map.count), 4)
-            try memory.write(info, at: startInfoAddress)
-            var mapBytes: [UInt8] = []
+            var info = ByteWriter(zeros: 56)                      // hvm_start_info (§1.3)
+            info.set(UInt32(startInfoMagic), at: 0)
+            info.set(UInt32(1), at: 4)                            // version
+            info.set(cmdline.isEmpty ? 0 : commandLineAddress.raw, at: 24)
+            info.set(memoryMapAddress.raw, at: 40)
+            info.set(UInt32(map.count), at: 48)
+            try memory.write(info.bytes, at: startInfoAddress)
+            var mapBytes = ByteWriter(capacity: 24 * map.count)  // hvm_memmap_table_entry
             for e in map {
-                var b = [UInt8](repeating: 0, count: 24)
-                put(&b, 0, e.address, 8); put(&b, 8, e.size, 8); put(&b, 16, UInt64(e.type), 4)
-                mapBytes += b
+                mapBytes.u64(e.address); mapBytes.u64(e.size); mapBytes.u32(e.type); mapBytes.u32(0)
             }
-            try memory.write(mapBytes, at: memoryMapAddress)
+            try memory.write(mapBytes.bytes, at: memoryMapAddress)
             try memory.write(cmdline + [0], at: commandLineAddress)
         } catch { throw .memory(error) }
         return BootInfo(entry: entry, startInfo: startInfoAddress)
-    }
-
-    private static func put(_ b: inout [UInt8], _ at: Int, _ v: UInt64, _ n: Int) {
-        for i in 0..<n { b[at + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
     }
 
     /// Puts `vcpu` in 32-bit flat protected mode at the PVH entry (protocol.md §1.1).

@@ -16,8 +16,8 @@ public final class SerialPort: BusDevice, @unchecked Sendable {
 
     private let sink: ConsoleSink
     private var line: [UInt8] = []              // vCPU thread only, except flush() when paused
-    private var registers = [UInt8](repeating: 0, count: 8)
-    private var divisor: (UInt8, UInt8) = (1, 0)
+    var registers = [UInt8](repeating: 0, count: 8)  // vCPU thread, or paused (Serial+State.swift)
+    var divisor: (UInt8, UInt8) = (1, 0)
 
     public init(sink: ConsoleSink) { self.sink = sink }
 

@@ -9,9 +9,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     /// Opens /dev/kvm and checks the API version.
     public init(path: String = Hypervisor.defaultPath) throws(KVMError) {
-        let raw = open(path, O_RDWR | O_CLOEXEC)
-        if raw < 0 { throw .deviceUnavailable(path: path, errno: errno) }
-        fd = KVMFileDescriptor(owning: raw)
+        do { fd = try KVMFileDescriptor.open(path) } catch { throw .deviceUnavailable(path: path, errno: error.rawValue) }
         self.path = path
         let version = try fd.ioctl("KVM_GET_API_VERSION", CKVM_GET_API_VERSION, value: 0)
         guard version == 12 else { throw .unsupportedAPIVersion(version) }

@@ -1,4 +1,5 @@
 import Glibc
+import Posix
 
 /// Everything that can go wrong talking to KVM. Each case names the operation and,
 /// where the kernel said why, the errno — plus what the user can do about it.
@@ -23,22 +24,15 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
             case EACCES, EPERM: hint = "you may not use it: run as root or add yourself to the 'kvm' group"
             default: hint = "check that KVM is loaded and usable"
             }
-            return "cannot open \(path): \(Errno.describe(err)); \(hint)"
+            return "cannot open \(path): \(Errno(err)); \(hint)"
         case let .unsupportedAPIVersion(v):
             return "KVM API version \(v) is not supported (pvmigrate needs 12); the host kernel is unusual"
         case let .ioctlFailed(op, err):
-            return "\(op) failed: \(Errno.describe(err))"
+            return "\(op) failed: \(Errno(err))"
         case let .missingCapability(cap):
             return "KVM lacks \(cap), which pvmigrate needs on this host"
         case let .mmapFailed(what, err):
-            return "mmap of \(what) failed: \(Errno.describe(err))"
+            return "mmap of \(what) failed: \(Errno(err))"
         }
-    }
-}
-
-/// errno formatting, kept in one place.
-public enum Errno {
-    public static func describe(_ err: Int32) -> String {
-        "\(String(cString: strerror(err))) (errno \(err))"
     }
 }

@@ -1,17 +1,26 @@
 import CKVM
 import Glibc
+import Posix
 
-/// An owned KVM file descriptor (/dev/kvm, a VM or a vCPU), closed on deinit.
+/// An owned KVM file descriptor (/dev/kvm, a VM or a vCPU), closed on deinit (it owns a
+/// Posix `FileDescriptor`).
 ///
 /// This is the one place in pvmigrate that issues ioctls (style.md §2): every call
 /// goes through `ioctl(_:_:)`, which retries EINTR (except where told not to) and turns a
 /// failure into `KVMError.ioctlFailed` naming the request.
-final class KVMFileDescriptor: @unchecked Sendable {
-    let raw: Int32
+final class KVMFileDescriptor: Sendable {
+    private let descriptor: FileDescriptor
+    var raw: Int32 { descriptor.rawValue }
 
-    init(owning raw: Int32) { self.raw = raw }
+    init(owning raw: Int32) { descriptor = FileDescriptor(owning: raw) }
 
-    deinit { close(raw) }
+    /// open(2) of a KVM device node (/dev/kvm).
+    static func open(_ path: String) throws(Errno) -> KVMFileDescriptor {
+        let fd = try FileDescriptor.open(path, O_RDWR)
+        return KVMFileDescriptor(descriptor: fd)
+    }
+
+    private init(descriptor: FileDescriptor) { self.descriptor = descriptor }
 
     /// An ioctl whose argument is a pointer. Returns the ioctl's non-negative result.
     @discardableResult
@@ -30,6 +39,20 @@ final class KVMFileDescriptor: @unchecked Sendable {
         let r = withUnsafeMutableBytes(of: &value) { ckvm_ioctl(raw, request, $0.baseAddress, 1) }
         if r < 0 { throw .ioctlFailed(operation: name, errno: Int32(-r)) }
         return r
+    }
+
+    /// An ioctl whose argument is `value`, a kernel struct that points at `buffer` (set by
+    /// `attach`, e.g. `kvm_dirty_log.dirty_bitmap`): the buffer stays valid during the call.
+    @discardableResult
+    func ioctl<T, Element>(_ name: String, _ request: UInt, _ value: inout T, buffer: inout [Element],
+                           attach: (inout T, UnsafeMutableRawPointer?) -> Void) throws(KVMError) -> Int {
+        // Sound: `buffer`'s storage is pinned for the closure, which is where the kernel reads
+        // or writes it; the caller sized it for the request.
+        let result = buffer.withUnsafeMutableBytes { bytes in
+            attach(&value, bytes.baseAddress)
+            return Result { () throws(KVMError) in try ioctl(name, request, &value) }
+        }
+        return try result.get()
     }
 
     /// An ioctl whose argument is a byte buffer the caller sized for the request.

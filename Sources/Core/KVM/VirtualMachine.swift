@@ -25,32 +25,24 @@ public final class VirtualMachine: @unchecked Sendable {
     /// KVM_GET_DIRTY_LOG for one slot: a bitmap (one bit per page, LSB first) of the pages
     /// written since the last call, which the call clears. `pageCount` is the slot's size in pages.
     public func dirtyLog(slot: UInt32, pageCount: Int) throws(KVMError) -> [UInt64] {
+        // KVM writes ceil(pages/64) u64 words into the bitmap, which holds exactly that.
         var bitmap = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
-        let r = bitmap.withUnsafeMutableBytes { bytes in
-            var log = kvm_dirty_log()
-            log.slot = slot
-            log.dirty_bitmap = bytes.baseAddress
-            // Sound: KVM writes ceil(pages/64) u64 words into `bytes`, which holds exactly that.
-            return withUnsafeMutableBytes(of: &log) { ckvm_ioctl(fd.raw, CKVM_GET_DIRTY_LOG, $0.baseAddress, 1) }
-        }
-        if r < 0 { throw .ioctlFailed(operation: "KVM_GET_DIRTY_LOG", errno: Int32(-r)) }
+        var log = kvm_dirty_log()
+        log.slot = slot
+        try fd.ioctl("KVM_GET_DIRTY_LOG", CKVM_GET_DIRTY_LOG, &log, buffer: &bitmap) { $0.dirty_bitmap = $1 }
         return bitmap
     }
 
     /// KVM_CLEAR_DIRTY_LOG (manual-protect mode): re-protects the pages set in `bitmap`, so
     /// their next write is logged again. `bitmap` covers the whole slot from page 0.
     public func clearDirtyLog(slot: UInt32, pageCount: Int, bitmap: [UInt64]) throws(KVMError) {
+        // `bits` holds ceil(pageCount/64) words, all KVM reads.
         var bits = bitmap
-        let r = bits.withUnsafeMutableBytes { bytes in
-            var clear = kvm_clear_dirty_log()
-            clear.slot = slot
-            clear.num_pages = UInt32(pageCount)
-            clear.first_page = 0
-            clear.dirty_bitmap = bytes.baseAddress
-            // Sound: `bytes` holds ceil(pageCount/64) words, all KVM reads.
-            return withUnsafeMutableBytes(of: &clear) { ckvm_ioctl(fd.raw, CKVM_CLEAR_DIRTY_LOG, $0.baseAddress, 1) }
-        }
-        if r < 0 { throw .ioctlFailed(operation: "KVM_CLEAR_DIRTY_LOG", errno: Int32(-r)) }
+        var clear = kvm_clear_dirty_log()
+        clear.slot = slot
+        clear.num_pages = UInt32(pageCount)
+        clear.first_page = 0
+        try fd.ioctl("KVM_CLEAR_DIRTY_LOG", CKVM_CLEAR_DIRTY_LOG, &clear, buffer: &bits) { $0.dirty_bitmap = $1 }
     }
 
     /// KVM_ENABLE_CAP on the VM.

@@ -68,9 +68,6 @@ public final class Machine: @unchecked Sendable {
     public let vcpus: [VCPUThread]
     /// The host's KVM is PVM (a software KVM; platform-facts.md).
     public let isPVMHost: Bool
-    private let msrIndices: [UInt32]
-    private let hasXSAVE: Bool
-    private let hasXCRs: Bool
     private let exitState = Locked<VMExit?>(nil)
     let manualProtectEnabled = Locked(false)
     let throttle = Locked(ThrottleState())
@@ -121,9 +118,9 @@ public final class Machine: @unchecked Sendable {
             try vcpu.setCPUID(cpuid)
             var indices = try hypervisor.saveableMSRs()
             if isPVMHost, !indices.contains(PVM.vifMSR) { indices.append(PVM.vifMSR) }
-            msrIndices = indices
-            hasXSAVE = hypervisor.capability(KVM_CAP_XSAVE) > 0
-            hasXCRs = hypervisor.capability(KVM_CAP_XCRS) > 0
+            let stateLayout = VCPUState.Layout(msrIndices: indices, withLAPIC: vm.irqChipCreated,
+                                               xsave: hypervisor.capability(KVM_CAP_XSAVE) > 0,
+                                               xcrs: hypervisor.capability(KVM_CAP_XCRS) > 0)
 
             serial = SerialPort(sink: c.console)
             pv = PVInterface(memory: memory, console: c.console, log: c.log)
@@ -144,7 +141,8 @@ public final class Machine: @unchecked Sendable {
                 let memory = self.memory, vm = self.vm
                 ringFull = { ring.ringFull(memory: memory, vm: vm) }
             }
-            threads.append(VCPUThread(vcpu: vcpu, bus: bus, mmio: mmio, onDirtyRingFull: ringFull) { exit in
+            threads.append(VCPUThread(vcpu: vcpu, bus: bus, mmio: mmio, stateLayout: stateLayout,
+                                      onDirtyRingFull: ringFull) { exit in
                 serial.flush()
                 exitState.withLock { if $0 == nil { $0 = exit } }
             })
@@ -207,25 +205,18 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    /// The complete CPU/platform state. The VM must be paused (or not started).
+    /// The complete CPU/platform state: every `StateSaving` component's. The VM must be
+    /// paused (or not started).
     public func saveState() throws(MachineError) -> MachineState {
         guard isQuiescent else { throw .notPaused("saving state") }
-        do {
-            let (msrs, xsave, xcrs, irq) = (msrIndices, hasXSAVE, hasXCRs, vm.irqChipCreated)
-            var states: [VCPUState] = []
-            for t in vcpus {
-                states.append(try t.perform { vcpu throws(KVMError) in
-                    try VCPUState.capture(vcpu, msrIndices: msrs, withLAPIC: irq, xsave: xsave, xcrs: xcrs)
-                })
-            }
-            let chips = irq ? try (0..<3).map { (i: UInt32) throws(KVMError) in RawStruct.bytes(try vm.irqChip(i)) } : nil
-            return MachineState(memorySize: memory.size, vcpus: states, clock: RawStruct.bytes(try vm.clock()),
-                                irqChips: chips, pv: pv.savedState())
-        } catch { throw .kvm(error) }
+        return MachineState(memorySize: memory.size,
+                            vcpus: try vcpus.map { (t) throws(MachineError) in try t.saveState() },
+                            platform: try vm.saveState(), pv: pv.saveState(), serial: serial.saveState())
     }
 
-    /// Loads a saved state (memory must already hold the guest's pages). Returns the MSRs
-    /// the kernel refused, for the caller to report.
+    /// Loads a saved state (memory must already hold the guest's pages) into each component,
+    /// in the order of protocol.md §1.8: the VM's irqchip and clock, the vCPUs, the PV
+    /// interface, the serial port. Returns the MSRs the kernel refused, for the caller to report.
     @discardableResult
     public func restore(_ state: MachineState) throws(MachineError) -> [UInt32] {
         guard isQuiescent else { throw .notPaused("restoring state") }
@@ -235,28 +226,17 @@ public final class Machine: @unchecked Sendable {
         guard state.vcpus.count == vcpus.count else {
             throw .restoreMismatch("the state has \(state.vcpus.count) vCPUs, this VM has \(vcpus.count)")
         }
-        guard (state.irqChips != nil) == vm.irqChipCreated, state.vcpus.allSatisfy({ $0.hasLAPIC == vm.irqChipCreated }) else {
+        guard state.vcpus.allSatisfy({ $0.hasLAPIC == vm.irqChipCreated }) else {
             throw .restoreMismatch("in-kernel irqchip presence differs between the state and this VM")
         }
-        do {
-            if let chips = state.irqChips {
-                for bytes in chips { try vm.setIRQChip(RawStruct.value(bytes, as: kvm_irqchip.self, zero: kvm_irqchip())) }
-            }
-            var refused: [UInt32] = []
-            for (t, s) in zip(vcpus, state.vcpus) {
-                refused += try t.perform { vcpu throws(KVMError) in try s.apply(to: vcpu) }
-            }
-            try vm.setClock(RawStruct.value(state.clock, as: kvm_clock_data.self, zero: kvm_clock_data()))
-            if let pvState = state.pv {
-                do { try pv.restore(pvState) } catch { throw MachineError.restoreMismatch(error.description) }
-            }
-            return refused
-        } catch let e as MachineError {
-            throw e
-        } catch let e as KVMError {
-            throw .kvm(e)
-        } catch {
-            throw .restoreMismatch("\(error)")
+        try vm.restoreState(state.platform)
+        var refused: [UInt32] = []
+        for (t, s) in zip(vcpus, state.vcpus) {
+            try t.restoreState(s)
+            refused += t.refusedMSRs.value
         }
+        if let pvState = state.pv { try pv.restoreState(pvState) }
+        serial.restoreState(state.serial ?? SerialPort.State())
+        return refused
     }
 }

@@ -1,59 +1,79 @@
 import CKVM
 
-/// A paused VM's complete CPU and platform state (guest memory travels separately):
-/// every vCPU, the KVM clock, and the in-kernel irqchip when one exists. Plain value;
-/// `encoded()` / `init(encoded:)` per protocol.md §1.8.
+/// A paused VM's complete CPU and platform state (guest memory travels separately): every
+/// vCPU, the VM's clock and irqchip, the PV interface and the serial port — one `StateSaving`
+/// component each. Plain value; `encoded()` / `init(encoded:)` per protocol.md §1.8.
 public struct MachineState: Equatable, Sendable {
     public var memorySize: UInt64
     public var vcpus: [VCPUState]
-    var clock: [UInt8]
-    /// PIC master, PIC slave, IOAPIC (`kvm_irqchip` bytes), when an irqchip was created.
-    var irqChips: [[UInt8]]?
+    /// The kvmclock and, when one was created, the in-kernel irqchip.
+    public var platform: VirtualMachine.State
     /// The PV interface: control page, announced ABI, balloon map.
     public var pv: PVInterface.State?
+    /// The serial port's registers; nil in a format-1 blob (the port then keeps its
+    /// power-on values).
+    public var serial: SerialPort.State?
+
+    /// `kvm_clock_data` bytes.
+    var clock: [UInt8] { platform.clock.bytes }
+    /// PIC master, PIC slave, IOAPIC (`kvm_irqchip` bytes), when an irqchip was created.
+    var irqChips: [[UInt8]]? { platform.irqChips?.chips }
 
     static let magic = Array("PVMS".utf8)
-    static let formatVersion: UInt16 = 1
-    static let memoryTag: UInt16 = 1, clockTag: UInt16 = 2, irqChipTag: UInt16 = 3, pvTag: UInt16 = 4
+    /// 2: adds the serial section (tag 5). Format 1 is still read.
+    static let formatVersion: UInt16 = 2
+    static let readableVersions: ClosedRange<UInt16> = 1...2
+    static let memoryTag: UInt16 = 1
     static let vcpuTagBase: UInt16 = 0x100
     public static let maximumVCPUs = 255
 
     public func encoded() -> [UInt8] {
         var w = StateWriter(magic: Self.magic, version: Self.formatVersion)
-        var m: [UInt8] = []
-        StateWriter.put(&m, memorySize, 8)
-        w.section(Self.memoryTag, m)
-        w.section(Self.clockTag, clock)
-        if let irqChips { w.section(Self.irqChipTag, irqChips.flatMap { $0 }) }
-        if let pv { w.section(Self.pvTag, pv.encoded()) }
+        var m = ByteWriter()
+        m.u64(memorySize)
+        w.section(Self.memoryTag, m.bytes)
+        w.section(platform.clock)
+        if let chips = platform.irqChips { w.section(chips) }
+        if let pv { w.section(pv) }
+        if let serial { w.section(serial) }
         for (i, v) in vcpus.enumerated() { w.section(Self.vcpuTagBase + UInt16(i), v.encoded()) }
         return w.bytes
     }
 
     public init(encoded bytes: [UInt8]) throws(StateCodingError) {
-        let known = Set([Self.memoryTag, Self.clockTag, Self.irqChipTag, Self.pvTag])
+        let known = Set([Self.memoryTag, VirtualMachine.ClockState.tag, VirtualMachine.IRQChipState.tag,
+                         PVInterface.State.tag, SerialPort.State.tag])
             .union((0..<Self.maximumVCPUs).map { Self.vcpuTagBase + UInt16($0) })
-        let r = try StateReader(bytes, magic: Self.magic, version: Self.formatVersion, knownTags: known)
-        memorySize = StateReader.le(try r.value(Self.memoryTag, "memory", as: UInt64.self), 0, 8)
-        clock = try r.value(Self.clockTag, "clock", as: kvm_clock_data.self)
-        if let chips = r.sections[Self.irqChipTag] {
-            let size = MemoryLayout<kvm_irqchip>.size
-            guard chips.count == 3 * size else { throw .badSectionSize(name: "irqchip", expected: 3 * size, got: chips.count) }
-            irqChips = (0..<3).map { Array(chips.dropFirst($0 * size).prefix(size)) }
-        } else { irqChips = nil }
-        pv = try r.sections[Self.pvTag].map { (b) throws(StateCodingError) in try PVInterface.State(encoded: Array(b)) }
+        let r = try StateReader(bytes, magic: Self.magic, versions: Self.readableVersions, knownTags: known)
+        if r.version < 2, r.sections[SerialPort.State.tag] != nil { throw .unknownSection(SerialPort.State.tag) }
+        memorySize = ByteReader(try r.value(Self.memoryTag, "memory", as: UInt64.self)).integer(at: 0) ?? 0
+        platform = VirtualMachine.State(clock: try r.required(VirtualMachine.ClockState.self),
+                                        irqChips: try r.section(VirtualMachine.IRQChipState.self))
+        pv = try r.section(PVInterface.State.self)
+        serial = try r.section(SerialPort.State.self)
         var vcpus: [VCPUState] = []
         while let v = r.sections[Self.vcpuTagBase + UInt16(vcpus.count)] {
             vcpus.append(try VCPUState(encoded: Array(v)))
         }
         guard !vcpus.isEmpty else { throw .missingSection("vcpu 0") }
-        guard r.sections.count == 2 + (irqChips == nil ? 0 : 1) + (pv == nil ? 0 : 1) + vcpus.count else {
+        let optional = [platform.irqChips != nil, pv != nil, serial != nil].filter { $0 }.count
+        guard r.sections.count == 2 + optional + vcpus.count else {
             throw .missingSection("vcpu \(vcpus.count) (vCPU sections must be numbered without gaps)")
         }
         self.vcpus = vcpus
     }
 
-    init(memorySize: UInt64, vcpus: [VCPUState], clock: [UInt8], irqChips: [[UInt8]]?, pv: PVInterface.State?) {
-        self.memorySize = memorySize; self.vcpus = vcpus; self.clock = clock; self.irqChips = irqChips; self.pv = pv
+    public init(memorySize: UInt64, vcpus: [VCPUState], platform: VirtualMachine.State, pv: PVInterface.State?,
+                serial: SerialPort.State?) {
+        self.memorySize = memorySize; self.vcpus = vcpus; self.platform = platform; self.pv = pv; self.serial = serial
+    }
+
+    /// From raw kernel-struct bytes (tests): the sizes are the caller's to get right.
+    init(memorySize: UInt64, vcpus: [VCPUState], clock: [UInt8], irqChips: [[UInt8]]?, pv: PVInterface.State?,
+         serial: SerialPort.State? = nil) {
+        self.init(memorySize: memorySize, vcpus: vcpus,
+                  platform: VirtualMachine.State(clock: VirtualMachine.ClockState(bytes: clock),
+                                                 irqChips: irqChips.map { VirtualMachine.IRQChipState(chips: $0) }),
+                  pv: pv, serial: serial)
     }
 }

@@ -29,59 +29,57 @@ public enum StateCodingError: Error, Equatable, CustomStringConvertible {
     }
 }
 
+/// Writes the container of protocol.md §1.8.
 struct StateWriter {
-    private(set) var bytes: [UInt8] = []
+    private var writer = ByteWriter()
     private var count: UInt16 = 0
     private let countOffset: Int
 
     init(magic: [UInt8], version: UInt16) {
-        bytes = magic
-        StateWriter.put(&bytes, UInt64(version), 2)
-        countOffset = bytes.count
-        StateWriter.put(&bytes, 0, 2)
+        writer.raw(magic)
+        writer.u16(version)
+        countOffset = writer.count
+        writer.u16(0)
     }
+
+    var bytes: [UInt8] { writer.bytes }
 
     mutating func section(_ tag: UInt16, _ payload: [UInt8]) {
-        StateWriter.put(&bytes, UInt64(tag), 2)
-        StateWriter.put(&bytes, 0, 2)
-        StateWriter.put(&bytes, UInt64(payload.count), 4)
-        bytes += payload
+        writer.u16(tag)
+        writer.u16(0)
+        writer.u32(UInt32(payload.count))
+        writer.raw(payload)
         count += 1
-        bytes[countOffset] = UInt8(count & 0xff)
-        bytes[countOffset + 1] = UInt8(count >> 8)
-    }
-
-    static func put(_ b: inout [UInt8], _ v: UInt64, _ n: Int) {
-        for i in 0..<n { b.append(UInt8(truncatingIfNeeded: v >> (8 * i))) }
+        writer.set(count, at: countOffset)
     }
 }
 
+/// Reads the container of protocol.md §1.8 from untrusted bytes.
 struct StateReader {
+    /// The container's format version, one of those the caller accepts.
+    let version: UInt16
     /// Sections by tag, in the order read.
     let sections: [UInt16: ArraySlice<UInt8>]
 
-    init(_ bytes: [UInt8], magic: [UInt8], version: UInt16, knownTags: Set<UInt16>) throws(StateCodingError) {
-        guard bytes.count >= magic.count + 4, Array(bytes.prefix(magic.count)) == magic else {
-            throw bytes.count < magic.count + 4 && bytes.starts(with: magic.prefix(bytes.count)) ? .truncated : .badMagic
+    init(_ bytes: [UInt8], magic: [UInt8], versions: ClosedRange<UInt16>, knownTags: Set<UInt16>) throws(StateCodingError) {
+        var r = ByteReader(bytes)
+        guard let head = r.bytes(magic.count), head == magic else {
+            throw bytes.count < magic.count && bytes.starts(with: magic.prefix(bytes.count)) ? .truncated : .badMagic
         }
-        var p = magic.count
-        let v = UInt16(StateReader.le(bytes, p, 2)); p += 2
-        guard v == version else { throw .unsupportedVersion(v) }
-        let n = Int(StateReader.le(bytes, p, 2)); p += 2
+        guard let v = r.u16(), let n = r.u16() else { throw .truncated }
+        guard versions.contains(v) else { throw .unsupportedVersion(v) }
         var sections: [UInt16: ArraySlice<UInt8>] = [:]
         for _ in 0..<n {
-            guard bytes.count - p >= 8 else { throw .truncated }
-            let tag = UInt16(StateReader.le(bytes, p, 2))
-            let length = Int(StateReader.le(bytes, p + 4, 4))
-            guard StateReader.le(bytes, p + 2, 2) == 0 else { throw .reservedNotZero("section \(tag)'s header") }
-            p += 8
+            guard let tag = r.u16(), let reserved = r.u16(), let length = r.u32() else { throw .truncated }
+            guard reserved == 0 else { throw .reservedNotZero("section \(tag)'s header") }
             guard knownTags.contains(tag) else { throw .unknownSection(tag) }
             guard sections[tag] == nil else { throw .duplicateSection(tag) }
-            guard bytes.count - p >= length else { throw .truncated }
-            sections[tag] = bytes[p..<(p + length)]
-            p += length
+            let start = r.offset
+            guard r.skip(Int(length)) else { throw .truncated }
+            sections[tag] = bytes[start..<r.offset]
         }
-        guard p == bytes.count else { throw .trailingBytes(bytes.count - p) }
+        guard r.isAtEnd else { throw .trailingBytes(r.remaining) }
+        self.version = v
         self.sections = sections
     }
 
@@ -93,17 +91,8 @@ struct StateReader {
     /// A section holding exactly one kernel struct of type T.
     func value<T>(_ tag: UInt16, _ name: String, as: T.Type) throws(StateCodingError) -> [UInt8] {
         let b = try required(tag, name)
-        guard b.count == MemoryLayout<T>.size else {
-            throw .badSectionSize(name: name, expected: MemoryLayout<T>.size, got: b.count)
-        }
+        try RawStruct.checkSize(b, of: T.self, name: name)
         return b
-    }
-
-    static func le(_ b: some Collection<UInt8>, _ at: Int, _ n: Int) -> UInt64 {
-        var v: UInt64 = 0
-        var i = 0
-        for byte in b.dropFirst(at).prefix(n) { v |= UInt64(byte) << (8 * i); i += 1 }
-        return v
     }
 }
 
@@ -111,8 +100,15 @@ struct StateReader {
 enum RawStruct {
     static func bytes<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
 
+    /// Throws unless `bytes` is exactly one T.
+    static func checkSize<T>(_ bytes: [UInt8], of: T.Type, name: String) throws(StateCodingError) {
+        guard bytes.count == MemoryLayout<T>.size else {
+            throw .badSectionSize(name: name, expected: MemoryLayout<T>.size, got: bytes.count)
+        }
+    }
+
     /// Sound for POD kernel structs: any bit pattern of the right size is a valid value,
-    /// and callers validated `bytes.count == MemoryLayout<T>.size` (StateReader.value).
+    /// and callers validated `bytes.count == MemoryLayout<T>.size` (RawStruct.checkSize).
     static func value<T>(_ bytes: [UInt8], as: T.Type, zero: T) -> T {
         var v = zero
         withUnsafeMutableBytes(of: &v) { dst in

@@ -24,10 +24,20 @@ public struct VCPUState: Equatable, Sendable {
     public var specialRegisters: kvm_sregs { RawStruct.value(sregs, as: kvm_sregs.self, zero: kvm_sregs()) }
     public var hasLAPIC: Bool { lapic != nil }
 
+    /// Which optional parts a vCPU's state holds on this host and VM.
+    struct Layout: Sendable {
+        /// The saveable MSRs (plus PVM's VIF MSR on PVM hosts).
+        var msrIndices: [UInt32]
+        /// With an in-kernel irqchip.
+        var withLAPIC: Bool
+        var xsave: Bool
+        var xcrs: Bool
+    }
+
     /// Captures `vcpu`'s state. The vCPU must not be running (VCPUThread guarantees it).
-    static func capture(_ vcpu: VCPU, msrIndices: [UInt32], withLAPIC: Bool, xsave hasXSAVE: Bool,
-                        xcrs hasXCRs: Bool) throws(KVMError) -> VCPUState {
-        VCPUState(
+    static func capture(_ vcpu: VCPU, _ layout: Layout) throws(KVMError) -> VCPUState {
+        let (msrIndices, withLAPIC, hasXSAVE, hasXCRs) = (layout.msrIndices, layout.withLAPIC, layout.xsave, layout.xcrs)
+        return VCPUState(
             id: vcpu.id,
             regs: RawStruct.bytes(try vcpu.registers()),
             sregs: RawStruct.bytes(try vcpu.specialRegisters()),
@@ -70,35 +80,35 @@ public struct VCPUState: Equatable, Sendable {
 
     public func encoded() -> [UInt8] {
         var w = StateWriter(magic: Self.magic, version: Self.formatVersion)
-        var idBytes: [UInt8] = []
-        StateWriter.put(&idBytes, UInt64(id), 4)
-        w.section(Tag.id.rawValue, idBytes)
+        var idBytes = ByteWriter()
+        idBytes.u32(id)
+        w.section(Tag.id.rawValue, idBytes.bytes)
         w.section(Tag.regs.rawValue, regs)
         w.section(Tag.sregs.rawValue, sregs)
         w.section(Tag.fpu.rawValue, fpu)
         if let xsave { w.section(Tag.xsave.rawValue, xsave) }
         if let xcrs { w.section(Tag.xcrs.rawValue, xcrs) }
-        var m: [UInt8] = []
+        var m = ByteWriter(capacity: 16 * msrs.count)
         for msr in msrs {
-            StateWriter.put(&m, UInt64(msr.index), 4)
-            StateWriter.put(&m, 0, 4)
-            StateWriter.put(&m, msr.value, 8)
+            m.u32(msr.index)
+            m.u32(0)
+            m.u64(msr.value)
         }
-        w.section(Tag.msrs.rawValue, m)
+        w.section(Tag.msrs.rawValue, m.bytes)
         w.section(Tag.events.rawValue, events)
-        var mp: [UInt8] = []
-        StateWriter.put(&mp, UInt64(mpState), 4)
-        w.section(Tag.mpState.rawValue, mp)
+        var mp = ByteWriter()
+        mp.u32(mpState)
+        w.section(Tag.mpState.rawValue, mp.bytes)
         w.section(Tag.debugRegs.rawValue, debugRegs)
         if let lapic { w.section(Tag.lapic.rawValue, lapic) }
         return w.bytes
     }
 
     public init(encoded bytes: [UInt8]) throws(StateCodingError) {
-        let r = try StateReader(bytes, magic: Self.magic, version: Self.formatVersion,
+        let r = try StateReader(bytes, magic: Self.magic, versions: Self.formatVersion...Self.formatVersion,
                                 knownTags: Set(Tag.allCases.map(\.rawValue)))
         let idBytes = try r.value(Tag.id.rawValue, "id", as: UInt32.self)
-        id = UInt32(StateReader.le(idBytes, 0, 4))
+        id = ByteReader(idBytes).integer(at: 0) ?? 0  // the size was checked: always present
         regs = try r.value(Tag.regs.rawValue, "regs", as: kvm_regs.self)
         sregs = try r.value(Tag.sregs.rawValue, "sregs", as: kvm_sregs.self)
         fpu = try r.value(Tag.fpu.rawValue, "fpu", as: kvm_fpu.self)
@@ -111,11 +121,15 @@ public struct VCPUState: Equatable, Sendable {
         xcrs = r.sections[Tag.xcrs.rawValue] == nil ? nil : try r.value(Tag.xcrs.rawValue, "xcrs", as: kvm_xcrs.self)
         let m = try r.required(Tag.msrs.rawValue, "msrs")
         guard m.count % 16 == 0 else { throw .badSectionSize(name: "msrs", expected: (m.count / 16) * 16, got: m.count) }
-        msrs = stride(from: 0, to: m.count, by: 16).map {
-            MSR(index: UInt32(StateReader.le(m, $0, 4)), value: StateReader.le(m, $0 + 8, 8))
+        var entries = ByteReader(m)
+        var msrs: [MSR] = []
+        while let index = entries.u32(), let reserved = entries.u32(), let value = entries.u64() {
+            guard reserved == 0 else { throw .reservedNotZero("MSR 0x\(String(index, radix: 16))'s entry") }
+            msrs.append(MSR(index: index, value: value))
         }
+        self.msrs = msrs
         events = try r.value(Tag.events.rawValue, "events", as: kvm_vcpu_events.self)
-        mpState = UInt32(StateReader.le(try r.value(Tag.mpState.rawValue, "mp_state", as: UInt32.self), 0, 4))
+        mpState = ByteReader(try r.value(Tag.mpState.rawValue, "mp_state", as: UInt32.self)).integer(at: 0) ?? 0
         debugRegs = try r.value(Tag.debugRegs.rawValue, "debugregs", as: kvm_debugregs.self)
         lapic = r.sections[Tag.lapic.rawValue] == nil ? nil
             : try r.value(Tag.lapic.rawValue, "lapic", as: kvm_lapic_state.self)

@@ -68,9 +68,15 @@ public final class VCPUThread: @unchecked Sendable {
     /// Harvests the KVM dirty ring on KVM_EXIT_DIRTY_RING_FULL; false: give up (watchdog).
     private let onDirtyRingFull: (@Sendable () -> Bool)?
 
-    init(vcpu: VCPU, bus: IOBus, mmio: MMIOBus, onDirtyRingFull: (@Sendable () -> Bool)? = nil,
-         onExit: @escaping @Sendable (VMExit) -> Void) {
+    /// What this vCPU's saved state holds (VCPUThread+State.swift).
+    let stateLayout: VCPUState.Layout
+    /// The MSRs the kernel refused at the last `restoreState`, for the caller to report.
+    public let refusedMSRs = Locked<[UInt32]>([])
+
+    init(vcpu: VCPU, bus: IOBus, mmio: MMIOBus, stateLayout: VCPUState.Layout,
+         onDirtyRingFull: (@Sendable () -> Bool)? = nil, onExit: @escaping @Sendable (VMExit) -> Void) {
         self.vcpu = vcpu
+        self.stateLayout = stateLayout
         self.bus = bus
         self.mmio = mmio
         self.onDirtyRingFull = onDirtyRingFull

@@ -1,4 +1,5 @@
 import Glibc
+import Posix
 
 /// Errors in guest-memory management and access.
 public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
@@ -14,7 +15,7 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
             return "guest memory access of \(n) bytes at 0x\(String(a, radix: 16)) is outside guest RAM"
         case let .invalidSize(why): return "invalid guest memory size: \(why)"
         case let .mmapFailed(bytes, err):
-            return "cannot allocate \(bytes >> 20) MiB of guest memory: \(Errno.describe(err)); try a smaller --memory"
+            return "cannot allocate \(bytes >> 20) MiB of guest memory: \(Errno(err)); try a smaller --memory"
         }
     }
 }

@@ -3,7 +3,9 @@
 /// re-validates the control page found in the (copied) guest memory like a fresh REGISTER:
 /// saved state is untrusted input too.
 extension PVInterface {
-    public struct State: Equatable, Sendable {
+    public struct State: StateSection {
+        public static let tag: UInt16 = 4
+        public static let name = "pv"
         public var guestVersion: UInt32      // 0: never said HELLO
         public var controlPage: UInt64       // GPA, 0: not registered
         public var balloonWords: [UInt64]
@@ -16,27 +18,31 @@ extension PVInterface {
             guestVersion != 0 || controlPage != 0 || balloonWords.contains { $0 != 0 }
         }
 
-        func encoded() -> [UInt8] {
-            var b: [UInt8] = []
-            StateWriter.put(&b, UInt64(guestVersion), 4)
-            StateWriter.put(&b, 0, 4)
-            StateWriter.put(&b, controlPage, 8)
-            for w in balloonWords { StateWriter.put(&b, w, 8) }
-            return b
+        public func encoded() -> [UInt8] {
+            var w = ByteWriter(capacity: Self.headerSize + 8 * balloonWords.count)
+            w.u32(guestVersion)
+            w.u32(0)
+            w.u64(controlPage)
+            balloonWords.forEach { w.u64($0) }
+            return w.bytes
         }
 
-        init(guestVersion: UInt32, controlPage: UInt64, balloonWords: [UInt64]) {
+        public init(guestVersion: UInt32, controlPage: UInt64, balloonWords: [UInt64]) {
             self.guestVersion = guestVersion; self.controlPage = controlPage; self.balloonWords = balloonWords
         }
 
-        init(encoded b: [UInt8]) throws(StateCodingError) {
-            guard b.count >= Self.headerSize, (b.count - Self.headerSize) % 8 == 0 else {
-                throw .badSectionSize(name: "pv", expected: Self.headerSize, got: b.count)
+        public init(encoded b: [UInt8]) throws(StateCodingError) {
+            var r = ByteReader(b)
+            guard (b.count - Self.headerSize) % 8 == 0, let version = r.u32(), let reserved = r.u32(),
+                  let page = r.u64() else {
+                throw .badSectionSize(name: Self.name, expected: Self.headerSize, got: b.count)
             }
-            guard StateReader.le(b, 4, 4) == 0 else { throw .reservedNotZero("section pv") }
-            guestVersion = UInt32(StateReader.le(b, 0, 4))
-            controlPage = StateReader.le(b, 8, 8)
-            balloonWords = stride(from: Self.headerSize, to: b.count, by: 8).map { StateReader.le(b, $0, 8) }
+            guard reserved == 0 else { throw .reservedNotZero("section pv") }
+            guestVersion = version
+            controlPage = page
+            var words: [UInt64] = []
+            while let word = r.u64() { words.append(word) }
+            balloonWords = words
         }
     }
 
@@ -69,5 +75,13 @@ extension PVInterface {
         let before = snapshotLocked.totalRejected
         adoptControlPageLocked(gpa: state.controlPage)
         guard snapshotLocked.totalRejected == before, control != nil else { throw .controlPageInvalid(state.controlPage) }
+    }
+}
+
+extension PVInterface: StateSaving {
+    public func saveState() -> State { savedState() }
+
+    public func restoreState(_ state: State) throws(MachineError) {
+        do { try restore(state) } catch { throw .restoreMismatch(error.description) }
     }
 }

@@ -5,7 +5,7 @@ import Core
 public enum MigrationError: Error, CustomStringConvertible {
     case transport(TransportError)
     case wire(WireError)
-    case codec(MigrateError)
+    case codec(CodecError)
     /// The peer sent an ERROR frame.
     case peer(ErrorReport)
     case incompatible(String)
@@ -82,7 +82,7 @@ public enum MigrationError: Error, CustomStringConvertible {
     }
 }
 
-extension MigrateError {
+extension CodecError {
     /// The ERROR code for a codec failure: bytes from the peer that do not decode are its
     /// protocol violation (code 1), not an internal error of this host.
     var reportCode: ErrorReport.Code {

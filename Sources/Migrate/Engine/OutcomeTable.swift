@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Posix
 
 /// The destination's record of what it decided for each migration that reached PREPARED
 /// (protocol.md §3.6.4): "started" is written and fsync'd *before* the guest starts, so the
@@ -83,12 +84,12 @@ public final class OutcomeTable: @unchecked Sendable {
         guard let path else { return }
         let fresh = access(path, F_OK) != 0
         let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .outcomeTable("cannot open the outcome table \(path): \(TransportError.errnoText(errno))") }
+        guard fd >= 0 else { throw .outcomeTable("cannot open the outcome table \(path): \(Errno.current.description)") }
         defer { close(fd) }
         let bytes = Array(line.utf8)
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         guard written == bytes.count, fsync(fd) == 0 else {
-            throw .outcomeTable("cannot write the outcome table \(path): \(TransportError.errnoText(errno))")
+            throw .outcomeTable("cannot write the outcome table \(path): \(Errno.current.description)")
         }
         if fresh { // the new file's directory entry must be durable too
             let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 /// How a listener or connector protects its streams.
 public enum TLSMode: Sendable {
@@ -50,7 +51,7 @@ public struct TLSFiles: Sendable {
             // Sound: `path` is a NUL-terminated copy for the duration of the call.
             guard access(path, R_OK) == 0 else {
                 let code = errno
-                let problem = code == ENOENT ? "is missing" : "cannot be read (\(TransportError.errnoText(code)))"
+                let problem = code == ENOENT ? "is missing" : "cannot be read (\(Errno(code).description))"
                 throw .certificate("TLS file \(path) \(problem); a TLS directory holds ca.pem, cert.pem "
                     + "and key.pem — create them with `pvmigrate certs init` and copy the host's "
                     + "directory here, or pass the right directory")

@@ -6,6 +6,7 @@ import COpenSSL
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 /// `pvmigrate certs init`: a CA plus host certificates for mutual TLS, made with OpenSSL's API.
 public enum CertificateAuthority {
@@ -343,7 +344,7 @@ private enum FileIO {
             prefix += component
             if mkdir(prefix, mode) != 0, errno != EEXIST {
                 throw .certificate("cannot create the directory \(prefix): "
-                    + "\(TransportError.errnoText(errno)); choose a directory you can write to")
+                    + "\(Errno.current.description); choose a directory you can write to")
             }
             prefix += "/"
         }
@@ -352,7 +353,7 @@ private enum FileIO {
     static func write(_ bytes: [UInt8], to path: String, mode: mode_t) throws(TransportError) {
         let temporary = path + ".tmp"
         func fail(_ what: String) -> TransportError {
-            .certificate("cannot \(what) \(path): \(TransportError.errnoText(errno)); check the directory's "
+            .certificate("cannot \(what) \(path): \(Errno.current.description); check the directory's "
                 + "permissions and free space")
         }
         _ = unlink(temporary)
@@ -361,8 +362,7 @@ private enum FileIO {
         var done = 0
         while done < bytes.count {
             // Sound: reads at most bytes.count - done bytes from the array's storage.
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0, errno == EINTR { continue }
+            let n = bytes.withUnsafeBytes { b in retryingEINTR { Glibc.write(fd, b.baseAddress! + done, b.count - done) } }
             guard n > 0 else { let error = fail("write"); _ = Glibc.close(fd); _ = unlink(temporary); throw error }
             done += n
         }

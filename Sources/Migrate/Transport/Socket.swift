@@ -1,87 +1,51 @@
 // TCP sockets for the transport: the only file of the transport that calls
-// the socket API of libc. Every call retries EINTR and turns -1 into a typed
-// TransportError (or a negative errno for the hot send/recv paths).
+// the socket API of libc, through Posix (`syscall`, `retryingEINTR`, `FileDescriptor`).
+// Every call retries EINTR and turns -1 into a typed TransportError (or a negative errno
+// for the hot send/recv paths).
 
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
+import Posix
 
 /// Socket buffer size requested for migration streams (the kernel doubles
 /// it, up to net.core.{w,r}mem_max): room for a few milliseconds of data at
 /// several GB/s, so one stream can keep a fast link busy.
 private let streamBufferBytes: Int32 = 4 << 20
 
-/// An owned TCP socket file descriptor with a close protocol that is safe
-/// against other threads using it.
-///
-/// `close()` shuts the socket down at once — which wakes any thread blocked
-/// in recv/send/poll/accept on it — but the descriptor itself is closed only
-/// when the last operation that `enter()`ed has `leave()`n, so a blocked
-/// thread never touches a descriptor number that was closed and reused.
+/// An owned TCP socket. Its descriptor is a `FileDescriptor`, whose close protocol is safe
+/// against other threads using it: `close()` shuts the socket down at once — which wakes
+/// any thread blocked in recv/send/poll/accept on it — and close(2) runs only when the last
+/// operation that `enter()`ed has `leave()`n.
 final class Socket: Sendable {
-    let fd: Int32
-    private let lifecycle = Mutex(Lifecycle())
+    let descriptor: FileDescriptor
+    var fd: Int32 { descriptor.rawValue }
 
-    private struct Lifecycle {
-        var active = 0
-        var closing = false
-        var released = false
-    }
-
-    private init(owning fd: Int32) { self.fd = fd }
-
-    deinit {
-        let released = lifecycle.withLock { $0.released }
-        if !released { _ = Glibc.close(fd) }
-    }
+    private init(owning fd: Int32) { descriptor = FileDescriptor(owning: fd) }
 
     // MARK: Lifecycle
 
     /// Marks an operation in progress. Throws `.closed` once `close()` ran.
     func enter() throws(TransportError) {
-        try lifecycle.withLock { (state) throws(TransportError) in
-            if state.closing { throw .closed }
-            state.active += 1
-        }
+        do { try descriptor.enter() } catch { throw .closed }
     }
 
-    /// Ends an operation begun with `enter()`; closes the descriptor if
-    /// `close()` ran meanwhile and this was the last operation.
-    func leave() {
-        let release = lifecycle.withLock { state in
-            state.active -= 1
-            guard state.closing, state.active == 0, !state.released else { return false }
-            state.released = true
-            return true
-        }
-        if release { _ = Glibc.close(fd) }
-    }
+    /// Ends an operation begun with `enter()` (see `FileDescriptor.leave()`).
+    func leave() { descriptor.leave() }
 
     /// True once `close()` has been called.
-    var isClosing: Bool { lifecycle.withLock { $0.closing } }
+    var isClosing: Bool { descriptor.isClosing }
 
     /// shutdown(2) now (unblocking other threads), close(2) when no operation
     /// is inside. Idempotent.
-    func close() {
-        let release = lifecycle.withLock { state in
-            guard !state.closing else { return false }
-            state.closing = true
-            // Under the lock, so the descriptor cannot have been released yet.
-            // ENOTCONN (never connected) is harmless.
-            _ = shutdown(fd, Int32(SHUT_RDWR))
-            guard state.active == 0 else { return false }
-            state.released = true
-            return true
-        }
-        if release { _ = Glibc.close(fd) }
-    }
+    func close() { descriptor.close() }
 
     // MARK: Opening
 
     private static func make(family: Int32) throws(TransportError) -> Socket {
-        let fd = Glibc.socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_TCP))
-        guard fd >= 0 else { throw .io(operation: "socket", errno: errno) }
+        let fd: Int32
+        do { fd = try syscall { Glibc.socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_TCP)) } }
+        catch { throw .io(operation: "socket", errno: error.rawValue) }
         let socket = Socket(owning: fd)
         // Before connect/listen, so that TCP window scaling is negotiated for
         // the large buffers. Best effort: the kernel caps them silently.
@@ -138,17 +102,18 @@ final class Socket: Sendable {
     /// after `close()`.
     func acceptConnection() throws(TransportError) -> Socket {
         while true {
-            let fd = Glibc.accept(self.fd, nil, nil)
-            if fd >= 0 {
+            do {
+                let fd = try syscall { Glibc.accept(self.fd, nil, nil) }
+                let socket = Socket(owning: fd)
                 // Glibc does not export accept4; nothing here forks meanwhile.
-                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                return Socket(owning: fd)
+                socket.descriptor.setCloseOnExec()
+                return socket
+            } catch {
+                if isClosing { throw .closed }
+                // The client gave up before we got to it: next one.
+                if error.rawValue == ECONNABORTED { continue }
+                throw .io(operation: "accept", errno: error.rawValue)
             }
-            let code = errno
-            if isClosing { throw .closed }
-            // The client gave up before we got to it, or a signal: next one.
-            if code == EINTR || code == ECONNABORTED { continue }
-            throw .io(operation: "accept", errno: code)
         }
     }
 
@@ -188,12 +153,7 @@ final class Socket: Sendable {
     func setNoDelay() { setOption(Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
 
     func setNonBlocking(_ nonBlocking: Bool) throws(TransportError) {
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0 else { throw .io(operation: "fcntl(F_GETFL)", errno: errno) }
-        let wanted = nonBlocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
-        guard wanted == flags || fcntl(fd, F_SETFL, wanted) == 0 else {
-            throw .io(operation: "fcntl(F_SETFL)", errno: errno)
-        }
+        do { try descriptor.setNonBlocking(nonBlocking) } catch { throw .io(operation: "fcntl(O_NONBLOCK)", errno: error.rawValue) }
     }
 
     /// SO_RCVTIMEO and SO_SNDTIMEO for a blocking socket; -1 = none.
@@ -221,22 +181,16 @@ final class Socket: Sendable {
     /// send(2) with MSG_NOSIGNAL (a closed peer gives EPIPE, not SIGPIPE).
     /// Returns the bytes sent or -errno.
     func send(_ buffer: UnsafeRawBufferPointer) -> Int {
-        while true {
-            // Sound: reads at most buffer.count bytes from a live buffer.
-            let n = Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL))
-            if n >= 0 { return n }
-            if errno != EINTR { return -Int(errno) }
-        }
+        // Sound: reads at most buffer.count bytes from a live buffer.
+        let n = retryingEINTR { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
+        return n >= 0 ? n : -Int(errno)
     }
 
     /// recv(2). Returns the bytes received, 0 at EOF, or -errno.
     func receive(_ buffer: UnsafeMutableRawBufferPointer) -> Int {
-        while true {
-            // Sound: writes at most buffer.count bytes into a live buffer.
-            let n = Glibc.recv(fd, buffer.baseAddress, buffer.count, 0)
-            if n >= 0 { return n }
-            if errno != EINTR { return -Int(errno) }
-        }
+        // Sound: writes at most buffer.count bytes into a live buffer.
+        let n = retryingEINTR { Glibc.recv(fd, buffer.baseAddress, buffer.count, 0) }
+        return n >= 0 ? n : -Int(errno)
     }
 
     /// Waits until the socket is readable (or writable), or `milliseconds`
@@ -245,12 +199,9 @@ final class Socket: Sendable {
     func wait(writable: Bool, milliseconds: Int32) throws(TransportError) -> Bool {
         let deadline = Deadline(milliseconds: milliseconds)
         var entry = pollfd(fd: fd, events: Int16(writable ? POLLOUT : POLLIN), revents: 0)
-        while true {
-            let rc = poll(&entry, 1, deadline.remainingMilliseconds())
-            if rc > 0 { return true }
-            if rc == 0 { return false }
-            if errno != EINTR { throw .io(operation: "poll", errno: errno) }
-        }
+        // Each retry after EINTR polls for what is left of the deadline.
+        do { return try syscall { poll(&entry, 1, deadline.remainingMilliseconds()) } > 0 }
+        catch { throw .io(operation: "poll", errno: error.rawValue) }
     }
 
     // MARK: Addresses

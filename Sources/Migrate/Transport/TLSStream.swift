@@ -18,6 +18,7 @@ import COpenSSL
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 import Synchronization
 
 /// TLS 1.3 cipher suites in order of preference: AES-128-GCM first (the
@@ -458,7 +459,7 @@ enum TLSHandshake {
                 if code == 0, let refused = identityRefused(reason, connection, peer: peer, peerIsSource: isServer) {
                     throw refused
                 }
-                throw fail(code != 0 ? TransportError.errnoText(code) : explain(reason, connection))
+                throw fail(code != 0 ? Errno(code).description : explain(reason, connection))
             }
         }
 
@@ -483,7 +484,7 @@ enum TLSHandshake {
                     if code == 0, let refused = identityRefused(reason, connection, peer: peer, peerIsSource: false) {
                         throw refused
                     }
-                    throw fail(code != 0 ? TransportError.errnoText(code)
+                    throw fail(code != 0 ? Errno(code).description
                         : "\(reason) (the peer rejected this host's certificate)")
                 }
             }

@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 /// Everything that can go wrong while opening, using or closing a migration
 /// stream, or while making and loading its certificates.
@@ -54,7 +55,7 @@ public enum TransportError: Error, Equatable, CustomStringConvertible {
         case .resolveFailed(let host):
             return "cannot resolve host \"\(host)\": check the name (or use an IP address) and this host's DNS"
         case .connectFailed(let host, let port, let code):
-            return "cannot connect to \(Self.endpoint(host, port)): \(Self.errnoText(code))"
+            return "cannot connect to \(Self.endpoint(host, port)): \(Errno(code))"
                 + Self.connectAdvice(code)
         case .handshakeFailed(let peer, let reason):
             return "TLS handshake with \(peer) failed: \(reason); check that both hosts use "
@@ -89,7 +90,7 @@ public enum TransportError: Error, Equatable, CustomStringConvertible {
         case .closed:
             return "the connection was closed on this host (the migration was cancelled or is shutting down)"
         case .io(let operation, let code):
-            return "\(operation) failed: \(Self.errnoText(code)); check the network and retry"
+            return "\(operation) failed: \(Errno(code)); check the network and retry"
         case .tls(let message):
             return "TLS error on an established stream: \(message); the stream was damaged or the peer "
                 + "misbehaved — retry the migration"
@@ -102,14 +103,6 @@ public enum TransportError: Error, Equatable, CustomStringConvertible {
     /// "host:port", with brackets around an IPv6 literal.
     static func endpoint(_ host: String, _ port: UInt16) -> String {
         host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-    }
-
-    /// strerror text plus the symbolic value, e.g. "connection refused (errno 111)".
-    static func errnoText(_ code: Int32) -> String {
-        // Sound: strerror returns a pointer to a NUL-terminated string that
-        // stays valid until the next strerror call; it is copied at once.
-        let text = String(cString: strerror(code))
-        return "\(text.prefix(1).lowercased())\(text.dropFirst()) (errno \(code))"
     }
 
     private static func connectAdvice(_ code: Int32) -> String {

@@ -1,3 +1,5 @@
+import Core
+
 /// Frames of the migration stream (protocol.md §3.2): a 16-byte header, then the payload.
 /// Every decoder validates lengths and contents exactly; the network is hostile.
 
@@ -74,7 +76,7 @@ public struct FrameHeader: Equatable, Sendable {
     }
 
     public func encoded() -> [UInt8] {
-        var b = Bytes()
+        var b = ByteWriter(capacity: Self.size)
         b.u32(Self.magic); b.u16(type.rawValue); b.u16(flags); b.u32(UInt32(length)); b.u32(0)
         return b.bytes
     }
@@ -82,8 +84,8 @@ public struct FrameHeader: Equatable, Sendable {
     /// Validates a received header (magic, type, flags, reserved, length limits).
     public init(decoding raw: [UInt8]) throws(WireError) {
         precondition(raw.count == Self.size)
-        var r = raw.withUnsafeBytes { Cursor($0) }
-        let magic = r.u32(), typeRaw = r.u16(), flags = r.u16(), length = Int(r.u32()), reserved = r.u32()
+        var r = PayloadReader(raw, type: "header")
+        let magic = try r.u32(), typeRaw = try r.u16(), flags = try r.u16(), length = Int(try r.u32()), reserved = try r.u32()
         guard magic == Self.magic else { throw .badMagic(magic) }
         guard let type = FrameType(rawValue: typeRaw) else { throw .unknownType(typeRaw) }
         let allowed: UInt16 = type == .pages ? Self.flagZstd : 0
@@ -219,7 +221,7 @@ public enum Frame: Equatable, Sendable {
 
     /// Header and payload, ready to write.
     public func encoded() -> [UInt8] {
-        var p = Bytes()
+        var p = ByteWriter()
         var flags: UInt16 = 0
         switch self {
         case let .hello(h):
@@ -260,64 +262,64 @@ public enum Frame: Equatable, Sendable {
         func exact(_ n: Int) throws(WireError) {
             guard payload.count == n else { throw .malformed(type: name, reason: "\(payload.count) bytes, expected \(n)") }
         }
-        var r = payload.withUnsafeBytes { Cursor(copying: $0) }
+        var r = PayloadReader(payload, type: name)
         switch header.type {
         case .hello:
             try exact(32)
-            let h = Hello(minVersion: r.u16(), maxVersion: r.u16(), streams: r.u32(),
-                          capabilities: Capabilities(rawValue: r.u64()), migrationID: r.raw(16))
+            let h = Hello(minVersion: try r.u16(), maxVersion: try r.u16(), streams: try r.u32(),
+                          capabilities: Capabilities(rawValue: try r.u64()), migrationID: try r.raw(16))
             guard h.minVersion >= 1, h.minVersion <= h.maxVersion else { throw .malformed(type: name, reason: "version range \(h.minVersion)–\(h.maxVersion)") }
             guard (1...256).contains(h.streams) else { throw .malformed(type: name, reason: "\(h.streams) streams") }
             return .hello(h)
         case .helloAck:
             try exact(16)
-            let version = r.u16()
-            guard r.u16() == 0 else { throw .reservedNotZero("HELLO_ACK") }
-            return .helloAck(HelloAck(version: version, streams: r.u32(), capabilities: Capabilities(rawValue: r.u64())))
+            let version = try r.u16()
+            guard try r.u16() == 0 else { throw .reservedNotZero("HELLO_ACK") }
+            return .helloAck(HelloAck(version: version, streams: try r.u32(), capabilities: Capabilities(rawValue: try r.u64())))
         case .machine:
             guard payload.count >= 50 else { throw .malformed(type: name, reason: "\(payload.count) bytes") }
-            let memory = r.u64(), vcpus = r.u32(), flags = r.u32(), sha = r.raw(32), nameLength = Int(r.u16())
+            let memory = try r.u64(), vcpus = try r.u32(), flags = try r.u32(), sha = try r.raw(32), nameLength = Int(try r.u16())
             try exact(50 + nameLength)
             guard flags & ~1 == 0 else { throw .reservedNotZero("MACHINE flags") }
-            guard let text = String(validating: r.raw(nameLength), as: UTF8.self) else {
+            guard let text = String(validating: try r.raw(nameLength), as: UTF8.self) else {
                 throw .malformed(type: name, reason: "the VM name is not UTF-8")
             }
             return .machine(MachineDescription(memoryBytes: memory, vcpus: vcpus, inKernelIRQChip: flags & 1 != 0,
                                                kernelSHA256: sha, name: text))
         case .join:
             try exact(20)
-            return .join(migrationID: r.raw(16), streamIndex: r.u32())
+            return .join(migrationID: try r.raw(16), streamIndex: try r.u32())
         case .pages:
             guard !payload.isEmpty else { throw .malformed(type: name, reason: "empty") }
             return .pages(flags: header.flags, payload: payload)
         case .round:
             try exact(24)
-            let round = r.u32()
-            guard r.u32() == 0 else { throw .reservedNotZero("ROUND") }
-            return .round(RoundReport(round: round, pages: r.u64(), bytes: r.u64()))
+            let round = try r.u32()
+            guard try r.u32() == 0 else { throw .reservedNotZero("ROUND") }
+            return .round(RoundReport(round: round, pages: try r.u64(), bytes: try r.u64()))
         case .state:
             return .state(payload)
         case .commit:
             try exact(24)
-            return .commit(digest: r.u64(), pagesWithData: r.u64(), stateDigest: r.u64())
+            return .commit(digest: try r.u64(), pagesWithData: try r.u64(), stateDigest: try r.u64())
         case .commitAck:
             try exact(8)
-            let status = r.u32()
-            guard r.u32() == 0 else { throw .reservedNotZero("COMMIT_ACK") }
+            let status = try r.u32()
+            guard try r.u32() == 0 else { throw .reservedNotZero("COMMIT_ACK") }
             return .commitAck(status: status)
         case .error:
             guard payload.count >= 8 else { throw .malformed(type: name, reason: "\(payload.count) bytes") }
-            let raw = r.u32()
-            guard r.u32() == 0 else { throw .reservedNotZero("ERROR") }
+            let raw = try r.u32()
+            guard try r.u32() == 0 else { throw .reservedNotZero("ERROR") }
             let code = ErrorReport.Code(rawValue: raw) ?? .internalError
             let reason = String(decoding: payload[8...], as: UTF8.self)
             return .error(ErrorReport(code: code, reason: reason))
         case .streamEnd:
             try exact(8)
-            return .streamEnd(frames: r.u64())
+            return .streamEnd(frames: try r.u64())
         case .prepared, .go, .done, .resolve:
             try exact(16)
-            let id = r.raw(16)
+            let id = try r.raw(16)
             switch header.type {
             case .prepared: return .prepared(migrationID: id)
             case .go: return .go(migrationID: id)
@@ -326,8 +328,8 @@ public enum Frame: Equatable, Sendable {
             }
         case .outcome:
             try exact(8)
-            let raw = r.u32()
-            guard r.u32() == 0 else { throw .reservedNotZero("OUTCOME") }
+            let raw = try r.u32()
+            guard try r.u32() == 0 else { throw .reservedNotZero("OUTCOME") }
             guard let o = CommitOutcome(rawValue: raw) else { throw .malformed(type: name, reason: "outcome \(raw)") }
             return .outcome(o)
         }
@@ -345,29 +347,21 @@ func utf8Prefix(_ s: String, _ limit: Int) -> [UInt8] {
     return out
 }
 
-/// Little-endian appends.
-struct Bytes {
-    var bytes: [UInt8] = []
-    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
-    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
-    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
-    mutating func raw(_ b: [UInt8]) { bytes += b }
-}
+/// Reads of a frame's bytes over `ByteReader`: a read past the end is a malformed frame
+/// (the callers check the size first, so this is defence in depth), never a trap.
+struct PayloadReader {
+    private var reader: ByteReader<[UInt8]>
+    private let type: String
 
-/// Little-endian reads from a buffer whose length the caller checked first.
-struct Cursor {
-    private let data: [UInt8]
-    private var at = 0
-    init(_ raw: UnsafeRawBufferPointer) { data = Array(raw) }
-    init(copying raw: UnsafeRawBufferPointer) { data = Array(raw) }
-    private mutating func le(_ n: Int) -> UInt64 {
-        var v: UInt64 = 0
-        for i in 0..<n { v |= UInt64(data[at + i]) << (8 * i) }
-        at += n
-        return v
+    init(_ bytes: [UInt8], type: String) { reader = ByteReader(bytes); self.type = type }
+
+    mutating func u16() throws(WireError) -> UInt16 { try need(reader.u16()) }
+    mutating func u32() throws(WireError) -> UInt32 { try need(reader.u32()) }
+    mutating func u64() throws(WireError) -> UInt64 { try need(reader.u64()) }
+    mutating func raw(_ count: Int) throws(WireError) -> [UInt8] { try need(reader.bytes(count)) }
+
+    private func need<T>(_ value: T?) throws(WireError) -> T {
+        guard let value else { throw .malformed(type: type, reason: "cut short at byte \(reader.offset)") }
+        return value
     }
-    mutating func u16() -> UInt16 { UInt16(le(2)) }
-    mutating func u32() -> UInt32 { UInt32(le(4)) }
-    mutating func u64() -> UInt64 { le(8) }
-    mutating func raw(_ n: Int) -> [UInt8] { defer { at += n }; return Array(data[at..<(at + n)]) }
 }

@@ -24,18 +24,23 @@ public final class FrameChannel: @unchecked Sendable {
         bytesSent += UInt64(header.count + payload.count)
     }
 
-    /// The next frame, validated. Throws the transport's error or the wire's. With `allowed`,
-    /// a frame of another type is refused from its header, before its payload is read.
-    public func receive(allowed: Set<FrameType>? = nil, state: String = "") throws(MigrationError) -> Frame {
+    /// The next frame, validated. A failure of the stream is handed to `transport`, a frame
+    /// that breaks §3.2 to `wire`; the caller's layer decides what error they become (the
+    /// wire layer knows nothing of the engine: `FrameChannel+Engine.swift` maps them to
+    /// `MigrationError`). With `allowed`, a frame of another type is refused from its header,
+    /// before its payload is read; `state` names the receiver's state in that error.
+    public func receive<Failure: Error>(allowed: Set<FrameType>? = nil, state: String = "",
+                                        transport: (TransportError) -> Failure,
+                                        wire: (WireError) -> Failure) throws(Failure) -> Frame {
         let raw: [UInt8]
-        do { raw = try stream.read(count: FrameHeader.size) } catch { throw .transport(error) }
+        do { raw = try stream.read(count: FrameHeader.size) } catch { throw transport(error) }
         let header: FrameHeader
-        do { header = try FrameHeader(decoding: raw) } catch { throw .wire(error) }
-        if let allowed, !allowed.contains(header.type) { throw .wire(.unexpected(frame: header.type.name, state: state)) }
+        do { header = try FrameHeader(decoding: raw) } catch { throw wire(error) }
+        if let allowed, !allowed.contains(header.type) { throw wire(.unexpected(frame: header.type.name, state: state)) }
         let payload: [UInt8]
-        do { payload = try stream.read(count: header.length) } catch { throw .transport(error) }
+        do { payload = try stream.read(count: header.length) } catch { throw transport(error) }
         framesReceived += 1
-        do { return try Frame.decode(header, payload: payload) } catch { throw .wire(error) }
+        do { return try Frame.decode(header, payload: payload) } catch { throw wire(error) }
     }
 
     /// Best effort: tell the peer why we stop. Never throws.

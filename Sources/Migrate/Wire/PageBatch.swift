@@ -50,9 +50,6 @@ public enum PageBatchLayout {
     public static let entrySize = 16
     /// Pages per batch, at most.
     public static let maximumCount = 1024
-    /// The `ZSTD` bit of the frame flags (§3.2).
-    public static let zstdFlag: UInt16 = 1
-
     /// The largest payload a batch of `count` pages can have, and the most a
     /// compressed one may declare: `count × 4112 + 16`.
     public static func maximumPayload(count: Int) -> Int {
@@ -226,7 +223,7 @@ public final class PageBatchEncoder {
 
         if compressNext, let compressor, let written = try? compressor.compress(plain, into: compressed), written < total {
             stats.payloadBytes = written
-            return (PageBatchLayout.zstdFlag, Array(UnsafeRawBufferPointer(rebasing: compressed[0..<written])), stats)
+            return (FrameHeader.flagZstd, Array(UnsafeRawBufferPointer(rebasing: compressed[0..<written])), stats)
         }
         // Not compressing, not smaller, or libzstd failed: the plain payload is always valid.
         stats.payloadBytes = total
@@ -269,35 +266,34 @@ public final class PageBatchDecoder {
     /// Validates the batch in `payload` (a PAGES frame's payload, with the
     /// frame's `flags`) and applies it to `memory`. `expectedRound` nil
     /// accepts any round. Returns what the batch held.
-    /// - Throws: `MigrateError.pageBatchMalformed` or a `decompress…` error;
+    /// - Throws: `CodecError.pageBatchMalformed` or a `decompress…` error;
     ///   memory is then unchanged.
     public func apply(flags: UInt16, payload: UnsafeRawBufferPointer, to memory: GuestMemory,
                       expectedRound: UInt32?,
-                      pageApplied: ((Int, UnsafeRawBufferPointer) -> Void)? = nil) throws(MigrateError) -> BatchStats {
-        guard flags & ~PageBatchLayout.zstdFlag == 0 else {
+                      pageApplied: ((Int, UnsafeRawBufferPointer) -> Void)? = nil) throws(CodecError) -> BatchStats {
+        guard flags & ~FrameHeader.flagZstd == 0 else {
             throw .pageBatchMalformed(reason: "unknown flag bits 0x\(String(flags, radix: 16))")
         }
-        guard allowZstd || flags & PageBatchLayout.zstdFlag == 0 else {
+        guard allowZstd || flags & FrameHeader.flagZstd == 0 else {
             throw .pageBatchMalformed(reason: "a ZSTD batch although ZSTD was not granted")
         }
         var stats = BatchStats()
         stats.payloadBytes = payload.count
         let batch: UnsafeRawBufferPointer
-        if flags & PageBatchLayout.zstdFlag != 0 {
+        if flags & FrameHeader.flagZstd != 0 {
             batch = try decompress(payload)
         } else {
             batch = payload
         }
         stats.uncompressedBytes = batch.count
 
-        // Pass 1: check everything. Every load below is at an offset checked
-        // against batch.count first (the header, then the whole table).
-        guard batch.count >= PageBatchLayout.headerSize else {
+        // Pass 1: check everything, reading with ByteReader (nil past the end, never a trap).
+        let r = ByteReader(batch)
+        guard let round = r.integer(at: 0, as: UInt32.self), let rawCount = r.integer(at: 4, as: UInt32.self),
+              let reserved = r.integer(at: 8, as: UInt64.self) else {
             throw .pageBatchMalformed(reason: "\(batch.count) bytes, shorter than the 16-byte header")
         }
-        let round = UInt32(littleEndian: batch.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
-        let count = Int(UInt32(littleEndian: batch.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
-        let reserved = batch.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        let count = Int(rawCount)
         guard (1...PageBatchLayout.maximumCount).contains(count) else {
             throw .pageBatchMalformed(reason: "page count \(count), not 1–\(PageBatchLayout.maximumCount)")
         }
@@ -305,7 +301,7 @@ public final class PageBatchDecoder {
         if let expectedRound, round != expectedRound {
             throw .pageBatchMalformed(reason: "batch of round \(round) while receiving round \(expectedRound)")
         }
-        if flags & PageBatchLayout.zstdFlag != 0, batch.count > PageBatchLayout.maximumPayload(count: count) {
+        if flags & FrameHeader.flagZstd != 0, batch.count > PageBatchLayout.maximumPayload(count: count) {
             throw .pageBatchMalformed(
                 reason: "zstd frame declares \(batch.count) bytes, over \(PageBatchLayout.maximumPayload(count: count)) for \(count) pages")
         }
@@ -317,11 +313,12 @@ public final class PageBatchDecoder {
         var dataOffset = tableEnd
         for i in 0..<count {
             let entry = PageBatchLayout.headerSize + i * PageBatchLayout.entrySize
-            let index = UInt64(littleEndian: batch.loadUnaligned(fromByteOffset: entry, as: UInt64.self))
-            let rawEncoding = batch.load(fromByteOffset: entry + 8, as: UInt8.self)
-            let pad1 = batch.load(fromByteOffset: entry + 9, as: UInt8.self)
-            let pad2 = batch.loadUnaligned(fromByteOffset: entry + 10, as: UInt16.self)
-            let length = Int(UInt32(littleEndian: batch.loadUnaligned(fromByteOffset: entry + 12, as: UInt32.self)))
+            // Inside the table, whose end was checked above.
+            let index = r.integer(at: entry, as: UInt64.self) ?? 0
+            let rawEncoding = r.integer(at: entry + 8, as: UInt8.self) ?? 0
+            let pad1 = r.integer(at: entry + 9, as: UInt8.self) ?? 0
+            let pad2 = r.integer(at: entry + 10, as: UInt16.self) ?? 0
+            let length = Int(r.integer(at: entry + 12, as: UInt32.self) ?? 0)
             guard index < pageCount else {
                 throw .pageBatchMalformed(reason: "entry \(i): page index \(index) is beyond the \(pageCount) pages of RAM")
             }
@@ -367,10 +364,11 @@ public final class PageBatchDecoder {
         dataOffset = tableEnd
         for i in 0..<count {
             let entry = PageBatchLayout.headerSize + i * PageBatchLayout.entrySize
-            let index = Int(UInt64(littleEndian: batch.loadUnaligned(fromByteOffset: entry, as: UInt64.self)))
-            let encoding = PageEncoding(rawValue: batch.load(fromByteOffset: entry + 8, as: UInt8.self))!
-            let length = Int(UInt32(littleEndian: batch.loadUnaligned(fromByteOffset: entry + 12, as: UInt32.self)))
-            let page = Self.page(index, of: memory)
+            let index = Int(r.integer(at: entry, as: UInt64.self)!)
+            let encoding = PageEncoding(rawValue: r.integer(at: entry + 8, as: UInt8.self)!)!
+            let length = Int(r.integer(at: entry + 12, as: UInt32.self)!)
+            // Pass 1 checked index < pageCount, so the page exists.
+            let page = memory.page(atIndex: index)!
             let data = UnsafeRawBufferPointer(rebasing: batch[dataOffset..<(dataOffset + length)])
             switch encoding {
             case .zero:
@@ -399,9 +397,9 @@ public final class PageBatchDecoder {
     /// Applies a batch held in an array (see the raw-buffer overload).
     public func apply(flags: UInt16, payload: [UInt8], to memory: GuestMemory,
                       expectedRound: UInt32?,
-                      pageApplied: ((Int, UnsafeRawBufferPointer) -> Void)? = nil) throws(MigrateError) -> BatchStats {
-        let result: Result<BatchStats, MigrateError> = payload.withUnsafeBytes { bytes in
-            do throws(MigrateError) {
+                      pageApplied: ((Int, UnsafeRawBufferPointer) -> Void)? = nil) throws(CodecError) -> BatchStats {
+        let result: Result<BatchStats, CodecError> = payload.withUnsafeBytes { bytes in
+            do throws(CodecError) {
                 return .success(try apply(flags: flags, payload: bytes, to: memory, expectedRound: expectedRound,
                                           pageApplied: pageApplied))
             } catch {
@@ -414,7 +412,7 @@ public final class PageBatchDecoder {
     /// Decompresses a ZSTD payload into `plain`. The count is not known until
     /// the frame is decoded, so the declared size is bounded by the largest
     /// batch, 1024 × 4112 + 16 bytes; `apply` then checks it against the count.
-    private func decompress(_ payload: UnsafeRawBufferPointer) throws(MigrateError) -> UnsafeRawBufferPointer {
+    private func decompress(_ payload: UnsafeRawBufferPointer) throws(CodecError) -> UnsafeRawBufferPointer {
         do {
             if decompressor == nil { decompressor = try ZstdDecompressor() }
             if plain == nil {
@@ -423,25 +421,10 @@ public final class PageBatchDecoder {
             }
             let written = try decompressor!.decompress(payload, into: plain!)
             return UnsafeRawBufferPointer(rebasing: plain![0..<written])
-        } catch let error as MigrateError {
+        } catch let error as CodecError {
             throw error
         } catch {
             throw .decompressCorrupt(reason: "\(error)")
         }
-    }
-
-    /// The host bytes of RAM page `index`, which the caller checked is below
-    /// `memory.pageCount`. Sound: regions cover page indices 0..<pageCount in
-    /// order, and the returned page lies inside one region's mapping.
-    private static func page(_ index: Int, of memory: GuestMemory) -> UnsafeMutableRawBufferPointer {
-        var rest = index
-        for region in memory.regions {
-            if rest < region.pageCount {
-                return UnsafeMutableRawBufferPointer(start: region.host + rest * PageBatchLayout.pageSize,
-                                                     count: PageBatchLayout.pageSize)
-            }
-            rest -= region.pageCount
-        }
-        preconditionFailure("page index \(index) beyond RAM was not rejected")
     }
 }

@@ -157,7 +157,7 @@ public enum DeltaCodec {
     // MARK: Decoding
 
     /// Checks that `delta` is well formed for a page of `pageSize` bytes.
-    /// - Throws: `MigrateError.deltaMalformed` naming the offending byte.
+    /// - Throws: `CodecError.deltaMalformed` naming the offending byte.
     public static func validate(_ delta: UnsafeRawBufferPointer, pageSize: Int) throws {
         precondition(pageSize >= 0, "page size must not be negative")
         try forEachLiteral(in: delta, pageSize: pageSize) { _, _, _ in }
@@ -166,7 +166,7 @@ public enum DeltaCodec {
     /// Applies `delta` to `page`, which holds the previous copy on entry and
     /// the new one on return. The delta is validated first: if it is
     /// malformed, `page` is left untouched.
-    /// - Throws: `MigrateError.deltaMalformed` naming the offending byte.
+    /// - Throws: `CodecError.deltaMalformed` naming the offending byte.
     public static func apply(_ delta: UnsafeRawBufferPointer, to page: UnsafeMutableRawBufferPointer) throws {
         try validate(delta, pageSize: page.count)
         guard let deltaBase = delta.baseAddress, let pageBase = page.baseAddress else { return }
@@ -190,7 +190,7 @@ public enum DeltaCodec {
     }
 
     /// Returns the page `delta` encodes against `previous`.
-    /// - Throws: `MigrateError.deltaMalformed` naming the offending byte.
+    /// - Throws: `CodecError.deltaMalformed` naming the offending byte.
     public static func decode(_ delta: [UInt8], previous: [UInt8]) throws -> [UInt8] {
         var page = previous
         try delta.withUnsafeBytes { deltaBytes in
@@ -218,10 +218,10 @@ public enum DeltaCodec {
             let length = try readVarint(delta, at: &position, limit: pageSize - pageOffset,
                                         what: "literal at page offset \(pageOffset)")
             guard length > 0 else {
-                throw MigrateError.deltaMalformed(offset: tokenStart, reason: "token with an empty literal")
+                throw CodecError.deltaMalformed(offset: tokenStart, reason: "token with an empty literal")
             }
             guard delta.count - position >= length else {
-                throw MigrateError.deltaMalformed(
+                throw CodecError.deltaMalformed(
                     offset: position,
                     reason: "literal of \(length) bytes but only \(delta.count - position) left in the delta")
             }
@@ -240,22 +240,22 @@ public enum DeltaCodec {
         var shift = 0
         while true {
             guard position < delta.count else {
-                throw MigrateError.deltaMalformed(offset: start, reason: "\(what()): length cut off by the end of the delta")
+                throw CodecError.deltaMalformed(offset: start, reason: "\(what()): length cut off by the end of the delta")
             }
             let byte = delta[position]
             position += 1
             if byte == 0 && shift > 0 {
-                throw MigrateError.deltaMalformed(offset: start, reason: "\(what()): length not minimally encoded")
+                throw CodecError.deltaMalformed(offset: start, reason: "\(what()): length not minimally encoded")
             }
             value |= Int(byte & 0x7f) << shift
             guard value <= limit else {
-                throw MigrateError.deltaMalformed(
+                throw CodecError.deltaMalformed(
                     offset: start, reason: "\(what()): length \(value) or more runs past the end of the page (\(limit) bytes left)")
             }
             if byte & 0x80 == 0 { return value }
             shift += 7
             guard shift <= 56 else {
-                throw MigrateError.deltaMalformed(offset: start, reason: "\(what()): length longer than 9 bytes")
+                throw CodecError.deltaMalformed(offset: start, reason: "\(what()): length longer than 9 bytes")
             }
         }
     }

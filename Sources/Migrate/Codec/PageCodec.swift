@@ -35,14 +35,14 @@ public final class ZstdCompressor {
     private let context: OpaquePointer
 
     /// Creates a context compressing at `level` (see `supportedLevels`).
-    /// - Throws: `MigrateError.compressionLevelInvalid` for an unsupported
+    /// - Throws: `CodecError.compressionLevelInvalid` for an unsupported
     ///   level, `.zstdContextAllocationFailed` if libzstd is out of memory.
     public init(level: Int = ZstdCompressor.defaultLevel) throws {
         guard Self.supportedLevels.contains(level) else {
-            throw MigrateError.compressionLevelInvalid(level: level, supported: Self.supportedLevels)
+            throw CodecError.compressionLevelInvalid(level: level, supported: Self.supportedLevels)
         }
         guard let context = ZSTD_createCCtx() else {
-            throw MigrateError.zstdContextAllocationFailed(what: "compression")
+            throw CodecError.zstdContextAllocationFailed(what: "compression")
         }
         let settings: [(ZSTD_cParameter, Int32)] = [
             (ZSTD_c_compressionLevel, Int32(level)),
@@ -54,7 +54,7 @@ public final class ZstdCompressor {
             if ZSTD_isError(result) != 0 {
                 let reason = String(cString: ZSTD_getErrorName(result))
                 ZSTD_freeCCtx(context)
-                throw MigrateError.compressionFailed(inputBytes: 0, reason: "configuring the context: \(reason)")
+                throw CodecError.compressionFailed(inputBytes: 0, reason: "configuring the context: \(reason)")
             }
         }
         self.context = context
@@ -66,11 +66,11 @@ public final class ZstdCompressor {
     }
 
     /// Compresses `input` into one zstd frame.
-    /// - Throws: `MigrateError.compressionFailed` if libzstd fails.
+    /// - Throws: `CodecError.compressionFailed` if libzstd fails.
     public func compress(_ input: UnsafeRawBufferPointer) throws -> [UInt8] {
         let bound = ZSTD_compressBound(input.count)
         guard ZSTD_isError(bound) == 0, bound > 0 else {
-            throw MigrateError.compressionFailed(inputBytes: input.count, reason: "input is too large for one frame")
+            throw CodecError.compressionFailed(inputBytes: input.count, reason: "input is too large for one frame")
         }
         return try [UInt8](unsafeUninitializedCapacity: bound) { output, initialized in
             // Sound: libzstd writes at most `output.count` bytes to `output`
@@ -80,7 +80,7 @@ public final class ZstdCompressor {
                                          input.baseAddress, input.count)
             if ZSTD_isError(written) != 0 {
                 initialized = 0
-                throw MigrateError.compressionFailed(
+                throw CodecError.compressionFailed(
                     inputBytes: input.count, reason: String(cString: ZSTD_getErrorName(written)))
             }
             initialized = written
@@ -90,7 +90,7 @@ public final class ZstdCompressor {
     /// Compresses `input` into one zstd frame written to `output` (reused by
     /// the caller across batches; `maximumCompressedSize(inputBytes:)` bytes
     /// always suffice). Returns the frame's length.
-    /// - Throws: `MigrateError.compressionFailed` if libzstd fails or the
+    /// - Throws: `CodecError.compressionFailed` if libzstd fails or the
     ///   frame does not fit in `output`.
     public func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {
         // Sound: libzstd writes at most `output.count` bytes to `output` and
@@ -98,7 +98,7 @@ public final class ZstdCompressor {
         // count is 0, which libzstd accepts).
         let written = ZSTD_compress2(context, output.baseAddress, output.count, input.baseAddress, input.count)
         if ZSTD_isError(written) != 0 {
-            throw MigrateError.compressionFailed(
+            throw CodecError.compressionFailed(
                 inputBytes: input.count, reason: String(cString: ZSTD_getErrorName(written)))
         }
         return written
@@ -126,10 +126,10 @@ public final class ZstdDecompressor {
     /// The libzstd context; owned, freed in deinit.
     private let context: OpaquePointer
 
-    /// - Throws: `MigrateError.zstdContextAllocationFailed` if libzstd is out of memory.
+    /// - Throws: `CodecError.zstdContextAllocationFailed` if libzstd is out of memory.
     public init() throws {
         guard let context = ZSTD_createDCtx() else {
-            throw MigrateError.zstdContextAllocationFailed(what: "decompression")
+            throw CodecError.zstdContextAllocationFailed(what: "decompression")
         }
         self.context = context
     }
@@ -155,34 +155,34 @@ public final class ZstdDecompressor {
         case 0:
             break
         case -EMSGSIZE:
-            throw MigrateError.decompressTruncated(inputBytes: input.count, reason: "frame header incomplete")
+            throw CodecError.decompressTruncated(inputBytes: input.count, reason: "frame header incomplete")
         default:
-            throw MigrateError.decompressNotAFrame(inputBytes: input.count)
+            throw CodecError.decompressNotAFrame(inputBytes: input.count)
         }
-        guard info.has_content_size != 0 else { throw MigrateError.decompressMissingContentSize }
+        guard info.has_content_size != 0 else { throw CodecError.decompressMissingContentSize }
         guard info.content_size <= UInt64(bound) else {
-            throw MigrateError.decompressSizeExceedsBound(declared: info.content_size, bound: bound)
+            throw CodecError.decompressSizeExceedsBound(declared: info.content_size, bound: bound)
         }
-        guard info.has_checksum != 0 else { throw MigrateError.decompressMissingChecksum }
+        guard info.has_checksum != 0 else { throw CodecError.decompressMissingChecksum }
 
         // Sound: libzstd walks the block headers within `input.count` bytes.
         let frameSize = ZSTD_findFrameCompressedSize(input.baseAddress, input.count)
         if ZSTD_isError(frameSize) != 0 {
             let reason = String(cString: ZSTD_getErrorName(frameSize))
             if ZSTD_getErrorCode(frameSize) == ZSTD_error_srcSize_wrong {
-                throw MigrateError.decompressTruncated(inputBytes: input.count, reason: reason)
+                throw CodecError.decompressTruncated(inputBytes: input.count, reason: reason)
             }
-            throw MigrateError.decompressCorrupt(reason: reason)
+            throw CodecError.decompressCorrupt(reason: reason)
         }
         guard frameSize == input.count else {
-            throw MigrateError.decompressTrailingBytes(frameBytes: frameSize, inputBytes: input.count)
+            throw CodecError.decompressTrailingBytes(frameBytes: frameSize, inputBytes: input.count)
         }
         return CheckedFrame(contentSize: Int(info.content_size), frameSize: frameSize)
     }
 
     /// Returns the decompressed size the frame in `input` declares, after the
     /// same checks `decompress` makes before decoding; decodes nothing.
-    /// - Throws: the `MigrateError.decompress…` cases.
+    /// - Throws: the `CodecError.decompress…` cases.
     public static func declaredSize(of input: UnsafeRawBufferPointer, maxOutputSize: Int) throws -> Int {
         precondition(maxOutputSize >= 0, "maximum output size must not be negative")
         return try check(input, bound: maxOutputSize).contentSize
@@ -198,10 +198,10 @@ public final class ZstdDecompressor {
         let written = ZSTD_decompressDCtx(context, output.baseAddress, frame.contentSize,
                                           input.baseAddress, frame.frameSize)
         if ZSTD_isError(written) != 0 {
-            throw MigrateError.decompressCorrupt(reason: String(cString: ZSTD_getErrorName(written)))
+            throw CodecError.decompressCorrupt(reason: String(cString: ZSTD_getErrorName(written)))
         }
         guard written == frame.contentSize else {
-            throw MigrateError.decompressSizeMismatch(declared: frame.contentSize, actual: written)
+            throw CodecError.decompressSizeMismatch(declared: frame.contentSize, actual: written)
         }
         return written
     }
@@ -209,7 +209,7 @@ public final class ZstdDecompressor {
     /// Decompresses the single frame in `input` into `output`, which bounds
     /// the output size. Returns the number of bytes written. On error the
     /// contents of `output` are unspecified.
-    /// - Throws: the `MigrateError.decompress…` cases.
+    /// - Throws: the `CodecError.decompress…` cases.
     public func decompress(_ input: UnsafeRawBufferPointer,
                            into output: UnsafeMutableRawBufferPointer) throws -> Int {
         let frame = try Self.check(input, bound: output.count)
@@ -218,7 +218,7 @@ public final class ZstdDecompressor {
 
     /// Decompresses the single frame in `input`, which may declare at most
     /// `maxOutputSize` bytes of output.
-    /// - Throws: the `MigrateError.decompress…` cases.
+    /// - Throws: the `CodecError.decompress…` cases.
     public func decompress(_ input: UnsafeRawBufferPointer, maxOutputSize: Int) throws -> [UInt8] {
         precondition(maxOutputSize >= 0, "maximum output size must not be negative")
         let frame = try Self.check(input, bound: maxOutputSize)

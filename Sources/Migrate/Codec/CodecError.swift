@@ -1,9 +1,11 @@
-/// Everything that can go wrong in the migration engine.
+/// Everything that can go wrong encoding or decoding page data: zstd compression, the
+/// XOR-delta encoding and page batches (protocol.md §3.3). Byte and format errors only; the
+/// engine wraps them as `MigrationError.codec`, the wire's frame errors are `WireError`.
 ///
 /// Cases are named by phase and operation. Each message says what failed and
 /// what the user can do about it. Input that arrives from the network is
 /// hostile: a malformed record is an error value, never a crash.
-public enum MigrateError: Error, Equatable, Sendable {
+public enum CodecError: Error, Equatable, Sendable {
     // MARK: zstd page compression
 
     /// libzstd could not allocate a compression or decompression context.
@@ -44,7 +46,7 @@ public enum MigrateError: Error, Equatable, Sendable {
     case pageBatchMalformed(reason: String)
 }
 
-extension MigrateError: CustomStringConvertible {
+extension CodecError: CustomStringConvertible {
     public var description: String {
         switch self {
         case .zstdContextAllocationFailed(let what):

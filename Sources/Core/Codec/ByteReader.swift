@@ -1,0 +1,80 @@
+/// Little-endian reads from untrusted bytes — a frame, a page batch, saved state, an ELF
+/// image. Every read returns nil instead of running past the end (never a trap), so a
+/// decoder turns a short input into its own error with one `guard let`. The one reader
+/// of pvmigrate's decoders (the model: swift-nio's `ByteBuffer.readInteger`).
+///
+/// Generic over the storage so the hot path (a page batch in a raw buffer) reads without a
+/// copy; `[UInt8]`, `ArraySlice<UInt8>` and `UnsafeRawBufferPointer` all fit.
+public struct ByteReader<Bytes: RandomAccessCollection> where Bytes.Element == UInt8, Bytes.Index == Int {
+    public let bytes: Bytes
+    @usableFromInline var position = 0
+    /// The next byte to read, as an offset from the start of `bytes`.
+    @inlinable public var offset: Int { position }
+
+    @inlinable public init(_ bytes: Bytes) { self.bytes = bytes }
+
+    /// Bytes not read yet.
+    @inlinable public var remaining: Int { bytes.count - offset }
+    @inlinable public var isAtEnd: Bool { remaining == 0 }
+
+    /// The little-endian integer of `size` bytes at `at` (from the start), or nil when it
+    /// does not fit. Does not move the reader.
+    @inlinable
+    public func integer<T: FixedWidthInteger & UnsignedInteger>(at: Int, as: T.Type = T.self) -> T? {
+        let size = MemoryLayout<T>.size
+        guard at >= 0, at <= bytes.count - size else { return nil }
+        var value: T = 0
+        let base = bytes.startIndex + at
+        for i in 0..<size { value |= T(bytes[base + i]) << (8 * i) }
+        return value
+    }
+
+    /// Reads the next little-endian integer.
+    @inlinable
+    public mutating func integer<T: FixedWidthInteger & UnsignedInteger>(_: T.Type = T.self) -> T? {
+        guard let value = integer(at: offset, as: T.self) else { return nil }
+        position += MemoryLayout<T>.size
+        return value
+    }
+
+    @inlinable public mutating func u8() -> UInt8? { integer(UInt8.self) }
+    @inlinable public mutating func u16() -> UInt16? { integer(UInt16.self) }
+    @inlinable public mutating func u32() -> UInt32? { integer(UInt32.self) }
+    @inlinable public mutating func u64() -> UInt64? { integer(UInt64.self) }
+
+    /// `count` bytes at `at` (from the start), copied; nil when they do not fit. Does not
+    /// move the reader.
+    @inlinable
+    public func bytes(at: Int, count: Int) -> [UInt8]? {
+        guard at >= 0, count >= 0, at <= bytes.count - count else { return nil }
+        let start = bytes.startIndex + at
+        return Array(bytes[start..<(start + count)])
+    }
+
+    /// The next `count` bytes, copied; nil when fewer remain.
+    @inlinable
+    public mutating func bytes(_ count: Int) -> [UInt8]? {
+        guard let copy = bytes(at: offset, count: count) else { return nil }
+        position += count
+        return copy
+    }
+
+    /// The rest, copied.
+    @inlinable public mutating func rest() -> [UInt8] { bytes(remaining) ?? [] }
+
+    /// Skips `count` bytes; false (and no move) when fewer remain.
+    @inlinable
+    public mutating func skip(_ count: Int) -> Bool {
+        guard count >= 0, count <= remaining else { return false }
+        position += count
+        return true
+    }
+
+    /// Moves to `offset` from the start; false (and no move) when it lies past the end.
+    @inlinable
+    public mutating func seek(to offset: Int) -> Bool {
+        guard offset >= 0, offset <= bytes.count else { return false }
+        position = offset
+        return true
+    }
+}
