@@ -107,12 +107,7 @@ extension VMHost {
 
     // MARK: console
 
-    func console(_ arguments: [String: JSONValue], _ reply: Reply, _ connection: Connection) {
-        var follow = false
-        if let value = arguments["follow"] {
-            guard let flag = value.bool else { reply.fail("console: \"follow\" must be true or false"); return }
-            follow = flag
-        }
+    func console(follow: Bool, _ reply: Reply, _ connection: Connection) {
         func send(_ bytes: [UInt8]) -> Bool {
             // Pieces of ≤ 32 KiB split at character boundaries keep every line far below 1 MiB
             // even when escaped.
@@ -167,20 +162,20 @@ extension VMHost {
 
     // MARK: migrate
 
-    func migrate(_ arguments: [String: JSONValue], _ reply: Reply) {
-        let parsed: MigrateArguments
-        do { parsed = try MigrateArguments(arguments, defaultTLSDirectory: runtime.defaultTLSDirectory) } catch {
-            reply.fail("\(error)")
-            return
-        }
+    /// `parsed` was checked as it was decoded (`ControlRequest.parse`).
+    func migrate(_ parsed: MigrateRequest, _ reply: Reply) {
         let tls: TLSMode
-        if let directory = parsed.tlsDirectory {
+        var directory = runtime.defaultTLSDirectory
+        switch parsed.security {
+        case .insecure: tls = .insecure
+        case let .tls(given):
+            directory = given
+            fallthrough
+        case .tlsDefault:
             do { tls = .mutual(try TLSFiles(directory: directory, peerNames: PeerNames(server: parsed.peerName))) } catch {
                 reply.fail(error.description)
                 return
             }
-        } else {
-            tls = .insecure
         }
         let destination = parsed.destination.description
         let sender = MigrationSender(machine: machine, name: name, kernelSHA256: kernelSHA256, options: parsed.options)
@@ -210,68 +205,5 @@ extension VMHost {
             finishMigration(success: nil)
             reply.fail(error.description)
         }
-    }
-}
-
-/// The `migrate` arguments (protocol.md §4), checked.
-struct MigrateArguments {
-    static let keys = ["destination", "tls_dir", "insecure", "peer_name", "downtime_ms", "bandwidth", "streams",
-                       "compression", "adaptive_compression", "delta", "dirty_source", "max_time_s"]
-
-    var destination: Endpoint
-    /// nil: plaintext (`insecure`).
-    var tlsDirectory: String?
-    /// The name the destination's certificate must carry; nil: the host of `destination`.
-    var peerName: String?
-    var options = MigrationOptions()
-
-    init(_ a: [String: JSONValue], defaultTLSDirectory: String) throws(ControlError) {
-        func bad(_ why: String) -> ControlError { ControlError(.invalidArgument, "migrate: \(why)") }
-        func number(_ key: String, _ range: ClosedRange<Double>) throws(ControlError) -> Double? {
-            guard let value = a[key], value != .null else { return nil }
-            guard let n = value.double, n.isFinite, range.contains(n) else {
-                throw bad("\"\(key)\" must be a number from \(String(format: "%g", range.lowerBound)) "
-                    + "to \(String(format: "%g", range.upperBound))")
-            }
-            return n
-        }
-        func flag(_ key: String) throws(ControlError) -> Bool? {
-            guard let value = a[key], value != .null else { return nil }
-            guard let b = value.bool else { throw bad("\"\(key)\" must be true or false") }
-            return b
-        }
-        guard let text = a["destination"]?.string else { throw bad("\"destination\" (\"host:port\") is required") }
-        do { destination = try Endpoint(parsing: text) } catch { throw bad("destination \(error)") }
-        let insecure = try flag("insecure") ?? false
-        let directory = a["tls_dir"].flatMap { $0 == .null ? nil : $0 }
-        if directory != nil, directory?.string == nil { throw bad("\"tls_dir\" must be a path") }
-        if insecure, directory != nil { throw bad("\"tls_dir\" and \"insecure\" exclude each other") }
-        tlsDirectory = insecure ? nil : directory?.string.map(RuntimeDirectory.absolute) ?? defaultTLSDirectory
-        if let value = a["peer_name"], value != .null {
-            guard let name = value.string, PeerNames.isValid(name) else {
-                throw bad("\"peer_name\" must be a DNS name or an IP address")
-            }
-            if insecure { throw bad("\"peer_name\" and \"insecure\" exclude each other: plaintext checks no names") }
-            peerName = name
-        }
-        if let ms = try number("downtime_ms", 1...600_000) { options.downtimeTarget = ms / 1000 }
-        if let b = try number("bandwidth", 0...1e13) { options.bandwidthLimit = b == 0 ? nil : b }
-        if let n = try number("streams", 1...64) {
-            guard n.rounded() == n else { throw bad("\"streams\" must be a whole number") }
-            options.streams = Int(n)
-        }
-        if let level = try number("compression", 0...22) {
-            guard level.rounded() == level else { throw bad("\"compression\" must be a zstd level 1–22, or 0 for off") }
-            options.compressionLevel = level == 0 ? nil : Int32(level)
-        }
-        if let adaptive = try flag("adaptive_compression") { options.adaptiveCompression = adaptive }
-        if let delta = try flag("delta") { options.delta = delta }
-        if let value = a["dirty_source"], value != .null {
-            guard let mode = value.string.flatMap(DirtySourceMode.init(rawValue:)) else {
-                throw bad("\"dirty_source\" must be \"kvm\", \"pv\" or \"hybrid\"")
-            }
-            options.dirtySource = mode
-        }
-        if let t = try number("max_time_s", 0.001...86_400) { options.maxTime = t }
     }
 }

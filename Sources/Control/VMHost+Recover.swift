@@ -71,18 +71,10 @@ extension VMHost {
         return outcome
     }
 
-    /// `recover` (protocol.md §4): `{"force": "resume" | "stop"}` optional.
-    func recoverRequest(_ arguments: [String: JSONValue], _ reply: Reply) {
-        var force: CommitOutcome?
-        if let value = arguments["force"], value != .null {
-            switch value.string {
-            case "resume": force = .aborted
-            case "stop": force = .started
-            default: reply.fail("recover: \"force\" must be \"resume\" or \"stop\""); return
-            }
-        }
+    /// `recover` (protocol.md §4).
+    func recoverRequest(force: RecoverForce?, _ reply: Reply) {
         do {
-            let outcome = try settle(force: force)
+            let outcome = try settle(force: force?.outcome)
             let here = outcome == .started ? "stopped here (it runs at the destination)" : "resumed here"
             reply.ok(["outcome": .string(outcome.description), "vm": .string(here), "forced": .bool(force != nil)])
         } catch {

@@ -15,7 +15,7 @@ struct Console: ParsableCommand {
 
     func run() throws {
         let client = try target.connect()
-        _ = try ControlCommand.request(client, "console", ["follow": .bool(follow)]) { event, data in
+        _ = try ControlCommand.request(client, .console(follow: follow)) { event, data in
             guard event == "console", let text = data["text"]?.string else { return }
             FileHandle.standardOutput.write(Data(text.utf8))
         }

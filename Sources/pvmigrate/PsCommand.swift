@@ -22,7 +22,7 @@ struct Ps: ParsableCommand {
         for name in runtime.listNames() {
             guard let client = try? ControlClient(name: name, runtime: runtime) else { continue }
             client.timeout = 2
-            guard let status = try? client.request("status") else { continue }
+            guard let status = try? client.request(.status) else { continue }
             statuses.append(status)
         }
         if json {

@@ -31,10 +31,8 @@ struct Recover: ParsableCommand {
 
     func run() throws {
         let client = try target.connect()
-        var arguments: [String: JSONValue] = [:]
-        if forceResume { arguments["force"] = "resume" }
-        if forceStop { arguments["force"] = "stop" }
-        let r = try ControlCommand.request(client, "recover", arguments)
+        let force: RecoverForce? = forceResume ? .resume : forceStop ? .stop : nil
+        let r = try ControlCommand.request(client, .recover(force: force))
         print("VM \(target.vm): outcome \(r["outcome"]?.string ?? "?")\(r["forced"]?.bool == true ? " (forced)" : ""); "
             + (r["vm"]?.string ?? ""))
     }

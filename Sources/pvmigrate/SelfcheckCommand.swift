@@ -18,7 +18,7 @@ struct Selfcheck: ParsableCommand {
 
     func run() throws {
         let client = try target.connect()
-        let result = try ControlCommand.request(client, "selfcheck")
+        let result = try ControlCommand.request(client, .selfcheck)
         let pages = result["pages"]?.int64 ?? 0, bad = result["bad"]?.int64 ?? 0
         if json {
             ControlCommand.printJSON(result)

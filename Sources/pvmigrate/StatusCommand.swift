@@ -14,7 +14,7 @@ struct Status: ParsableCommand {
 
     func run() throws {
         let client = try target.connect()
-        let s = try ControlCommand.request(client, "status")
+        let s = try ControlCommand.request(client, .status)
         if json {
             ControlCommand.printJSON(s)
             return
