@@ -8,8 +8,9 @@
 ///  awaitJoins ──JOIN on every data stream──▶ receiving
 ///  receiving ──PAGES, ROUND (control stream)──▶ receiving                  [apply, hash]
 ///  receiving ──STREAM_END checked on every stream──▶ awaitState
-///  awaitState ──STATE──▶ awaitCommit                      (the progress watchdog stops here)
+///  awaitState ──STATE──▶ awaitCommit
 ///  awaitCommit ──COMMIT, both digests match, state restored──▶ prepared   [send PREPARED]
+///                      (the progress watchdog, §3.1.1, is disarmed when COMMIT arrives)
 ///  prepared ──GO(id)──▶ deciding                                          [record "started", fsync]
 ///  deciding ──the table says started──▶ started                           [start the guest, send DONE]
 ///
