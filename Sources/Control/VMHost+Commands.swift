@@ -11,82 +11,60 @@ extension VMHost {
     // MARK: status
 
     /// The `status` result.
-    func status() -> JSONValue {
+    func status() -> VMStatus {
         let (migration, ended, unresolved) = condition.withLock { (self.migration, hasEndedLocked, self.unresolved) }
-        let state: String
+        let state: VMStatus.State
         if ended || machine.exit != nil {
-            state = "exited"
+            state = .exited
         } else if unresolved != nil {
-            state = "unresolved"
+            state = .unresolved
         } else if migration != nil {
-            state = "migrating"
+            state = .migrating
         } else {
             switch machine.vcpus[0].state {
-            case .running: state = "running"
-            case .paused, .created: state = "paused"
-            case .exited: state = "exited"
+            case .running: state = .running
+            case .paused, .created: state = .paused
+            case .exited: state = .exited
             }
         }
-        var result: [String: JSONValue] = [
-            "name": .string(name),
-            "state": .string(state),
-            "memory_bytes": JSONValue(machine.memory.size),
-            "execution": .string(executionName()),
-            "uptime_s": .double((Date().timeIntervalSince(startedAt) * 1000).rounded() / 1000),
-            "pid": JSONValue(Int(getpid())),
-            "pv": pvStatus(),
-        ]
-        if let arrivedFrom { result["arrived_from"] = .string(arrivedFrom) }
-        if let u = unresolved, state == "unresolved" { result["unresolved"] = unresolvedStatus(u) }
-        if let m = migration {
-            var info: [String: JSONValue] = [
-                "destination": .string(m.destination),
-                "elapsed_s": .double(Date().timeIntervalSince(m.startedAt)),
-                "round": JSONValue(m.last.map { $0.round + 1 } ?? 0),
-            ]
-            if let r = m.last {
-                info["remaining_pages"] = JSONValue(r.dirtyPages)
-                info["bandwidth"] = .double(r.bandwidth)
-                info["dirty_rate"] = .double(r.dirtyRate)
-                info["expected_downtime_s"] = .double(r.expectedDowntime)
-            }
-            result["migration"] = .object(info)
-        }
-        return .object(result)
+        return VMStatus(
+            name: name, state: state, memoryBytes: machine.memory.size, execution: execution(),
+            uptimeSeconds: (Date().timeIntervalSince(startedAt) * 1000).rounded() / 1000, pid: Int(getpid()),
+            pv: pvStatus(), arrivedFrom: arrivedFrom,
+            migration: migration.map { m in
+                VMStatus.Migration(destination: m.destination, elapsedSeconds: Date().timeIntervalSince(m.startedAt),
+                                   round: m.last.map { $0.round + 1 } ?? 0, remainingPages: m.last?.dirtyPages,
+                                   bandwidth: m.last?.bandwidth, dirtyRate: m.last?.dirtyRate,
+                                   expectedDowntimeSeconds: m.last?.expectedDowntime)
+            },
+            unresolved: state == .unresolved ? unresolved.map(unresolvedStatus) : nil)
     }
 
-    private func executionName() -> String {
+    private func execution() -> VMStatus.Execution {
         let mode = condition.withLock { cachedExecution } ?? (try? machine.executionMode())
-        guard let mode else { return machine.isPVMHost ? "emulated" : "hardware" }
+        guard let mode else { return machine.isPVMHost ? .emulated : .hardware }
         // A PVM guest that registered its VIF page stays native; the others may still register.
         if mode != .emulated { condition.withLock { cachedExecution = mode } }
         switch mode {
-        case .native: return "native"
-        case .emulated: return "emulated"
-        case .hardware: return "hardware"
+        case .native: return .native
+        case .emulated: return .emulated
+        case .hardware: return .hardware
         }
     }
 
-    private func pvStatus() -> JSONValue {
+    private func pvStatus() -> VMStatus.PV {
         let counters = machine.pv.snapshot
         let guest = machine.pv.guestCounters
-        let selfcheck: String
-        switch guest?.selfcheckState ?? 0 {
-        case 0: selfcheck = "never"
-        case 1: selfcheck = "running"
-        case 2: selfcheck = "passed"
-        case 3: selfcheck = "failed"
-        default: selfcheck = "unknown"
+        let selfcheck = switch guest?.selfcheckState ?? 0 {
+        case 0: "never"
+        case 1: "running"
+        case 2: "passed"
+        case 3: "failed"
+        default: "unknown"
         }
-        return [
-            "registered": .bool(counters.registered),
-            "pages_written": JSONValue(guest?.pagesWritten ?? 0),
-            "rate": JSONValue(guest?.rate ?? 0),
-            "passes": JSONValue(guest?.passes ?? 0),
-            "selfcheck_state": .string(selfcheck),
-            "selfcheck_bad": JSONValue(guest?.selfcheckBad ?? 0),
-            "rejected": JSONValue(counters.totalRejected),
-        ]
+        return VMStatus.PV(registered: counters.registered, pagesWritten: guest?.pagesWritten ?? 0, rate: guest?.rate ?? 0,
+                           passes: guest?.passes ?? 0, selfcheckState: selfcheck, selfcheckBad: guest?.selfcheckBad ?? 0,
+                           rejected: counters.totalRejected)
     }
 
     // MARK: stop, cancel

@@ -82,14 +82,8 @@ extension VMHost {
         }
     }
 
-    func unresolvedStatus(_ u: Unresolved) -> JSONValue {
-        var info: [String: JSONValue] = [
-            "destination": .string(u.migration.destination),
-            "migration_id": .string(u.migration.migrationIDHex),
-            "since_s": .double(Date().timeIntervalSince(u.since)),
-            "attempts": JSONValue(u.attempts),
-        ]
-        if let e = u.lastError { info["last_error"] = .string(e) }
-        return .object(info)
+    func unresolvedStatus(_ u: Unresolved) -> VMStatus.Unresolved {
+        VMStatus.Unresolved(destination: u.migration.destination, migrationID: u.migration.migrationIDHex,
+                            sinceSeconds: Date().timeIntervalSince(u.since), attempts: u.attempts, lastError: u.lastError)
     }
 }

@@ -236,7 +236,7 @@ public final class VMHost: @unchecked Sendable {
 
     private func handle(_ request: ControlRequest, _ reply: Reply, _ connection: Connection) {
         switch request {
-        case .status: reply.ok(status())
+        case .status: reply.ok((try? JSONValue(encoding: status())) ?? [:])
         case .stop: stopRequest(reply)
         case let .console(follow): console(follow: follow, reply, connection)
         case .selfcheck: selfcheck(reply)

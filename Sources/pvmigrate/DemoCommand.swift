@@ -168,10 +168,10 @@ final class DemoRun: @unchecked Sendable {
         check("the VM arrived and runs at the destination, served as \"\(vm.name)\" at \(runtime.socketPath(for: vm.name))",
               vm.vm.machine.exit == nil)
         let client = try ControlClient(name: vm.name, runtime: runtime)
-        let status = try client.request(.status)
-        let state = status["state"]?.string ?? "?", execution = status["execution"]?.string ?? "?"
+        let status = try client.status()
+        let state = status.state.rawValue, execution = status.execution.rawValue
         check("its control socket answers like `pvmigrate status \(vm.name)`: \(state), execution \(execution), "
-            + "arrived from \(status["arrived_from"]?.string ?? "?")", state == "running")
+            + "arrived from \(status.arrivedFrom ?? "?")", status.state == .running)
         check("memory digests match (source 0x\(String(stats.digest, radix: 16)), destination 0x\(String(vm.vm.stats.digest, radix: 16)))",
               stats.digest == vm.vm.stats.digest)
         let arrivedCounter = vm.vm.machine.pv.guestCounters?.pagesWritten ?? 0

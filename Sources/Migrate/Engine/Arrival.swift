@@ -61,12 +61,15 @@ public struct ReceiveFailure: Sendable, CustomStringConvertible {
     public let description: String
     /// Messages the half-built machine logged before it was discarded.
     public let notes: [String]
+    /// The state the migration failed in (nil: it never started, e.g. `rejected`).
+    public let state: ReceiverState?
 
-    public init(kind: Kind, peer: PeerIdentity?, description: String, notes: [String] = []) {
+    public init(kind: Kind, peer: PeerIdentity?, description: String, notes: [String] = [], state: ReceiverState? = nil) {
         self.kind = kind
         self.peer = peer
         self.description = description
         self.notes = notes
+        self.state = state
     }
 }
 

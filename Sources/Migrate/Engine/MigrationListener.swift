@@ -149,7 +149,7 @@ public final class MigrationListener: @unchecked Sendable {
                 let verb = refused ? "" : "failed: " // "refused: …" / "dropped: …"
                 handler.failed(ReceiveFailure(kind: refused ? .refused : .failed, peer: stream.peer,
                                               description: "migration from \(stream.peerDescription) \(verb)\(error)",
-                                              notes: session.releaseNotes()))
+                                              notes: session.releaseNotes(), state: session.failedIn))
             }
         case let .join(id, index):
             guard let session = sessions.withLock({ $0[id] }), session.attach(channel, index: Int(index)) else {

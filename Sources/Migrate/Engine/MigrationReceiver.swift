@@ -40,6 +40,8 @@ final class MigrationReceiver: @unchecked Sendable {
 
     /// Where this migration stands.
     var state: ReceiverState { stateLock.value }
+    /// The state the migration was in when it failed (set on `run()`'s thread before it throws).
+    private(set) var failedIn: ReceiverState?
 
     /// Moves to `next`, which must be a move `ReceiverState` allows from here.
     private func enter(_ next: ReceiverState) {
@@ -80,7 +82,10 @@ final class MigrationReceiver: @unchecked Sendable {
             defer { _ = progress.disarm() }
             return try receive()
         } catch {
-            if !state.isFinal { enter(.failed) }
+            if !state.isFinal {
+                failedIn = state
+                enter(.failed)
+            }
             let error = progress.reason.map { MigrationError.refused(.timeout, $0) } ?? error
             if error.isReported { control.sendError(error.reportCode, error.reportReason) }
             abandon()
