@@ -45,7 +45,7 @@ public final class ControlClient {
     /// Sends one request; calls `onEvent` for each event line; returns the final result object
     /// or throws the error string as `ControlError` (`.refused`).
     public func request(_ request: ControlRequest,
-                        onEvent: (String, JSONValue) -> Void = { _, _ in }) throws -> JSONValue {
+                        onEvent: (ControlEvent) -> Void = { _ in }) throws -> JSONValue {
         let id = nextID
         nextID += 1
         let cmd = request.command.rawValue
@@ -80,7 +80,7 @@ public final class ControlClient {
             }
             guard response.id.int64 == id else { continue }
             switch response {
-            case let .event(_, event, data): onEvent(event, data)
+            case let .event(_, event): onEvent(event)
             case let .ok(_, result): return result
             case let .failed(_, error): throw ControlError(.refused, error)
             }

@@ -93,7 +93,7 @@ extension VMHost {
             while start < bytes.count {
                 var end = min(bytes.count, start + (32 << 10))
                 while end < bytes.count, end > start + 1, bytes[end] & 0xc0 == 0x80 { end -= 1 }
-                guard reply.event("console", ["text": .string(String(decoding: bytes[start..<end], as: UTF8.self))]) else {
+                guard reply.event(.console(text: String(decoding: bytes[start..<end], as: UTF8.self))) else {
                     return false
                 }
                 start = end
@@ -174,7 +174,7 @@ extension VMHost {
         do {
             let stats = try sender.migrate(to: parsed.destination.host, port: parsed.destination.port, tls: tls) { [self] round in
                 condition.withLock { migration?.last = round }
-                if let data = try? JSONValue(encoding: round) { reply.event("round", data) }
+                reply.event(.round(round))
             }
             finishMigration(success: (stats, destination))
             reply.ok((try? JSONValue(encoding: stats)) ?? [:])

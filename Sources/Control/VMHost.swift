@@ -195,8 +195,8 @@ public final class VMHost: @unchecked Sendable {
         let connection: Connection
 
         @discardableResult
-        func event(_ name: String, _ data: JSONValue) -> Bool {
-            connection.send(.event(id: id, name: name, data: data))
+        func event(_ event: ControlEvent) -> Bool {
+            connection.send(.event(id: id, event))
         }
 
         func ok(_ result: JSONValue = [:]) { connection.send(.ok(id: id, result: result)) }

@@ -76,7 +76,7 @@ enum ControlCommand {
 
     /// One request, failing with the VM's reason as one line.
     static func request(_ client: ControlClient, _ request: ControlRequest,
-                        onEvent: (String, JSONValue) -> Void = { _, _ in }) throws -> JSONValue {
+                        onEvent: (ControlEvent) -> Void = { _ in }) throws -> JSONValue {
         do { return try client.request(request, onEvent: onEvent) } catch { throw Diagnostics.fail(error) }
     }
 

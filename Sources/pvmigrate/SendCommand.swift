@@ -121,8 +121,8 @@ struct Send: ParsableCommand {
             // The VM's process may have another working directory: send an absolute path.
             let security: MigrateRequest.Security = insecure ? .insecure
                 : .tls(directory: absolute(tlsDirectory ?? runtime.defaultTLSDirectory))
-            result = try client.request(.migrate(request(security: security))) { event, data in
-                guard event == "round", let round = try? data.decode(RoundStats.self) else { return }
+            result = try client.request(.migrate(request(security: security))) { event in
+                guard case let .round(round) = event else { return }
                 progress.show(round)
             }
         } catch let error as ControlError {

@@ -137,13 +137,26 @@ import Migrate
             (.ok(id: .int(1), result: [:]), #"{"id":1,"ok":true,"result":{}}"#),
             (.ok(id: .string("a"), result: ["pages": 3, "bad": 0]), #"{"id":"a","ok":true,"result":{"bad":0,"pages":3}}"#),
             (.failed(id: .null, error: "no"), #"{"error":"no","id":null,"ok":false}"#),
-            (.event(id: .int(2), name: "console", data: ["text": "hi\n"]), #"{"data":{"text":"hi\n"},"event":"console","id":2}"#),
+            (.event(id: .int(2), .console(text: "hi\n")), #"{"data":{"text":"hi\n"},"event":"console","id":2}"#),
+            (.event(id: .int(4), .other(name: "later", data: [1])), #"{"data":[1],"event":"later","id":4}"#),
         ]
         for (response, text) in golden {
             #expect(try Self.json(response) == text)
             #expect(ControlResponse(line: response.line) == response, "\(text)")
             #expect(!response.line.contains(0x0a), "a response spans lines: \(text)")
         }
+        // A round event carries RoundStats (protocol.md §4).
+        let round = #"{"data":{"bandwidth":0,"deltaPages":0,"dirtyPages":0,"dirtyRate":0,"expectedDowntime":0,"pages":0,"#
+            + #""rawPages":0,"round":4,"seconds":0,"throttle":0,"wireBytes":0,"zeroPages":0},"event":"round","id":3}"#
+        guard let parsed = ControlResponse(line: Array(round.utf8)), case let .event(.int(3), .round(stats)) = parsed else {
+            Issue.record("\(round) is not a round event")
+            return
+        }
+        #expect(stats.round == 4 && stats.pages == 0)
+        #expect(try Self.json(parsed) == round)
+        // A known event whose data this version cannot read is kept as it came.
+        #expect(ControlResponse(line: Array(#"{"id":5,"event":"round","data":{"round":"x"}}"#.utf8))
+            == .event(id: .int(5), .other(name: "round", data: ["round": "x"])))
         #expect(ControlResponse(line: Array(#"{"id": 1}"#.utf8)) == nil)
         #expect(ControlResponse(line: Array("[]".utf8)) == nil)
     }
