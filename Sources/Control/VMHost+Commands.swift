@@ -125,7 +125,7 @@ extension VMHost {
         let deadline = Date(timeIntervalSinceNow: 300)
         while Date() < deadline {
             if let counters = machine.pv.guestCounters, counters.selfcheckDone == request {
-                reply.ok(["pages": JSONValue(counters.selfcheckPages), "bad": JSONValue(counters.selfcheckBad)])
+                reply.ok(SelfcheckResult(pages: counters.selfcheckPages, bad: counters.selfcheckBad))
                 return
             }
             if machine.exit != nil {
@@ -177,7 +177,7 @@ extension VMHost {
                 reply.event(.round(round))
             }
             finishMigration(success: (stats, destination))
-            reply.ok((try? JSONValue(encoding: stats)) ?? [:])
+            reply.ok(stats)
         } catch {
             if case let .unresolved(u) = error { enterUnresolved(u, sender: sender) }
             finishMigration(success: nil)

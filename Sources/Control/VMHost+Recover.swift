@@ -75,8 +75,7 @@ extension VMHost {
     func recoverRequest(force: RecoverForce?, _ reply: Reply) {
         do {
             let outcome = try settle(force: force?.outcome)
-            let here = outcome == .started ? "stopped here (it runs at the destination)" : "resumed here"
-            reply.ok(["outcome": .string(outcome.description), "vm": .string(here), "forced": .bool(force != nil)])
+            reply.ok(RecoverResult(outcome: outcome, forced: force != nil))
         } catch {
             reply.fail("\(error)")
         }

@@ -201,6 +201,9 @@ public final class VMHost: @unchecked Sendable {
 
         func ok(_ result: JSONValue = [:]) { connection.send(.ok(id: id, result: result)) }
 
+        /// A typed result (`VMStatus`, `MigrationStats`, …): numbers and strings, it encodes.
+        func ok(_ result: some Encodable) { ok((try? JSONValue(encoding: result)) ?? [:]) }
+
         func fail(_ message: String) { connection.send(.failed(id: id, error: message)) }
     }
 
@@ -236,7 +239,7 @@ public final class VMHost: @unchecked Sendable {
 
     private func handle(_ request: ControlRequest, _ reply: Reply, _ connection: Connection) {
         switch request {
-        case .status: reply.ok((try? JSONValue(encoding: status())) ?? [:])
+        case .status: reply.ok(status())
         case .stop: stopRequest(reply)
         case let .console(follow): console(follow: follow, reply, connection)
         case .selfcheck: selfcheck(reply)

@@ -104,10 +104,6 @@ public struct VMStatus: Codable, Sendable, Equatable {
 extension ControlClient {
     /// `status`, decoded.
     public func status() throws -> VMStatus {
-        let result = try request(.status)
-        do { return try result.decode(VMStatus.self) } catch {
-            throw ControlError(.protocolViolation, "VM \(name) answered status with an object this pvmigrate cannot read: "
-                + String(result.jsonText.prefix(300)))
-        }
+        try request(.status).result(VMStatus.self, of: .status)
     }
 }

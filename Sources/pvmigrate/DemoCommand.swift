@@ -190,7 +190,8 @@ final class DemoRun: @unchecked Sendable {
         let answer = try client.request(.selfcheck)
         Thread.sleep(forTimeInterval: 0.1)
         console.showing = false
-        let pages = answer["pages"]?.uint64 ?? 0, bad = answer["bad"]?.uint64 ?? UInt64.max
+        let checked = try answer.result(SelfcheckResult.self, of: .selfcheck)
+        let pages = checked.pages, bad = checked.bad
         check("self-check: \(pages.formatted()) pages, \(bad) bad", pages > 0 && bad == 0)
 
         Self.step("7. statistics")

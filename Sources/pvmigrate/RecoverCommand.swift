@@ -32,8 +32,9 @@ struct Recover: ParsableCommand {
     func run() throws {
         let client = try target.connect()
         let force: RecoverForce? = forceResume ? .resume : forceStop ? .stop : nil
-        let r = try ControlCommand.request(client, .recover(force: force))
-        print("VM \(target.vm): outcome \(r["outcome"]?.string ?? "?")\(r["forced"]?.bool == true ? " (forced)" : ""); "
-            + (r["vm"]?.string ?? ""))
+        let answer = try ControlCommand.request(client, .recover(force: force))
+        let r: RecoverResult
+        do { r = try answer.result(RecoverResult.self, of: .recover) } catch { throw Diagnostics.fail(error) }
+        print("VM \(target.vm): outcome \(r.outcome)\(r.forced ? " (forced)" : ""); \(r.vm)")
     }
 }

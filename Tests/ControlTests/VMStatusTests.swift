@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Control
+import Migrate
 
 /// The `status` result's wire form (protocol.md §4).
 @Suite struct VMStatusTests {
@@ -32,5 +33,16 @@ import Control
         #expect(s.unresolved == .init(destination: "h:1", migrationID: "00112233445566778899aabbccddeeff", sinceSeconds: 2.5,
                                       attempts: 4, lastError: nil))
         #expect(try JSONValue(encoding: Self.sample).decode(VMStatus.self) == Self.sample)
+    }
+
+    @Test func selfcheckAndRecoverResultsEncodeToTheGoldenJSON() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        func text(_ value: some Encodable) throws -> String { String(decoding: try encoder.encode(value), as: UTF8.self) }
+        #expect(try text(SelfcheckResult(pages: 16361, bad: 0)) == #"{"bad":0,"pages":16361}"#)
+        #expect(try text(RecoverResult(outcome: .started, forced: true))
+            == #"{"forced":true,"outcome":"started","vm":"stopped here (it runs at the destination)"}"#)
+        #expect(try text(RecoverResult(outcome: .aborted, forced: false)) == #"{"forced":false,"outcome":"aborted","vm":"resumed here"}"#)
+        #expect(throws: ControlError.self) { try JSONValue.object(["pages": "many"]).result(SelfcheckResult.self, of: .selfcheck) }
     }
 }

@@ -5,7 +5,7 @@ import Foundation
 /// starts a migration (its own thread), JOIN attaches a data stream to one in progress,
 /// RESOLVE asks what this host decided for a migration (protocol.md §3.6.5).
 /// Several migrations may arrive at once. A failed handshake (wrong CA, plaintext peer) is
-/// logged and the listener keeps accepting.
+/// reported to the handler (`ArrivalHandling.failed`, `.rejected`) and the listener keeps accepting.
 ///
 /// Defences (protocol.md §3.1.1): handshakes run concurrently under a deadline
 /// (`StreamListener`); the first frame has the same deadline and only HELLO or JOIN is read;
@@ -58,7 +58,7 @@ public final class MigrationListener: @unchecked Sendable {
         listener.close()
     }
 
-    /// The first frame, within the handshake deadline; nil (and logged) when none came.
+    /// The first frame, within the handshake deadline; nil (and reported as `.rejected`) when none came.
     private func firstFrame(_ channel: FrameChannel, _ handler: some ArrivalHandling) -> Frame? {
         let stream = channel.stream
         func onFailure(_ line: String) {
@@ -144,7 +144,7 @@ public final class MigrationListener: @unchecked Sendable {
                 handler.arrived(vm) // the VM's memory now counts as hosted; then its claim goes
             } catch {
                 sessions.withLock { $0[hello.migrationID] = nil }
-                admission.release(ticket) // before the log line: whoever reads it may retry at once
+                admission.release(ticket) // before the report: whoever reads it may retry at once
                 let refused = if case .refused = error { true } else { false }
                 let verb = refused ? "" : "failed: " // "refused: …" / "dropped: …"
                 handler.failed(ReceiveFailure(kind: refused ? .refused : .failed, peer: stream.peer,

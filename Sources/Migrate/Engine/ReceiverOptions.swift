@@ -32,8 +32,12 @@ public struct ReceiverOptions: Sendable {
     /// The decisions this host made (protocol.md §3.6.4); `listen` keeps them in its runtime
     /// directory. The default, in memory, does not survive the process.
     public var outcomes = try! OutcomeTable(path: nil)
-    /// The console of an arriving VM, by name.
+    /// Makes the console of an arriving VM, by its source name; the VM's `ReceivedVM.console`
+    /// is the sink this returned (Control's `Arrivals` makes `ConsoleRing`s).
     public var console: @Sendable (String) -> ConsoleSink = { _ in ConsoleBuffer() }
+    /// Messages for the host's log that belong to no arrival: RESOLVE answers, and what an
+    /// arrived machine logs later. What a machine logs while it is being received travels
+    /// with its `ReceivedVM` or `ReceiveFailure` as `notes` instead.
     public var log: @Sendable (String) -> Void = { _ in }
     public init() {}
 }
