@@ -7,11 +7,6 @@ import Migrate
 public struct SelfcheckResult: Codable, Sendable, Equatable {
     public var pages: UInt64
     public var bad: UInt64
-
-    public init(pages: UInt64, bad: UInt64) {
-        self.pages = pages
-        self.bad = bad
-    }
 }
 
 /// `recover`: what the destination decided (or what was forced) and where the VM runs now.

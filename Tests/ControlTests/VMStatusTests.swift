@@ -39,7 +39,9 @@ import Migrate
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         func text(_ value: some Encodable) throws -> String { String(decoding: try encoder.encode(value), as: UTF8.self) }
-        #expect(try text(SelfcheckResult(pages: 16361, bad: 0)) == #"{"bad":0,"pages":16361}"#)
+        let checked = try JSONValue.object(["pages": 16361, "bad": 0]).result(SelfcheckResult.self, of: .selfcheck)
+        #expect(checked.pages == 16361 && checked.bad == 0)
+        #expect(try text(checked) == #"{"bad":0,"pages":16361}"#)
         #expect(try text(RecoverResult(outcome: .started, forced: true))
             == #"{"forced":true,"outcome":"started","vm":"stopped here (it runs at the destination)"}"#)
         #expect(try text(RecoverResult(outcome: .aborted, forced: false)) == #"{"forced":false,"outcome":"aborted","vm":"resumed here"}"#)
