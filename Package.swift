@@ -1,6 +1,6 @@
 // swift-tools-version:6.1
 // pvmigrate: a KVM-based paravirtual VMM built around live migration.
-// Layering (../shared/design.md): pvmigrate -> Control -> Migrate -> Core -> CKVM, all over Posix.
+// Layering (docs/architecture.md): pvmigrate -> Control -> Migrate -> Core -> CKVM, all over Posix, plus GuestImage.
 import PackageDescription
 
 let package = Package(
@@ -44,7 +44,10 @@ let package = Package(
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
         .target(name: "TestSupport", dependencies: ["Core"], path: "Tests/TestSupport"),
         .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "Posix", "TestSupport"]),
-        .testTarget(name: "MigrateTests", dependencies: ["Migrate"]),
+        .testTarget(name: "MigrateTests", dependencies: ["Core", "Migrate"]),
+        // The control plane without VMs or sockets: request/response coding, option checks,
+        // endpoints, arrival names (one test needs /dev/kvm and skips without it).
+        .testTarget(name: "ControlTests", dependencies: ["Core", "Migrate", "Control", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "GuestImage", "TestSupport"]),
     ]
 )

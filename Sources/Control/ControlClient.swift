@@ -45,13 +45,16 @@ public final class ControlClient {
 
     /// Sends one request; calls `onEvent` for each event line; returns the final result object
     /// or throws the error string as `ControlError` (`.refused`).
-    public func request(_ cmd: String, _ arguments: [String: JSONValue] = [:],
-                        onEvent: (String, JSONValue) -> Void = { _, _ in }) throws -> JSONValue {
+    public func request(_ request: ControlRequest,
+                        onEvent: (ControlEvent) -> Void = { _ in }) throws -> JSONValue {
         let id = nextID
         nextID += 1
-        var message = arguments
+        let cmd = request.command.rawValue
+        // A request encodes to an object (strings, numbers, booleans): this cannot fail.
+        guard case var .object(message) = try JSONValue(encoding: request) else {
+            throw ControlError(.protocolViolation, "\(cmd) did not encode to a JSON object")
+        }
         message["id"] = .int(id)
-        message["cmd"] = .string(cmd)
         do { try socket.writeLine(Array(JSONValue.object(message).jsonText.utf8)) } catch {
             throw ControlError(.connection, "VM \(name) closed its control socket (\(Errno(error.errno).description)); "
                 + "it may have ended — pvmigrate ps lists the VMs")
@@ -73,16 +76,15 @@ public final class ControlClient {
                 throw ControlError(.connection, "VM \(name) closed its control socket before answering \(cmd); "
                     + "it may have ended — pvmigrate ps lists the VMs")
             }
-            guard let message = try? JSONValue(parsing: Data(line)), message.object != nil else {
+            guard let response = ControlResponse(line: line) else {
                 throw ControlError(.protocolViolation, "VM \(name) sent a malformed line: \(String(decoding: line.prefix(200), as: UTF8.self))")
             }
-            guard message["id"]?.int64 == id else { continue }
-            if let event = message["event"]?.string {
-                onEvent(event, message["data"] ?? .null)
-                continue
+            guard response.id.int64 == id else { continue }
+            switch response {
+            case let .event(_, event): onEvent(event)
+            case let .ok(_, result): return result
+            case let .failed(_, error): throw ControlError(.refused, error)
             }
-            if message["ok"]?.bool == true { return message["result"] ?? .object([:]) }
-            throw ControlError(.refused, message["error"]?.string ?? "VM \(name) refused \(cmd) without saying why")
         }
     }
 }

@@ -1,6 +1,7 @@
 /// A network endpoint `host:port` (`[v6addr]:port` for an IPv6 literal), as `send` and
-/// `listen` take it and as the control protocol's `migrate` carries it.
-public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
+/// `listen --address` take it and as the control protocol's `migrate` carries it
+/// (protocol.md §4): the one parser of `host:port` in pvmigrate.
+public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
     public var host: String
     public var port: UInt16
 
@@ -9,8 +10,9 @@ public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
         self.port = port
     }
 
-    /// Parses `host:port`; the error says what is wrong, for people.
-    public init(parsing text: String) throws {
+    /// Parses `host:port`; the error says what is wrong, for people. Port 0 ("any free
+    /// port") only with `anyPort` (a place to listen, never one to dial).
+    public init(parsing text: String, anyPort: Bool = false) throws(ControlError) {
         func bad(_ why: String) -> ControlError {
             ControlError(.invalidArgument, "\"\(text)\" is not HOST:PORT (\(why)), e.g. 10.0.0.2:7070 or [::1]:7070")
         }
@@ -29,7 +31,9 @@ public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
         }
         guard !host.isEmpty else { throw bad("empty host") }
         guard !host.contains(where: { $0 == " " || $0 == "/" }) else { throw bad("the host has a space or '/'") }
-        guard let port = UInt16(portText), port > 0 else { throw bad("the port must be 1–65535") }
+        guard let port = UInt16(portText), port > 0 || anyPort else {
+            throw bad(anyPort ? "the port must be 0–65535" : "the port must be 1–65535")
+        }
         self.init(host: String(host), port: port)
     }
 

@@ -11,82 +11,60 @@ extension VMHost {
     // MARK: status
 
     /// The `status` result.
-    func status() -> JSONValue {
+    func status() -> VMStatus {
         let (migration, ended, unresolved) = condition.withLock { (self.migration, hasEndedLocked, self.unresolved) }
-        let state: String
+        let state: VMStatus.State
         if ended || machine.exit != nil {
-            state = "exited"
+            state = .exited
         } else if unresolved != nil {
-            state = "unresolved"
+            state = .unresolved
         } else if migration != nil {
-            state = "migrating"
+            state = .migrating
         } else {
             switch machine.vcpus[0].state {
-            case .running: state = "running"
-            case .paused, .created: state = "paused"
-            case .exited: state = "exited"
+            case .running: state = .running
+            case .paused, .created: state = .paused
+            case .exited: state = .exited
             }
         }
-        var result: [String: JSONValue] = [
-            "name": .string(name),
-            "state": .string(state),
-            "memory_bytes": JSONValue(machine.memory.size),
-            "execution": .string(executionName()),
-            "uptime_s": .double((Date().timeIntervalSince(startedAt) * 1000).rounded() / 1000),
-            "pid": JSONValue(Int(getpid())),
-            "pv": pvStatus(),
-        ]
-        if let arrivedFrom { result["arrived_from"] = .string(arrivedFrom) }
-        if let u = unresolved, state == "unresolved" { result["unresolved"] = unresolvedStatus(u) }
-        if let m = migration {
-            var info: [String: JSONValue] = [
-                "destination": .string(m.destination),
-                "elapsed_s": .double(Date().timeIntervalSince(m.startedAt)),
-                "round": JSONValue(m.last.map { $0.round + 1 } ?? 0),
-            ]
-            if let r = m.last {
-                info["remaining_pages"] = JSONValue(r.dirtyPages)
-                info["bandwidth"] = .double(r.bandwidth)
-                info["dirty_rate"] = .double(r.dirtyRate)
-                info["expected_downtime_s"] = .double(r.expectedDowntime)
-            }
-            result["migration"] = .object(info)
-        }
-        return .object(result)
+        return VMStatus(
+            name: name, state: state, memoryBytes: machine.memory.size, execution: execution(),
+            uptimeSeconds: (Date().timeIntervalSince(startedAt) * 1000).rounded() / 1000, pid: Int(getpid()),
+            pv: pvStatus(), arrivedFrom: arrivedFrom,
+            migration: migration.map { m in
+                VMStatus.Migration(destination: m.destination, elapsedSeconds: Date().timeIntervalSince(m.startedAt),
+                                   round: m.last.map { $0.round + 1 } ?? 0, remainingPages: m.last?.dirtyPages,
+                                   bandwidth: m.last?.bandwidth, dirtyRate: m.last?.dirtyRate,
+                                   expectedDowntimeSeconds: m.last?.expectedDowntime)
+            },
+            unresolved: state == .unresolved ? unresolved.map(unresolvedStatus) : nil)
     }
 
-    private func executionName() -> String {
+    private func execution() -> VMStatus.Execution {
         let mode = condition.withLock { cachedExecution } ?? (try? machine.executionMode())
-        guard let mode else { return machine.isPVMHost ? "emulated" : "hardware" }
+        guard let mode else { return machine.isPVMHost ? .emulated : .hardware }
         // A PVM guest that registered its VIF page stays native; the others may still register.
         if mode != .emulated { condition.withLock { cachedExecution = mode } }
         switch mode {
-        case .native: return "native"
-        case .emulated: return "emulated"
-        case .hardware: return "hardware"
+        case .native: return .native
+        case .emulated: return .emulated
+        case .hardware: return .hardware
         }
     }
 
-    private func pvStatus() -> JSONValue {
+    private func pvStatus() -> VMStatus.PV {
         let counters = machine.pv.snapshot
         let guest = machine.pv.guestCounters
-        let selfcheck: String
-        switch guest?.selfcheckState ?? 0 {
-        case 0: selfcheck = "never"
-        case 1: selfcheck = "running"
-        case 2: selfcheck = "passed"
-        case 3: selfcheck = "failed"
-        default: selfcheck = "unknown"
+        let selfcheck = switch guest?.selfcheckState ?? 0 {
+        case 0: "never"
+        case 1: "running"
+        case 2: "passed"
+        case 3: "failed"
+        default: "unknown"
         }
-        return [
-            "registered": .bool(counters.registered),
-            "pages_written": JSONValue(guest?.pagesWritten ?? 0),
-            "rate": JSONValue(guest?.rate ?? 0),
-            "passes": JSONValue(guest?.passes ?? 0),
-            "selfcheck_state": .string(selfcheck),
-            "selfcheck_bad": JSONValue(guest?.selfcheckBad ?? 0),
-            "rejected": JSONValue(counters.totalRejected),
-        ]
+        return VMStatus.PV(registered: counters.registered, pagesWritten: guest?.pagesWritten ?? 0, rate: guest?.rate ?? 0,
+                           passes: guest?.passes ?? 0, selfcheckState: selfcheck, selfcheckBad: guest?.selfcheckBad ?? 0,
+                           rejected: counters.totalRejected)
     }
 
     // MARK: stop, cancel
@@ -107,12 +85,7 @@ extension VMHost {
 
     // MARK: console
 
-    func console(_ arguments: [String: JSONValue], _ reply: Reply, _ connection: Connection) {
-        var follow = false
-        if let value = arguments["follow"] {
-            guard let flag = value.bool else { reply.fail("console: \"follow\" must be true or false"); return }
-            follow = flag
-        }
+    func console(follow: Bool, _ reply: Reply, _ connection: Connection) {
         func send(_ bytes: [UInt8]) -> Bool {
             // Pieces of ≤ 32 KiB split at character boundaries keep every line far below 1 MiB
             // even when escaped.
@@ -120,7 +93,7 @@ extension VMHost {
             while start < bytes.count {
                 var end = min(bytes.count, start + (32 << 10))
                 while end < bytes.count, end > start + 1, bytes[end] & 0xc0 == 0x80 { end -= 1 }
-                guard reply.event("console", ["text": .string(String(decoding: bytes[start..<end], as: UTF8.self))]) else {
+                guard reply.event(.console(text: String(decoding: bytes[start..<end], as: UTF8.self))) else {
                     return false
                 }
                 start = end
@@ -152,7 +125,7 @@ extension VMHost {
         let deadline = Date(timeIntervalSinceNow: 300)
         while Date() < deadline {
             if let counters = machine.pv.guestCounters, counters.selfcheckDone == request {
-                reply.ok(["pages": JSONValue(counters.selfcheckPages), "bad": JSONValue(counters.selfcheckBad)])
+                reply.ok(SelfcheckResult(pages: counters.selfcheckPages, bad: counters.selfcheckBad))
                 return
             }
             if machine.exit != nil {
@@ -167,20 +140,20 @@ extension VMHost {
 
     // MARK: migrate
 
-    func migrate(_ arguments: [String: JSONValue], _ reply: Reply) {
-        let parsed: MigrateArguments
-        do { parsed = try MigrateArguments(arguments, defaultTLSDirectory: runtime.defaultTLSDirectory) } catch {
-            reply.fail("\(error)")
-            return
-        }
+    /// `parsed` was checked as it was decoded (`ControlRequest.parse`).
+    func migrate(_ parsed: MigrateRequest, _ reply: Reply) {
         let tls: TLSMode
-        if let directory = parsed.tlsDirectory {
+        var directory = runtime.defaultTLSDirectory
+        switch parsed.security {
+        case .insecure: tls = .insecure
+        case let .tls(given):
+            directory = given
+            fallthrough
+        case .tlsDefault:
             do { tls = .mutual(try TLSFiles(directory: directory, peerNames: PeerNames(server: parsed.peerName))) } catch {
                 reply.fail(error.description)
                 return
             }
-        } else {
-            tls = .insecure
         }
         let destination = parsed.destination.description
         let sender = MigrationSender(machine: machine, name: name, kernelSHA256: kernelSHA256, options: parsed.options)
@@ -201,77 +174,14 @@ extension VMHost {
         do {
             let stats = try sender.migrate(to: parsed.destination.host, port: parsed.destination.port, tls: tls) { [self] round in
                 condition.withLock { migration?.last = round }
-                if let data = try? JSONValue(encoding: round) { reply.event("round", data) }
+                reply.event(.round(round))
             }
             finishMigration(success: (stats, destination))
-            reply.ok((try? JSONValue(encoding: stats)) ?? [:])
+            reply.ok(stats)
         } catch {
             if case let .unresolved(u) = error { enterUnresolved(u, sender: sender) }
             finishMigration(success: nil)
             reply.fail(error.description)
         }
-    }
-}
-
-/// The `migrate` arguments (protocol.md §4), checked.
-struct MigrateArguments {
-    static let keys = ["destination", "tls_dir", "insecure", "peer_name", "downtime_ms", "bandwidth", "streams",
-                       "compression", "adaptive_compression", "delta", "dirty_source", "max_time_s"]
-
-    var destination: Endpoint
-    /// nil: plaintext (`insecure`).
-    var tlsDirectory: String?
-    /// The name the destination's certificate must carry; nil: the host of `destination`.
-    var peerName: String?
-    var options = MigrationOptions()
-
-    init(_ a: [String: JSONValue], defaultTLSDirectory: String) throws(ControlError) {
-        func bad(_ why: String) -> ControlError { ControlError(.invalidArgument, "migrate: \(why)") }
-        func number(_ key: String, _ range: ClosedRange<Double>) throws(ControlError) -> Double? {
-            guard let value = a[key], value != .null else { return nil }
-            guard let n = value.double, n.isFinite, range.contains(n) else {
-                throw bad("\"\(key)\" must be a number from \(String(format: "%g", range.lowerBound)) "
-                    + "to \(String(format: "%g", range.upperBound))")
-            }
-            return n
-        }
-        func flag(_ key: String) throws(ControlError) -> Bool? {
-            guard let value = a[key], value != .null else { return nil }
-            guard let b = value.bool else { throw bad("\"\(key)\" must be true or false") }
-            return b
-        }
-        guard let text = a["destination"]?.string else { throw bad("\"destination\" (\"host:port\") is required") }
-        do { destination = try Endpoint(parsing: text) } catch { throw bad("destination \(error)") }
-        let insecure = try flag("insecure") ?? false
-        let directory = a["tls_dir"].flatMap { $0 == .null ? nil : $0 }
-        if directory != nil, directory?.string == nil { throw bad("\"tls_dir\" must be a path") }
-        if insecure, directory != nil { throw bad("\"tls_dir\" and \"insecure\" exclude each other") }
-        tlsDirectory = insecure ? nil : directory?.string.map(RuntimeDirectory.absolute) ?? defaultTLSDirectory
-        if let value = a["peer_name"], value != .null {
-            guard let name = value.string, PeerNames.isValid(name) else {
-                throw bad("\"peer_name\" must be a DNS name or an IP address")
-            }
-            if insecure { throw bad("\"peer_name\" and \"insecure\" exclude each other: plaintext checks no names") }
-            peerName = name
-        }
-        if let ms = try number("downtime_ms", 1...600_000) { options.downtimeTarget = ms / 1000 }
-        if let b = try number("bandwidth", 0...1e13) { options.bandwidthLimit = b == 0 ? nil : b }
-        if let n = try number("streams", 1...64) {
-            guard n.rounded() == n else { throw bad("\"streams\" must be a whole number") }
-            options.streams = Int(n)
-        }
-        if let level = try number("compression", 0...22) {
-            guard level.rounded() == level else { throw bad("\"compression\" must be a zstd level 1–22, or 0 for off") }
-            options.compressionLevel = level == 0 ? nil : Int32(level)
-        }
-        if let adaptive = try flag("adaptive_compression") { options.adaptiveCompression = adaptive }
-        if let delta = try flag("delta") { options.delta = delta }
-        if let value = a["dirty_source"], value != .null {
-            guard let mode = value.string.flatMap(DirtySourceMode.init(rawValue:)) else {
-                throw bad("\"dirty_source\" must be \"kvm\", \"pv\" or \"hybrid\"")
-            }
-            options.dirtySource = mode
-        }
-        if let t = try number("max_time_s", 0.001...86_400) { options.maxTime = t }
     }
 }

@@ -71,33 +71,18 @@ extension VMHost {
         return outcome
     }
 
-    /// `recover` (protocol.md §4): `{"force": "resume" | "stop"}` optional.
-    func recoverRequest(_ arguments: [String: JSONValue], _ reply: Reply) {
-        var force: CommitOutcome?
-        if let value = arguments["force"], value != .null {
-            switch value.string {
-            case "resume": force = .aborted
-            case "stop": force = .started
-            default: reply.fail("recover: \"force\" must be \"resume\" or \"stop\""); return
-            }
-        }
+    /// `recover` (protocol.md §4).
+    func recoverRequest(force: RecoverForce?, _ reply: Reply) {
         do {
-            let outcome = try settle(force: force)
-            let here = outcome == .started ? "stopped here (it runs at the destination)" : "resumed here"
-            reply.ok(["outcome": .string(outcome.description), "vm": .string(here), "forced": .bool(force != nil)])
+            let outcome = try settle(force: force?.outcome)
+            reply.ok(RecoverResult(outcome: outcome, forced: force != nil))
         } catch {
             reply.fail("\(error)")
         }
     }
 
-    func unresolvedStatus(_ u: Unresolved) -> JSONValue {
-        var info: [String: JSONValue] = [
-            "destination": .string(u.migration.destination),
-            "migration_id": .string(u.migration.migrationIDHex),
-            "since_s": .double(Date().timeIntervalSince(u.since)),
-            "attempts": JSONValue(u.attempts),
-        ]
-        if let e = u.lastError { info["last_error"] = .string(e) }
-        return .object(info)
+    func unresolvedStatus(_ u: Unresolved) -> VMStatus.Unresolved {
+        VMStatus.Unresolved(destination: u.migration.destination, migrationID: u.migration.migrationIDHex,
+                            sinceSeconds: Date().timeIntervalSince(u.since), attempts: u.attempts, lastError: u.lastError)
     }
 }

@@ -181,8 +181,8 @@ public final class VMHost: @unchecked Sendable {
         init(_ socket: LineSocket) { self.socket = socket }
 
         @discardableResult
-        func send(_ message: JSONValue) -> Bool {
-            (try? socket.writeLine(Array(message.jsonText.utf8))) != nil
+        func send(_ response: ControlResponse) -> Bool {
+            (try? socket.writeLine(response.line)) != nil
         }
 
         func track(_ s: ConsoleRing.Subscription) { subscriptions.withLock { $0.append(s) } }
@@ -196,13 +196,16 @@ public final class VMHost: @unchecked Sendable {
         let connection: Connection
 
         @discardableResult
-        func event(_ name: String, _ data: JSONValue) -> Bool {
-            connection.send(["id": id, "event": .string(name), "data": data])
+        func event(_ event: ControlEvent) -> Bool {
+            connection.send(.event(id: id, event))
         }
 
-        func ok(_ result: JSONValue = [:]) { connection.send(["id": id, "ok": true, "result": result]) }
+        func ok(_ result: JSONValue = [:]) { connection.send(.ok(id: id, result: result)) }
 
-        func fail(_ message: String) { connection.send(["id": id, "ok": false, "error": .string(message)]) }
+        /// A typed result (`VMStatus`, `MigrationStats`, …): numbers and strings, it encodes.
+        func ok(_ result: some Encodable) { ok((try? JSONValue(encoding: result)) ?? [:]) }
+
+        func fail(_ message: String) { connection.send(.failed(id: id, error: message)) }
     }
 
     private func serve(_ connection: Connection) {
@@ -217,15 +220,16 @@ public final class VMHost: @unchecked Sendable {
                 return
             }
             guard let line else { return }
-            let request: ControlRequest
+            let request: ControlRequest, reply: Reply
             switch ControlRequest.parse(line) {
             case .blank: continue
             case let .refused(id, message):
                 Reply(id: id, connection: connection).fail(message)
                 continue
-            case let .request(parsed): request = parsed
+            case let .request(id, parsed):
+                request = parsed
+                reply = Reply(id: id, connection: connection)
             }
-            let reply = Reply(id: request.id, connection: connection)
             condition.withLock { activeRequests += 1 }
             Thread.detachNewThread { [self] in
                 defer { condition.withLock { activeRequests -= 1; condition.broadcast() } }
@@ -235,14 +239,14 @@ public final class VMHost: @unchecked Sendable {
     }
 
     private func handle(_ request: ControlRequest, _ reply: Reply, _ connection: Connection) {
-        switch request.command {
+        switch request {
         case .status: reply.ok(status())
         case .stop: stopRequest(reply)
-        case .console: console(request.arguments, reply, connection)
+        case let .console(follow): console(follow: follow, reply, connection)
         case .selfcheck: selfcheck(reply)
-        case .migrate: migrate(request.arguments, reply)
+        case let .migrate(arguments): migrate(arguments, reply)
         case .cancel: cancelRequest(reply)
-        case .recover: recoverRequest(request.arguments, reply)
+        case let .recover(force): recoverRequest(force: force, reply)
         }
     }
 

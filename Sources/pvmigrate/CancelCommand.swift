@@ -11,7 +11,7 @@ struct Cancel: ParsableCommand {
 
     func run() throws {
         let client = try target.connect()
-        _ = try ControlCommand.request(client, "cancel")
+        _ = try ControlCommand.request(client, .cancel)
         print("cancelling the migration of VM \(target.vm); it keeps running here")
     }
 }

@@ -15,8 +15,8 @@ struct Console: ParsableCommand {
 
     func run() throws {
         let client = try target.connect()
-        _ = try ControlCommand.request(client, "console", ["follow": .bool(follow)]) { event, data in
-            guard event == "console", let text = data["text"]?.string else { return }
+        _ = try ControlCommand.request(client, .console(follow: follow)) { event in
+            guard case let .console(text) = event else { return }
             FileHandle.standardOutput.write(Data(text.utf8))
         }
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Control
+import Core
 import Foundation
 
 // What the commands that talk to named VMs share: the VM argument, HOST:PORT and byte-rate
@@ -20,6 +21,8 @@ struct VMArgument: ParsableArguments {
     }
 }
 
+extension DirtySourceMode: ExpressibleByArgument {}
+
 extension Endpoint: ExpressibleByArgument {
     public init?(argument: String) {
         guard let parsed = try? Endpoint(parsing: argument) else { return nil }
@@ -29,6 +32,11 @@ extension Endpoint: ExpressibleByArgument {
     /// For `@Argument(transform:)`/`@Option(transform:)`: the error says what is wrong.
     static func argument(_ text: String) throws -> Endpoint {
         do { return try Endpoint(parsing: text) } catch { throw ValidationError("\(error)") }
+    }
+
+    /// A place to listen: port 0 means any free port.
+    static func listenArgument(_ text: String) throws -> Endpoint {
+        do { return try Endpoint(parsing: text, anyPort: true) } catch { throw ValidationError("\(error)") }
     }
 }
 
@@ -67,9 +75,9 @@ enum ControlCommand {
     }
 
     /// One request, failing with the VM's reason as one line.
-    static func request(_ client: ControlClient, _ cmd: String, _ arguments: [String: JSONValue] = [:],
-                        onEvent: (String, JSONValue) -> Void = { _, _ in }) throws -> JSONValue {
-        do { return try client.request(cmd, arguments, onEvent: onEvent) } catch { throw Diagnostics.fail(error) }
+    static func request(_ client: ControlClient, _ request: ControlRequest,
+                        onEvent: (ControlEvent) -> Void = { _ in }) throws -> JSONValue {
+        do { return try client.request(request, onEvent: onEvent) } catch { throw Diagnostics.fail(error) }
     }
 
     /// Pretty JSON on standard output.

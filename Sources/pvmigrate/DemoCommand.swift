@@ -62,7 +62,8 @@ final class DemoRun: @unchecked Sendable {
     private var checks: [(String, Bool)] = []
     private var listener: MigrationListener?
     private var source: Machine?
-    private let arrival = DemoArrival()
+    /// The destination's host of arriving VMs, as `pvmigrate listen` has it.
+    private let arrivals: Arrivals
     private let cleaned = Locked(false)
 
     init(memory: UInt64, cmdline: String, dirtySource: DirtySourceMode, show: Double) throws {
@@ -74,6 +75,13 @@ final class DemoRun: @unchecked Sendable {
         var environment = ProcessInfo.processInfo.environment
         environment["PVMIGRATE_RUNTIME_DIR"] = root + "/dst-runtime"
         do { runtime = try RuntimeDirectory(environment: environment) } catch { throw Diagnostics.fail(error) }
+        arrivals = Arrivals(runtime: runtime) { event in
+            switch event {
+            case let .failed(failure): Self.say("    [dst] \(failure)")
+            case let .notHosted(vm, reason): Self.say("    [dst] cannot host the arrived VM \(vm.name): \(reason ?? "shutting down")")
+            case .arrived, .gone: break
+            }
+        }
     }
 
     static func step(_ title: String) { say("\n==> \(title)") }
@@ -109,13 +117,11 @@ final class DemoRun: @unchecked Sendable {
 
         Self.step("2. the destination: pvmigrate listen --allow-source src, mutual TLS, on a loopback port")
         var options = ReceiverOptions()
-        let arrival = self.arrival
-        arrival.runtime = runtime
-        options.console = { _ in arrival.makeConsole() }
-        options.log = { message in if !message.hasPrefix("received VM ") { Self.say("    [dst] \(message)") } }
+        arrivals.configure(&options)
+        options.log = { Self.say("    [dst] \($0)") }
         let listener = try MigrationListener(host: "127.0.0.1", port: 0, tls: dstTLS, options: options)
         self.listener = listener
-        listener.serve(onArrival: { arrival.arrived($0) }, onFailure: { arrival.failed($0) })
+        listener.serve(arrivals)
         Self.say("    listening on 127.0.0.1:\(listener.port); arriving VMs are served in \(runtime.path)")
 
         Self.step("3. the source: boot the built-in guest (\(memory >> 20) MiB) — \(cmdline)")
@@ -151,24 +157,28 @@ final class DemoRun: @unchecked Sendable {
         source = nil
 
         Self.step("5. the guest carries on at the destination")
-        guard let (vm, console) = arrival.wait(timeout: 10) else {
+        guard let vm = arrivals.firstArrival(timeout: 10) else {
             check("the VM arrived at the destination", false)
             return
         }
+        // The guest's lines at the destination, as `pvmigrate console --follow` shows them.
+        let console = DemoConsole(prefix: "dst")
+        let following = vm.host.console.subscribe()
+        Thread.detachNewThread { while let bytes = following.next() { console.console(bytes) } }
         check("the VM arrived and runs at the destination, served as \"\(vm.name)\" at \(runtime.socketPath(for: vm.name))",
-              vm.machine.exit == nil)
+              vm.vm.machine.exit == nil)
         let client = try ControlClient(name: vm.name, runtime: runtime)
-        let status = try client.request("status")
-        let state = status["state"]?.string ?? "?", execution = status["execution"]?.string ?? "?"
+        let status = try client.status()
+        let state = status.state.rawValue, execution = status.execution.rawValue
         check("its control socket answers like `pvmigrate status \(vm.name)`: \(state), execution \(execution), "
-            + "arrived from \(status["arrived_from"]?.string ?? "?")", state == "running")
-        check("memory digests match (source 0x\(String(stats.digest, radix: 16)), destination 0x\(String(vm.digest, radix: 16)))",
-              stats.digest == vm.digest)
-        let arrivedCounter = vm.machine.pv.guestCounters?.pagesWritten ?? 0
+            + "arrived from \(status.arrivedFrom ?? "?")", status.state == .running)
+        check("memory digests match (source 0x\(String(stats.digest, radix: 16)), destination 0x\(String(vm.vm.stats.digest, radix: 16)))",
+              stats.digest == vm.vm.stats.digest)
+        let arrivedCounter = vm.vm.machine.pv.guestCounters?.pagesWritten ?? 0
         console.showing = true
         Thread.sleep(forTimeInterval: show)
         console.showing = false
-        let afterCounter = vm.machine.pv.guestCounters?.pagesWritten ?? 0
+        let afterCounter = vm.vm.machine.pv.guestCounters?.pagesWritten ?? 0
         Self.say("    the guest's page counter: \(beforeCounter.formatted()) before the migration, "
             + "\(arrivedCounter.formatted()) on arrival, \(afterCounter.formatted()) \(show) s later")
         check("the guest keeps working at the destination (counter \(arrivedCounter.formatted()) → \(afterCounter.formatted()))",
@@ -177,10 +187,11 @@ final class DemoRun: @unchecked Sendable {
 
         Self.step("6. the guest verifies every page it has written (like `pvmigrate selfcheck \(vm.name)` at the destination)")
         console.showing = true
-        let answer = try client.request("selfcheck")
+        let answer = try client.request(.selfcheck)
         Thread.sleep(forTimeInterval: 0.1)
         console.showing = false
-        let pages = answer["pages"]?.uint64 ?? 0, bad = answer["bad"]?.uint64 ?? UInt64.max
+        let checked = try answer.result(SelfcheckResult.self, of: .selfcheck)
+        let pages = checked.pages, bad = checked.bad
         check("self-check: \(pages.formatted()) pages, \(bad) bad", pages > 0 && bad == 0)
 
         Self.step("7. statistics")
@@ -223,75 +234,19 @@ final class DemoRun: @unchecked Sendable {
         guard cleaned.withLock({ done in defer { done = true }; return !done }) else { return }
         listener?.close()
         if let source { source.stop(); _ = source.waitForExit() }
-        arrival.stopAll()
+        arrivals.shutDown()
         try? FileManager.default.removeItem(atPath: root)
     }
 }
 
-/// The destination side of the demo: the VM that arrived, hosted under its name with a
-/// control socket (as `pvmigrate listen` would), and its console.
-final class DemoArrival: @unchecked Sendable {
-    struct Arrived { let name: String; let machine: Machine; let host: VMHost; let digest: UInt64 }
-    private let condition = NSCondition()
-    private var consoles: [ObjectIdentifier: (DemoConsole, ConsoleRing)] = [:]
-    private var result: (Arrived, DemoConsole)?
-    private var failure: String?
-    var runtime: RuntimeDirectory?
-
-    func makeConsole() -> ConsoleSink {
-        let ring = ConsoleRing()
-        let console = DemoConsole(prefix: "dst", forward: ring)
-        condition.withLock { consoles[ObjectIdentifier(Thread.current)] = (console, ring) }
-        return console
-    }
-
-    func arrived(_ vm: ReceivedVM) {
-        let pair = condition.withLock { consoles.removeValue(forKey: ObjectIdentifier(Thread.current)) }
-        let (console, ring) = pair ?? (DemoConsole(prefix: "dst"), ConsoleRing())
-        do {
-            guard let runtime else { throw ValidationError("no runtime directory") }
-            let host = try VMHost(name: vm.name, machine: vm.machine, console: ring, runtime: runtime,
-                                  kernelSHA256: vm.kernelSHA256, arrivedFrom: "src")
-            condition.withLock {
-                result = (Arrived(name: vm.name, machine: vm.machine, host: host, digest: vm.stats.digest), console)
-                condition.broadcast()
-            }
-        } catch {
-            vm.machine.stop()
-            failed("cannot host the arrived VM: \(error)")
-        }
-    }
-
-    func failed(_ why: String) {
-        DemoRun.say("    [dst] \(why)")
-        condition.withLock { failure = why; condition.broadcast() }
-    }
-
-    func wait(timeout: Double) -> (Arrived, DemoConsole)? {
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        return condition.withLock {
-            while result == nil, failure == nil, condition.wait(until: deadline) {}
-            return result
-        }
-    }
-
-    func stopAll() {
-        guard let (vm, _) = condition.withLock({ result }) else { return }
-        vm.host.stop()
-        _ = vm.host.waitUntilGone()
-    }
-}
-
 /// A console that prints the guest's lines with a prefix while `showing`, counts the lines it
-/// showed, and forwards everything to another sink (the VM's console ring).
+/// showed.
 final class DemoConsole: ConsoleSink, @unchecked Sendable {
     let prefix: String
-    private let forward: ConsoleSink?
     private let state = Locked((showing: false, lines: 0, partial: [UInt8]()))
 
-    init(prefix: String, forward: ConsoleSink? = nil) {
+    init(prefix: String) {
         self.prefix = prefix
-        self.forward = forward
     }
 
     var showing: Bool {
@@ -302,7 +257,6 @@ final class DemoConsole: ConsoleSink, @unchecked Sendable {
     var lineCount: Int { state.value.lines }
 
     func console(_ bytes: [UInt8]) {
-        forward?.console(bytes)
         let text = state.withLock { s -> String? in
             guard s.showing else { return nil }
             s.lines += bytes.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }

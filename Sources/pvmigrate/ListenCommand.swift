@@ -28,8 +28,9 @@ struct Listen: ParsableCommand {
             their sockets, exit 0.
             """)
 
-    @Option(name: .long, help: "Where to listen, HOST:PORT (port 0: any free port, printed at start).")
-    var address: ListenAddress = ListenAddress(argument: "0.0.0.0:7500")!
+    @Option(name: .long, help: "Where to listen, HOST:PORT (port 0: any free port, printed at start).",
+            transform: Endpoint.listenArgument)
+    var address = Endpoint(host: "0.0.0.0", port: 7500)
 
     @Option(name: .customLong("tls-dir"),
             help: "TLS directory with ca.pem, cert.pem, key.pem (default: $PVMIGRATE_TLS_DIR, else <runtime directory>/tls).")
@@ -122,7 +123,7 @@ struct Listen: ParsableCommand {
             }
         }
         let log = ListenLog(json: json)
-        let daemon = ListenDaemon(runtime: runtime, log: log)
+        let arrivals = Arrivals(runtime: runtime) { ListenReport.log($0, to: log) }
         var options = ReceiverOptions()
         options.maximumStreams = maxStreams
         options.capabilities = try Self.capabilities(accept)
@@ -131,20 +132,19 @@ struct Listen: ParsableCommand {
         options.listener.maxPendingConnections = maxPending
         options.listener.handshakeTimeout = handshakeTimeout
         options.progressTimeout = progressTimeout
-        options.hostedMemory = { daemon.hostedMemory }
+        arrivals.configure(&options)
         // The commit decisions (protocol.md §3.6.4) outlive this process: a source that lost
         // the end of a migration asks for them with RESOLVE, also after a restart.
         do { options.outcomes = try OutcomeTable(path: runtime.path + "/outcomes") } catch { throw Diagnostics.fail(error) }
-        options.console = { _ in daemon.consoleForArrival() }
-        options.log = { daemon.engineLog($0) }
+        options.log = { log.event("note", ["message": $0], text: $0) }
         let listener: MigrationListener
         do { listener = try MigrationListener(host: address.host, port: address.port, tls: tls, options: options) } catch {
             throw Diagnostics.fail(error)
         }
         let finished = DispatchSemaphore(value: 0)
         let signals = SignalWatcher(SIGINT, SIGTERM) { finished.signal() }
-        listener.serve(onArrival: { daemon.arrived($0) }, onFailure: { daemon.failed($0) })
-        let shown = ListenAddress(host: address.host, port: listener.port)
+        listener.serve(arrivals)
+        let shown = Endpoint(host: address.host, port: listener.port)
         log.event("listening", ["address": "\(shown)", "tls": insecure ? "off (plaintext)" : "mutual",
                                 "sources": allowSource.isEmpty ? "any" : allowSource.joined(separator: ","),
                                 "runtime": runtime.path],
@@ -160,31 +160,11 @@ struct Listen: ParsableCommand {
         signals.cancel()
         log.event("stopping", [:], text: "stopping: no new migrations; stopping the VMs received here")
         listener.close()
-        daemon.shutDown()
+        if !arrivals.shutDown(timeout: 30) {
+            log.event("note", ["message": "some VMs did not stop within 30 s"], text: "some VMs did not stop within 30 s")
+        }
         log.event("stopped", [:], text: "stopped")
     }
-}
-
-/// HOST:PORT for `listen --address` (IPv6 in brackets: [::1]:7500).
-struct ListenAddress: ExpressibleByArgument, CustomStringConvertible, Sendable {
-    let host: String
-    let port: UInt16
-
-    init(host: String, port: UInt16) { self.host = host; self.port = port }
-
-    init?(argument: String) {
-        guard let colon = argument.lastIndex(of: ":"), let port = UInt16(argument[argument.index(after: colon)...]) else {
-            return nil
-        }
-        var host = String(argument[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty else { return nil }
-        self.host = host
-        self.port = port
-    }
-
-    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-    static var defaultValueDescription: String { "0.0.0.0:7500" }
 }
 
 /// The listener's TLS directory, with a one-line error that says how to make one when it is missing.
@@ -226,143 +206,52 @@ final class ListenLog: Sendable {
     }
 }
 
-/// The listener's state: the VMs hosted here and the migrations on their way in.
-///
-/// The engine builds an arriving VM and calls back on that migration's own thread: first
-/// `console` (when the machine is built), then `log` ("received VM … from PEER …"), then
-/// `onArrival` or `onFailure`. The thread links the three: the console ring and the peer are
-/// kept per thread until the arrival takes them.
-final class ListenDaemon: @unchecked Sendable {
-    private let runtime: RuntimeDirectory
-    private let log: ListenLog
-    private struct Pending { var console: ConsoleRing?; var peer: String?; var notes: [String] = [] }
-    private let pending = Locked<[ObjectIdentifier: Pending]>([:])
-    private let naming = NSLock()
-    private var hosted: [String: VMHost] = [:] // guarded by `naming`
-    private var stopping = false // guarded by `naming`
-    private let gone = DispatchGroup()
-
-    init(runtime: RuntimeDirectory, log: ListenLog) {
-        self.runtime = runtime
-        self.log = log
-    }
-
-    private var thread: ObjectIdentifier { ObjectIdentifier(Thread.current) }
-
-    func consoleForArrival() -> ConsoleSink {
-        let ring = ConsoleRing()
-        pending.withLock { $0[thread, default: Pending()].console = ring }
-        return ring
-    }
-
-    func engineLog(_ message: String) {
-        // "received VM NAME from PEER in S s": the arrival line below says it with the statistics.
-        if message.hasPrefix("received VM "), let end = message.range(of: " in ", options: .backwards),
-           let from = message.range(of: " from ", options: .backwards, range: message.startIndex..<end.lowerBound) {
-            let peer = String(message[from.upperBound..<end.lowerBound])
-            pending.withLock { $0[thread, default: Pending()].peer = peer }
-            return
+/// How `listen` logs what happens to arrivals (`Arrivals` hosts them): one event each.
+enum ListenReport {
+    static func log(_ event: Arrivals.Event, to log: ListenLog) {
+        switch event {
+        case let .failed(failure):
+            let why = failure.description
+            switch failure.kind {
+            case .rejected: log.event("rejected", ["error": why], text: why)
+            case .refused: log.event("refused", ["error": why], text: why)
+            case .failed: log.event("failed", ["error": why], text: "migration failed: \(why)")
+            }
+            for note in failure.notes { log.event("note", ["message": note], text: "  \(note)") }
+        case let .notHosted(vm, reason?):
+            log.event("failed", fields(vm).merging(["error": reason]) { a, _ in a },
+                      text: "VM \(vm.name) arrived \(summary(vm)) but cannot be hosted (\(reason)): stopped")
+        case let .notHosted(vm, nil):
+            log.event("stopped-on-arrival", fields(vm), text: "VM \(vm.name) arrived \(summary(vm)) while shutting down: stopped")
+        case let .arrived(arrival):
+            var fields = fields(arrival.vm)
+            fields["name"] = arrival.name
+            let renamed = arrival.renamed ? " (\"\(arrival.vm.name)\" is taken here)" : ""
+            log.event("arrived", fields, text: "VM \(arrival.name) arrived\(renamed) \(summary(arrival.vm))")
+            for note in arrival.vm.notes {
+                log.event("note", ["name": arrival.name, "message": note], text: "VM \(arrival.name): \(note)")
+            }
+        case let .gone(arrival, end, migratedTo):
+            let how: String
+            switch end {
+            case let .exited(exit): how = "ended here: \(exit)"
+            case .migrated: how = "migrated away to \(migratedTo ?? "another host")"
+            }
+            log.event("ended", ["name": arrival.name, "how": how], text: "VM \(arrival.name) is gone: \(how)")
         }
-        // Notes made while a VM is being received (restoring its devices) are told with its arrival.
-        let held = pending.withLock { p -> Bool in
-            guard p[thread] != nil else { return false }
-            p[thread]!.notes.append(message)
-            return true
-        }
-        if !held { log.event("note", ["message": message], text: message) }
     }
 
-    func failed(_ why: String) {
-        let context = pending.withLock { $0.removeValue(forKey: thread) }
-        if why.hasPrefix("rejected a connection") {
-            log.event("rejected", ["error": why], text: why)
-        } else if why.contains(" refused: ") || why.contains(" dropped: ") {
-            log.event("refused", ["error": why], text: why)
-        } else {
-            log.event("failed", ["error": why], text: "migration failed: \(why)")
-        }
-        for note in context?.notes ?? [] { log.event("note", ["message": note], text: "  \(note)") }
-    }
-
-    func arrived(_ vm: ReceivedVM) {
-        let context = pending.withLock { $0.removeValue(forKey: thread) } ?? Pending()
-        let peer = context.peer ?? "unknown peer"
-        let console = context.console ?? ConsoleRing()
-        let fields: [String: any Sendable] = [
-            "source_name": vm.name, "from": peer, "memory_bytes": vm.machine.memory.size,
+    private static func fields(_ vm: ReceivedVM) -> [String: any Sendable] {
+        [
+            "source_name": vm.name, "from": vm.peer.description, "memory_bytes": vm.machine.memory.size,
             "seconds": vm.stats.seconds, "pages": vm.stats.pagesApplied, "streams": vm.stats.streams,
             "cpu_s": vm.stats.cpuSeconds, "cpu_s_per_gib": vm.stats.cpuSecondsPerGiB,
         ]
-        let summary = "from \(peer): \(vm.machine.memory.size >> 20) MiB in \(Format.seconds(vm.stats.seconds)), "
+    }
+
+    private static func summary(_ vm: ReceivedVM) -> String {
+        "from \(vm.peer): \(vm.machine.memory.size >> 20) MiB in \(Format.seconds(vm.stats.seconds)), "
             + "\(vm.stats.pagesApplied) pages over \(vm.stats.streams) stream\(vm.stats.streams == 1 ? "" : "s"), "
             + String(format: "%.2f CPU-s (%.2f per GiB)", vm.stats.cpuSeconds, vm.stats.cpuSecondsPerGiB)
-        naming.lock()
-        if stopping {
-            naming.unlock()
-            vm.machine.stop()
-            _ = vm.machine.waitForExit()
-            log.event("stopped-on-arrival", fields, text: "VM \(vm.name) arrived \(summary) while shutting down: stopped")
-            return
-        }
-        var host: VMHost?
-        var lastError: (any Error)?
-        for candidate in candidateNames(for: vm.name) where hosted[candidate] == nil {
-            do {
-                host = try VMHost(name: candidate, machine: vm.machine, console: console, runtime: runtime,
-                                  kernelSHA256: vm.kernelSHA256, arrivedFrom: peer)
-                break
-            } catch { lastError = error }
-        }
-        guard let host else {
-            naming.unlock()
-            vm.machine.stop()
-            _ = vm.machine.waitForExit()
-            log.event("failed", fields.merging(["error": "\(lastError.map { "\($0)" } ?? "no free name")"]) { a, _ in a },
-                      text: "VM \(vm.name) arrived \(summary) but cannot be hosted (\(lastError.map { "\($0)" } ?? "no free name")): stopped")
-            return
-        }
-        hosted[host.name] = host
-        gone.enter()
-        naming.unlock()
-
-        var arrival = fields
-        arrival["name"] = host.name
-        let renamed = host.name == vm.name ? "" : " (\"\(vm.name)\" is taken here)"
-        log.event("arrived", arrival, text: "VM \(host.name) arrived\(renamed) \(summary)")
-        for note in context.notes { log.event("note", ["name": host.name, "message": note], text: "VM \(host.name): \(note)") }
-        Thread.detachNewThread { [self] in
-            let how: String
-            switch host.waitUntilGone() {
-            case let .exited(exit): how = "ended here: \(exit)"
-            case .migrated: how = "migrated away to \(host.migratedTo ?? "another host")"
-            }
-            naming.withLock { hosted[host.name] = nil }
-            log.event("ended", ["name": host.name, "how": how], text: "VM \(host.name) is gone: \(how)")
-            gone.leave()
-        }
-    }
-
-    /// NAME, NAME-2, NAME-3, … skipping names in use on this host; an unusable name becomes "vm".
-    private func candidateNames(for name: String) -> [String] {
-        let base = (try? RuntimeDirectory.validate(name: name)) != nil ? name : "vm"
-        let taken = Set(runtime.listNames())
-        return ([base] + (2...99).map { "\(base)-\($0)" }).filter { !taken.contains($0) }
-    }
-
-    /// Guest memory of the VMs hosted here (counts against `listen --max-memory`).
-    var hostedMemory: UInt64 {
-        naming.withLock { hosted.values.reduce(0) { $0 + $1.machine.memory.size } }
-    }
-
-    /// Stops every VM hosted here and waits (bounded) until their sockets are gone.
-    func shutDown() {
-        let hosts = naming.withLock { () -> [VMHost] in
-            stopping = true
-            return Array(hosted.values)
-        }
-        hosts.forEach { $0.stop() }
-        if gone.wait(timeout: .now() + 30) == .timedOut {
-            log.event("note", ["message": "some VMs did not stop within 30 s"], text: "some VMs did not stop within 30 s")
-        }
     }
 }

@@ -18,27 +18,22 @@ struct Ps: ParsableCommand {
 
     func run() throws {
         let runtime = try ControlCommand.runtime()
-        var statuses: [JSONValue] = []
+        var statuses: [VMStatus] = []
         for name in runtime.listNames() {
             guard let client = try? ControlClient(name: name, runtime: runtime) else { continue }
             client.timeout = 2
-            guard let status = try? client.request("status") else { continue }
+            guard let status = try? client.status() else { continue }
             statuses.append(status)
         }
         if json {
-            ControlCommand.printJSON(.array(statuses))
+            ControlCommand.printJSON(try JSONValue(encoding: statuses))
             return
         }
         var rows = [["NAME", "STATE", "MEMORY", "EXECUTION", "UPTIME", "PAGES/S"]]
         for s in statuses {
-            let registered = s["pv"]?["registered"]?.bool ?? false
             rows.append([
-                s["name"]?.string ?? "?",
-                s["state"]?.string ?? "?",
-                s["memory_bytes"]?.uint64.map(Format.memory) ?? "?",
-                s["execution"]?.string ?? "?",
-                s["uptime_s"]?.double.map(Format.duration) ?? "?",
-                registered ? Format.count(Int(s["pv"]?["rate"]?.int64 ?? 0)) : "-",
+                s.name, s.state.rawValue, Format.memory(s.memoryBytes), s.execution.rawValue, Format.duration(s.uptimeSeconds),
+                s.pv.registered ? Format.count(Int(s.pv.rate)) : "-",
             ])
         }
         print(Format.table(rows))

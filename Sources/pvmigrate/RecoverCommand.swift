@@ -31,11 +31,10 @@ struct Recover: ParsableCommand {
 
     func run() throws {
         let client = try target.connect()
-        var arguments: [String: JSONValue] = [:]
-        if forceResume { arguments["force"] = "resume" }
-        if forceStop { arguments["force"] = "stop" }
-        let r = try ControlCommand.request(client, "recover", arguments)
-        print("VM \(target.vm): outcome \(r["outcome"]?.string ?? "?")\(r["forced"]?.bool == true ? " (forced)" : ""); "
-            + (r["vm"]?.string ?? ""))
+        let force: RecoverForce? = forceResume ? .resume : forceStop ? .stop : nil
+        let answer = try ControlCommand.request(client, .recover(force: force))
+        let r: RecoverResult
+        do { r = try answer.result(RecoverResult.self, of: .recover) } catch { throw Diagnostics.fail(error) }
+        print("VM \(target.vm): outcome \(r.outcome)\(r.forced ? " (forced)" : ""); \(r.vm)")
     }
 }

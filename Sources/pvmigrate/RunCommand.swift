@@ -204,7 +204,7 @@ struct Detacher {
             }
             if let client = try? ControlClient(name: name, runtime: runtime) {
                 client.timeout = 2
-                if let status = try? client.request("status"), status["pid"]?.int64 == Int64(pid) {
+                if let status = try? client.status(), status.pid == Int(pid) {
                     print("started VM \(name) (socket \(runtime.socketPath(for: name)))")
                     return
                 }

@@ -18,10 +18,12 @@ struct Selfcheck: ParsableCommand {
 
     func run() throws {
         let client = try target.connect()
-        let result = try ControlCommand.request(client, "selfcheck")
-        let pages = result["pages"]?.int64 ?? 0, bad = result["bad"]?.int64 ?? 0
+        let answer = try ControlCommand.request(client, .selfcheck)
+        let result: SelfcheckResult
+        do { result = try answer.result(SelfcheckResult.self, of: .selfcheck) } catch { throw Diagnostics.fail(error) }
+        let pages = result.pages, bad = result.bad
         if json {
-            ControlCommand.printJSON(result)
+            ControlCommand.printJSON(try JSONValue(encoding: result))
         } else {
             print("selfcheck of VM \(target.vm): \(Format.count(Int(pages))) pages checked, \(Format.count(Int(bad))) bad")
         }

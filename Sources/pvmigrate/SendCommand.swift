@@ -1,5 +1,6 @@
 import ArgumentParser
 import Control
+import Core
 import Foundation
 import Migrate
 
@@ -47,7 +48,7 @@ struct Send: ParsableCommand {
     var noDelta = false
 
     @Option(name: .customLong("dirty-source"), help: "Dirty-page source: kvm, pv or hybrid (default: hybrid).")
-    var dirtySource: DirtySourceChoice?
+    var dirtySource: DirtySourceMode?
 
     @Option(name: .customLong("tls-dir"), help: "The TLS directory (default: $PVMIGRATE_TLS_DIR, else <runtime>/tls).")
     var tlsDirectory: String?
@@ -65,10 +66,6 @@ struct Send: ParsableCommand {
     @Flag(name: .long, help: "Print the statistics as JSON (the engine's MigrationStats).")
     var json = false
 
-    enum DirtySourceChoice: String, ExpressibleByArgument, CaseIterable {
-        case kvm, pv, hybrid
-    }
-
     static func byteRate(_ text: String) throws -> ByteRate {
         guard let rate = ByteRate(argument: text) else {
             throw ValidationError("expected bytes per second with an optional K, M or G suffix, e.g. 500M")
@@ -83,43 +80,31 @@ struct Send: ParsableCommand {
         if insecure, peerName != nil {
             throw ValidationError("--insecure and --peer-name exclude each other: plaintext checks no names")
         }
-        if let peerName, !PeerNames.isValid(peerName) {
-            throw ValidationError("--peer-name must be a DNS name or an IP address, as the certificate carries it")
-        }
-        guard downtimeMilliseconds > 0, downtimeMilliseconds <= 600_000 else {
-            throw ValidationError("--downtime-ms must be from 1 to 600000")
-        }
-        if let bandwidth, bandwidth.bytesPerSecond < 1_048_576 {
-            throw ValidationError("--bandwidth must be at least 1M (1 MiB/s)")
-        }
-        if let streams, !(1...64).contains(streams) { throw ValidationError("--streams must be 1–64") }
-        if let compression, compression != "off", Int(compression).map({ (1...22).contains($0) }) != true {
+        if let compression, compression != "off", Int32(compression) == nil {
             throw ValidationError("--compression must be a zstd level 1–22, or off")
         }
-        if let maxTime, !(maxTime > 0) { throw ValidationError("--max-time must be positive") }
+        // The ranges: MigrationOptions.validate(), the one check the VM's process runs too.
+        do { try request(security: insecure ? .insecure : .tlsDefault).validate() } catch {
+            throw ValidationError(error.message)
+        }
+    }
+
+    /// The `migrate` request these options make (`validate()` checked them).
+    private func request(security: MigrateRequest.Security) -> MigrateRequest {
+        var o = MigrationOptions()
+        o.downtimeTarget = downtimeMilliseconds / 1000
+        o.bandwidthLimit = bandwidth?.bytesPerSecond
+        if let streams { o.streams = streams }
+        if let compression { o.compressionLevel = compression == "off" ? nil : Int32(compression) }
+        o.adaptiveCompression = !alwaysCompress
+        o.delta = !noDelta
+        if let dirtySource { o.dirtySource = dirtySource }
+        if let maxTime { o.maxTime = maxTime }
+        return MigrateRequest(destination: destination, security: security, peerName: peerName, options: o)
     }
 
     func run() throws {
         let runtime = try ControlCommand.runtime()
-        var arguments: [String: JSONValue] = [
-            "destination": .string(destination.description),
-            "downtime_ms": .double(downtimeMilliseconds),
-            "delta": .bool(!noDelta),
-        ]
-        if insecure {
-            arguments["insecure"] = true
-        } else {
-            // The VM's process may have another working directory: send an absolute path.
-            arguments["tls_dir"] = .string(absolute(tlsDirectory ?? runtime.defaultTLSDirectory))
-        }
-        if let peerName { arguments["peer_name"] = .string(peerName) }
-        if let bandwidth { arguments["bandwidth"] = .double(bandwidth.bytesPerSecond) }
-        if let streams { arguments["streams"] = JSONValue(streams) }
-        if let compression { arguments["compression"] = JSONValue(compression == "off" ? 0 : Int(compression)!) }
-        if alwaysCompress { arguments["adaptive_compression"] = false }
-        if let dirtySource { arguments["dirty_source"] = .string(dirtySource.rawValue) }
-        if let maxTime { arguments["max_time_s"] = .double(maxTime) }
-
         let client = try target.connect()
         // Once the VM is known to exist: the migration is about to start.
         if insecure { Diagnostics.warn(Diagnostics.insecureWarning) }
@@ -127,21 +112,24 @@ struct Send: ParsableCommand {
         // Ctrl-C cancels the migration (the VM stays here) instead of leaving it running unseen.
         let interrupt = SignalWatcher(SIGINT, SIGTERM) {
             Diagnostics.note("cancelling the migration…")
-            if let canceller = try? ControlClient(name: vm, runtime: runtime) { _ = try? canceller.request("cancel") }
+            if let canceller = try? ControlClient(name: vm, runtime: runtime) { _ = try? canceller.request(.cancel) }
         }
         defer { interrupt.cancel() }
         let progress = ProgressLine()
         let result: JSONValue
         do {
-            result = try client.request("migrate", arguments) { event, data in
-                guard event == "round", let round = try? data.decode(RoundStats.self) else { return }
+            // The VM's process may have another working directory: send an absolute path.
+            let security: MigrateRequest.Security = insecure ? .insecure
+                : .tls(directory: absolute(tlsDirectory ?? runtime.defaultTLSDirectory))
+            result = try client.request(.migrate(request(security: security))) { event in
+                guard case let .round(round) = event else { return }
                 progress.show(round)
             }
         } catch let error as ControlError {
             progress.finish()
             FileHandle.standardError.write(Data("pvmigrate: error: \(error)\n".utf8))
             // Say where the VM is: a failed migration leaves it here, unless it was stopped meanwhile.
-            if let again = try? ControlClient(name: vm, runtime: runtime), (try? again.request("status")) != nil {
+            if let again = try? ControlClient(name: vm, runtime: runtime), (try? again.request(.status)) != nil {
                 Diagnostics.note("the VM still runs here (pvmigrate status \(vm))")
             } else if error.kind == .refused {
                 Diagnostics.note("VM \(vm) no longer runs here: it was stopped while migrating")

@@ -12,7 +12,7 @@ struct Stop: ParsableCommand {
 
     func run() throws {
         let client = try target.connect()
-        _ = try ControlCommand.request(client, "stop")
+        _ = try ControlCommand.request(client, .stop)
         print("stopped VM \(target.vm)")
     }
 }

@@ -324,7 +324,7 @@ final class FrameTestPipe: ByteStream, @unchecked Sendable {
         condition.broadcast()
     }
 
-    var peerDescription: String { "in-memory pipe" }
+    var peer: PeerIdentity { PeerIdentity(address: "in-memory pipe") }
 }
 
 /// The MigrationError `body` throws, or nil.

@@ -3,12 +3,13 @@ import Foundation
 import Migrate
 
 /// One control-protocol request line (protocol.md §4) through the parse and validation a
-/// `VMHost` applies before acting: `ControlRequest.parse`, then `MigrateArguments` for
-/// `migrate`. No VM and no socket: the checks are pure.
+/// `VMHost` applies before acting: `ControlRequest.parse` (which decodes and checks the
+/// arguments, `migrate`'s with `MigrationOptions.validate()`). No VM and no socket: the
+/// checks are pure.
 enum ControlTarget: FuzzTarget {
     static let name = "control"
     static let invariant = """
-        an accepted request names a known command and carries only that command's arguments; \
+        an accepted request re-encodes to a line that is accepted as the same command; \
         accepted migrate arguments are inside their documented ranges (destination port 1–65535, \
         streams 1–64, compression 1–22 or off, finite positive times, TLS xor insecure); every \
         answer, accepted or refused, is one line of JSON that parses back to an object echoing the id
@@ -22,18 +23,23 @@ enum ControlTarget: FuzzTarget {
             return
         case let .refused(refusedID, message):
             id = refusedID
-            checkAnswer(["id": id, "ok": false, "error": .string(message)], id: id)
-        case let .request(request):
-            id = request.id
-            check(request.arguments.keys.allSatisfy(request.command.arguments.contains),
-                  "\(request.command) accepted arguments \(request.arguments.keys.sorted())")
-            if request.command == .migrate { migrate(request.arguments) }
-            checkAnswer(["id": id, "ok": true, "result": [:]], id: id)
+            checkAnswer(.failed(id: id, error: message), id: id)
+        case let .request(requestID, request):
+            id = requestID
+            // Its encoding (what a client sends) is accepted as the same command. (Not always
+            // equal: milliseconds → seconds → milliseconds may move a number by an ulp.)
+            let again = (try? JSONValue(encoding: request)).map { ControlRequest.parse(Array($0.jsonText.utf8)) }
+            if case let .request(_, back)? = again {
+                check(back.command == request.command, "\(request) came back as \(back)")
+            } else {
+                check(false, "\(request) does not survive its own encoding: \(String(describing: again))")
+            }
+            if case let .migrate(m) = request { migrate(m) }
+            checkAnswer(.ok(id: id, result: [:]), id: id)
         }
     }
 
-    static func migrate(_ arguments: [String: JSONValue]) {
-        guard let parsed = try? MigrateArguments(arguments, defaultTLSDirectory: "/run/pvmigrate/tls") else { return }
+    static func migrate(_ parsed: MigrateRequest) {
         let o = parsed.options
         check(parsed.destination.port > 0 && !parsed.destination.host.isEmpty, "destination \(parsed.destination)")
         check((1...64).contains(o.streams), "\(o.streams) streams")
@@ -41,13 +47,12 @@ enum ControlTarget: FuzzTarget {
         check(o.downtimeTarget.isFinite && o.downtimeTarget > 0, "downtime \(o.downtimeTarget)")
         check(o.maxTime.isFinite && o.maxTime > 0, "max time \(o.maxTime)")
         check(o.bandwidthLimit.map { $0.isFinite && $0 > 0 } ?? true, "bandwidth \(String(describing: o.bandwidthLimit))")
-        let insecure = arguments["insecure"]?.bool == true
-        check(insecure == (parsed.tlsDirectory == nil), "insecure \(insecure) but TLS directory \(String(describing: parsed.tlsDirectory))")
+        check(parsed.peerName == nil || parsed.security != .insecure, "a peer name on a plaintext migration")
     }
 
     /// What `VMHost.Reply` sends must be one JSON line that a client parses back.
-    static func checkAnswer(_ answer: JSONValue, id: JSONValue) {
-        let text = answer.jsonText
+    static func checkAnswer(_ answer: ControlResponse, id: JSONValue) {
+        let text = String(decoding: answer.line, as: UTF8.self)
         check(!text.utf8.contains(0x0a), "the answer spans lines: \(text)")
         let back = try? JSONValue(parsing: Data(text.utf8))
         check(back?.object != nil, "the answer \(text) does not parse back to an object")

@@ -5,7 +5,7 @@ import Foundation
 /// starts a migration (its own thread), JOIN attaches a data stream to one in progress,
 /// RESOLVE asks what this host decided for a migration (protocol.md §3.6.5).
 /// Several migrations may arrive at once. A failed handshake (wrong CA, plaintext peer) is
-/// logged and the listener keeps accepting.
+/// reported to the handler (`ArrivalHandling.failed`, `.rejected`) and the listener keeps accepting.
 ///
 /// Defences (protocol.md §3.1.1): handshakes run concurrently under a deadline
 /// (`StreamListener`); the first frame has the same deadline and only HELLO or JOIN is read;
@@ -16,7 +16,7 @@ public final class MigrationListener: @unchecked Sendable {
     private let listener: StreamListener
     private let options: ReceiverOptions
     private let admission: Admission
-    private let sessions = Locked<[[UInt8]: ReceiveSession]>([:])
+    private let sessions = Locked<[[UInt8]: MigrationReceiver]>([:])
     private let closed = Locked(false)
     /// Handshaken connections whose first frame has not arrived yet.
     private let awaitingFirstFrame = Locked(0)
@@ -30,21 +30,27 @@ public final class MigrationListener: @unchecked Sendable {
 
     public var port: UInt16 { listener.port }
 
-    /// Starts accepting on a background thread.
-    public func serve(onArrival: @escaping @Sendable (ReceivedVM) -> Void,
-                      onFailure: @escaping @Sendable (String) -> Void) {
+    /// Starts accepting on a background thread; `handler` hears of every arrival and every
+    /// failure, on that migration's (or connection's) own thread.
+    public func serve(_ handler: some ArrivalHandling) {
         Thread.detachNewThread { [self] in
             while !closed.value {
                 let stream: ByteStream
                 do { stream = try listener.accept() } catch {
                     if (error as? TransportError) == .closed { return }
                     if closed.value { return }
-                    onFailure("rejected a connection: \(error)")
+                    handler.failed(ReceiveFailure(kind: .rejected, peer: nil, description: "rejected a connection: \(error)"))
                     continue
                 }
-                Thread.detachNewThread { [self] in handle(stream, onArrival: onArrival, onFailure: onFailure) }
+                Thread.detachNewThread { [self] in handle(stream, handler) }
             }
         }
+    }
+
+    /// `serve(_:)` with closures; `onFailure` gets the failure's one line.
+    public func serve(onArrival: @escaping @Sendable (ReceivedVM) -> Void,
+                      onFailure: @escaping @Sendable (String) -> Void) {
+        serve(ArrivalClosures(onArrival: onArrival, onFailure: { onFailure($0.description) }))
     }
 
     public func close() {
@@ -52,9 +58,12 @@ public final class MigrationListener: @unchecked Sendable {
         listener.close()
     }
 
-    /// The first frame, within the handshake deadline; nil (and logged) when none came.
-    private func firstFrame(_ channel: FrameChannel, onFailure: @Sendable (String) -> Void) -> Frame? {
+    /// The first frame, within the handshake deadline; nil (and reported as `.rejected`) when none came.
+    private func firstFrame(_ channel: FrameChannel, _ handler: some ArrivalHandling) -> Frame? {
         let stream = channel.stream
+        func onFailure(_ line: String) {
+            handler.failed(ReceiveFailure(kind: .rejected, peer: stream.peer, description: line))
+        }
         let limit = options.listener.maxPendingConnections
         let admitted = awaitingFirstFrame.withLock { n -> Bool in
             guard n < limit else { return false }
@@ -102,21 +111,21 @@ public final class MigrationListener: @unchecked Sendable {
         }
     }
 
-    private func handle(_ stream: ByteStream, onArrival: @Sendable (ReceivedVM) -> Void,
-                        onFailure: @Sendable (String) -> Void) {
+    private func handle(_ stream: ByteStream, _ handler: some ArrivalHandling) {
         let channel = FrameChannel(stream)
-        guard let first = firstFrame(channel, onFailure: onFailure) else { return }
+        guard let first = firstFrame(channel, handler) else { return }
         switch first {
         case let .hello(hello):
             let ticket: Admission.Ticket
             do { ticket = try admission.admit() } catch {
                 channel.sendError(error.reportCode, error.reportReason)
-                onFailure("migration from \(stream.peerDescription) \(error)")
+                handler.failed(ReceiveFailure(kind: .refused, peer: stream.peer,
+                                              description: "migration from \(stream.peerDescription) \(error)"))
                 stream.close()
                 return
             }
             defer { admission.release(ticket) }
-            let session = ReceiveSession(hello: hello, control: channel, options: options,
+            let session = MigrationReceiver(hello: hello, control: channel, options: options,
                                          admission: admission, ticket: ticket)
             let fresh = sessions.withLock { s -> Bool in
                 // An id with a decision on record is spent, even across restarts.
@@ -132,13 +141,15 @@ public final class MigrationListener: @unchecked Sendable {
             defer { sessions.withLock { $0[hello.migrationID] = nil } }
             do {
                 let vm = try session.run()
-                options.log("received VM \(vm.name) from \(stream.peerDescription) in \(String(format: "%.3f", vm.stats.seconds)) s")
-                onArrival(vm) // the VM's memory now counts as hosted; then its claim goes
+                handler.arrived(vm) // the VM's memory now counts as hosted; then its claim goes
             } catch {
                 sessions.withLock { $0[hello.migrationID] = nil }
-                admission.release(ticket) // before the log line: whoever reads it may retry at once
-                let verb = if case .refused = error { "" } else { "failed: " } // "refused: …" / "dropped: …"
-                onFailure("migration from \(stream.peerDescription) \(verb)\(error)")
+                admission.release(ticket) // before the report: whoever reads it may retry at once
+                let refused = if case .refused = error { true } else { false }
+                let verb = refused ? "" : "failed: " // "refused: …" / "dropped: …"
+                handler.failed(ReceiveFailure(kind: refused ? .refused : .failed, peer: stream.peer,
+                                              description: "migration from \(stream.peerDescription) \(verb)\(error)",
+                                              notes: session.releaseNotes(), state: session.failedIn))
             }
         case let .join(id, index):
             guard let session = sessions.withLock({ $0[id] }), session.attach(channel, index: Int(index)) else {
@@ -158,4 +169,13 @@ public final class MigrationListener: @unchecked Sendable {
             stream.close()
         }
     }
+}
+
+/// `ArrivalHandling` from two closures.
+struct ArrivalClosures: ArrivalHandling {
+    let onArrival: @Sendable (ReceivedVM) -> Void
+    let onFailure: @Sendable (ReceiveFailure) -> Void
+
+    func arrived(_ vm: ReceivedVM) { onArrival(vm) }
+    func failed(_ failure: ReceiveFailure) { onFailure(failure) }
 }

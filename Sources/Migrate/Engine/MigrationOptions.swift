@@ -1,8 +1,10 @@
 import Core
 import Foundation
 
-/// How to migrate (the CLI's `send` options map onto this).
-public struct MigrationOptions: Sendable {
+/// How to migrate: `send`'s options, the control protocol's `migrate` arguments (its
+/// `Codable` form, protocol.md §4) and the engine's settings are this one type, checked by
+/// its one `validate()`.
+public struct MigrationOptions: Sendable, Equatable {
     /// Stop-and-copy once the remaining set fits this pause (seconds).
     public var downtimeTarget: Double = 0.050
     /// Cap on bytes per second on the wire; nil = as fast as possible.
@@ -41,12 +43,73 @@ public struct MigrationOptions: Sendable {
         return o
     }
 
-    func validate() throws(MigrationError) {
-        guard downtimeTarget > 0 else { throw .invalidOptions("the downtime target must be positive") }
-        guard (1...64).contains(streams) else { throw .invalidOptions("streams must be 1–64") }
-        guard (1...1024).contains(batchPages) else { throw .invalidOptions("batch size must be 1–1024 pages") }
-        if let b = bandwidthLimit, !(b >= 1_048_576) { throw .invalidOptions("the bandwidth limit must be at least 1 MiB/s") }
-        guard maxTime > 0, timeout > 0 else { throw .invalidOptions("times must be positive") }
+    // The ranges `validate()` enforces (protocol.md §4 states them).
+    public static let downtimeTargets: ClosedRange<Double> = 0.001...600
+    public static let bandwidthLimits: ClosedRange<Double> = 1_048_576...1e13
+    public static let streamCounts: ClosedRange<Int> = 1...64
+    public static let compressionLevels: ClosedRange<Int32> = 1...22
+    public static let maxTimes: ClosedRange<Double> = 0.001...86_400
+    public static let batchSizes: ClosedRange<Int> = 1...PageBatchLayout.maximumCount
+
+    /// The one check of migration options, wherever they come from (`send`'s flags, a
+    /// `migrate` request, a program): `MigrationSender` runs it before anything else, so no
+    /// option outside its range reaches the encoders (e.g. `PageBatchEncoder`'s zstd level).
+    public func validate() throws(MigrationError) {
+        func range<T: Comparable>(_ value: T, _ range: ClosedRange<T>, _ what: String) throws(MigrationError) {
+            guard range.contains(value) else { throw .invalidOptions(what) }
+        }
+        try range(downtimeTarget, Self.downtimeTargets, "the downtime target must be 1–600000 ms")
+        if let b = bandwidthLimit {
+            try range(b, Self.bandwidthLimits, "the bandwidth limit must be at least 1 MiB/s (1048576 bytes/s) and at most 1e13 bytes/s")
+        }
+        try range(streams, Self.streamCounts, "streams must be 1–64")
+        if let level = compressionLevel {
+            try range(level, Self.compressionLevels, "the compression level must be a zstd level 1–22 (or off)")
+        }
+        try range(maxTime, Self.maxTimes, "the maximum time must be 0.001–86400 s")
+        try range(batchPages, Self.batchSizes, "batch size must be 1–\(PageBatchLayout.maximumCount) pages")
+        guard timeout > 0, timeout.isFinite else { throw .invalidOptions("the network timeout must be a positive number of seconds") }
+        guard deltaCacheBytes >= 0 else { throw .invalidOptions("the delta cache size must not be negative") }
+    }
+}
+
+/// The `migrate` arguments of the control protocol (protocol.md §4): the options a client
+/// may set, each under its §4 key; absent keys keep their defaults. The other options
+/// (delta cache size, auto-converge, network timeout, batch size) are the migrating
+/// host's own and do not travel. Decoding checks only types; `validate()` checks ranges.
+extension MigrationOptions: Codable {
+    public enum CodingKeys: String, CodingKey, CaseIterable {
+        case downtime = "downtime_ms", bandwidth, streams, compression
+        case adaptiveCompression = "adaptive_compression", delta
+        case dirtySource = "dirty_source", maxTime = "max_time_s"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init()
+        func value<T: Decodable>(_ key: CodingKeys, _ must: String) throws(MigrationError) -> T? {
+            try c.argument(key) { MigrationError.invalidOptions("\"\($0)\" must be \(must)") }
+        }
+        if let ms: Double = try value(.downtime, "a number of milliseconds") { downtimeTarget = ms / 1000 }
+        if let b: Double = try value(.bandwidth, "a number of bytes per second, or 0 for no cap") { bandwidthLimit = b == 0 ? nil : b }
+        if let n: Int = try value(.streams, "a whole number") { streams = n }
+        if let level: Int32 = try value(.compression, "a zstd level 1–22, or 0 for off") { compressionLevel = level == 0 ? nil : level }
+        if let a: Bool = try value(.adaptiveCompression, "true or false") { adaptiveCompression = a }
+        if let d: Bool = try value(.delta, "true or false") { delta = d }
+        if let mode: DirtySourceMode = try value(.dirtySource, "\"kvm\", \"pv\" or \"hybrid\"") { dirtySource = mode }
+        if let t: Double = try value(.maxTime, "a number of seconds") { maxTime = t }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(downtimeTarget * 1000, forKey: .downtime)
+        try c.encodeIfPresent(bandwidthLimit, forKey: .bandwidth)
+        try c.encode(streams, forKey: .streams)
+        try c.encode(compressionLevel ?? 0, forKey: .compression)
+        try c.encode(adaptiveCompression, forKey: .adaptiveCompression)
+        try c.encode(delta, forKey: .delta)
+        try c.encode(dirtySource, forKey: .dirtySource)
+        try c.encode(maxTime, forKey: .maxTime)
     }
 }
 
@@ -116,5 +179,18 @@ public struct MigrationStats: Sendable, Codable, Equatable {
 
     static func perGiB(_ seconds: Double, pages: Int) -> Double {
         pages > 0 ? seconds / (Double(pages) * 4096 / Double(1 << 30)) : 0
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// An optional argument of a request (protocol.md §4): nil when `key` is absent or null,
+    /// its value when it decodes as `T`, else the error `failure` makes of the key's name.
+    public func argument<T: Decodable, E: Error>(_ key: Key, else failure: (String) -> E) throws(E) -> T? {
+        do {
+            guard contains(key), try !decodeNil(forKey: key) else { return nil }
+            return try decode(T.self, forKey: key)
+        } catch {
+            throw failure(key.stringValue)
+        }
     }
 }

@@ -1,73 +1,21 @@
 import Core
 import Foundation
 
-/// How a destination receives VMs, and the limits that protect it (protocol.md §3.1.1).
-public struct ReceiverOptions: Sendable {
-    /// Guest memory all incoming migrations together, plus the VMs that arrived and still run
-    /// here (`hostedMemory`), may claim. Default: this host's physical memory.
-    public var maximumMemory: UInt64 = ProcessInfo.processInfo.physicalMemory
-    /// Migrations arriving at once (from HELLO until the VM runs here or the migration fails).
-    public var maximumIncoming = 4
-    /// Streams granted at most (HELLO_ACK may lower the source's count, protocol.md §3.2).
-    public var maximumStreams = 64
-    /// Capabilities this host accepts; HELLO_ACK grants their intersection with the offer, and
-    /// a source that then uses one it was not granted is a protocol violation.
-    public var capabilities: Capabilities = .all
-    /// Per-read timeout (seconds) on an admitted migration's streams.
-    public var timeout: Double = 30
-    /// A migration that receives less than `minimumProgressBytes` and reaches no new phase
-    /// within this many seconds is dropped and freed (a deadline on progress, distinct from
-    /// the per-read timeout, which a peer trickling a byte at a time never trips).
-    public var progressTimeout: Double = 60
-    public var minimumProgressBytes: UInt64 = 1 << 20
-    /// Handshake deadline and cap on pending connections. The first frame (HELLO or JOIN)
-    /// must arrive within `listener.handshakeTimeout` of the handshake, and at most
-    /// `listener.maxPendingConnections` handshaken connections may be waiting for it.
-    public var listener = ListenerLimits()
-    /// Guest memory of the VMs that arrived through this listener and still run here; it
-    /// counts against `maximumMemory`. The engine does not keep arrived VMs: their host does.
-    public var hostedMemory: @Sendable () -> UInt64 = { 0 }
-    /// How long a PREPARED destination waits for GO before it aborts (protocol.md §3.6.3).
-    public var goDeadline: Double = 30
-    /// The decisions this host made (protocol.md §3.6.4); `listen` keeps them in its runtime
-    /// directory. The default, in memory, does not survive the process.
-    public var outcomes = try! OutcomeTable(path: nil)
-    /// The console of an arriving VM, by name.
-    public var console: @Sendable (String) -> ConsoleSink = { _ in ConsoleBuffer() }
-    public var log: @Sendable (String) -> Void = { _ in }
-    public init() {}
-}
-
-/// A VM that arrived and runs on this host.
-public struct ReceivedVM: @unchecked Sendable {
-    public let name: String
-    public let machine: Machine
-    public let kernelSHA256: [UInt8]
-    public let stats: ReceiveStats
-}
-
-public struct ReceiveStats: Sendable, Codable, Equatable {
-    public var seconds = 0.0
-    public var streams = 0
-    public var pagesApplied = 0
-    public var frames: UInt64 = 0
-    public var digest: UInt64 = 0
-    /// CPU seconds (user + system) of the session's threads, summed per thread (`CPUMeter`);
-    /// the listener's accept and TLS handshake threads are not included.
-    public var cpuSeconds = 0.0
-
-    /// CPU seconds per GiB of guest memory applied (pages applied × 4 KiB).
-    public var cpuSecondsPerGiB: Double { MigrationStats.perGiB(cpuSeconds, pages: pagesApplied) }
-}
-
-/// One incoming migration: the destination's state machine (protocol.md §3.4, §3.6).
-/// awaitHello → awaitMachine → receiving → awaitCommit → prepared → started; any error →
-/// failed (after PREPARED: "aborted" recorded), and the half-built VM is discarded with
-/// everything it holds. The guest starts only after GO, once "started" is on disk.
-final class ReceiveSession: @unchecked Sendable {
+/// One incoming migration at the destination, from HELLO until the guest runs here or the
+/// migration fails: it walks `ReceiverState` (drawn there; protocol.md §3.4, §3.6.3) and
+/// records each move in `state`. On any error it moves to `failed` (from `prepared` on,
+/// with "aborted" recorded) and the half-built VM is discarded with everything it holds.
+/// The guest starts only after GO, once "started" is on disk.
+///
+/// Threads: `run()` on the migration's own thread (reads the control stream), one thread
+/// per data stream while `receiving`; `attach` from the listener's threads (JOIN).
+final class MigrationReceiver: @unchecked Sendable {
     let id: [UInt8]
     let hello: Hello
     private let control: FrameChannel
+    private let stateLock = Locked(ReceiverState.awaitHello)
+    /// The machine's messages while it is being received (`ReceivedVM.notes`).
+    private let notes: HeldNotes
     private let options: ReceiverOptions
     private let joins = NSCondition()
     private var joined: [Int: FrameChannel] = [:] // guarded by `joins`
@@ -87,7 +35,24 @@ final class ReceiveSession: @unchecked Sendable {
         self.admission = admission
         self.ticket = ticket
         progress = ProgressWatchdog(seconds: options.progressTimeout, minimumBytes: options.minimumProgressBytes)
+        notes = HeldNotes(forwardingTo: options.log)
     }
+
+    /// Where this migration stands.
+    var state: ReceiverState { stateLock.value }
+    /// The state the migration was in when it failed (set on `run()`'s thread before it throws).
+    private(set) var failedIn: ReceiverState?
+
+    /// Moves to `next`, which must be a move `ReceiverState` allows from here.
+    private func enter(_ next: ReceiverState) {
+        stateLock.withLock { state in
+            precondition(state.mayMove(to: next), "receiver state \(state) → \(next) is not a move of ReceiverState")
+            state = next
+        }
+    }
+
+    /// The machine's messages so far, for a failure report; later ones go to `options.log`.
+    func releaseNotes() -> [String] { notes.release() }
 
     /// A data stream of this migration arrived (JOIN). False when it does not belong.
     func attach(_ channel: FrameChannel, index: Int) -> Bool {
@@ -117,6 +82,10 @@ final class ReceiveSession: @unchecked Sendable {
             defer { _ = progress.disarm() }
             return try receive()
         } catch {
+            if !state.isFinal {
+                failedIn = state
+                enter(.failed)
+            }
             let error = progress.reason.map { MigrationError.refused(.timeout, $0) } ?? error
             if error.isReported { control.sendError(error.reportCode, error.reportReason) }
             abandon()
@@ -135,14 +104,17 @@ final class ReceiveSession: @unchecked Sendable {
         granted = hello.capabilities.intersection(options.capabilities)
         do { try control.send(.helloAck(HelloAck(version: 2, streams: UInt32(streams), capabilities: granted))) }
         catch { throw .transport(error) }
+        enter(.awaitMachine)
         progress.advanced()
 
         guard case let .machine(description) = try control.receive() else {
             throw .wire(.unexpected(frame: "a frame other than MACHINE", state: "awaiting MACHINE"))
         }
         progress.advanced()
-        let machine = try build(description)
+        let (machine, console) = try build(description)
+        enter(.awaitJoins)
         let dataStreams = try waitForJoins()
+        enter(.receiving)
         progress.advanced()
 
         // Receiving: every stream applies its own pages (disjoint: index mod streams), and
@@ -176,6 +148,7 @@ final class ReceiveSession: @unchecked Sendable {
         }
         group.wait()
         if let e = failures.value { throw e }
+        enter(.awaitState)
         progress.advanced()
 
         // awaitCommit: STATE, then COMMIT with the source's digests; nothing of the state is
@@ -183,6 +156,7 @@ final class ReceiveSession: @unchecked Sendable {
         guard case let .state(blob) = try control.receive() else {
             throw .wire(.unexpected(frame: "a frame other than STATE", state: "awaiting STATE"))
         }
+        enter(.awaitCommit)
         progress.advanced()
         guard case let .commit(expected, _, expectedState) = try control.receive() else {
             throw .wire(.unexpected(frame: "a frame other than COMMIT", state: "awaiting COMMIT"))
@@ -213,7 +187,8 @@ final class ReceiveSession: @unchecked Sendable {
                                  frames: control.framesReceived + dataStreams.reduce(0) { $0 + $1.framesReceived },
                                  digest: digest.digest,
                                  cpuSeconds: cpu.seconds + CPUMeter.threadSeconds() - threadCPUAtStart)
-        return ReceivedVM(name: description.name, machine: machine, kernelSHA256: description.kernelSHA256, stats: stats)
+        return ReceivedVM(machineDescription: description, machine: machine, peer: control.stream.peer,
+                          console: console, stats: stats, notes: notes.release())
     }
 
     /// prepared → (GO) → started, or aborted (protocol.md §3.6.3). Returns with the guest
@@ -221,6 +196,7 @@ final class ReceiveSession: @unchecked Sendable {
     private func commit(_ machine: Machine, name: String) throws(MigrationError) {
         var commit = DestinationCommit(migrationID: id)
         _ = commit.handle(.verified)
+        enter(ReceiverState(commit.phase))
         let frame: Frame
         do {
             try control.send(.prepared(migrationID: id))
@@ -235,6 +211,7 @@ final class ReceiveSession: @unchecked Sendable {
             _ = try? options.outcomes.decide(id, .aborted)
             throw MigrationSender.refusal(frame, awaiting: "GO")
         }
+        enter(ReceiverState(commit.phase))
         let decided: CommitOutcome
         do { decided = try options.outcomes.decide(id, .started) } catch {
             _ = commit.handle(.failed)
@@ -243,22 +220,24 @@ final class ReceiveSession: @unchecked Sendable {
         guard commit.handle(.recorded(decided)) == .startAndSendDone else {
             throw .incompatible("GO came after this migration was resolved as \(decided) (the source asked with RESOLVE)")
         }
+        enter(ReceiverState(commit.phase))
         machine.start()
         do { try control.send(.done(migrationID: id)) } catch {
             // The guest runs here, as recorded; the source learns it with RESOLVE.
-            options.log("VM \(name) started, but DONE could not be sent (the source will ask): \(error)")
+            notes.log("VM \(name) started, but DONE could not be sent (the source will ask): \(error)")
         }
     }
 
     /// Admission of the memory first (protocol.md §3.1.1): nothing of the VM's size is
     /// allocated before the claim succeeds.
-    private func build(_ d: MachineDescription) throws(MigrationError) -> Machine {
+    private func build(_ d: MachineDescription) throws(MigrationError) -> (Machine, any ConsoleSink) {
         guard d.vcpus == 1 else { throw .machine(.invalidConfiguration("\(d.vcpus) vCPUs: this pvmigrate runs 1-vCPU VMs")) }
         guard d.kernelSHA256.count == 32, !d.name.isEmpty else { throw .wire(.malformed(type: "MACHINE", reason: "bad identity")) }
         try admission.claim(ticket, bytes: d.memoryBytes)
+        let console = options.console(d.name)
         let configuration = Machine.Configuration(memorySize: d.memoryBytes, kernel: [], inKernelIRQChip: d.inKernelIRQChip,
-                                                  console: options.console(d.name), log: options.log)
-        do { return try Machine(restoring: configuration) } catch { throw .machine(error) }
+                                                  console: console, log: { [notes] in notes.log($0) })
+        do { return (try Machine(restoring: configuration), console) } catch { throw .machine(error) }
     }
 
     private func waitForJoins() throws(MigrationError) -> [FrameChannel] {

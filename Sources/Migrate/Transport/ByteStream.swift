@@ -132,8 +132,31 @@ public protocol ByteStream: AnyObject, Sendable {
     func setTimeout(seconds: Double)
     /// Closes; unblocks a reader/writer blocked in another thread (shutdown(2) first). Idempotent.
     func close()
+    /// Who is at the other end: its address and, over TLS, the name its verified
+    /// certificate carries.
+    var peer: PeerIdentity { get }
+}
+
+extension ByteStream {
     /// "127.0.0.1:40022 (CN=dst)" — for logs and errors.
-    var peerDescription: String { get }
+    public var peerDescription: String { peer.description }
+}
+
+/// The other end of a stream, as the transport established it: the address it connects
+/// from and, for mutual TLS, the common name of its verified certificate (nil on a
+/// plaintext connection, which authenticates nobody).
+public struct PeerIdentity: Sendable, Equatable, CustomStringConvertible {
+    /// "127.0.0.1:40022", "[::1]:40022".
+    public var address: String
+    public var certificateName: String?
+
+    public init(address: String, certificateName: String? = nil) {
+        self.address = address
+        self.certificateName = certificateName
+    }
+
+    /// "127.0.0.1:40022 (CN=dst)", or "127.0.0.1:40022 (insecure)" without TLS.
+    public var description: String { "\(address) (\(certificateName.map { "CN=\($0)" } ?? "insecure"))" }
 }
 
 /// The stream timeout used until `setTimeout` is called.

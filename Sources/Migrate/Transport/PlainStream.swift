@@ -11,14 +11,14 @@ import Glibc
 /// one reader thread and one writer thread need no lock here.
 final class PlainStream: ByteStream {
     private let socket: Socket
-    let peerDescription: String
+    let peer: PeerIdentity
 
     init(socket: Socket) throws(TransportError) {
         try socket.setNonBlocking(false)
         socket.setNoDelay()
         socket.setBlockingTimeouts(milliseconds: Deadline.milliseconds(defaultStreamTimeout))
         self.socket = socket
-        peerDescription = "\(socket.peerText) (insecure)"
+        peer = PeerIdentity(address: socket.peerText)
     }
 
     func setTimeout(seconds: Double) {

@@ -257,13 +257,13 @@ private final class TLSConnection: @unchecked Sendable {
 /// A TLS 1.3 stream (see the locking design at the top of this file).
 final class TLSStream: ByteStream {
     private let connection: TLSConnection
-    let peerDescription: String
+    let peer: PeerIdentity
     private let timeoutMilliseconds = Atomic<Int32>(Deadline.milliseconds(defaultStreamTimeout))
     private let closeStarted = Atomic<Bool>(false)
 
-    fileprivate init(connection: TLSConnection, peerDescription: String) {
+    fileprivate init(connection: TLSConnection, peer: PeerIdentity) {
         self.connection = connection
-        self.peerDescription = peerDescription
+        self.peer = peer
     }
 
     func setTimeout(seconds: Double) {
@@ -494,7 +494,7 @@ enum TLSHandshake {
             (SSL_get_verify_result(ssl) == X509_V_OK, peerCommonName(ssl))
         }
         guard verified, let name else { throw fail("the peer presented no verified certificate") }
-        return TLSStream(connection: connection, peerDescription: "\(peer) (CN=\(name))")
+        return TLSStream(connection: connection, peer: PeerIdentity(address: "\(peer)", certificateName: name))
     }
 
     /// The peer's refusal of this host's certificate for its name (an alert
