@@ -22,7 +22,7 @@ public struct MigrationOptions: Sendable {
     /// Send changed pages as XOR deltas against the copy last sent.
     public var delta = true
     public var deltaCacheBytes = 64 << 20
-    public var dirtySource: DirtySourceMode = .hybrid
+    public var dirtySource: DirtySourceMode = .pvVerified
     /// Slow the guest down when it dirties faster than the link carries.
     public var autoConverge = true
     /// Network read timeout (seconds).
@@ -93,8 +93,10 @@ public struct MigrationStats: Sendable, Codable, Equatable {
     public var finalPages = 0
     public var pagesWithData: UInt64 = 0
     public var digest: UInt64 = 0
-    public var dirtySource = DirtySourceMode.hybrid
+    public var dirtySource = DirtySourceMode.pvVerified
     public var throttled = false
+    /// The verification sweep before the pause (protocol.md §3.5.2).
+    public var verification = VerificationStats()
 
     /// CPU seconds (user + system) the source's migration threads used: workers summed per
     /// thread (`CPUMeter`), so the figure holds when both ends share a process.
