@@ -162,7 +162,7 @@ struct BenchCase: Sendable {
     /// MigrationOptions.adaptiveCompression: skip zstd while it does not pay.
     var adaptive = MigrationOptions().adaptiveCompression
     var delta = true
-    var dirtySource: DirtySourceMode = .hybrid
+    var dirtySource = MigrationOptions().dirtySource
     /// Runs at this size under --quick too (the resident cases: their size is the point).
     var fixedSize = false
 

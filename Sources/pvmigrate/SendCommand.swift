@@ -46,7 +46,7 @@ struct Send: ParsableCommand {
     @Flag(name: .customLong("no-delta"), help: "Do not send re-sent pages as XOR deltas.")
     var noDelta = false
 
-    @Option(name: .customLong("dirty-source"), help: "Dirty-page source: kvm, pv or hybrid (default: hybrid).")
+    @Option(name: .customLong("dirty-source"), help: "Dirty-page source: pv-verified, kvm, pv or hybrid (default: pv-verified; protocol.md §3.5.1).")
     var dirtySource: DirtySourceChoice?
 
     @Option(name: .customLong("tls-dir"), help: "The TLS directory (default: $PVMIGRATE_TLS_DIR, else <runtime>/tls).")
@@ -67,6 +67,7 @@ struct Send: ParsableCommand {
 
     enum DirtySourceChoice: String, ExpressibleByArgument, CaseIterable {
         case kvm, pv, hybrid
+        case pvVerified = "pv-verified"
     }
 
     static func byteRate(_ text: String) throws -> ByteRate {
@@ -184,8 +185,8 @@ struct Send: ParsableCommand {
               delta hits    \(String(format: "%.1f%%", s.deltaHitRate * 100))
               cost          \(String(format: "%.2f", s.cpuSeconds)) CPU-s in the migration threads here, \
             \(String(format: "%.2f", s.cpuSecondsPerGiB)) CPU-s per GiB moved; \(Format.rate(s.wireBytesPerSecond)) on the wire
-              dirty source  \(s.dirtySource.rawValue)
-            """
+              dirty source  \(s.dirtySource.rawValue); \(s.verification.summary)
+            """ + (s.verification.warning.map { "\nwarning: " + $0 } ?? "")
     }
 }
 
