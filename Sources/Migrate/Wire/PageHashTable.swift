@@ -54,6 +54,7 @@ public final class PageHashTable: @unchecked Sendable {
 
     private func set(_ index: Int, hash new: UInt64) {
         guard index >= 0, index < hashes.count else { return }
+        // Sound: index was bounds-checked; only this page's owner (its stream) writes it.
         let old = hashes[index]
         guard old != new else { return }
         hashes[index] = new
@@ -76,6 +77,7 @@ public final class PageHashTable: @unchecked Sendable {
                 while word != 0 {
                     let i = w * 64 + word.trailingZeroBitCount
                     word &= word - 1
+                    // Sound: i < hashes.count is checked before the read.
                     guard i < hashes.count, hashes[i] != 0 else { continue }
                     total &-= hashes[i]
                     pages -= 1
