@@ -42,6 +42,7 @@ struct BootOptions {
     var progress: UInt64 = 1000 // dirty: milliseconds between progress lines, 0 = never
     var selfcheck = true        // dirty: verify all written pages after the last pass
     var fill: UInt64 = 0        // any workload: MiB of RAM to fill with data first
+    var dropLog: UInt64 = 0     // chaos for tests: drop every Nth dirty report, 0 = never
 
     /// Numeric values above this are rejected as malformed (keeps all
     /// derived arithmetic, such as `mib << 20` or `interval * kHz`, in range).
@@ -114,6 +115,8 @@ struct BootOptions {
             setNumber(&seed, key, value, minimum: 0, maximum: UInt64.max)
         } else if key == "fill" {
             setNumber(&fill, key, value, minimum: 0)
+        } else if key == "droplog" {
+            setNumber(&dropLog, key, value, minimum: 0)
         } else if key == "progress" {
             setNumber(&progress, key, value, minimum: 0)
         } else if key == "selfcheck" {

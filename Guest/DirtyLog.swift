@@ -28,6 +28,10 @@ struct DirtyLog {
     private let ringEntries: UInt32
     private let bitmap: UnsafeMutablePointer<UInt64>
     private let dedupPages: UInt64
+    /// `droplog=N` (protocol.md §1.7): every Nth new report is dropped after the page
+    /// entered the de-dup set — a guest that under-reports, for the tests of §3.5.2.
+    private let dropEvery: UInt64
+    private var reports: UInt64 = 0
 
     private var lastGeneration: UInt32 = 0
     /// False until the first logged write, and again whenever a write sees
@@ -41,7 +45,8 @@ struct DirtyLog {
     private(set) var appended: UInt64 = 0
     private(set) var ringFullExits: UInt64 = 0
 
-    init(layout: Layout, control: ControlPage, pv: PVInterface) {
+    init(layout: Layout, control: ControlPage, pv: PVInterface, dropEvery: UInt64 = 0) {
+        self.dropEvery = dropEvery
         self.control = control
         self.pv = pv
         // Sound: Layout placed the ring and the bitmap in identity-mapped RAM.
@@ -85,6 +90,10 @@ struct DirtyLog {
             bitmap[word] |= bit
             if word < touchedLow { touchedLow = word }
             if word >= touchedHigh { touchedHigh = word + 1 }
+        }
+        if dropEvery != 0 {
+            reports &+= 1
+            if reports % dropEvery == 0 { return }
         }
         append(pfn)
     }

@@ -13,7 +13,7 @@ struct Kernel {
     /// REGISTER was accepted: the ring, the balloon and the PV console work.
     var registered = false
 
-    func makeDirtyLog() -> DirtyLog { DirtyLog(layout: layout, control: control, pv: pv) }
+    func makeDirtyLog() -> DirtyLog { DirtyLog(layout: layout, control: control, pv: pv, dropEvery: options.dropLog) }
     var workingSet: WorkingSet { WorkingSet(layout: layout) }
 
     /// REGISTER (§2.1); true if the host accepted the control page.

@@ -162,7 +162,7 @@ struct BenchCase: Sendable {
     /// MigrationOptions.adaptiveCompression: skip zstd while it does not pay.
     var adaptive = MigrationOptions().adaptiveCompression
     var delta = true
-    var dirtySource: DirtySourceMode = .hybrid
+    var dirtySource = MigrationOptions().dirtySource
     /// Runs at this size under --quick too (the resident cases: their size is the point).
     var fixedSize = false
 
@@ -199,8 +199,17 @@ struct BenchCase: Sendable {
         }
     }
 
+    /// A guest dirtying 256 MiB as fast as it can, under each dirty source (by name only):
+    /// how much of its speed each mode leaves it during pre-copy (protocol.md §3.5.1).
+    static let dirtySources: [BenchCase] = DirtySourceMode.allCases.map { mode in
+        var c = BenchCase(name: "dirty-max-source-\(mode.rawValue)", memory: 1 << 30,
+                          cmdline: "workload=dirty mib=256 passes=0 pattern=random content=mixed progress=0", maxTime: 120)
+        c.dirtySource = mode
+        return c
+    }
+
     /// Every case `--cases` and `--list` know.
-    static var named: [BenchCase] { all + resident + compressionPolicies + BenchMatrix.all }
+    static var named: [BenchCase] { all + resident + compressionPolicies + dirtySources + BenchMatrix.all }
 
     static let quickMemory: UInt64 = 256 << 20
 

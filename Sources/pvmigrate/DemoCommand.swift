@@ -25,8 +25,8 @@ struct Demo: ParsableCommand {
     @Option(name: .long, help: "The guest's workload (built-in guest command line).")
     var cmdline = "workload=dirty mib=64 passes=0 pattern=random content=mixed rate=20000 progress=1000"
 
-    @Option(name: .customLong("dirty-source"), help: "Dirty-page source: kvm, pv or hybrid.")
-    var dirtySource = "hybrid"
+    @Option(name: .customLong("dirty-source"), help: "Dirty-page source: pv-verified, kvm, pv or hybrid.")
+    var dirtySource = MigrationOptions().dirtySource.rawValue
 
     @Option(name: .long, help: "Seconds to show the guest's console before and after the migration.")
     var show: Double = 2
@@ -36,11 +36,11 @@ struct Demo: ParsableCommand {
             throw ValidationError("--memory must be 256M–4G and a multiple of 2M")
         }
         guard (0.5...30).contains(show) else { throw ValidationError("--show must be 0.5–30 seconds") }
-        guard DirtySourceMode(rawValue: dirtySource) != nil else { throw ValidationError("--dirty-source must be kvm, pv or hybrid") }
+        guard DirtySourceMode(rawValue: dirtySource) != nil else { throw ValidationError("--dirty-source must be pv-verified, kvm, pv or hybrid") }
     }
 
     func run() throws {
-        let demo = try DemoRun(memory: memory.bytes, cmdline: cmdline, dirtySource: DirtySourceMode(rawValue: dirtySource) ?? .hybrid,
+        let demo = try DemoRun(memory: memory.bytes, cmdline: cmdline, dirtySource: DirtySourceMode(rawValue: dirtySource) ?? MigrationOptions().dirtySource,
                                show: show)
         defer { demo.cleanUp() }
         // Ctrl-C: stop both VMs and remove the temporary directory before leaving.
@@ -209,7 +209,7 @@ final class DemoRun: @unchecked Sendable {
             "    on the wire      \(mib(s.wireBytes)) for \(mib(s.memoryBytes)) of guest memory (\(String(format: "%.1f", Double(s.wireBytes) * 100 / Double(max(1, s.memoryBytes)))) %)",
             "    transport        \(tls), \(s.streams) parallel stream\(s.streams == 1 ? "" : "s")",
             "    rounds           \(s.rounds.count) (\(s.rounds.count - 1) pre-copy + stop-and-copy)\(s.throttled ? ", guest throttled (auto-converge)" : "")",
-            "    dirty source     \(s.dirtySource.rawValue)",
+            "    dirty source     \(s.dirtySource.rawValue); \(s.verification.summary)",
             "    encodings        \(s.zeroPages.formatted()) zero, \(s.rawPages.formatted()) raw, \(s.deltaPages.formatted()) delta pages "
                 + "(\(s.rawPages * 100 / sent) % / \(s.deltaPages * 100 / sent) % of data pages); zstd "
                 + "\(options.compressionLevel.map { "level \($0)\(options.adaptiveCompression ? ", adaptive" : "")" } ?? "off"), XOR delta \(options.delta ? "on" : "off") "

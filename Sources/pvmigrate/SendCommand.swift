@@ -47,7 +47,7 @@ struct Send: ParsableCommand {
     @Flag(name: .customLong("no-delta"), help: "Do not send re-sent pages as XOR deltas.")
     var noDelta = false
 
-    @Option(name: .customLong("dirty-source"), help: "Dirty-page source: kvm, pv or hybrid (default: hybrid).")
+    @Option(name: .customLong("dirty-source"), help: "Dirty-page source: pv-verified, kvm, pv or hybrid (default: pv-verified; protocol.md §3.5.1).")
     var dirtySource: DirtySourceMode?
 
     @Option(name: .customLong("tls-dir"), help: "The TLS directory (default: $PVMIGRATE_TLS_DIR, else <runtime>/tls).")
@@ -172,8 +172,8 @@ struct Send: ParsableCommand {
               delta hits    \(String(format: "%.1f%%", s.deltaHitRate * 100))
               cost          \(String(format: "%.2f", s.cpuSeconds)) CPU-s in the migration threads here, \
             \(String(format: "%.2f", s.cpuSecondsPerGiB)) CPU-s per GiB moved; \(Format.rate(s.wireBytesPerSecond)) on the wire
-              dirty source  \(s.dirtySource.rawValue)
-            """
+              dirty source  \(s.dirtySource.rawValue); \(s.verification.summary)
+            """ + (s.verification.warning.map { "\nwarning: " + $0 } ?? "")
     }
 }
 

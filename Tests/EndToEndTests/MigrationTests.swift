@@ -130,7 +130,7 @@ extension EndToEnd {
             #expect(vm.stats.digest == stats.digest && vm.stats.pagesApplied >= filledPages)
         }
 
-        @Test(arguments: [DirtySourceMode.hybrid, .pv, .kvm])
+        @Test(arguments: [DirtySourceMode.pvVerified, .hybrid, .pv, .kvm])
         func dirtyingGuestMigratesAndSelfChecksClean(mode: DirtySourceMode) throws {
             let arrivals = Arrivals()
             let listener = try Self.listener(arrivals)

@@ -29,3 +29,56 @@ import Testing
                 != incremental.digest)
     }
 }
+
+/// The running sum follows every re-record: a page re-sent with new data, re-sent as zeros,
+/// or recorded twice with the same bytes.
+@Suite struct IncrementalDigestTests {
+    @Test func runningSumEqualsTheFullDigestAfterResendsAndZeroing() throws {
+        let memory = try GuestMemory(size: 4 << 20)
+        let table = PageHashTable(pageCount: memory.pageCount)
+        func full() -> (digest: UInt64, pagesWithData: UInt64) {
+            MemoryDigest.compute(memory: memory, candidates: .full(pageCount: memory.pageCount), excluding: nil)
+        }
+        for index in 0..<100 {
+            let page = try #require(memory.page(atIndex: index))
+            page.storeBytes(of: UInt64(index) &+ 0xabcdef, toByteOffset: 16, as: UInt64.self)
+            table.record(index, UnsafeRawBufferPointer(page))
+        }
+        #expect(table.digest(excluding: nil) == full())
+        // Re-sent with new content.
+        let changed = try #require(memory.page(atIndex: 40))
+        changed[7] ^= 0x55
+        table.record(40, UnsafeRawBufferPointer(changed))
+        table.record(40, UnsafeRawBufferPointer(changed))  // the same bytes twice: no change
+        #expect(table.digest(excluding: nil) == full())
+        // Became zero (sent as ZERO).
+        try #require(memory.page(atIndex: 41)).initializeMemory(as: UInt8.self, repeating: 0)
+        table.recordZero(41)
+        #expect(table.digest(excluding: nil) == full() && full().pagesWithData == 99)
+        // Ballooned pages are subtracted at the end, not scanned.
+        var ballooned = PageBitmap(pageCount: memory.pageCount)
+        ballooned.insert(range: 10, count: 5)
+        let expected = MemoryDigest.compute(memory: memory, candidates: .full(pageCount: memory.pageCount), excluding: ballooned)
+        #expect(table.digest(excluding: ballooned) == expected && expected.pagesWithData == 94)
+    }
+
+    /// What the sender records as it encodes is what the destination records as it applies.
+    @Test func encoderRecordsWhatItSends() throws {
+        let memory = try GuestMemory(size: 4 << 20)
+        let sent = PageHashTable(pageCount: memory.pageCount)
+        let encoder = PageBatchEncoder(maxPages: 16, compressionLevel: nil, deltaCache: DeltaCache(capacityBytes: 1 << 20))
+        encoder.sentHashes = sent
+        for round in 0..<2 {
+            encoder.begin(round: UInt32(round))
+            for index in 0..<8 {
+                let page = try #require(memory.page(atIndex: index))
+                if index != 3 { page[index * 10] &+= 1 }  // page 3 stays zero
+                encoder.add(pageIndex: UInt64(index), page: UnsafeRawBufferPointer(page))
+            }
+            _ = encoder.finish()
+        }
+        #expect(sent.digest(excluding: nil) == MemoryDigest.compute(memory: memory, candidates: .full(pageCount: memory.pageCount),
+                                                                    excluding: nil))
+        #expect(sent.hash(at: 3) == 0 && sent.hash(at: 2) != 0)
+    }
+}

@@ -1,13 +1,25 @@
 import CKVM
 
-/// Which dirty-page sources a migration trusts (design.md "Dirty tracking").
+/// Which dirty-page sources a migration trusts, and when (design.md "Dirty tracking",
+/// protocol.md §3.5.1). Every mode also includes the VMM's own writes, and every migration
+/// ends with the verification sweep (§3.5.2), which catches what a source missed before it.
 public enum DirtySourceMode: String, CaseIterable, Sendable, Codable {
     /// KVM's dirty log only (write-protect based: always correct, costs a fault per page).
     case kvm
-    /// The guest's PV ring only: fastest, for cooperative guests.
+    /// The guest's PV ring only, to the end: fastest, for guests trusted to report every
+    /// write (writes after the sweep has begun rest on the guest alone).
     case pv
-    /// The union of both: the safe default for a PV guest.
+    /// The union of KVM's log and the PV ring for the whole migration (slows a guest that
+    /// dirties fast: every harvest re-protects its pages).
     case hybrid
+    /// The default: the PV ring alone during pre-copy (the guest keeps its speed), then, from
+    /// the start of the verification sweep to the end, KVM's log too — so the final set is
+    /// exact even for a guest that under-reports.
+    case pvVerified = "pv-verified"
+
+    /// KVM logging from `start()` on.
+    var kvmFromStart: Bool { self == .kvm || self == .hybrid }
+    var usesPV: Bool { self != .kvm }
 }
 
 /// One harvest: what must be sent, and where it came from.
@@ -44,90 +56,86 @@ public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// Dirty-page tracking for one machine: KVM's bitmap (with manual protect where the host
-/// has it) or, when the machine enabled it, KVM's dirty ring; the guest's PV ring; and the
-/// pages the VMM wrote — combined by `mode`.
-///
-/// `start()` begins a fresh epoch; each `harvest` returns the pages written since the
-/// previous one (or since start). Pages the VMM writes are always included.
+/// Dirty-page tracking for one machine: `DirtySource`s combined by `mode`. `start()`
+/// begins a fresh epoch; each `harvest` returns the union of what the sources report since
+/// the previous one (or since start); the VMM's writes are always included.
 public final class DirtyTracker: @unchecked Sendable {
     public let mode: DirtySourceMode
     private let machine: Machine
-    private let manualProtect: Bool
+    private var sources: [any DirtySource]
     private var running = false
 
     public init(machine: Machine, mode: DirtySourceMode) throws(DirtyTrackingError) {
         if mode == .pv, !machine.pv.isRegistered { throw .guestNotPVAware }
-        if mode == .kvm, machine.dirtyRing != nil, machine.isPVMHost { throw .ringNotTrustedAlone }
+        let kvmAlone = mode == .kvm || (mode == .pvVerified && !machine.pv.isRegistered)
+        if kvmAlone, machine.dirtyRing != nil, machine.isPVMHost { throw .ringNotTrustedAlone }
         self.machine = machine
         self.mode = mode
-        manualProtect = machine.hypervisor.capability(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) & 1 != 0
+        // PV first, then KVM: a write in between is then reported by the guest (PV ⊇ KVM);
+        // the other order would let KVM see a write the guest was not yet asked to log.
+        var sources: [any DirtySource] = []
+        if mode.usesPV, machine.pv.isRegistered || mode != .pvVerified { sources.append(PVRingSource(machine: machine)) }
+        // pv-verified for a guest without the PV interface: nothing would report its writes
+        // before the sweep, so KVM's log runs from the start (as `kvm`).
+        if mode.kvmFromStart || !machine.pv.isRegistered { sources.append(Self.kvmSource(machine)) }
+        sources.append(VMMWritesSource(memory: machine.memory))
+        self.sources = sources
     }
 
-    private var usesKVM: Bool { mode != .pv }
-    private var usesPV: Bool { mode != .kvm && machine.pv.isRegistered }
+    private static func kvmSource(_ machine: Machine) -> any DirtySource {
+        if let ring = machine.dirtyRing { return KVMRingSource(machine: machine, ring: ring) }
+        return KVMBitmapSource(machine: machine)
+    }
+
+    /// The kinds of source in use now.
+    public var kinds: [DirtySourceKind] { sources.map(\.kind) }
+    /// Whether KVM's log is among them.
+    public var usesKVM: Bool { sources.contains { $0.kind.isKVM } }
 
     public func start() throws(DirtyTrackingError) {
         guard !running else { return }
-        // PV first, then KVM: a write in between is then reported by the guest (PV ⊇ KVM);
-        // the other order would let KVM see a write the guest was not yet asked to log.
-        // LOGGING goes on with the vCPUs parked: the guest's flag load, made after its page
-        // stores, cannot then overtake a store that the first round's copy might miss.
-        if usesPV { machine.withVCPUsPaused { _ = machine.pv.setLogging(true) } }
-        do {
-            if usesKVM {
-                if manualProtect, machine.dirtyRing == nil { try machine.enableManualDirtyProtect() }
-                try machine.setDirtyLogging(true)
-            }
-        } catch { throw .kvm(error) }
-        _ = machine.memory.takeHostWrittenPages()
+        for source in sources { try source.start() }
         running = true
     }
 
     public func stop() {
         guard running else { return }
-        if usesKVM { try? machine.setDirtyLogging(false) }
-        if mode != .kvm { machine.pv.setLogging(false) }
+        for source in sources { source.stop() }
         running = false
+    }
+
+    /// Adds KVM's log from now on (the verification sweep's start, §3.5.2); the next harvest
+    /// reports, from it, every guest write made after this returns. Does nothing when KVM is
+    /// already in use.
+    public func addKVM() throws(DirtyTrackingError) {
+        guard !usesKVM else { return }
+        let kvm = Self.kvmSource(machine)
+        if running { try kvm.start() }
+        sources.insert(kvm, at: sources.count - 1)
     }
 
     /// The pages written since the last harvest. `vcpusPaused` lets the PV source include
     /// the guest's in-flight page (§2.4); the final round of a migration harvests paused.
     public func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtyRound {
         let memory = machine.memory
-        var kvm: PageBitmap?
-        var kvmUntrustworthy = false
-        if usesKVM, let ring = machine.dirtyRing {
-            let h = ring.harvest(memory: memory, vm: machine.vm)
-            kvm = h.pages
-            kvmUntrustworthy = h.broken
-        } else if usesKVM {
-            var bitmap = PageBitmap(pageCount: memory.pageCount)
-            do {
-                for (region, offset) in zip(memory.regions, memory.regionPageOffsets) {
-                    let words = try machine.vm.dirtyLog(slot: region.slot, pageCount: region.pageCount)
-                    if manualProtect, words.contains(where: { $0 != 0 }) {
-                        try machine.vm.clearDirtyLog(slot: region.slot, pageCount: region.pageCount, bitmap: words)
-                    }
-                    bitmap.merge(words: words, atPage: offset)
-                }
-            } catch { throw .kvm(error) }
-            kvm = bitmap
+        var round = DirtyRound(pages: PageBitmap(pageCount: memory.pageCount), host: PageBitmap(pageCount: memory.pageCount),
+                               pvUntrustworthy: false)
+        for source in sources {
+            let h = try source.harvest(vcpusPaused: vcpusPaused)
+            round.pages.formUnion(h.pages)
+            switch source.kind {
+            case .kvmBitmap, .kvmRing: round.kvm = h.pages; round.kvmUntrustworthy = h.untrustworthy
+            case .pvRing: round.pv = h.pages; round.pvUntrustworthy = h.untrustworthy
+            case .vmmWrites: round.host = h.pages
+            }
         }
-        var pv: PageBitmap?
-        var untrustworthy = false
-        if usesPV, let h = machine.pv.harvest(vcpusPaused: vcpusPaused) {
-            pv = h.logged.union(h.alwaysDirty)
-            untrustworthy = h.untrustworthy
+        // A source that may have lost pages: every page, unless KVM's log covers the guest's
+        // writes (a corrupt PV ring under `hybrid` or after the sweep began).
+        if round.kvmUntrustworthy || (round.pvUntrustworthy && !usesKVM) {
+            round.pages = .full(pageCount: memory.pageCount)
         }
-        let host = memory.takeHostWrittenPages()
-        var pages = host
-        if let kvm { pages.formUnion(kvm) }
-        if let pv { pages.formUnion(pv) }
-        if (untrustworthy && mode == .pv) || kvmUntrustworthy { pages = .full(pageCount: memory.pageCount) }
-        let ballooned = machine.pv.balloonedPages
-        pages.subtract(ballooned)
-        return DirtyRound(pages: pages, kvm: kvm, pv: pv, host: host, pvUntrustworthy: untrustworthy,
-                          kvmUntrustworthy: kvmUntrustworthy, ballooned: ballooned)
+        round.ballooned = machine.pv.balloonedPages
+        round.pages.subtract(round.ballooned)
+        return round
     }
 }

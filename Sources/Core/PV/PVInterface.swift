@@ -193,6 +193,9 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
                 counters.inflatedPages += Int(d.pages)
             } else {
                 balloon.remove(range: first, count: Int(d.pages))
+                // The destination may hold stale data for these pages (sent before the
+                // inflate); here they read as zeros. Dirty them so the zeros are sent.
+                memory.markHostWritten(range.start, count: range.size)
                 counters.deflatedPages += Int(d.pages)
             }
         }

@@ -20,8 +20,8 @@
 ///   guest paused, so it cannot be measured before the pause).
 ///
 /// What the model leaves out: work done while paused that does not depend on the final
-/// pages, such as a memory digest over all resident pages (protocol.md §3.5) — that shows up
-/// as actual > predicted, and `MigrationStats` keeps both so it is seen.
+/// pages (the memory digest no longer is: protocol.md §3.5 keeps it as a running sum) —
+/// that would show up as actual > predicted, and `MigrationStats` keeps both so it is seen.
 public struct DowntimePredictor: Sendable, Equatable {
     /// One pre-copy round as measured.
     public struct Sample: Sendable, Equatable {

@@ -24,7 +24,7 @@ public struct MigrationOptions: Sendable, Equatable {
     /// Send changed pages as XOR deltas against the copy last sent.
     public var delta = true
     public var deltaCacheBytes = 64 << 20
-    public var dirtySource: DirtySourceMode = .hybrid
+    public var dirtySource: DirtySourceMode = .pvVerified
     /// Slow the guest down when it dirties faster than the link carries.
     public var autoConverge = true
     /// Network read timeout (seconds).
@@ -96,7 +96,7 @@ extension MigrationOptions: Codable {
         if let level: Int32 = try value(.compression, "a zstd level 1–22, or 0 for off") { compressionLevel = level == 0 ? nil : level }
         if let a: Bool = try value(.adaptiveCompression, "true or false") { adaptiveCompression = a }
         if let d: Bool = try value(.delta, "true or false") { delta = d }
-        if let mode: DirtySourceMode = try value(.dirtySource, "\"kvm\", \"pv\" or \"hybrid\"") { dirtySource = mode }
+        if let mode: DirtySourceMode = try value(.dirtySource, "\"pv-verified\", \"kvm\", \"pv\" or \"hybrid\"") { dirtySource = mode }
         if let t: Double = try value(.maxTime, "a number of seconds") { maxTime = t }
     }
 
@@ -156,8 +156,10 @@ public struct MigrationStats: Sendable, Codable, Equatable {
     public var finalPages = 0
     public var pagesWithData: UInt64 = 0
     public var digest: UInt64 = 0
-    public var dirtySource = DirtySourceMode.hybrid
+    public var dirtySource = DirtySourceMode.pvVerified
     public var throttled = false
+    /// The verification sweep before the pause (protocol.md §3.5.2).
+    public var verification = VerificationStats()
 
     /// CPU seconds (user + system) the source's migration threads used: workers summed per
     /// thread (`CPUMeter`), so the figure holds when both ends share a process.

@@ -74,20 +74,15 @@ public final class MigrationSender: @unchecked Sendable {
             paused = true
             let final: DirtyRound
             do { final = try tracker.harvest(vcpusPaused: true) } catch { throw MigrationError.dirtyTracking(error) }
-            let memory = machine.memory
             let excluded = final.ballooned
-            nonisolated(unsafe) var digest: (digest: UInt64, pagesWithData: UInt64) = (0, 0)
-            let digestDone = DispatchSemaphore(value: 0)
-            Thread.detachNewThread {
-                digest = cpu.measure { MemoryDigest.compute(memory: memory, candidates: memory.residentPages(), excluding: excluded) }
-                digestDone.signal()
-            }
             var last = try rounds.send(pages: pending.union(final.pages).subtracting(excluded),
                                        round: UInt32(stats.rounds.count), skipZero: false)
             try rounds.finish()
+            // The digest of what was sent (§3.5): kept up to date as pages were encoded and
+            // made exact by the verification sweep, so no page is read here.
+            let digest = rounds.sentHashes.digest(excluding: excluded)
             let state = try stateBlob(granted: granted)
             try sendControl(channels[0], .state(state))
-            digestDone.wait()
             let target = UnresolvedMigration(host: host, port: port, tls: tls, migrationID: migrationID,
                                              reason: "no DONE yet")
             try commit(channels[0], target, .commit(digest: digest.digest, pagesWithData: digest.pagesWithData,

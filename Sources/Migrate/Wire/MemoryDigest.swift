@@ -126,36 +126,3 @@ extension UInt64 {
         (self << count) | (self >> (64 - count))
     }
 }
-
-/// The destination's running digest (protocol.md §3.5): the `mix` of every page as it is
-/// applied, kept per page. The destination's memory changes only when a page is applied, so
-/// at COMMIT the digest of the whole memory is the sum of this table — no scan of guest
-/// memory inside the downtime window. Pages of different streams are disjoint (index mod
-/// streams), so streams may record concurrently without a lock.
-public final class PageHashTable: @unchecked Sendable {
-    private let hashes: UnsafeMutableBufferPointer<UInt64>
-
-    public init(pageCount: Int) {
-        hashes = .allocate(capacity: pageCount)
-        hashes.initialize(repeating: 0)
-    }
-
-    deinit { hashes.deallocate() }
-
-    /// Records page `index`'s content after it was applied (0 for an all-zero page).
-    public func record(_ index: Int, _ page: UnsafeRawBufferPointer) {
-        guard index >= 0, index < hashes.count else { return }
-        hashes[index] = PageKind.classify(page) == .zero ? 0 : MemoryDigest.mix(pageIndex: UInt64(index), page: page)
-    }
-
-    /// Σ over pages with data, skipping `excluding`; the same value `MemoryDigest.compute`
-    /// gives for the memory these pages were applied to (pages never applied are zero).
-    public func digest(excluding: PageBitmap?) -> (digest: UInt64, pagesWithData: UInt64) {
-        var sum: UInt64 = 0, pages: UInt64 = 0
-        for i in 0..<hashes.count where hashes[i] != 0 && !(excluding?.contains(i) ?? false) {
-            sum &+= hashes[i]
-            pages += 1
-        }
-        return (sum, pages)
-    }
-}

@@ -138,6 +138,10 @@ public final class PageBatchEncoder {
     /// off while the link is faster than compression (RoundSender's adaptive policy).
     public var compressNext = true
 
+    /// Where each page's hash is recorded as it is encoded (§3.5: the source's incremental
+    /// digest), from the same snapshot that is sent; nil records nothing.
+    public var sentHashes: PageHashTable?
+
     /// Starts a batch of round `round`, discarding any unfinished one.
     public func begin(round: UInt32) {
         self.round = round
@@ -162,6 +166,7 @@ public final class PageBatchEncoder {
         if PageKind.classify(page) == .zero {
             encoding = .zero
             deltaCache?.invalidate(pageIndex)  // the destination now has zeros
+            sentHashes?.recordZero(Int(pageIndex))
             stats.zero += 1
         } else {
             // Sound: the data area has room for maxPages pages and count < maxPages.
@@ -169,6 +174,7 @@ public final class PageBatchEncoder {
                 rebasing: buffer[(dataStart + dataLength)..<(dataStart + dataLength + PageBatchLayout.pageSize)])
             slot.copyMemory(from: page)  // the snapshot: everything below reads this copy
             let snapshot = UnsafeRawBufferPointer(slot)
+            sentHashes?.record(Int(pageIndex), snapshot)  // before a delta overwrites the snapshot
             if let cache = deltaCache, let previous = cache.lookup(pageIndex),
                let deltaLength = DeltaCodec.encode(page: snapshot, previous: previous, into: deltaScratch) {
                 if deltaLength == 0 {

@@ -1,0 +1,134 @@
+import CKVM
+
+/// One source of dirty pages (design.md "Dirty tracking"): it is switched on, reports the
+/// pages written since its previous harvest, and is switched off. `DirtyTracker` combines
+/// sources into a mode (protocol.md §3.5.1 says which mode uses which).
+public protocol DirtySource: AnyObject, Sendable {
+    var kind: DirtySourceKind { get }
+    /// Begins a fresh epoch: the next harvest reports writes made from now on.
+    func start() throws(DirtyTrackingError)
+    func stop()
+    /// The pages written since the previous harvest (or `start`). `vcpusPaused`: the vCPUs
+    /// are parked, so a source may include writes in flight (the PV ring's §2.4 slot).
+    func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest
+}
+
+public enum DirtySourceKind: String, Sendable {
+    /// KVM_GET_DIRTY_LOG (write-protect based): exact for guest writes.
+    case kvmBitmap = "kvm-bitmap"
+    /// KVM_CAP_DIRTY_LOG_RING: exact while it never overflows; watchdog-guarded.
+    case kvmRing = "kvm-ring"
+    /// The guest's PV ring (§2.3–2.4): as good as the guest is honest.
+    case pvRing = "pv-ring"
+    /// Pages the VMM itself wrote (KVM logs none of them): always part of every mode.
+    case vmmWrites = "vmm-writes"
+
+    /// Whether it reports writes made by the guest through KVM (what the KVM sources see).
+    public var isKVM: Bool { self == .kvmBitmap || self == .kvmRing }
+}
+
+public struct DirtySourceHarvest: Sendable {
+    public var pages: PageBitmap
+    /// The source may have lost pages since its previous harvest.
+    public var untrustworthy = false
+    public init(pages: PageBitmap, untrustworthy: Bool = false) { self.pages = pages; self.untrustworthy = untrustworthy }
+}
+
+/// KVM's dirty bitmap, with manual protect (KVM_CLEAR_DIRTY_LOG for exactly the pages
+/// harvested) where the host has it.
+final class KVMBitmapSource: DirtySource, @unchecked Sendable {
+    let kind = DirtySourceKind.kvmBitmap
+    private let machine: Machine
+    private let manualProtect: Bool
+
+    init(machine: Machine) {
+        self.machine = machine
+        manualProtect = machine.hypervisor.capability(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) & 1 != 0
+    }
+
+    func start() throws(DirtyTrackingError) {
+        do {
+            if manualProtect { try machine.enableManualDirtyProtect() }
+            try machine.setDirtyLogging(true)
+        } catch { throw .kvm(error) }
+    }
+
+    func stop() { try? machine.setDirtyLogging(false) }
+
+    func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest {
+        let memory = machine.memory
+        var bitmap = PageBitmap(pageCount: memory.pageCount)
+        do {
+            for (region, offset) in zip(memory.regions, memory.regionPageOffsets) {
+                let words = try machine.vm.dirtyLog(slot: region.slot, pageCount: region.pageCount)
+                if manualProtect, words.contains(where: { $0 != 0 }) {
+                    try machine.vm.clearDirtyLog(slot: region.slot, pageCount: region.pageCount, bitmap: words)
+                }
+                bitmap.merge(words: words, atPage: offset)
+            }
+        } catch { throw .kvm(error) }
+        return DirtySourceHarvest(pages: bitmap)
+    }
+}
+
+/// KVM's dirty ring (the machine enabled it at creation): with the ring on, the bitmap is
+/// unavailable for the VM. Its watchdog marks the ring broken when it fills with nothing
+/// to harvest (platform-facts.md): the harvest is then untrustworthy.
+final class KVMRingSource: DirtySource, @unchecked Sendable {
+    let kind = DirtySourceKind.kvmRing
+    private let machine: Machine
+    private let ring: DirtyRingState
+
+    init(machine: Machine, ring: DirtyRingState) {
+        self.machine = machine
+        self.ring = ring
+    }
+
+    func start() throws(DirtyTrackingError) {
+        do { try machine.setDirtyLogging(true) } catch { throw .kvm(error) }
+    }
+
+    func stop() { try? machine.setDirtyLogging(false) }
+
+    func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest {
+        let h = ring.harvest(memory: machine.memory, vm: machine.vm)
+        return DirtySourceHarvest(pages: h.pages, untrustworthy: h.broken)
+    }
+}
+
+/// The guest's PV dirty ring (§2.3–2.4): logged pages ∪ the always-dirty ranges. A guest
+/// that has not registered reports nothing (the tracker refuses modes that rely on it alone).
+final class PVRingSource: DirtySource, @unchecked Sendable {
+    let kind = DirtySourceKind.pvRing
+    private let machine: Machine
+
+    init(machine: Machine) { self.machine = machine }
+
+    func start() throws(DirtyTrackingError) {
+        // LOGGING goes on with the vCPUs parked: the guest's flag load, made after its page
+        // stores, cannot then overtake a store that the first round's copy might miss.
+        if machine.pv.isRegistered { machine.withVCPUsPaused { _ = machine.pv.setLogging(true) } }
+    }
+
+    func stop() { machine.pv.setLogging(false) }
+
+    func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest {
+        guard machine.pv.isRegistered, let h = machine.pv.harvest(vcpusPaused: vcpusPaused) else {
+            return DirtySourceHarvest(pages: PageBitmap(pageCount: machine.memory.pageCount))
+        }
+        return DirtySourceHarvest(pages: h.logged.union(h.alwaysDirty), untrustworthy: h.untrustworthy)
+    }
+}
+
+/// Pages the VMM wrote into guest memory (image loading, device writes, balloon deflation):
+/// `GuestMemory.markHostWritten` collects them; KVM logs none of them.
+final class VMMWritesSource: DirtySource, @unchecked Sendable {
+    let kind = DirtySourceKind.vmmWrites
+    private let memory: GuestMemory
+
+    init(memory: GuestMemory) { self.memory = memory }
+
+    func start() { _ = memory.takeHostWrittenPages() }
+    func stop() {}
+    func harvest(vcpusPaused: Bool) -> DirtySourceHarvest { DirtySourceHarvest(pages: memory.takeHostWrittenPages()) }
+}

@@ -1,0 +1,141 @@
+import Core
+import Foundation
+
+extension MigrationSender {
+    /// Pre-copy rounds until the remaining set fits the downtime target. Returns the pages
+    /// still dirty, which the stop-and-copy round must send together with whatever the
+    /// paused harvest adds.
+    /// Stop-and-copy starts when the `DowntimePredictor`'s pause for the remaining set fits the
+    /// target; the prediction is kept in `stats` to be set against the actual pause.
+    func precopy(tracker: DirtyTracker, rounds: RoundSender, stats: inout MigrationStats, started: ContinuousClock.Instant,
+                 roundTrip: Double, progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
+        do { try tracker.start() } catch { throw .dirtyTracking(error) }
+        let memory = machine.memory
+        // Round 0: every page that can hold data — resident on this host, not ballooned.
+        var set = memory.residentPages().subtracting(machine.pv.balloonedPages)
+        var bandwidth = 0.0, bytesPerPage = 4096.0, throttleLevel = 0, throttle: UInt32 = 0
+        var round: UInt32 = 0
+        var verified = false
+        var predictor = DowntimePredictor()
+        predictor.roundTrip = roundTrip
+        stats.downtimeTargetSeconds = options.downtimeTarget
+        while true {
+            if isCancelled { throw .cancelled }
+            let elapsed = (ContinuousClock.now - started).seconds
+            guard elapsed < options.maxTime else {
+                throw .notConverging(Self.notConvergingReason(stats: stats, predictor: predictor, elapsed: elapsed,
+                                                              target: options.downtimeTarget))
+            }
+            var r = try rounds.send(pages: set, round: round, skipZero: round == 0)
+            let next: PageBitmap
+            let harvestStarted = ContinuousClock.now
+            do { next = try tracker.harvest(vcpusPaused: false).pages } catch { throw .dirtyTracking(error) }
+            predictor.harvest = (ContinuousClock.now - harvestStarted).seconds
+            predictor.record(pages: r.pages, seconds: r.seconds)
+            r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
+            if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
+            if bandwidth == 0 { bandwidth = max(r.bandwidth, 100e6) }
+            if let cap = options.bandwidthLimit { bandwidth = min(bandwidth, cap) }
+            if r.pages > 0 { bytesPerPage = max(16, Double(r.wireBytes) / Double(r.pages)) }
+            r.dirtyPages = next.count
+            r.dirtyRate = r.seconds > 0 ? Double(next.count) / r.seconds : 0
+            let prediction = predictor.predict(pages: next.count)
+            r.expectedDowntime = prediction.seconds
+            r.throttle = throttle
+            stats.add(r)
+            progress(r)
+            if next.isEmpty || prediction.seconds <= options.downtimeTarget, !verified {
+                // Converged once: verify (§3.5.2) before the final round(s); what it finds,
+                // and what the guest dirtied meanwhile, goes in the next round.
+                set = try verify(tracker: tracker, pending: next, sent: rounds.sentHashes, stats: &stats)
+                verified = true
+                round += 1
+                continue
+            }
+            if next.isEmpty || prediction.seconds <= options.downtimeTarget {
+                stats.predictedDowntimeSeconds = prediction.seconds
+                stats.predictedFixedSeconds = prediction.fixedSeconds
+                stats.predictedFinalPages = next.count
+                return next
+            }
+            // Auto-converge: the guest dirties faster than the link drains.
+            if options.autoConverge, round >= 1, r.dirtyRate * bytesPerPage > 0.7 * bandwidth {
+                throttleLevel += 1
+                stats.throttled = true
+                throttle = applyThrottle(level: throttleLevel, dirtyRate: r.dirtyRate, linkPages: bandwidth / bytesPerPage)
+            }
+            set = next
+            round += 1
+        }
+    }
+
+    /// The verification sweep (protocol.md §3.5.2), run once pre-copy has converged, the guest
+    /// still running. KVM's log goes on first (`pv-verified`); every page is compared with the
+    /// hash of what was sent; a harvest then says which mismatches were reported. Returns the
+    /// next round's pages: pending ∪ harvest ∪ mismatches. Missed pages (mismatches no source
+    /// reported) are counted and re-sent. In `pv` mode, where KVM's log was off, they also
+    /// switch KVM's log on and the sweep runs again, so that the final set is exact.
+    func verify(tracker: DirtyTracker, pending: PageBitmap, sent: PageHashTable,
+                stats: inout MigrationStats) throws(MigrationError) -> PageBitmap {
+        let started = ContinuousClock.now
+        var pending = pending
+        if tracker.mode == .pvVerified {
+            do { try tracker.addKVM() } catch { throw .dirtyTracking(error) }
+        }
+        while true {
+            if isCancelled { throw .cancelled }
+            let kvmThroughout = tracker.usesKVM
+            let skipping = pending.union(machine.pv.balloonedPages)
+            let (mismatches, hashed) = VerificationSweep.mismatches(memory: machine.memory, sent: sent, skipping: skipping)
+            let harvest: DirtyRound
+            do { harvest = try tracker.harvest(vcpusPaused: false) } catch { throw .dirtyTracking(error) }
+            let finding = VerificationSweep.classify(mismatches: mismatches, pending: pending, harvested: harvest.pages,
+                                                     ballooned: harvest.ballooned)
+            stats.verification.sweeps += 1
+            stats.verification.pagesHashed += hashed
+            stats.verification.mismatches += mismatches.count
+            stats.verification.underReportedPages += finding.missed.count
+            pending = finding.resend
+            if finding.missed.isEmpty || kvmThroughout { break }
+            do { try tracker.addKVM() } catch { throw .dirtyTracking(error) }
+        }
+        stats.verification.seconds += (ContinuousClock.now - started).seconds
+        return pending
+    }
+
+    /// Why pre-copy gave up, with the figures that decide it: what the pause would have been,
+    /// which part of it does not shrink with the dirty set, and how fast the guest dirtied.
+    static func notConvergingReason(stats: MigrationStats, predictor: DowntimePredictor, elapsed: Double,
+                                    target: Double) -> String {
+        guard let last = stats.rounds.last else { return "no round finished within --max-time" }
+        let p = predictor.predict(pages: last.dirtyPages)
+        let perPage = predictor.fit.secondsPerPage
+        func ms(_ s: Double) -> String { String(format: "%.1f ms", s * 1000) }
+        var why = "after \(Int(elapsed)) s (--max-time) \(last.dirtyPages) pages were still dirty; the pause would have been "
+            + "\(ms(p.seconds)) (\(ms(p.pagesSeconds)) for the pages, \(ms(p.fixedSeconds)) fixed: harvest, state, commit round trip), "
+            + "above the \(ms(target)) target. "
+        if p.fixedSeconds >= target {
+            why += "The fixed part alone exceeds the target: raise --downtime-ms."
+        } else {
+            why += String(format: "The guest dirtied %.0f pages/s; this link moves about %.0f pages/s",
+                          last.dirtyRate, perPage > 0 ? 1 / perPage : 0)
+            why += stats.throttled ? " even with the guest throttled (auto-converge)" : ""
+            why += ". Raise --downtime-ms or --max-time, or lower the guest's write load."
+        }
+        return why
+    }
+
+    /// PV guests are asked to slow down (halving per level); others have their vCPUs paused
+    /// for a growing share of the time. Returns the figure for the statistics.
+    private func applyThrottle(level: Int, dirtyRate: Double, linkPages: Double) -> UInt32 {
+        if machine.pv.isRegistered {
+            let target = max(64, min(dirtyRate, linkPages) / Double(1 << min(level, 16)))
+            let pagesPerSecond = UInt32(min(target, Double(UInt32.max)))
+            machine.pv.setThrottle(pagesPerSecond: pagesPerSecond)
+            return pagesPerSecond
+        }
+        let fraction = min(0.9, 0.2 * Double(level))
+        machine.setCPUThrottle(fraction)
+        return UInt32(fraction * 1000)
+    }
+}
