@@ -54,6 +54,13 @@ extension VMHost {
             }
             throw ControlError(.connection, "cannot ask \(u.migration.destination) for the outcome: \(error)")
         }
+        // The destination forgets decisions after its retention (protocol.md §3.6.4): past it,
+        // "unknown" may mean "started and forgotten", so it no longer licenses a resume.
+        if force == nil, outcome == .unknown, Date().timeIntervalSince(u.since) > OutcomeTable.defaultRetention {
+            throw ControlError(.connection, "\(u.migration.destination) no longer remembers migration \(u.migration.migrationIDHex) "
+                + "(unresolved since \(u.since), longer than its \(Int(OutcomeTable.defaultRetention / 86_400))-day record): check "
+                + "whether VM \(name) runs there, then `pvmigrate recover \(name) --force-stop` or `--force-resume`")
+        }
         let settled = condition.withLock { () -> Bool in
             guard unresolved?.migration.migrationID == u.migration.migrationID else { return false }
             unresolved = nil

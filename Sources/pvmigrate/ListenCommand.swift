@@ -64,6 +64,11 @@ struct Listen: ParsableCommand {
             help: ArgumentHelp("Drop a migration that receives less than 1 MiB and reaches no new phase in this many seconds.", valueName: "seconds"))
     var progressTimeout = ReceiverOptions().progressTimeout
 
+    @Option(name: .customLong("commit-timeout"),
+            help: ArgumentHelp("Seconds a prepared migration waits for the source's GO before it aborts (protocol.md §3.6.3).",
+                               valueName: "seconds"))
+    var commitTimeout = ReceiverOptions().goDeadline
+
     @Flag(name: .long, help: "Log JSON objects, one per line, instead of text.")
     var json = false
 
@@ -76,8 +81,8 @@ struct Listen: ParsableCommand {
     mutating func validate() throws {
         if insecure, tlsDirectory != nil { throw ValidationError("--insecure and --tls-dir exclude each other") }
         guard maxIncoming >= 1, maxPending >= 1 else { throw ValidationError("--max-incoming and --max-pending must be at least 1") }
-        guard handshakeTimeout > 0, progressTimeout > 0, handshakeTimeout.isFinite, progressTimeout.isFinite else {
-            throw ValidationError("--handshake-timeout and --progress-timeout must be positive numbers of seconds")
+        guard [handshakeTimeout, progressTimeout, commitTimeout].allSatisfy({ $0 > 0 && $0.isFinite }) else {
+            throw ValidationError("--handshake-timeout, --progress-timeout and --commit-timeout must be positive numbers of seconds")
         }
         guard (1...64).contains(maxStreams) else { throw ValidationError("--max-streams must be 1–64") }
         _ = try Self.capabilities(accept)
@@ -132,6 +137,7 @@ struct Listen: ParsableCommand {
         options.listener.maxPendingConnections = maxPending
         options.listener.handshakeTimeout = handshakeTimeout
         options.progressTimeout = progressTimeout
+        options.goDeadline = commitTimeout
         arrivals.configure(&options)
         // The commit decisions (protocol.md §3.6.4) outlive this process: a source that lost
         // the end of a migration asks for them with RESOLVE, also after a restart.
@@ -152,10 +158,10 @@ struct Listen: ParsableCommand {
                       + "VMs that arrive are served in \(runtime.path)")
         log.event("limits", ["max_incoming": maxIncoming, "max_memory_bytes": options.maximumMemory,
                              "max_pending": maxPending, "handshake_timeout": handshakeTimeout,
-                             "progress_timeout": progressTimeout],
+                             "progress_timeout": progressTimeout, "commit_timeout": commitTimeout],
                   text: "limits: \(maxIncoming) migrations at once, \(options.maximumMemory >> 20) MiB of guest memory "
                       + "in total, \(maxPending) pending connections, \(Format.seconds(handshakeTimeout)) to handshake, "
-                      + "\(Format.seconds(progressTimeout)) without progress")
+                      + "\(Format.seconds(progressTimeout)) without progress, \(Format.seconds(commitTimeout)) for GO")
         finished.wait()
         signals.cancel()
         log.event("stopping", [:], text: "stopping: no new migrations; stopping the VMs received here")

@@ -127,6 +127,16 @@ extension EndToEnd {
             #expect(try box.psNames() == ["a"])
         }
 
+        /// A local user must not reach another user's VM (docs/security.md "Local users"): the
+        /// control socket is mode 0600 (and its directory 0700, `RuntimeDirectoryTests`).
+        @Test func theControlSocketIsPrivate() throws {
+            let box = try Sandbox()
+            try box.startVM("a")
+            let attributes = try FileManager.default.attributesOfItem(atPath: box.runtime + "/vms/a.sock")
+            let mode = try #require(attributes[.posixPermissions] as? Int)
+            #expect(mode & 0o777 == 0o600, "the control socket's mode is \(String(mode, radix: 8))")
+        }
+
         @Test func noSuchVMIsAClearError() throws {
             let box = try Sandbox()
             for command in [["status", "nope"], ["stop", "nope"], ["console", "nope"], ["send", "127.0.0.1:1", "nope", "--insecure"]] {

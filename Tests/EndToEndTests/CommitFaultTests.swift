@@ -35,6 +35,14 @@ extension EndToEnd {
             /// Text the source's error must contain (when it is not unresolved).
             var error: String? = nil
             var tls = false
+            /// Streams the source asks for (2: a data stream, connection 1 of the proxy).
+            var streams = 1
+            /// The fault cannot harm the migration (e.g. a data stream cut after its STREAM_END,
+            /// past which nothing is read): it must complete, the VM at the destination.
+            var succeeds = false
+            /// The destination may also report a connection of the case that came and went on
+            /// its own (a late JOIN, a RESOLVE the proxy lost): one failure or more.
+            var moreFailures = false
             var testDescription: String { name }
         }
 
@@ -67,6 +75,10 @@ extension EndToEnd {
         static let pages: UInt16 = 5, state: UInt16 = 7, commit: UInt16 = 8, prepared: UInt16 = 12, go: UInt16 = 13, done: UInt16 = 14
         /// Read timeouts on both sides and the destination's GO deadline (seconds).
         static let timeout = 3.0
+        /// Generous: the faults are the subject, not the pause. On a loaded 2-core machine the
+        /// commit's fixed cost alone has exceeded the default 50 ms, and a source that cannot
+        /// converge fails before the frame under test is ever sent.
+        static let downtimeTarget = 0.5
 
         static let cases: [Case] = [
             Case(name: "lost DONE (the old lost COMMIT_ACK)", rules: [P.Rule(.toSource, frameType: done, .drop)],
@@ -104,6 +116,7 @@ extension EndToEnd {
             var options = ReceiverOptions()
             options.timeout = timeout
             options.goDeadline = timeout
+            options.listener.handshakeTimeout = timeout // the deadline for the first frame (a delayed HELLO)
             options.outcomes = try OutcomeTable(path: outcomes)
             return try M.listener(arrivals, tls: tls, options: options)
         }
@@ -121,7 +134,11 @@ extension EndToEnd {
         }
 
         @Test(arguments: cases + matrix)
-        func vmRunsInExactlyOnePlace(_ c: Case) throws {
+        func vmRunsInExactlyOnePlace(_ c: Case) throws { try Self.check(c) }
+
+        /// Runs one case: the migration through the proxy, then where the VM runs, its
+        /// self-check, and a clean migration to show the destination still serves.
+        static func check(_ c: Case) throws {
             let outcomes = NSTemporaryDirectory() + "pvmigrate-faults-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
             defer { unlink(outcomes) }
             let arrivals = M.Arrivals()
@@ -133,20 +150,23 @@ extension EndToEnd {
             defer { if machine.exit == nil { machine.stop(); machine.waitForExit() } }
             #expect(console.wait(for: "workload dirty"))
             let sender = M.sender(machine) {
-                $0.streams = 1
+                $0.streams = c.streams
                 $0.timeout = Self.timeout
+                $0.downtimeTarget = Self.downtimeTarget
             }
             var unresolved: UnresolvedMigration?
             var place = c.place
+            var sourceError = "none"
             do {
                 _ = try sender.migrate(to: "127.0.0.1", port: proxy.port, tls: c.tls ? M.pki.src : .insecure)
-                Issue.record("the migration succeeded although a fault was injected (fired: \(proxy.firedFaults))")
+                if !c.succeeds { Issue.record("the migration succeeded although a fault was injected (fired: \(proxy.firedFaults))") }
             } catch let MigrationError.unresolved(u) {
                 unresolved = u
             } catch {
+                sourceError = "\(error)"
+                #expect(!c.succeeds, "a fault the protocol tolerates failed the migration: \(error)")
                 if let text = c.error { #expect(error.description.contains(text), "source error: \(error)") }
             }
-            #expect(!proxy.firedFaults.isEmpty, "the fault never fired")
             #expect((unresolved != nil) == c.unresolved,
                     "expected unresolved=\(c.unresolved); got \(unresolved.map { "\($0)" } ?? "a plain failure")")
             if let u = unresolved {
@@ -165,7 +185,7 @@ extension EndToEnd {
             case .source:
                 #expect(arrivals.waitForFailures(count: 1), "the destination never gave up its half")
                 let failures = arrivals.condition.withLock { arrivals.failures }
-                #expect(failures.count == 1, "destination failures: \(failures)")
+                #expect(failures.count == 1 || (c.moreFailures && failures.count > 1), "destination failures: \(failures)")
                 #expect(arrivals.vms.isEmpty, "the VM also arrived at the destination: it runs twice")
                 try MigrationFailureTests.expectSourceIntact(machine, console)
             case .destination:
@@ -179,10 +199,14 @@ extension EndToEnd {
                 let (pages, bad) = try M.selfcheck(vm.machine, console2)
                 #expect(pages > 0 && bad == 0, "destination self-check: \(pages) pages, \(bad) bad")
             }
+            // Checked once the destination has settled: a fault on a frame sent while the source
+            // fails (its ERROR) fires after `migrate` returns.
+            #expect(proxy.firedFaults.count == c.rules.count,
+                    "faults that fired: \(proxy.firedFaults) of \(c.rules.count); the source's error: \(sourceError)")
             // The destination keeps serving: a clean migration (no proxy) still arrives.
             let before = arrivals.condition.withLock { arrivals.vms.count }
             let (next, _) = try M.source("workload=idle", memory: 64 << 20)
-            _ = try M.sender(next) { $0.streams = 1 }.migrate(to: "127.0.0.1", port: listener.port, tls: c.tls ? M.pki.src : .insecure)
+            _ = try M.sender(next) { $0.streams = 1; $0.downtimeTarget = Self.downtimeTarget }.migrate(to: "127.0.0.1", port: listener.port, tls: c.tls ? M.pki.src : .insecure)
             #expect(arrivals.wait(count: before + 1), "the destination no longer receives after the fault")
             #expect(next.waitForExit() == .stopped)
             arrivals.condition.withLock { arrivals.vms }.dropFirst(before).forEach { $0.machine.stop(); $0.machine.waitForExit() }

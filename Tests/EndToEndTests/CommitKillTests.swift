@@ -114,6 +114,53 @@ extension EndToEnd {
             let both = try hosts.run("src", ["recover", "vm", "--force-resume", "--force-stop"])
             #expect(both.status != 0 && both.text.contains("exclude each other"), "\(both.text)")
         }
+    
+        struct Held: Sendable, CustomTestStringConvertible {
+            var name: String
+            var direction: FaultProxy.Direction
+            var frame: UInt16
+            var occurrence = 1
+            var testDescription: String { "listener killed while \(name) is held" }
+        }
+
+        /// Before the hand-over: nothing was decided at the destination.
+        static let beforeHandOver: [Held] = [
+            Held(name: "the 3rd PAGES", direction: .toDestination, frame: 5, occurrence: 3),
+            Held(name: "STATE", direction: .toDestination, frame: 7),
+            Held(name: "COMMIT", direction: .toDestination, frame: 8),
+            Held(name: "PREPARED", direction: .toSource, frame: 12),
+        ]
+
+        /// Killed before the source read PREPARED: the source may still resume on its own
+        /// (§3.6.3), and must — the VM keeps running there, intact, never "unresolved"; the
+        /// restarted listener has decided nothing and receives the VM on the next try.
+        @Test(arguments: beforeHandOver)
+        func listenerKilledBeforeTheHandOverLeavesTheVMRunningAtTheSource(_ held: Held) throws {
+            let hosts = try H.Hosts()
+            let destination = try Destination(hosts)
+            defer { destination.cleanUp() }
+            let proxy = try FaultProxy(upstream: destination.port, rules: [
+                FaultProxy.Rule(held.direction, frameType: held.frame, occurrence: held.occurrence,
+                                .hook { [weak destination] in destination?.kill9() }),
+            ])
+            defer { proxy.close() }
+            try CommitSourceKillTests.startVM(hosts, "vm")
+            let sent = try hosts.run("src", ["send", "127.0.0.1:\(proxy.port)", "vm", "--insecure", "--max-time", "60", "--downtime-ms", "5000"], timeout: 120)
+            #expect(sent.status != 0, "send succeeded although the listener was killed: \(sent.text)")
+            #expect(!sent.text.contains("PAUSED"), "the source paused the VM before any hand-over: \(sent.text)")
+            try #require(proxy.firedFaults.count == 1, "the kill never ran (fired: \(proxy.firedFaults)); send said: \(sent.text)")
+            let status = try #require(try hosts.status("src", "vm"), "the source lost the VM")
+            #expect(status["state"]?.string == "running", "\(status)")
+            let check = try hosts.run("src", ["selfcheck", "vm"])
+            #expect(check.status == 0 && check.stdout.contains(" 0 bad"), "\(check.text)")
+            try destination.restart()
+            let outcomes = (try? String(contentsOfFile: "\(hosts.root)/dst/outcomes", encoding: .utf8)) ?? ""
+            #expect(!outcomes.contains("started"), "the killed listener decided started: \(outcomes)")
+            let again = try hosts.run("src", ["send", "127.0.0.1:\(destination.port)", "vm", "--insecure", "--max-time", "60", "--downtime-ms", "5000"],
+                                      timeout: 120)
+            #expect(again.status == 0, "the restarted listener does not receive: \(again.text)")
+            #expect(try hosts.psNames("dst") == ["vm"])
+            #expect(try hosts.psNames("src").isEmpty)
+        }
     }
 }
-

@@ -1,4 +1,5 @@
 import Foundation
+import Core
 @testable import Migrate
 import Testing
 
@@ -173,5 +174,37 @@ struct CommitProtocolTests {
         let t = try OutcomeTable(path: path)
         #expect(t.lookup(Self.id) == .started)
         #expect(t.lookup(Self.other) == .aborted)
+    }
+
+    @Test("the table is bounded: decisions older than the retention are forgotten, at load and while running")
+    func tablePrunes() throws {
+        let path = Self.tablePath()
+        defer { unlink(path) }
+        let now = Locked(1_000_000.0)
+        let day = 86_400.0
+        let old: [UInt8] = Array(repeating: 7, count: 16), legacy: [UInt8] = Array(repeating: 8, count: 16)
+        // Two decisions 40 days old, one 10 days old, one in the 2.0 format (no time), a torn line.
+        let text = OutcomeTable.line(old, .started, now.value - 40 * day) + OutcomeTable.line(Self.other, .aborted, now.value - 40 * day)
+            + OutcomeTable.line(Self.id, .started, now.value - 10 * day) + "started \(OutcomeTable.hex(legacy))\nstarted 00"
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+        let t = try OutcomeTable(path: path, retention: 30 * day, clock: { now.value })
+        #expect(t.lookup(old) == .unknown && t.lookup(Self.other) == .unknown, "40-day-old decisions are kept")
+        #expect(t.lookup(Self.id) == .started && t.lookup(legacy) == .started)
+        let rewritten = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(rewritten == OutcomeTable.line(Self.id, .started, now.value - 10 * day) + OutcomeTable.line(legacy, .started, now.value),
+                "the file was not rewritten to what is remembered: \(rewritten)")
+        // While running: 25 days on, the next `pruneInterval` decisions forget the 10-day-old one.
+        now.withLock { $0 += 25 * day }
+        for i in 0..<OutcomeTable.pruneInterval {
+            var id = [UInt8](repeating: 0xee, count: 16)
+            id[0] = UInt8(i & 0xff); id[1] = UInt8(i >> 8)
+            try t.decide(id, .aborted)
+        }
+        #expect(t.lookup(Self.id) == .unknown, "a 35-day-old decision survived a prune")
+        #expect(t.lookup(legacy) == .started, "a 25-day-old decision was forgotten")
+        #expect(t.count == OutcomeTable.pruneInterval + 1)
+        let reloaded = try OutcomeTable(path: path, retention: 30 * day, clock: { now.value })
+        #expect(reloaded.count == OutcomeTable.pruneInterval + 1 && reloaded.lookup(Self.id) == .unknown)
+        #expect(!FileManager.default.fileExists(atPath: path + ".new"))
     }
 }

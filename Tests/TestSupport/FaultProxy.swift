@@ -51,11 +51,14 @@ public final class FaultProxy: @unchecked Sendable {
         public var occurrence: Int
         /// `.bytes` mode: fire once this many bytes have gone that way (cut only).
         public var afterBytes: Int?
+        /// Only on this connection, counted in the order the proxy accepted them from 0 (a
+        /// migration's control stream is 0, its data streams 1, 2, …); nil: any.
+        public var connection: Int?
         public var fault: Fault
 
-        public init(_ direction: Direction, frameType: UInt16, occurrence: Int = 1, _ fault: Fault) {
+        public init(_ direction: Direction, frameType: UInt16, occurrence: Int = 1, connection: Int? = nil, _ fault: Fault) {
             self.direction = direction; self.frameType = frameType; self.occurrence = occurrence
-            self.afterBytes = nil; self.fault = fault
+            self.afterBytes = nil; self.connection = connection; self.fault = fault
         }
 
         public init(_ direction: Direction, cutAfterBytes: Int) {
@@ -72,6 +75,7 @@ public final class FaultProxy: @unchecked Sendable {
     private var spent: Set<Int> = []   // rules that fired; guarded by `lock`
     private var fired: [String] = []   // guarded by `lock`
     private var open: [Int32] = []      // guarded by `lock`
+    private var accepted = 0            // connections so far; guarded by `lock`
     private var closed = false          // guarded by `lock`
 
     public init(upstream: UInt16, rules: [Rule]) throws {
@@ -130,17 +134,18 @@ public final class FaultProxy: @unchecked Sendable {
             let connected = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
-            let admitted = lock.withLock { () -> Bool in
-                guard !closed else { return false }
+            let index = lock.withLock { () -> Int? in
+                guard !closed else { return nil }
                 open += [client, server]
-                return true
+                accepted += 1
+                return accepted - 1
             }
-            guard connected == 0, admitted else { Glibc.close(client); Glibc.close(server); continue }
+            guard connected == 0, let index else { Glibc.close(client); Glibc.close(server); continue }
             let pair = Pair(client: client, server: server) { [weak self] in
                 self?.lock.withLock { self?.open.removeAll { $0 == client || $0 == server } }
             }
-            Thread.detachNewThread { [self] in pump(pair, from: client, to: server, .toDestination) }
-            Thread.detachNewThread { [self] in pump(pair, from: server, to: client, .toSource) }
+            Thread.detachNewThread { [self] in pump(pair, from: client, to: server, .toDestination, connection: index) }
+            Thread.detachNewThread { [self] in pump(pair, from: server, to: client, .toSource, connection: index) }
         }
     }
 
@@ -194,9 +199,10 @@ public final class FaultProxy: @unchecked Sendable {
     }
 
     /// The fault for the next unit going `direction`: a frame of `type`, or after `bytes` in all.
-    private func match(_ direction: Direction, type: UInt16?, bytesSoFar: Int, unit: Int) -> Fault? {
+    private func match(_ direction: Direction, connection: Int, type: UInt16?, bytesSoFar: Int, unit: Int) -> Fault? {
         lock.withLock {
-            for (i, rule) in rules.enumerated() where rule.direction == direction && !spent.contains(i) {
+            for (i, rule) in rules.enumerated()
+            where rule.direction == direction && !spent.contains(i) && (rule.connection ?? connection) == connection {
                 if let limit = rule.afterBytes {
                     guard bytesSoFar + unit > limit else { continue }
                 } else {
@@ -205,7 +211,7 @@ public final class FaultProxy: @unchecked Sendable {
                     guard seen[i] == rule.occurrence else { continue }
                 }
                 spent.insert(i)
-                fired.append("\(direction) \(type.map { "type \($0)" } ?? "byte \(rule.afterBytes!)"): \(rule.fault)")
+                fired.append("\(direction) #\(connection) \(type.map { "type \($0)" } ?? "byte \(rule.afterBytes!)"): \(rule.fault)")
                 return rule.fault
             }
             return nil
@@ -214,7 +220,7 @@ public final class FaultProxy: @unchecked Sendable {
 
     private var framesMode: Bool { lock.withLock { rules.allSatisfy { $0.afterBytes == nil } } }
 
-    private func pump(_ pair: Pair, from: Int32, to: Int32, _ direction: Direction) {
+    private func pump(_ pair: Pair, from: Int32, to: Int32, _ direction: Direction, connection: Int) {
         defer {
             shutdown(to, Int32(SHUT_WR))
             pair.pumpDone()
@@ -226,7 +232,7 @@ public final class FaultProxy: @unchecked Sendable {
                 let n = buffer.withUnsafeMutableBytes { read(from, $0.baseAddress!, $0.count) }
                 if n < 0, errno == EINTR { continue }
                 if n <= 0 { return }
-                if match(direction, type: nil, bytesSoFar: total, unit: n) != nil { pair.cut(); return }
+                if match(direction, connection: connection, type: nil, bytesSoFar: total, unit: n) != nil { pair.cut(); return }
                 guard !pair.severed, writeFully(to, Array(buffer[0..<n])) else { return }
                 total += n
             }
@@ -240,7 +246,7 @@ public final class FaultProxy: @unchecked Sendable {
                 _ = writeFully(to, header) // not a frame: pass on what we have and stop parsing
                 return
             }
-            switch match(direction, type: type, bytesSoFar: total, unit: 16 + length) {
+            switch match(direction, connection: connection, type: type, bytesSoFar: total, unit: 16 + length) {
             case nil: break
             case .drop?: continue
             case .cutBefore?: pair.cut(); return

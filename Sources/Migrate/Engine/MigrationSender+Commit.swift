@@ -48,8 +48,23 @@ extension MigrationSender {
         return .wire(.unexpected(frame: frame.name, state: "awaiting \(awaiting)"))
     }
 
-    /// Asks the destination for its decision: RESOLVE on a new connection, OUTCOME back.
+    /// Asks the destination for its decision, twice (protocol.md §3.6.5): OUTCOME carries no
+    /// id and no check of its own, so in plaintext one flipped bit could turn "started" into
+    /// "unknown" (or a flipped RESOLVE id ask about another migration) and the VM would run
+    /// twice. Two answers on two connections must agree on started / not started (unknown and
+    /// aborted agree: the first answer fences the id); otherwise this throws and the VM stays
+    /// paused for the next attempt.
     public func askOutcome(_ u: UnresolvedMigration) throws(MigrationError) -> CommitOutcome {
+        let first = try askOutcomeOnce(u)
+        let second = try askOutcomeOnce(u)
+        guard (first == .started) == (second == .started) else {
+            throw .outcomeTable("the destination's two answers for migration \(u.migrationIDHex) disagree (\(first), then "
+                + "\(second)): a frame was damaged on the way; the VM stays paused until two answers agree")
+        }
+        return second
+    }
+
+    private func askOutcomeOnce(_ u: UnresolvedMigration) throws(MigrationError) -> CommitOutcome {
         let channel = try open(host: u.host, port: u.port, tls: u.tls)
         defer { channel.stream.close() }
         try sendControl(channel, .resolve(migrationID: u.migrationID))

@@ -120,12 +120,29 @@ public final class MigrationSender: @unchecked Sendable {
     /// capabilities and the migration's id.
     private func connect(host: String, port: UInt16, tls: TLSMode)
         throws(MigrationError) -> ([FrameChannel], Capabilities, [UInt8]) {
+        var opened: [FrameChannel] = []
         func open() throws(MigrationError) -> FrameChannel {
             let c = try self.open(host: host, port: port, tls: tls)
             openStreams.withLock { $0.append(c.stream) }
+            opened.append(c)
             if isCancelled { c.stream.close() }
             return c
         }
+        do throws(MigrationError) {
+            return try negotiate(open)
+        } catch {
+            // Whatever failed (no HELLO_ACK, a bad one, a refusal, a data stream that would not
+            // open): ERROR on the control stream where the destination did not say it first
+            // (protocol.md §3.7), and no stream opened here outlives the attempt — `migrate`
+            // only closes what this returns.
+            if error.isReported { opened.first?.sendError(error.reportCode, error.description) }
+            opened.forEach { $0.stream.close() }
+            throw error
+        }
+    }
+
+    private func negotiate(_ open: () throws(MigrationError) -> FrameChannel)
+        throws(MigrationError) -> ([FrameChannel], Capabilities, [UInt8]) {
         let control = try open()
         var id = [UInt8](repeating: 0, count: 16)
         for i in id.indices { id[i] = UInt8.random(in: 0...255) }

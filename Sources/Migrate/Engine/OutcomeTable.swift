@@ -13,18 +13,37 @@ import Posix
 /// decides "aborted", and the GO that follows can no longer start the guest.
 ///
 /// The file (`<runtime>/outcomes` for `pvmigrate listen`) is append-only text, one line per
-/// decision: `started <32 hex digits>` or `aborted <32 hex digits>`. Lines that do not parse —
-/// a torn last line after a crash, whose decision never took effect because the fsync had not
-/// returned — are skipped. It grows by one line per migration (about 40 bytes); pruning old
-/// entries is not done yet.
+/// decision: `started <32 hex digits> <unix seconds>` or `aborted …` (a line without the time,
+/// as version 2.0 wrote them, counts as decided at load). Lines that do not parse — a torn
+/// last line after a crash, whose decision never took effect because the fsync had not
+/// returned — are skipped.
+///
+/// Bounded by age (protocol.md §3.6.4): a decision older than `retention` (default 30 days)
+/// is forgotten — at load, and while running once every `pruneInterval` decisions — and the
+/// file is rewritten without it (a new file, fsync'd, renamed over the old one). No session
+/// lives that long, so no GO can still arrive for a forgotten id; a source unresolved for
+/// longer than the retention gets "unknown" and must be settled by an operator
+/// (`recover --force-…`, protocol.md §3.6.5).
 public final class OutcomeTable: @unchecked Sendable {
     public let path: String?
+    /// Decisions older than this (seconds) are forgotten.
+    public let retention: Double
+    /// The table is pruned after this many decisions (and at load).
+    static let pruneInterval = 1024
+    /// The default retention: 30 days.
+    public static let defaultRetention: Double = 30 * 86_400
     private let lock = NSLock()
-    private var decisions: [[UInt8]: CommitOutcome] = [:] // guarded by `lock`
+    private var decisions: [[UInt8]: (outcome: CommitOutcome, time: Double)] = [:] // guarded by `lock`
+    private var sincePrune = 0 // guarded by `lock`
+    private let clock: @Sendable () -> Double
 
     /// `path` nil: in memory only (a test, or a listener without a runtime directory).
-    public init(path: String?) throws(MigrationError) {
+    /// `clock`: the current time in seconds since 1970 (a test moves it).
+    public init(path: String?, retention: Double = OutcomeTable.defaultRetention,
+                clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) throws(MigrationError) {
         self.path = path
+        self.retention = retention
+        self.clock = clock
         guard let path else { return }
         guard let data = FileManager.default.contents(atPath: path) else {
             if access(path, F_OK) == 0 {
@@ -32,20 +51,30 @@ public final class OutcomeTable: @unchecked Sendable {
             }
             return
         }
+        let now = clock()
+        var canonical = true // every line parses, carries its time and names a new id
         for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
             let words = line.split(separator: " ")
-            guard words.count == 2, let id = Self.id(fromHex: words[1]) else { continue }
+            canonical = canonical && words.count == 3
+            guard (2...3).contains(words.count), let id = Self.id(fromHex: words[1]) else { canonical = false; continue }
+            let time = words.count == 3 ? Double(words[2]).flatMap { $0.isFinite ? $0 : nil } : now
+            guard let time else { canonical = false; continue }
+            canonical = canonical && decisions[id] == nil
             switch words[0] {
-            case "started": decisions[id] = .started
-            case "aborted": decisions[id] = decisions[id] ?? .aborted
-            default: continue
+            case "started": decisions[id] = (.started, time)
+            case "aborted": decisions[id] = decisions[id] ?? (.aborted, time)
+            default: canonical = false
             }
         }
+        try prune(force: !canonical) // no other thread knows `self` yet: no lock needed
     }
+
+    /// The number of decisions remembered.
+    public var count: Int { lock.withLock { decisions.count } }
 
     /// The decision recorded for `id`, `.unknown` when there is none.
     public func lookup(_ id: [UInt8]) -> CommitOutcome {
-        lock.withLock { decisions[id] ?? .unknown }
+        lock.withLock { decisions[id]?.outcome ?? .unknown }
     }
 
     /// Records `outcome` for `id` unless a decision exists; returns the decision in force.
@@ -56,16 +85,54 @@ public final class OutcomeTable: @unchecked Sendable {
         precondition(outcome != .unknown)
         lock.lock()
         defer { lock.unlock() }
-        if let existing = decisions[id] { return existing }
+        if let existing = decisions[id] { return existing.outcome }
+        let now = clock()
         do {
-            try append("\(outcome) \(Self.hex(id))\n")
+            try append(Self.line(id, outcome, now))
         } catch {
-            decisions[id] = .aborted
+            decisions[id] = (.aborted, now)
             if outcome == .started { throw error }
             return .aborted // an "aborted" kept in memory still fences this process
         }
-        decisions[id] = outcome
+        decisions[id] = (outcome, now)
+        sincePrune += 1
+        try? prune(force: false) // a failed rewrite leaves the longer file, which is still right
         return outcome
+    }
+
+    static func line(_ id: [UInt8], _ outcome: CommitOutcome, _ time: Double) -> String {
+        "\(outcome) \(hex(id)) \(Int64(time.rounded(.down)))\n"
+    }
+
+    /// `lock` held. Forgets decisions older than `retention`; rewrites the file when any went
+    /// (or `force`). Runs at load and after every `pruneInterval` decisions.
+    private func prune(force: Bool) throws(MigrationError) {
+        guard force || sincePrune >= Self.pruneInterval else { return }
+        sincePrune = 0
+        let cutoff = clock() - retention
+        let before = decisions.count
+        decisions = decisions.filter { $0.value.time >= cutoff }
+        guard force || decisions.count < before, let path else { return }
+        let text = decisions.sorted { $0.value.time < $1.value.time }.map { Self.line($0.key, $0.value.outcome, $0.value.time) }.joined()
+        let temporary = path + ".new"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .outcomeTable("cannot rewrite the outcome table \(temporary): \(TransportError.errnoText(errno))") }
+        let bytes = Array(text.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = written == bytes.count && fsync(fd) == 0
+        close(fd)
+        guard synced, rename(temporary, path) == 0 else {
+            let why = TransportError.errnoText(errno)
+            unlink(temporary)
+            throw .outcomeTable("cannot rewrite the outcome table \(path): \(why)")
+        }
+        syncDirectory()
+    }
+
+    private func syncDirectory() {
+        guard let path else { return }
+        let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dir >= 0 { _ = fsync(dir); close(dir) }
     }
 
     /// A RESOLVE for `id`: the decision when there is one; otherwise records "aborted" (so the
@@ -91,10 +158,7 @@ public final class OutcomeTable: @unchecked Sendable {
         guard written == bytes.count, fsync(fd) == 0 else {
             throw .outcomeTable("cannot write the outcome table \(path): \(Errno.current.description)")
         }
-        if fresh { // the new file's directory entry must be durable too
-            let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if dir >= 0 { _ = fsync(dir); close(dir) }
-        }
+        if fresh { syncDirectory() } // the new file's directory entry must be durable too
     }
 
     public static func hex(_ id: [UInt8]) -> String {
