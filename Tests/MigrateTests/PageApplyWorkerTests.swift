@@ -8,14 +8,16 @@ struct PageApplyWorkerTests {
     /// Many rounds of small changes to the same pages (so most go as DELTA against the version
     /// the previous batch left), all queued faster than they are applied: the destination ends
     /// equal to the source only if every batch was applied once, in order.
-    @Test("applies a stream's batches in order: later versions and deltas land on the right base")
-    func appliesInOrder() throws {
+    @Test("applies a stream's batches in order: later versions and deltas land on the right base",
+          arguments: [true, false])
+    func appliesInOrder(threaded: Bool) throws {
         let source = try GuestMemory(size: 4 << 20)
         let destination = try GuestMemory(size: 4 << 20)
         let encoder = PageBatchEncoder(maxPages: 8, compressionLevel: 1, deltaCache: DeltaCache(capacityBytes: 64 * 4096))
         let applied = Locked(0)
-        let worker = PageApplyWorker(decoder: PageBatchDecoder(), memory: destination, depth: 2, cpu: CPUMeter(),
-                                     pageApplied: { _, _ in }, batchApplied: { n in applied.withLock { $0 += n } })
+        let worker = PageApplyWorker(decoder: PageBatchDecoder(), memory: destination, threaded: threaded, depth: 2,
+                                     cpu: CPUMeter(), pageApplied: { _, _ in },
+                                     batchApplied: { n in applied.withLock { $0 += n } })
         var generator = SeededGenerator(seed: 7)
         var sent = 0, deltas = 0
         for round in 0..<20 as Range<UInt32> {
@@ -65,6 +67,15 @@ struct PageApplyWorkerTests {
             return
         }
         #expect(pageBytes(destination, 1) == [UInt8](repeating: 0, count: 4096), "a batch after the bad one was applied")
+    }
+
+    /// A worker thread per stream only where cores would otherwise idle.
+    @Test("a worker thread is used only when the host has more cores than the migration has streams")
+    func threadsOnlyWithSpareCores() {
+        #expect(!PageApplyWorker.pays(streams: 2, cores: 2))
+        #expect(!PageApplyWorker.pays(streams: 4, cores: 2))
+        #expect(PageApplyWorker.pays(streams: 2, cores: 8))
+        #expect(PageApplyWorker.pays(streams: 1, cores: 2))
     }
 
     /// A reader that stops (its stream broke) gets its own error back when the worker is fine.

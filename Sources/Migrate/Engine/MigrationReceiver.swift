@@ -279,7 +279,8 @@ final class ReceiveSession: @unchecked Sendable {
                        cpu: CPUMeter, control isControl: Bool) throws(MigrationError) -> Int {
         let worker = PageApplyWorker(
             decoder: PageBatchDecoder(allowZstd: granted.contains(.zstd), allowDelta: granted.contains(.delta)),
-            memory: machine.memory, cpu: cpu, pageApplied: { hashes.record($0, $1) },
+            memory: machine.memory, threaded: PageApplyWorker.pays(streams: streams), cpu: cpu,
+            pageApplied: { hashes.record($0, $1) },
             batchApplied: { n in applied.withLock { $0 += n } },
             onFailure: { [self] error in
                 guard workerFailed.withLock({ (reported: inout Bool) -> Bool in

@@ -21,6 +21,10 @@ import Foundation
 /// closes the streams, so a reader blocked in a read — the source may be waiting for that
 /// answer — returns. The reader then reports the worker's error, the first cause, rather than
 /// its own follow-on transport error (`abandon`).
+/// Threaded or inline: with `threaded` false (the session's choice when this host has no more
+/// cores than the migration has streams — the stream readers already keep every core busy,
+/// and measured on 2 cores a hand-off per batch only added receiver CPU, docs/benchmarks.md),
+/// `submit` applies the payload on the caller's thread, exactly as the reader did before.
 final class PageApplyWorker: @unchecked Sendable {
     private let condition = NSCondition()
     // Guarded by `condition`:
@@ -38,11 +42,18 @@ final class PageApplyWorker: @unchecked Sendable {
     private let pageApplied: (Int, UnsafeRawBufferPointer) -> Void
     private let batchApplied: (Int) -> Void
     private let onFailure: (MigrationError) -> Void
+    private let threaded: Bool
 
-    /// Starts the worker thread. `pageApplied` runs for every page written (the digest's
+    /// Whether a session with `streams` streams (each with its reader thread) gains from a
+    /// worker thread per stream: only when this host has cores the readers leave idle.
+    static func pays(streams: Int, cores: Int = ProcessInfo.processInfo.activeProcessorCount) -> Bool {
+        cores > streams
+    }
+
+    /// Starts the worker thread (unless not `threaded`). `pageApplied` runs for every page written (the digest's
     /// hash table), `batchApplied` with each batch's page count; both on the worker thread.
     /// The thread's CPU time is added to `cpu`.
-    init(decoder: PageBatchDecoder, memory: GuestMemory, depth: Int = 4, cpu: CPUMeter,
+    init(decoder: PageBatchDecoder, memory: GuestMemory, threaded: Bool = true, depth: Int = 4, cpu: CPUMeter,
          pageApplied: @escaping (Int, UnsafeRawBufferPointer) -> Void,
          batchApplied: @escaping (Int) -> Void, onFailure: @escaping (MigrationError) -> Void = { _ in }) {
         precondition(depth >= 1, "a worker queue holds at least one payload")
@@ -53,12 +64,22 @@ final class PageApplyWorker: @unchecked Sendable {
         self.pageApplied = pageApplied
         self.batchApplied = batchApplied
         self.onFailure = onFailure
-        Thread.detachNewThread { [self] in cpu.measure { work() } }
+        self.threaded = threaded
+        running = threaded
+        if threaded { Thread.detachNewThread { [self] in cpu.measure { work() } } }
     }
 
     /// Queues one payload, waiting while `depth` are queued. Throws the worker's failure,
     /// if it has failed (the payload is then dropped).
     func submit(flags: UInt16, payload: [UInt8]) throws(MigrationError) {
+        guard threaded else {
+            if let failure { throw failure }
+            if let failed = apply(flags: flags, payload: payload) {
+                failure = failed
+                throw failed
+            }
+            return
+        }
         condition.lock()
         defer { condition.unlock() }
         while failure == nil, queued == depth { condition.wait() }
@@ -93,16 +114,23 @@ final class PageApplyWorker: @unchecked Sendable {
         return failure ?? error
     }
 
+    /// Decodes and applies one payload; the error, if it fails.
+    private func apply(flags: UInt16, payload: [UInt8]) -> MigrationError? {
+        do {
+            let stats = try decoder.apply(flags: flags, payload: payload, to: memory, expectedRound: nil,
+                                          pageApplied: pageApplied)
+            let n = stats.zero + stats.raw + stats.delta
+            batchApplied(n)
+            condition.withLock { pages += n }
+            return nil
+        } catch {
+            return .codec(error)
+        }
+    }
+
     private func work() {
         while let (flags, payload) = next() {
-            do {
-                let stats = try decoder.apply(flags: flags, payload: payload, to: memory, expectedRound: nil,
-                                              pageApplied: pageApplied)
-                let n = stats.zero + stats.raw + stats.delta
-                batchApplied(n)
-                condition.withLock { pages += n }
-            } catch {
-                let failed = MigrationError.codec(error)
+            if let failed = apply(flags: flags, payload: payload) {
                 condition.withLock {
                     failure = failed
                     dropQueued()
