@@ -332,7 +332,7 @@ if like:
         v = [r[key] / (r["pages"] * 4096 / (1 << 30)) for r in rows if r.get("pages")]
         return f"{statistics.median(v):.2f}" if v else "-"
     print()
-    print("Like for like: the same guest, emulated under both VMMs, the same fill and dirty rate. Wire MB/s = bytes on the")
+    print("Like for like: the same guest, emulated under both VMMs, the same workload and dirty rate. Wire MB/s = bytes on the")
     print("wire / total time; CPU-s = the migration's CPU time without the vCPU (pvmigrate: per-thread meters; QEMU: its")
     print("processes' other threads, /proc/<pid>/task/*/stat); per GiB of guest pages moved (each engine's own count,")
     print("zero pages included: QEMU normal + duplicate, pvmigrate zero + raw + delta).")
