@@ -5,7 +5,7 @@
 //     log.begin(pfn)       // 1. inflight_pfn = p, inflight_valid = 1
 //     ...write the page... // 2.
 //     log.end(pfn)         //    if host_flags has LOGGING:
-//                          // 3.   mfence
+//                          // 3.   mfence (skipped on a HARVEST_BARRIER host)
 //                          // 4.   generation changed? forget the de-dup set
 //                          // 5.   not in the set? append p, add it
 //                          // 6. inflight_valid = 0
@@ -17,6 +17,13 @@
 // which orders the later flag load), so PV ⊇ KVM holds from the start. The
 // in-flight slot is kept even while logging is off (two stores to a cache-hot
 // line): at a paused harvest it covers the write that was in progress.
+//
+// The fast path (§2.3, "Without the fence"): when the host advertises
+// HARVEST_BARRIER (§1.5), a write to a page already logged in the current
+// generation costs two loads and a bit test, inline, with no fence — the host
+// makes every vCPU execute a full barrier after each generation bump instead.
+// A page not yet logged is appended without a fence too: x86 keeps the page's
+// stores before the ring entry's, so a host that sees the entry sees the page.
 
 struct DirtyLog {
     /// RING_FULL retries before the guest gives up on a host that never drains.
@@ -32,6 +39,9 @@ struct DirtyLog {
     /// entered the de-dup set — a guest that under-reports, for the tests of §3.5.2.
     private let dropEvery: UInt64
     private var reports: UInt64 = 0
+    /// The host fences every vCPU after each generation bump (HARVEST_BARRIER,
+    /// protocol.md §1.5): steps 3 and, for a page already logged, 4–5 need no fence.
+    private let hostFences: Bool
 
     private var lastGeneration: UInt32 = 0
     /// False until the first logged write, and again whenever a write sees
@@ -54,6 +64,7 @@ struct DirtyLog {
         ringEntries = Layout.ringEntries
         bitmap = UnsafeMutablePointer(bitPattern: UInt(layout.dedupBitmap))!
         dedupPages = layout.dedupPages
+        hostFences = pv.features & PVInterface.featureHarvestBarrier != 0
     }
 
     /// Step 1, before writing page `pfn`.
@@ -66,17 +77,29 @@ struct DirtyLog {
     @inline(__always)
     mutating func end(_ pfn: UInt64) {
         if control.hostFlags & ControlPage.flagLogging != 0 {
-            record(pfn)
+            if !(hostFences && alreadyLogged(pfn)) { record(pfn) }
         } else {
             dedupValid = false
         }
         control.clearInflight()
     }
 
-    /// Steps 3–5.
+    /// The fast path on a HARVEST_BARRIER host: `pfn` is in the de-duplication set
+    /// of the generation the guest reads now, so nothing is appended. Sound without a
+    /// fence because the host, after storing a new generation, makes this vCPU run a
+    /// full barrier before it reads any page: a write whose `generation` load still
+    /// returned the old value is visible by then (protocol.md §2.3).
+    @inline(__always)
+    private func alreadyLogged(_ pfn: UInt64) -> Bool {
+        guard dedupValid, pfn < dedupPages, control.generation == lastGeneration else { return false }
+        return bitmap[Int(pfn >> 6)] & (1 &<< (pfn & 63)) != 0
+    }
+
+    /// Steps 3–5 (the slow path: a new page or a new generation, or every write on a
+    /// host without HARVEST_BARRIER).
     @inline(never)
     private mutating func record(_ pfn: UInt64) {
-        CPU.memoryFence()
+        if !hostFences { CPU.memoryFence() }
         let generation = control.generation
         if !dedupValid || generation != lastGeneration {
             forget()

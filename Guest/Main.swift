@@ -67,6 +67,8 @@ func kmain(startInfo gpa: UInt64) {
             var line = ConsoleLine("pvguest: pv registered, ring ")
             line.append(decimal: UInt64(Layout.ringEntries))
             line.append(" entries")
+            // HARVEST_BARRIER (protocol.md §2.3): logging without a fence per write.
+            if pv.features & PVInterface.featureHarvestBarrier != 0 { line.append(", no fence") }
             line.emit()
             Balloon.inflateAtBoot(kernel)
         } else {

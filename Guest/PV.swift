@@ -11,6 +11,7 @@ struct PVInterface {
     static let defaultPort: UInt16 = 0x5650
     static let abiVersion: UInt32 = 1
     static let featurePVMNative: UInt32 = 1 << 0
+    static let featureHarvestBarrier: UInt32 = 1 << 1
 
     static let opHello: UInt32 = 0x001
     static let opSleep: UInt32 = 0x002

@@ -9,21 +9,28 @@
 # 500 ms. The first second is warm-up; the case's figure is the median of the rest,
 # and the median over RUNS runs (default 3).
 #
-# Usage: scripts/bench-dirty.sh            (env: DURATION, MIB, HARVEST_MS, RUNS, PATTERNS, CONTENTS)
+# Usage: scripts/bench-dirty.sh            (env: DURATION, MIB, HARVEST_MS, RUNS, PATTERNS, CONTENTS,
+#                                          MODES (default "off kvm pv hybrid"), BIN (a pvmigrate binary
+#                                          to measure instead of building one: e.g. an older build, to
+#                                          compare), RAW (also append the raw per-run figures to this file))
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
 
 DURATION=${DURATION:-5} MIB=${MIB:-256} HARVEST_MS=${HARVEST_MS:-100} RUNS=${RUNS:-3}
-PATTERNS=${PATTERNS:-"seq random"} CONTENTS=${CONTENTS:-"stamp"}
-swift build -c release --product pvmigrate >&2
-bin=$(swift build -c release --show-bin-path)/pvmigrate
+PATTERNS=${PATTERNS:-"seq random"} CONTENTS=${CONTENTS:-"stamp"} MODES=${MODES:-"off kvm pv hybrid"}
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  swift build -c release --product pvmigrate >&2
+  bin=$(swift build -c release --show-bin-path)/pvmigrate
+fi
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 for pattern in $PATTERNS; do
   for content in $CONTENTS; do
-    for mode in off kvm pv hybrid; do
+    for mode in $MODES; do
       for run in $(seq "$RUNS"); do
         out=$("$bin" run --memory 1G --duration "$DURATION" --dirty-log "$mode" --harvest-ms "$HARVEST_MS" \
               --cmdline "workload=dirty mib=$MIB passes=0 pattern=$pattern content=$content progress=500 seed=$run" 2>&1)
@@ -36,21 +43,23 @@ print(statistics.median(rates) if rates else 0)' | sed "s/^/$pattern $content $m
     done
   done
 done
+[ -z "${RAW:-}" ] || cat "$results" >> "$RAW"
 
-python3 - "$results" "$DURATION" "$MIB" "$HARVEST_MS" "$RUNS" <<'PY'
+python3 - "$results" "$DURATION" "$MIB" "$HARVEST_MS" "$RUNS" "$MODES" <<'PY'
 import collections, statistics, sys
-path, duration, mib, harvest, runs = sys.argv[1:]
+path, duration, mib, harvest, runs, modes = sys.argv[1:]
+modes = modes.split()
 cases = collections.defaultdict(list)
 for line in open(path):
     pattern, content, mode, rate = line.split()
     cases[(pattern, content, mode)].append(float(rate))
 print(f"guest dirtying throughput: 1 GiB guest, {mib} MiB working set, harvest every {harvest} ms,"
       f" {duration} s per run, median of {runs} runs (pages/s; ratio to logging off)")
-print(f"| pattern | content | off | kvm | pv | hybrid |")
-print(f"|---|---|---|---|---|---|")
+print("| pattern | content | " + " | ".join(modes) + " |")
+print("|---|---|" + "---|" * len(modes))
 for (pattern, content) in sorted({(p, c) for p, c, _ in cases}):
-    med = {m: statistics.median(cases[(pattern, content, m)]) for m in ("off", "kvm", "pv", "hybrid")}
-    base = med["off"] or 1
-    cells = [f"{med['off']:,.0f}"] + [f"{med[m]:,.0f} ({med[m] / base:.2f}×)" for m in ("kvm", "pv", "hybrid")]
+    med = {m: statistics.median(cases[(pattern, content, m)]) for m in modes}
+    base = med.get("off") or 1
+    cells = [f"{med[m]:,.0f}" if m == "off" else f"{med[m]:,.0f} ({med[m] / base:.2f}×)" for m in modes]
     print(f"| {pattern} | {content} | " + " | ".join(cells) + " |")
 PY

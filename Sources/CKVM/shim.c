@@ -6,6 +6,9 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/membarrier.h>
 
 long ckvm_ioctl(int fd, unsigned long request, void *arg, int retry_eintr) {
     for (;;) {
@@ -59,6 +62,19 @@ uint64_t ckvm_load_acquire_u64(const void *p) { return __atomic_load_n((const ui
 void ckvm_store_release_u32(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE); }
 void ckvm_store_release_u64(void *p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE); }
 void ckvm_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+int ckvm_membarrier_register(void) {
+    long supported = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (supported < 0) return -errno;
+    if (!(supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED)) return -ENOSYS;
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) < 0) return -errno;
+    return 0;
+}
+
+int ckvm_membarrier(void) {
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) < 0) return -errno;
+    return 0;
+}
 
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;

@@ -48,6 +48,14 @@ void ckvm_store_release_u64(void *p, uint64_t v);
 /// A full fence (mfence): orders the host's stores before its later loads.
 void ckvm_full_fence(void);
 
+/// membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED), after checking with
+/// MEMBARRIER_CMD_QUERY that the kernel has it. Returns 0 or -errno (-ENOSYS when absent).
+int ckvm_membarrier_register(void);
+/// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): before it returns, every thread of this
+/// process that is running on a CPU (a vCPU thread inside KVM_RUN included) has executed a
+/// full memory barrier. Needs ckvm_membarrier_register() first. Returns 0 or -errno.
+int ckvm_membarrier(void);
+
 // KVM ioctl request numbers. Capability needed, where one is, in brackets.
 extern const unsigned long CKVM_GET_API_VERSION;
 extern const unsigned long CKVM_CREATE_VM;

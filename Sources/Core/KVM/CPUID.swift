@@ -14,6 +14,9 @@ public enum CPUIDTable {
         public init(rawValue: UInt32) { self.rawValue = rawValue }
         /// The host is PVM: the guest may register a VIF page and run natively (§1.6).
         public static let pvmNative = Features(rawValue: 1 << 0)
+        /// The host fences every vCPU after each dirty-ring generation bump, so the guest may
+        /// log an already-logged page without a fence (§2.3, HarvestBarrier).
+        public static let harvestBarrier = Features(rawValue: 1 << 1)
     }
 
     /// The supported table with pvmigrate's leaves added and per-vCPU APIC IDs set.

@@ -112,8 +112,10 @@ public final class Machine: @unchecked Sendable {
             }
             isPVMHost = PVM.isHost(vcpu)
             let tscKHz = vcpu.tscKHz() ?? 0
+            var features: CPUIDTable.Features = isPVMHost && c.allowNativeExecution ? .pvmNative : []
+            if HarvestBarrier.isAvailable { features.insert(.harvestBarrier) }
             let cpuid = CPUIDTable.build(supported: try hypervisor.supportedCPUID(), vcpuID: 0,
-                                         features: isPVMHost && c.allowNativeExecution ? .pvmNative : [],
+                                         features: features,
                                          tscKHz: tscKHz)
             try vcpu.setCPUID(cpuid)
             var indices = try hypervisor.saveableMSRs()

@@ -43,12 +43,17 @@ extension PVInterface {
                let index = memory.pageIndex(of: PageFrame(control.u64(.inflightPFN))) {
                 logged.insert(index)
             }
-            let corrupt = ringCorrupt
+            var corrupt = ringCorrupt
             ringCorrupt = false
             // Order: the drain's tail store, then the generation bump, then (the caller's)
             // page copies; a full fence keeps the guest from seeing them reordered.
             ckvm_full_fence()
             hostStore(control, .generation, control.u32(.generation) &+ 1)
+            // HARVEST_BARRIER (§2.3): every vCPU runs a full barrier now, so a page write whose
+            // generation load still saw the old value is visible before the caller copies it.
+            // Paused vCPUs passed through one when they stopped. If it cannot be done, a guest
+            // relying on it may have skipped a page: the round is all-dirty (fail safe).
+            if !vcpusPaused, HarvestBarrier.isAvailable, !HarvestBarrier.run() { corrupt = true }
             return Harvest(logged: logged, alwaysDirty: alwaysDirtyPages(), untrustworthy: corrupt)
         }
     }

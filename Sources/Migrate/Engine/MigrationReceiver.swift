@@ -25,6 +25,8 @@ final class MigrationReceiver: @unchecked Sendable {
     private let admission: Admission
     private let ticket: Admission.Ticket
     private let progress: ProgressWatchdog
+    /// A page worker failed and told the source (only the first one does).
+    private let workerFailed = Locked(false)
 
     /// `ticket`: this migration's admission (counted by `MigrationListener` at HELLO).
     init(hello: Hello, control: FrameChannel, options: ReceiverOptions, admission: Admission, ticket: Admission.Ticket) {
@@ -130,7 +132,7 @@ final class MigrationReceiver: @unchecked Sendable {
                 defer { group.leave() }
                 do throws(MigrationError) {
                     _ = try cpu.measure { () throws(MigrationError) in
-                        try drain(channel, into: machine, hashes: hashes, applied: applied, control: false)
+                        try drain(channel, into: machine, hashes: hashes, applied: applied, cpu: cpu, control: false)
                     }
                 } catch {
                     failures.withLock { if $0 == nil { $0 = error } }
@@ -139,7 +141,7 @@ final class MigrationReceiver: @unchecked Sendable {
             }
         }
         do {
-            _ = try drain(control, into: machine, hashes: hashes, applied: applied, control: true)
+            _ = try drain(control, into: machine, hashes: hashes, applied: applied, cpu: cpu, control: true)
         } catch {
             failures.withLock { if $0 == nil { $0 = error } }
             dataStreams.forEach { $0.stream.close() }
@@ -250,39 +252,48 @@ final class MigrationReceiver: @unchecked Sendable {
         return (1..<streams).compactMap { joined[$0] }
     }
 
-    /// Applies frames until STREAM_END. The control stream also carries ROUND frames.
+    /// Reads frames until STREAM_END; a `PageApplyWorker` decodes and applies the pages
+    /// meanwhile, in order. The control stream also carries ROUND frames.
     private func drain(_ channel: FrameChannel, into machine: Machine, hashes: PageHashTable, applied: Locked<Int>,
-                       control isControl: Bool) throws(MigrationError) -> Int {
-        let decoder = PageBatchDecoder(allowZstd: granted.contains(.zstd), allowDelta: granted.contains(.delta))
-        var pages = 0
+                       cpu: CPUMeter, control isControl: Bool) throws(MigrationError) -> Int {
+        let worker = PageApplyWorker(
+            decoder: PageBatchDecoder(allowZstd: granted.contains(.zstd), allowDelta: granted.contains(.delta)),
+            memory: machine.memory, threaded: PageApplyWorker.pays(streams: streams), cpu: cpu,
+            pageApplied: { hashes.record($0, $1) },
+            batchApplied: { n in applied.withLock { $0 += n } },
+            onFailure: { [self] error in
+                guard workerFailed.withLock({ (reported: inout Bool) -> Bool in
+                    defer { reported = true }
+                    return !reported
+                }) else { return }
+                if error.isReported { control.sendError(error.reportCode, error.reportReason) }
+                channel.stream.close()
+                control.stream.close()
+            })
+        do throws(MigrationError) {
         while true {
             let before = channel.framesReceived
             let frame = try channel.receive()
-            if case let .pages(_, payload) = frame { progress.received(FrameHeader.size + payload.count) }
             switch frame {
             case let .pages(flags, payload):
-                let stats: BatchStats
-                do {
-                    stats = try decoder.apply(flags: flags, payload: payload, to: machine.memory, expectedRound: nil) {
-                        hashes.record($0, $1)
-                    }
-                }
-                catch { throw .codec(error) }
-                let n = stats.zero + stats.raw + stats.delta
-                pages += n
-                applied.withLock { $0 += n }
+                    progress.received(FrameHeader.size + payload.count)
+                    try worker.submit(flags: flags, payload: payload)
             case .round where isControl:
                 continue
             case let .streamEnd(frames):
                 guard frames == before else {
-                    throw .wire(.malformed(type: "STREAM_END", reason: "\(frames) frames announced, \(before) received"))
+                        throw MigrationError.wire(.malformed(type: "STREAM_END",
+                                                            reason: "\(frames) frames announced, \(before) received"))
                 }
-                return pages
+                    return try worker.finish()
             case let .error(report):
-                throw .peer(report)
+                    throw MigrationError.peer(report)
             case let other:
-                throw .wire(.unexpected(frame: other.name, state: "receiving pages"))
+                    throw MigrationError.wire(.unexpected(frame: other.name, state: "receiving pages"))
             }
+        }
+        } catch {
+            throw worker.abandon(error)
         }
     }
 }

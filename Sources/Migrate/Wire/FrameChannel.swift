@@ -60,13 +60,21 @@ extension ByteStream {
         if let failure { throw failure }
     }
 
-    /// Reads exactly `count` bytes.
+    /// Reads exactly `count` bytes, straight into the returned array (no zero-fill first: a
+    /// PAGES payload is up to a batch of pages, read once per frame).
     public func read(count: Int) throws(TransportError) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        guard count > 0 else { return bytes }
+        guard count > 0 else { return [] }
         var failure: TransportError?
-        bytes.withUnsafeMutableBytes { b in
-            do throws(TransportError) { try readExactly(b) } catch { failure = error }
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            // Sound: readExactly fills all `count` bytes or throws; on a throw the array is
+            // discarded, and `initialized` = 0 leaves nothing uninitialised visible.
+            do throws(TransportError) {
+                try readExactly(UnsafeMutableRawBufferPointer(buffer))
+                initialized = count
+            } catch {
+                failure = error
+                initialized = 0
+            }
         }
         if let failure { throw failure }
         return bytes
