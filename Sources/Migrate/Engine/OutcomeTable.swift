@@ -116,13 +116,13 @@ public final class OutcomeTable: @unchecked Sendable {
         let text = decisions.sorted { $0.value.time < $1.value.time }.map { Self.line($0.key, $0.value.outcome, $0.value.time) }.joined()
         let temporary = path + ".new"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .outcomeTable("cannot rewrite the outcome table \(temporary): \(TransportError.errnoText(errno))") }
+        guard fd >= 0 else { throw .outcomeTable("cannot rewrite the outcome table \(temporary): \(Errno(errno).description)") }
         let bytes = Array(text.utf8)
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         let synced = written == bytes.count && fsync(fd) == 0
         close(fd)
         guard synced, rename(temporary, path) == 0 else {
-            let why = TransportError.errnoText(errno)
+            let why = Errno(errno).description
             unlink(temporary)
             throw .outcomeTable("cannot rewrite the outcome table \(path): \(why)")
         }
