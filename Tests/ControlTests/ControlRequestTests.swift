@@ -16,7 +16,7 @@ import Migrate
     static func parse(_ line: String) -> ControlRequest.Parsed { ControlRequest.parse(Array(line.utf8)) }
 
     static let migrate = MigrateRequest(
-        destination: Endpoint(host: "10.0.0.2", port: 7070), security: .tls(directory: "/etc/pvmigrate/tls"),
+        destination: Endpoint(host: "192.0.2.20", port: 7070), security: .tls(directory: "/etc/pvmigrate/tls"),
         peerName: "dst", options: {
             var o = MigrationOptions()
             o.streams = 2
@@ -39,12 +39,12 @@ import Migrate
         (.recover(force: .stop), #"{"cmd":"recover","force":"stop"}"#),
         (.migrate(migrate),
          #"{"adaptive_compression":true,"bandwidth":104857600,"cmd":"migrate","compression":3,"delta":true,"#
-            + #""destination":"10.0.0.2:7070","dirty_source":"pv","downtime_ms":50,"max_time_s":300,"#
+            + #""destination":"192.0.2.20:7070","dirty_source":"pv","downtime_ms":50,"max_time_s":300,"#
             + #""peer_name":"dst","streams":2,"tls_dir":"/etc/pvmigrate/tls"}"#),
         (.migrate(MigrateRequest(destination: Endpoint(host: "::1", port: 1), security: .insecure,
                                  options: { var o = MigrationOptions(); o.streams = 1; o.compressionLevel = nil; return o }())),
          #"{"adaptive_compression":true,"cmd":"migrate","compression":0,"delta":true,"destination":"[::1]:1","#
-            + #""dirty_source":"hybrid","downtime_ms":50,"insecure":true,"max_time_s":300,"streams":1}"#),
+            + #""dirty_source":"pv-verified","downtime_ms":50,"insecure":true,"max_time_s":300,"streams":1}"#),
     ]
 
     @Test func requestsEncodeToTheGoldenJSON() throws {
@@ -103,7 +103,7 @@ import Migrate
              #""peer_name" and "insecure" exclude each other"#),
             (#"{"id": 13, "cmd": "migrate", "destination": "h:1", "peer_name": "a b"}"#, .int(13), #""peer_name" must be a DNS name"#),
             (#"{"id": 14, "cmd": "migrate", "destination": "h:1", "streams": 2.5}"#, .int(14), #"migrate: "streams" must be a whole number"#),
-            (#"{"id": 15, "cmd": "migrate", "destination": "h:1", "dirty_source": "disk"}"#, .int(15), #""dirty_source" must be "kvm", "pv" or "hybrid""#),
+            (#"{"id": 15, "cmd": "migrate", "destination": "h:1", "dirty_source": "disk"}"#, .int(15), #""dirty_source" must be "pv-verified", "kvm", "pv" or "hybrid""#),
             (#"{"id": 16, "cmd": "migrate", "destination": "h:1", "compression": 23}"#, .int(16),
              "migrate: the compression level must be a zstd level 1–22"),
             (#"{"id": 17, "cmd": "migrate", "destination": "h:1", "downtime_ms": "Infinity"}"#, .int(17),

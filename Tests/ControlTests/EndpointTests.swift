@@ -5,7 +5,7 @@ import Control
 @Suite struct EndpointTests {
     @Test func parsesAddressesNamesAndBracketedIPv6() throws {
         let good: [(String, String, UInt16, String)] = [
-            ("10.0.0.2:7070", "10.0.0.2", 7070, "10.0.0.2:7070"),
+            ("192.0.2.20:7070", "192.0.2.20", 7070, "192.0.2.20:7070"),
             ("127.0.0.1:1", "127.0.0.1", 1, "127.0.0.1:1"),
             ("[::1]:7070", "::1", 7070, "[::1]:7070"),
             ("[fe80::1%eth0]:65535", "fe80::1%eth0", 65535, "[fe80::1%eth0]:65535"),

@@ -9,7 +9,7 @@ import Migrate
         name: "web", state: .migrating, memoryBytes: 64 << 20, execution: .native, uptimeSeconds: 12.5, pid: 4242,
         pv: .init(registered: true, pagesWritten: 1000, rate: 20, passes: 3, selfcheckState: "passed", selfcheckBad: 0, rejected: 1),
         arrivedFrom: "127.0.0.1:4000 (CN=src)",
-        migration: .init(destination: "10.0.0.2:7070", elapsedSeconds: 1.5, round: 2, remainingPages: 10, bandwidth: 1e6,
+        migration: .init(destination: "192.0.2.20:7070", elapsedSeconds: 1.5, round: 2, remainingPages: 10, bandwidth: 1e6,
                          dirtyRate: 5, expectedDowntimeSeconds: 0.01),
         unresolved: nil)
 
@@ -17,7 +17,7 @@ import Migrate
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         #expect(String(decoding: try encoder.encode(Self.sample), as: UTF8.self) == #"{"arrived_from":"127.0.0.1:4000 (CN=src)","#
-            + #""execution":"native","memory_bytes":67108864,"migration":{"bandwidth":1000000,"destination":"10.0.0.2:7070","#
+            + #""execution":"native","memory_bytes":67108864,"migration":{"bandwidth":1000000,"destination":"192.0.2.20:7070","#
             + #""dirty_rate":5,"elapsed_s":1.5,"expected_downtime_s":0.01,"remaining_pages":10,"round":2},"name":"web","#
             + #""pid":4242,"pv":{"pages_written":1000,"passes":3,"rate":20,"registered":true,"rejected":1,"#
             + #""selfcheck_bad":0,"selfcheck_state":"passed"},"state":"migrating","uptime_s":12.5}"#)

@@ -24,12 +24,12 @@ struct CertificateTests {
     func initWritesFilesWithPrivateKeysMode0600() throws {
         let root = makeTemporaryDirectory("certs")
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let written = try CertificateAuthority.initialize(directory: root, hosts: ["src", "10.0.0.2"])
-        #expect(written == ["\(root)/src", "\(root)/10.0.0.2"])
+        let written = try CertificateAuthority.initialize(directory: root, hosts: ["src", "192.0.2.20"])
+        #expect(written == ["\(root)/src", "\(root)/192.0.2.20"])
 
         #expect(try mode("\(root)/ca.key") == 0o600)
         #expect(try mode("\(root)/ca.pem") == 0o644)
-        for host in ["src", "10.0.0.2"] {
+        for host in ["src", "192.0.2.20"] {
             #expect(try mode("\(root)/\(host)/key.pem") == 0o600)
             #expect(try mode("\(root)/\(host)/cert.pem") == 0o644)
             #expect(contents("\(root)/\(host)/ca.pem") == contents("\(root)/ca.pem"))
@@ -44,8 +44,8 @@ struct CertificateTests {
         let root = makeTemporaryDirectory("certs")
         defer { try? FileManager.default.removeItem(atPath: root) }
         let written = try CertificateAuthority.initialize(
-            directory: root, hosts: ["dst.example", "10.0.0.2", "dst=192.0.2.10,dst.example,2001:db8::1"])
-        #expect(written == ["\(root)/dst.example", "\(root)/10.0.0.2", "\(root)/dst"])
+            directory: root, hosts: ["dst.example", "192.0.2.20", "dst=192.0.2.10,dst.example,2001:db8::1"])
+        #expect(written == ["\(root)/dst.example", "\(root)/192.0.2.20", "\(root)/dst"])
         let ca = try CertificateAuthority.summary(ofCertificateAt: "\(root)/ca.pem")
         #expect(ca.isCA)
         #expect(ca.subject == ca.issuer)
@@ -63,8 +63,8 @@ struct CertificateTests {
         #expect((3649...3650).contains(named.daysValid), "valid for \(named.daysValid) days")
 
         // A bare address: that IP address only.
-        let address = try CertificateAuthority.summary(ofCertificateAt: "\(root)/10.0.0.2/cert.pem")
-        #expect(address.subjectAltNames == "IP Address:10.0.0.2")
+        let address = try CertificateAuthority.summary(ofCertificateAt: "\(root)/192.0.2.20/cert.pem")
+        #expect(address.subjectAltNames == "IP Address:192.0.2.20")
         #expect(address.serialHex.count == 32)
         #expect(address.serialHex != named.serialHex)
         #expect(address.serialHex != ca.serialHex)
