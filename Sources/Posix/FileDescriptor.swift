@@ -82,6 +82,19 @@ public final class FileDescriptor: Sendable {
         return try syscall { body(rawValue) }
     }
 
+    /// write(2) of all of `bytes`: short writes continued, EINTR retried. For files (a socket
+    /// stream has its own send loop); a write that makes no progress fails with EIO.
+    public func writeAll(_ bytes: [UInt8]) throws(Errno) {
+        var written = 0
+        while written < bytes.count {
+            // Sound: `written < bytes.count`, so the pointer and the length stay inside `bytes`'
+            // storage, which is pinned for the call.
+            let n = try call { fd in bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, $0.count - written) } }
+            guard n > 0 else { throw Errno(EIO) }
+            written += n
+        }
+    }
+
     /// True once `close()` has been called.
     public var isClosing: Bool { lifecycle.withLock { $0.closing } }
 

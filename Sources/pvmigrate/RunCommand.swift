@@ -131,7 +131,7 @@ struct Run: ParsableCommand {
                 machine.stop()
             }
         }
-        let logger = dirtyLog.mode.map { DirtyLogDriver(machine: machine, mode: $0, intervalMs: harvestMilliseconds) }
+        let logger = dirtyLog.mode.map { DirtyLogPrinter(machine: machine, mode: $0, intervalMs: harvestMilliseconds) }
         let exit: VMExit
         if let host {
             switch host.waitUntilGone() {

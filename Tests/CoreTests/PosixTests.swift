@@ -23,6 +23,20 @@ struct PosixTests {
         #expect(throws: Errno(EBADF)) { try syscall { close(-1) } }
     }
 
+    @Test("writeAll puts every byte in the file; after close() it refuses with EBADF")
+    func writeAllWritesEverything() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("posix-writeall-\(getpid())").path
+        defer { unlink(path) }
+        let bytes = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let file = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+        try file.writeAll(bytes)
+        try file.writeAll([])
+        file.close()
+        let back = FileManager.default.contents(atPath: path).map { [UInt8]($0) }
+        #expect(back == bytes, "read back \(back?.count ?? -1) bytes, wrote \(bytes.count)")
+        #expect(throws: Errno(EBADF)) { try file.writeAll([1]) }
+    }
+
     @Test("a closed descriptor refuses new calls with EBADF but stays open until the call inside leaves")
     func closeWaitsForActiveCall() throws {
         let ends = try FileDescriptor.pipe()

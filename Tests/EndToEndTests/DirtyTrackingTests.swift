@@ -79,7 +79,7 @@ extension EndToEnd {
         @Test func dirtyRingWatchdogGivesUpAndDistrustsTheRing() throws {
             let (machine, _) = try Self.boot("workload=idle", ring: 256)
             let ring = try #require(machine.dirtyRing)
-            for _ in 1..<DirtyRingState.watchdogLimit {
+            for _ in 1..<DirtyRingCollector.watchdogLimit {
                 #expect(ring.ringFull(memory: machine.memory, vm: machine.vm))
             }
             #expect(!ring.ringFull(memory: machine.memory, vm: machine.vm))

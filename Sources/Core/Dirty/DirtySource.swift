@@ -77,9 +77,9 @@ final class KVMBitmapSource: DirtySource, @unchecked Sendable {
 final class KVMRingSource: DirtySource, @unchecked Sendable {
     let kind = DirtySourceKind.kvmRing
     private let machine: Machine
-    private let ring: DirtyRingState
+    private let ring: DirtyRingCollector
 
-    init(machine: Machine, ring: DirtyRingState) {
+    init(machine: Machine, ring: DirtyRingCollector) {
         self.machine = machine
         self.ring = ring
     }

@@ -32,32 +32,14 @@ public final class Hypervisor: @unchecked Sendable {
 
     /// KVM_GET_SUPPORTED_CPUID, growing the buffer while KVM says E2BIG.
     public func supportedCPUID() throws(KVMError) -> [kvm_cpuid_entry2] {
-        var capacity = 128
-        while true {
-            let buffer = KVMVarBuffer<kvm_cpuid2, kvm_cpuid_entry2>(capacity: capacity)
-            buffer.header.pointee.nent = UInt32(capacity)
-            do {
-                try fd.ioctl("KVM_GET_SUPPORTED_CPUID", CKVM_GET_SUPPORTED_CPUID, buffer.pointer)
-                return Array(buffer.entries.prefix(Int(buffer.header.pointee.nent)))
-            } catch .ioctlFailed(_, E2BIG) where capacity < 4096 {
-                capacity *= 2
-            }
-        }
+        try fd.ioctlList("KVM_GET_SUPPORTED_CPUID", CKVM_GET_SUPPORTED_CPUID, count: \kvm_cpuid2.nent,
+                         of: kvm_cpuid_entry2.self, capacity: 128, limit: 4096)
     }
 
     /// KVM_GET_MSR_INDEX_LIST: the MSRs KVM reports as saveable for a vCPU.
     public func saveableMSRs() throws(KVMError) -> [UInt32] {
-        var capacity = 256
-        while true {
-            let buffer = KVMVarBuffer<kvm_msr_list, UInt32>(capacity: capacity)
-            buffer.header.pointee.nmsrs = UInt32(capacity)
-            do {
-                try fd.ioctl("KVM_GET_MSR_INDEX_LIST", CKVM_GET_MSR_INDEX_LIST, buffer.pointer)
-                return Array(buffer.entries.prefix(Int(buffer.header.pointee.nmsrs)))
-            } catch .ioctlFailed(_, E2BIG) where capacity < 16384 {
-                capacity *= 4
-            }
-        }
+        try fd.ioctlList("KVM_GET_MSR_INDEX_LIST", CKVM_GET_MSR_INDEX_LIST, count: \kvm_msr_list.nmsrs,
+                         of: UInt32.self, capacity: 256, limit: 16384)
     }
 
     /// KVM_CREATE_VM.

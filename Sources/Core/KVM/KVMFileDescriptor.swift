@@ -73,6 +73,26 @@ final class KVMFileDescriptor: Sendable {
     }
 }
 
+extension KVMFileDescriptor {
+    /// An ioctl that fills a variable-length list (a `Header` whose `count` field says how
+    /// many `Entry`s fit on the way in and how many KVM wrote on the way out), retrying with
+    /// twice the room while KVM says E2BIG, until `limit` entries were offered.
+    func ioctlList<Header, Entry>(_ name: String, _ request: UInt, count: WritableKeyPath<Header, UInt32>,
+                                  of _: Entry.Type, capacity initial: Int, limit: Int) throws(KVMError) -> [Entry] {
+        var capacity = initial
+        while true {
+            let buffer = KVMVarBuffer<Header, Entry>(capacity: capacity)
+            buffer.header.pointee[keyPath: count] = UInt32(capacity)
+            do {
+                try ioctl(name, request, buffer.pointer)
+                return Array(buffer.entries.prefix(Int(buffer.header.pointee[keyPath: count])))
+            } catch .ioctlFailed(_, E2BIG) where capacity < limit {
+                capacity *= 2
+            }
+        }
+    }
+}
+
 /// A heap buffer for KVM's variable-length structs (kvm_cpuid2, kvm_msrs, kvm_msr_list,
 /// kvm_xsave2): a fixed header followed by `count` entries.
 struct KVMVarBuffer<Header, Entry>: ~Copyable {

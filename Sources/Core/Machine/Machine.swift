@@ -72,7 +72,7 @@ public final class Machine: @unchecked Sendable {
     let manualProtectEnabled = Locked(false)
     let throttle = Locked(ThrottleState())
     /// KVM's dirty ring, when the configuration enabled it.
-    let dirtyRing: DirtyRingState?
+    let dirtyRing: DirtyRingCollector?
 
     /// Builds a VM and loads `configuration.kernel` by the PVH protocol; call `start()` to run.
     public convenience init(configuration: Configuration) throws(MachineError) {
@@ -108,7 +108,7 @@ public final class Machine: @unchecked Sendable {
             }
             let vcpu = try vm.makeVCPU(id: 0)
             dirtyRing = try c.kvmDirtyRingEntries.map { (n) throws(KVMError) in
-                DirtyRingState(rings: [try KVMDirtyRing(vcpu: vcpu, entries: n)])
+                DirtyRingCollector(rings: [try KVMDirtyRing(vcpu: vcpu, entries: n)])
             }
             isPVMHost = PVM.isHost(vcpu)
             let tscKHz = vcpu.tscKHz() ?? 0

@@ -1,3 +1,5 @@
+import Core
+
 /// XOR-delta encoding of a page against the copy of it sent before.
 ///
 /// A page rewritten between pre-copy rounds usually changes in a few places.
@@ -204,46 +206,48 @@ public enum DeltaCodec {
     /// Walks the tokens of `delta`, checking each, and calls `body` with
     /// (page offset, delta offset, length) for every literal. Every range
     /// passed to `body` lies inside the page and inside the delta.
+    ///
+    /// The delta is read through Core's `ByteReader`: its nil at the end is the
+    /// bounds check (the decoder has no other), and `skip` proves a literal fits
+    /// before `body` touches it.
     private static func forEachLiteral(
         in delta: UnsafeRawBufferPointer, pageSize: Int,
         _ body: (_ pageOffset: Int, _ deltaOffset: Int, _ length: Int) -> Void
     ) throws {
-        var position = 0
+        var reader = ByteReader(delta)
         var pageOffset = 0
-        while position < delta.count {
-            let tokenStart = position
-            let zeroRun = try readVarint(delta, at: &position, limit: pageSize - pageOffset,
+        while !reader.isAtEnd {
+            let tokenStart = reader.offset
+            let zeroRun = try readVarint(&reader, limit: pageSize - pageOffset,
                                          what: "zero run at page offset \(pageOffset)")
             pageOffset += zeroRun
-            let length = try readVarint(delta, at: &position, limit: pageSize - pageOffset,
+            let length = try readVarint(&reader, limit: pageSize - pageOffset,
                                         what: "literal at page offset \(pageOffset)")
             guard length > 0 else {
                 throw CodecError.deltaMalformed(offset: tokenStart, reason: "token with an empty literal")
             }
-            guard delta.count - position >= length else {
+            let literal = reader.offset
+            guard reader.skip(length) else {
                 throw CodecError.deltaMalformed(
-                    offset: position,
-                    reason: "literal of \(length) bytes but only \(delta.count - position) left in the delta")
+                    offset: literal,
+                    reason: "literal of \(length) bytes but only \(reader.remaining) left in the delta")
             }
-            body(pageOffset, position, length)
-            position += length
+            body(pageOffset, literal, length)
             pageOffset += length
         }
     }
 
-    /// Reads a minimal unsigned LEB128 varint at `position`, which must not
-    /// exceed `limit` (the bytes left in the page).
-    private static func readVarint(_ delta: UnsafeRawBufferPointer, at position: inout Int,
+    /// Reads a minimal unsigned LEB128 varint, which must not exceed `limit`
+    /// (the bytes left in the page).
+    private static func readVarint(_ reader: inout ByteReader<UnsafeRawBufferPointer>,
                                    limit: Int, what: @autoclosure () -> String) throws -> Int {
-        let start = position
+        let start = reader.offset
         var value = 0
         var shift = 0
         while true {
-            guard position < delta.count else {
+            guard let byte = reader.u8() else {
                 throw CodecError.deltaMalformed(offset: start, reason: "\(what()): length cut off by the end of the delta")
             }
-            let byte = delta[position]
-            position += 1
             if byte == 0 && shift > 0 {
                 throw CodecError.deltaMalformed(offset: start, reason: "\(what()): length not minimally encoded")
             }

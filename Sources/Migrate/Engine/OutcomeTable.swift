@@ -115,24 +115,36 @@ public final class OutcomeTable: @unchecked Sendable {
         guard force || decisions.count < before, let path else { return }
         let text = decisions.sorted { $0.value.time < $1.value.time }.map { Self.line($0.key, $0.value.outcome, $0.value.time) }.joined()
         let temporary = path + ".new"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .outcomeTable("cannot rewrite the outcome table \(temporary): \(Errno(errno).description)") }
-        let bytes = Array(text.utf8)
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        let synced = written == bytes.count && fsync(fd) == 0
-        close(fd)
-        guard synced, rename(temporary, path) == 0 else {
-            let why = Errno(errno).description
+        let file: FileDescriptor
+        do { file = try FileDescriptor.open(temporary, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600) } catch {
+            throw .outcomeTable("cannot rewrite the outcome table \(temporary): \(error)")
+        }
+        do throws(Errno) {
+            try Self.writeDurably(text, to: file)
+            _ = try syscall { rename(temporary, path) }
+        } catch {
             unlink(temporary)
-            throw .outcomeTable("cannot rewrite the outcome table \(path): \(why)")
+            throw .outcomeTable("cannot rewrite the outcome table \(path): \(error)")
         }
         syncDirectory()
     }
 
+    /// Writes all of `text` to `file` and fsyncs it, then closes it (EINTR retried, short
+    /// writes continued, through Posix).
+    private static func writeDurably(_ text: String, to file: FileDescriptor) throws(Errno) {
+        defer { file.close() }
+        try file.writeAll(Array(text.utf8))
+        _ = try file.call { fsync($0) }
+    }
+
+    /// fsync of the table's directory, so a new or renamed file's entry is durable. Best effort:
+    /// the decision itself is already on disk.
     private func syncDirectory() {
-        guard let path else { return }
-        let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dir >= 0 { _ = fsync(dir); close(dir) }
+        guard let path,
+              let dir = try? FileDescriptor.open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY)
+        else { return }
+        _ = try? dir.call { fsync($0) }
+        dir.close()
     }
 
     /// A RESOLVE for `id`: the decision when there is one; otherwise records "aborted" (so the
@@ -150,13 +162,12 @@ public final class OutcomeTable: @unchecked Sendable {
     private func append(_ line: String) throws(MigrationError) {
         guard let path else { return }
         let fresh = access(path, F_OK) != 0
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .outcomeTable("cannot open the outcome table \(path): \(Errno.current.description)") }
-        defer { close(fd) }
-        let bytes = Array(line.utf8)
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        guard written == bytes.count, fsync(fd) == 0 else {
-            throw .outcomeTable("cannot write the outcome table \(path): \(Errno.current.description)")
+        let file: FileDescriptor
+        do { file = try FileDescriptor.open(path, O_WRONLY | O_APPEND | O_CREAT, mode: 0o600) } catch {
+            throw .outcomeTable("cannot open the outcome table \(path): \(error)")
+        }
+        do throws(Errno) { try Self.writeDurably(line, to: file) } catch {
+            throw .outcomeTable("cannot write the outcome table \(path): \(error)")
         }
         if fresh { syncDirectory() } // the new file's directory entry must be durable too
     }

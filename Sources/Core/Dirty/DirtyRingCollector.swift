@@ -1,10 +1,12 @@
 import CKVM
 
-/// The KVM dirty ring source of a machine, with its watchdog.
+/// Collects a machine's KVM dirty rings (one per vCPU, `KVMDirtyRing`) into a pending page
+/// set, between harvests and on ring-full exits, with the watchdog that stops trusting them.
+/// `KVMRingSource` (DirtySource.swift) harvests it.
 ///
 /// Enabled only when the configuration asks (`kvmDirtyRingEntries`). With the ring on,
 /// KVM's dirty bitmap is unavailable for this VM; the ring then is the KVM source.
-final class DirtyRingState: @unchecked Sendable {
+final class DirtyRingCollector: @unchecked Sendable {
     /// Consecutive ring-full exits that yielded nothing before the watchdog gives up.
     static let watchdogLimit = 4
 
