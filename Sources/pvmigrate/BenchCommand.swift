@@ -72,6 +72,13 @@ struct Bench: ParsableCommand {
         }
     }
 
+    /// The results table, then the pause phase by phase when the runs recorded it.
+    private func printTables(_ results: [BenchResult]) {
+        print(BenchResult.table(results))
+        let pause = BenchResult.pauseTable(results)
+        if !pause.isEmpty { print("\n" + pause) }
+    }
+
     /// The cases the options select, before --quick scales them.
     var selected: [BenchCase] {
         if !cases.isEmpty { return (BenchCase.named).filter { cases.contains($0.name) } }
@@ -96,7 +103,7 @@ struct Bench: ParsableCommand {
             do { results = try JSONDecoder().decode([BenchResult].self, from: Data(contentsOf: URL(fileURLWithPath: fromJSON))) } catch {
                 throw Diagnostics.fail(ValidationError("cannot read bench results from \(fromJSON): \(error)"))
             }
-            print(BenchResult.table(results))
+            printTables(results)
             try writeChart(results, title: "pvmigrate bench: \((fromJSON as NSString).lastPathComponent)")
             return
         }
@@ -126,7 +133,7 @@ struct Bench: ParsableCommand {
             }
         }
         let seconds = (ContinuousClock.now - started).components.seconds
-        print(BenchResult.table(results))
+        printTables(results)
         print("\(selected.count) cases, \(runsPerCase) run\(runsPerCase == 1 ? "" : "s") each, \(seconds) s"
             + (quick ? " (--quick: \(BenchCase.quickMemory >> 20) MiB guests, quarter-size working sets)" : ""))
         if let json {
@@ -285,6 +292,7 @@ struct BenchCase: Sendable {
         if let vm = arrived.value { vm.machine.stop(); _ = vm.machine.waitForExit() }
         var result = BenchResult(name: name, stats: stats, guestBaseline: baseline, guestDuring: duringRate)
         result.receiver = arrived.value?.stats
+        result.pausePhases = sender.lastPausePhases
         return result
     }
 
@@ -314,6 +322,8 @@ struct BenchResult: Codable {
     var configuration: Configuration?
     /// The destination's statistics (its CPU time).
     var receiver: ReceiveStats?
+    /// The pause, phase by phase (absent in files written before it existed).
+    var pausePhases: PausePhases?
 
     /// What the case ran: enough to reproduce it and to group the matrix.
     struct Configuration: Codable {

@@ -253,3 +253,29 @@ struct SVG {
         """
     }
 }
+
+extension BenchResult {
+    /// The pause phase by phase (`PausePhases`), medians per case; empty when no run has them.
+    static func pauseTable(_ results: [BenchResult]) -> String {
+        let names = results.map(\.name).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+        let columns: [(String, KeyPath<PausePhases, Double>)] = [
+            ("harvest", \.harvest), ("final round", \.finalRound), ("finish", \.finish), ("state save", \.stateSave),
+            ("STATE sent", \.stateSend), ("COMMIT→PREPARED", \.commitToPrepared), ("hand-over", \.handOver),
+            ("GO→DONE", \.goToDone), ("total", \.total),
+        ]
+        var lines: [String] = []
+        for name in names {
+            let phases = results.filter { $0.name == name }.compactMap(\.pausePhases)
+            guard !phases.isEmpty else { continue }
+            let cells = columns.map { _, path -> String in
+                let v = phases.map { $0[keyPath: path] * 1000 }.sorted()
+                let m = v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2
+                return String(format: "%.1f", m)
+            }
+            lines.append("| \(name) | \(phases.count) | " + cells.joined(separator: " | ") + " |")
+        }
+        guard !lines.isEmpty else { return "" }
+        return (["| pause, ms (medians) | runs | " + columns.map(\.0).joined(separator: " | ") + " |",
+                 "|---|---|" + String(repeating: "---|", count: columns.count)] + lines).joined(separator: "\n")
+    }
+}

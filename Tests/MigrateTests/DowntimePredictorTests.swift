@@ -28,7 +28,8 @@ struct DowntimePredictorTests {
         let link = LinkModel()
         let p = predictor(link)
         for finalPages in [0, 120, 500, 2_000, 3_500] {
-            let actual = link.seconds(finalPages) + 0.0003 + 0.0002 + 0.001
+            // The pause: the final round, the harvest, the state, two commit round trips.
+            let actual = link.seconds(finalPages) + 0.0002 + 0.001 + 2 * 0.0003
             let predicted = p.predict(pages: finalPages).seconds
             #expect(abs(predicted - actual) / actual < 0.10,
                     "final round of \(finalPages) pages: predicted \(predicted * 1000) ms, model \(actual * 1000) ms")
@@ -37,11 +38,12 @@ struct DowntimePredictorTests {
         #expect(abs(fit.secondsPerPage - link.perPage) / link.perPage < 0.10, "per page \(fit.secondsPerPage)")
     }
 
-    @Test("the fixed part is harvest + state + commit round trip, whatever the page count")
+    @Test("the fixed part is harvest + state + two commit round trips, whatever the page count")
     func fixedPart() {
         let p = predictor(LinkModel())
         #expect(p.predict(pages: 0).fixedSeconds == p.predict(pages: 10_000).fixedSeconds)
-        #expect(abs(p.predict(pages: 0).fixedSeconds - 0.0015) < 1e-12)
+        #expect(abs(p.predict(pages: 0).fixedSeconds - (0.0002 + 0.001 + 2 * 0.0003)) < 1e-12,
+                "fixed part \(p.predict(pages: 0).fixedSeconds)")
         #expect(p.predict(pages: 10_000).pagesSeconds > p.predict(pages: 100).pagesSeconds)
     }
 
@@ -113,5 +115,21 @@ struct DowntimePredictorTests {
         slowCommit.roundTrip = 0.2
         let fixed = MigrationSender.notConvergingReason(stats: stats, predictor: slowCommit, elapsed: 300, target: 0.05)
         #expect(fixed.contains("fixed part alone exceeds the target"), "\(fixed)")
+    }
+
+    @Test("the harvest estimate is the median of recent harvests: one slow harvest does not move it")
+    func harvestIsTheMedian() {
+        var p = DowntimePredictor()
+        for seconds in [0.0011, 0.0009, 0.0115, 0.0010, 0.0012] { p.recordHarvest(seconds: seconds) }
+        #expect(abs(p.harvest - 0.0011) < 1e-12, "harvest estimate \(p.harvest) after one 11.5 ms outlier")
+        p.recordHarvest(seconds: .nan)
+        p.recordHarvest(seconds: -1)
+        #expect(p.harvests.count == 5, "invalid durations are not recorded: \(p.harvests)")
+        for _ in 0..<DowntimePredictor.window { p.recordHarvest(seconds: 0.004) }
+        #expect(p.harvests.count == DowntimePredictor.window)
+        #expect(p.harvest == 0.004, "a harvest that really got slower moves the estimate: \(p.harvest)")
+        var even = DowntimePredictor()
+        even.recordHarvest(seconds: 0.001); even.recordHarvest(seconds: 0.003)
+        #expect(abs(even.harvest - 0.002) < 1e-12)
     }
 }

@@ -6,16 +6,20 @@
 /// The model of the pause:
 ///
 ///     pause = roundOverhead + final pages × secondsPerPage      (sending the final round)
-///           + harvest + stateSave + roundTrip                   (the fixed part)
+///           + harvest + stateSave + 2 × roundTrip               (the fixed part)
 ///
 /// - `secondsPerPage` and `roundOverhead` come from a least-squares line through the recent
 ///   rounds' (pages, wall-clock seconds): the time a round really took on this link —
 ///   classification, encoding, compression, TLS and the socket — not bytes ÷ bandwidth. The
 ///   rounds ran with the guest running (competing for the cores), so on a loaded host the
 ///   fit is conservative for the paused final round.
-/// - `harvest`: the last harvest's measured time (the pause starts with one).
-/// - `roundTrip`: the HELLO → HELLO_ACK exchange, measured at connect (the commit waits for
-///   one acknowledgment).
+/// - `harvest`: the median of the recent harvests' measured times (the pause starts with
+///   one). The median, not the last: one harvest slowed by a preemption, or by switching
+///   KVM's log on for the sweep, moved the fixed part 1.6 → 11.5 ms between two runs of the
+///   same case (docs/benchmarks.md, "Where the pause goes").
+/// - `roundTrip`: the HELLO → HELLO_ACK exchange, measured at connect. The commit waits for
+///   two acknowledgments: COMMIT → PREPARED and GO → DONE (protocol.md §3.6.3), each with
+///   the destination's own work (digest check, state restore; the durable "started" record).
 /// - `stateSave`: saving and encoding the vCPU/device state, an estimate (it needs the
 ///   guest paused, so it cannot be measured before the pause).
 ///
@@ -45,10 +49,14 @@ public struct DowntimePredictor: Sendable, Equatable {
     public static let defaultSecondsPerPage = 4096 / 100e6
     /// Estimated time to save and encode the machine state while paused.
     public static let defaultStateSave = 0.001
+    /// Round trips on the control stream in the pause: COMMIT → PREPARED, GO → DONE.
+    public static let commitRoundTrips = 2.0
 
     public private(set) var samples: [Sample] = []
     public var roundTrip = 0.0
+    /// The harvest time the prediction uses: the median of `recordHarvest`'s recent ones.
     public var harvest = 0.0
+    public private(set) var harvests: [Double] = []
     public var stateSave = DowntimePredictor.defaultStateSave
 
     public init() {}
@@ -59,6 +67,16 @@ public struct DowntimePredictor: Sendable, Equatable {
         guard pages >= 0, seconds.isFinite, seconds >= 0 else { return }
         samples.append(Sample(pages: pages, seconds: seconds))
         if samples.count > Self.window { samples.removeFirst(samples.count - Self.window) }
+    }
+
+    /// Records a pre-copy harvest's duration; `harvest` becomes the median of the last
+    /// `window` of them.
+    public mutating func recordHarvest(seconds: Double) {
+        guard seconds.isFinite, seconds >= 0 else { return }
+        harvests.append(seconds)
+        if harvests.count > Self.window { harvests.removeFirst(harvests.count - Self.window) }
+        let sorted = harvests.sorted(), middle = sorted.count / 2
+        harvest = sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
     }
 
     /// The fitted line: seconds per page and seconds per round whatever its size. The fit
@@ -97,6 +115,6 @@ public struct DowntimePredictor: Sendable, Equatable {
     public func predict(pages: Int) -> Prediction {
         let (perPage, overhead) = fit
         return Prediction(pagesSeconds: overhead + Double(max(0, pages)) * perPage,
-                          fixedSeconds: harvest + stateSave + roundTrip)
+                          fixedSeconds: harvest + stateSave + Self.commitRoundTrips * roundTrip)
     }
 }

@@ -8,7 +8,9 @@ extension MigrationSender {
     /// when DONE arrived (the guest runs at the destination). Throws `.unresolved` when GO may
     /// have been delivered but DONE did not arrive; any other error means the destination
     /// will never run the guest and the caller resumes it here.
-    func commit(_ channel: FrameChannel, _ target: UnresolvedMigration, _ commitFrame: Frame) throws(MigrationError) {
+    /// `clock` charges the round trips to their `PausePhases`.
+    func commit(_ channel: FrameChannel, _ target: UnresolvedMigration, _ commitFrame: Frame,
+                clock: inout PhaseClock) throws(MigrationError) {
         commitState.withLock { $0 = SourceCommit(migrationID: target.migrationID) }
         func step(_ event: SourceCommit.Event) -> SourceCommit.Action {
             commitState.withLock { $0!.handle(event) }
@@ -20,11 +22,13 @@ extension MigrationSender {
             _ = step(.failed)
             throw error
         }
+        clock.lap(\.commitToPrepared)
         guard step(.received(frame)) == .recordHandOver else { throw Self.refusal(frame, awaiting: "PREPARED") }
         do { try onHandOver?(target) } catch {
             _ = step(.failed)
             throw .outcomeTable("cannot record the hand-over, so GO was not sent: \(error)")
         }
+        clock.lap(\.handOver)
         // From here the destination may receive GO: no resuming here on our own.
         guard step(.handOverRecorded) == .sendGo else { throw .invalidOptions("commit state machine out of step") }
         func unresolved(_ why: String) -> MigrationError {
@@ -38,6 +42,7 @@ extension MigrationSender {
         } catch {
             throw unresolved("after GO: \(error)")
         }
+        clock.lap(\.goToDone)
         guard step(.received(frame)) == .stopHere else {
             throw unresolved("after GO the destination sent \(Self.refusal(frame, awaiting: "DONE"))")
         }

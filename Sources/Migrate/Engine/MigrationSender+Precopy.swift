@@ -30,7 +30,7 @@ extension MigrationSender {
             let next: PageBitmap
             let harvestStarted = ContinuousClock.now
             do { next = try tracker.harvest(vcpusPaused: false).pages } catch { throw .dirtyTracking(error) }
-            predictor.harvest = (ContinuousClock.now - harvestStarted).seconds
+            predictor.recordHarvest(seconds: (ContinuousClock.now - harvestStarted).seconds)
             predictor.record(pages: r.pages, seconds: r.seconds)
             r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
             if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
@@ -112,7 +112,7 @@ extension MigrationSender {
         let perPage = predictor.fit.secondsPerPage
         func ms(_ s: Double) -> String { String(format: "%.1f ms", s * 1000) }
         var why = "after \(Int(elapsed)) s (--max-time) \(last.dirtyPages) pages were still dirty; the pause would have been "
-            + "\(ms(p.seconds)) (\(ms(p.pagesSeconds)) for the pages, \(ms(p.fixedSeconds)) fixed: harvest, state, commit round trip), "
+            + "\(ms(p.seconds)) (\(ms(p.pagesSeconds)) for the pages, \(ms(p.fixedSeconds)) fixed: harvest, state, commit round trips), "
             + "above the \(ms(target)) target. "
         if p.fixedSeconds >= target {
             why += "The fixed part alone exceeds the target: raise --downtime-ms."

@@ -21,6 +21,9 @@ public final class MigrationSender: @unchecked Sendable {
     public var onHandOver: (@Sendable (UnresolvedMigration) throws -> Void)?
     /// HELLO → HELLO_ACK on the control stream: the commit's round trip, for the prediction.
     private let handshakeRoundTrip = Locked(0.0)
+    /// The last stop-and-copy pause, phase by phase (nil until one completed).
+    public var lastPausePhases: PausePhases? { pausePhases.value }
+    private let pausePhases = Locked<PausePhases?>(nil)
 
     public init(machine: Machine, name: String, kernelSHA256: [UInt8], options: MigrationOptions = .init()) {
         self.machine = machine
@@ -72,22 +75,29 @@ public final class MigrationSender: @unchecked Sendable {
             let pausedAt = ContinuousClock.now
             machine.pause()
             paused = true
+            var clock = PhaseClock(startingAt: pausedAt)
             let final: DirtyRound
             do { final = try tracker.harvest(vcpusPaused: true) } catch { throw MigrationError.dirtyTracking(error) }
+            clock.lap(\.harvest)
             let excluded = final.ballooned
             var last = try rounds.send(pages: pending.union(final.pages).subtracting(excluded),
                                        round: UInt32(stats.rounds.count), skipZero: false)
+            clock.lap(\.finalRound)
             try rounds.finish()
+            clock.lap(\.finish)
             // The digest of what was sent (§3.5): kept up to date as pages were encoded and
             // made exact by the verification sweep, so no page is read here.
             let digest = rounds.sentHashes.digest(excluding: excluded)
             let state = try stateBlob(granted: granted)
+            clock.lap(\.stateSave)
             try sendControl(channels[0], .state(state))
+            clock.lap(\.stateSend)
             let target = UnresolvedMigration(host: host, port: port, tls: tls, migrationID: migrationID,
                                              reason: "no DONE yet")
             try commit(channels[0], target, .commit(digest: digest.digest, pagesWithData: digest.pagesWithData,
-                                                    stateDigest: StateDigest.compute(state)))
+                                                    stateDigest: StateDigest.compute(state)), clock: &clock)
             stats.downtimeSeconds = (ContinuousClock.now - pausedAt).seconds
+            pausePhases.withLock { $0 = clock.phases }
             stats.finalRoundSeconds = last.seconds
             last.seconds = stats.downtimeSeconds
             stats.add(last)
