@@ -23,6 +23,15 @@ public struct ByteReader<Bytes: RandomAccessCollection> where Bytes.Element == U
     public func integer<T: FixedWidthInteger & UnsignedInteger>(at: Int, as: T.Type = T.self) -> T? {
         let size = MemoryLayout<T>.size
         guard at >= 0, at <= bytes.count - size else { return nil }
+        // One unaligned load where the storage is contiguous (arrays, slices, raw buffers):
+        // the page-batch decoder reads thousands of fields per batch.
+        if let value = bytes.withContiguousStorageIfAvailable({ buffer in
+            // Sound: [at, at + size) lies inside `buffer` (checked above), and every bit
+            // pattern is a valid unsigned integer.
+            UnsafeRawBufferPointer(buffer).loadUnaligned(fromByteOffset: at, as: T.self)
+        }) {
+            return T(littleEndian: value)
+        }
         var value: T = 0
         let base = bytes.startIndex + at
         for i in 0..<size { value |= T(bytes[base + i]) << (8 * i) }
@@ -85,5 +94,31 @@ public struct ByteReader<Bytes: RandomAccessCollection> where Bytes.Element == U
         guard offset >= 0, offset <= bytes.count else { return false }
         position = offset
         return true
+    }
+}
+
+/// Concrete reads from a raw buffer for the hot path (a page batch's table: thousands of
+/// fields per batch), fast in unoptimised builds too; the same contract as `integer(at:)`.
+extension ByteReader where Bytes == UnsafeRawBufferPointer {
+    @inlinable public func u8(at offset: Int) -> UInt8? {
+        offset >= 0 && offset < bytes.count ? bytes[offset] : nil
+    }
+
+    @inlinable public func u16(at offset: Int) -> UInt16? {
+        // Sound: the field lies inside the buffer (checked); any bit pattern is a UInt16.
+        guard offset >= 0, offset <= bytes.count - 2 else { return nil }
+        return UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+    }
+
+    @inlinable public func u32(at offset: Int) -> UInt32? {
+        // Sound: the field lies inside the buffer (checked); any bit pattern is a UInt32.
+        guard offset >= 0, offset <= bytes.count - 4 else { return nil }
+        return UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+    }
+
+    @inlinable public func u64(at offset: Int) -> UInt64? {
+        // Sound: the field lies inside the buffer (checked); any bit pattern is a UInt64.
+        guard offset >= 0, offset <= bytes.count - 8 else { return nil }
+        return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 }

@@ -295,8 +295,8 @@ public final class PageBatchDecoder {
 
         // Pass 1: check everything, reading with ByteReader (nil past the end, never a trap).
         let r = ByteReader(batch)
-        guard let round = r.integer(at: 0, as: UInt32.self), let rawCount = r.integer(at: 4, as: UInt32.self),
-              let reserved = r.integer(at: 8, as: UInt64.self) else {
+        guard let round = r.u32(at: 0), let rawCount = r.u32(at: 4),
+              let reserved = r.u64(at: 8) else {
             throw .pageBatchMalformed(reason: "\(batch.count) bytes, shorter than the 16-byte header")
         }
         let count = Int(rawCount)
@@ -320,11 +320,11 @@ public final class PageBatchDecoder {
         for i in 0..<count {
             let entry = PageBatchLayout.headerSize + i * PageBatchLayout.entrySize
             // Inside the table, whose end was checked above.
-            let index = r.integer(at: entry, as: UInt64.self) ?? 0
-            let rawEncoding = r.integer(at: entry + 8, as: UInt8.self) ?? 0
-            let pad1 = r.integer(at: entry + 9, as: UInt8.self) ?? 0
-            let pad2 = r.integer(at: entry + 10, as: UInt16.self) ?? 0
-            let length = Int(r.integer(at: entry + 12, as: UInt32.self) ?? 0)
+            let index = r.u64(at: entry) ?? 0
+            let rawEncoding = r.u8(at: entry + 8) ?? 0
+            let pad1 = r.u8(at: entry + 9) ?? 0
+            let pad2 = r.u16(at: entry + 10) ?? 0
+            let length = Int(r.u32(at: entry + 12) ?? 0)
             guard index < pageCount else {
                 throw .pageBatchMalformed(reason: "entry \(i): page index \(index) is beyond the \(pageCount) pages of RAM")
             }
@@ -370,9 +370,9 @@ public final class PageBatchDecoder {
         dataOffset = tableEnd
         for i in 0..<count {
             let entry = PageBatchLayout.headerSize + i * PageBatchLayout.entrySize
-            let index = Int(r.integer(at: entry, as: UInt64.self)!)
-            let encoding = PageEncoding(rawValue: r.integer(at: entry + 8, as: UInt8.self)!)!
-            let length = Int(r.integer(at: entry + 12, as: UInt32.self)!)
+            let index = Int(r.u64(at: entry)!)
+            let encoding = PageEncoding(rawValue: r.u8(at: entry + 8)!)!
+            let length = Int(r.u32(at: entry + 12)!)
             // Pass 1 checked index < pageCount, so the page exists.
             let page = memory.page(atIndex: index)!
             let data = UnsafeRawBufferPointer(rebasing: batch[dataOffset..<(dataOffset + length)])
