@@ -55,7 +55,7 @@ extension EndToEnd {
             let vm = try #require(arrivals.vms.first)
             defer { vm.machine.stop(); vm.machine.waitForExit() }
             #expect(stats.dirtySource == .pvVerified)
-            #expect(stats.verification.sweeps == 1 && stats.verification.pagesHashed >= stats.pagesWithData
+            #expect(stats.verification.sweeps == 1 && stats.verification.pagesHashed > 0
                     && stats.verification.underReportedPages == 0, "\(stats.verification)")
             #expect(vm.stats.digest == stats.digest)
         }
