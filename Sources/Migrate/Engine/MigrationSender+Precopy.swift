@@ -47,9 +47,9 @@ extension MigrationSender {
             if next.isEmpty || prediction.seconds <= options.downtimeTarget, !verified {
                 // Converged once: verify (§3.5.2) before the final round(s); what it finds,
                 // and what the guest dirtied meanwhile, goes in the next round.
-                set = try verify(tracker: tracker, pending: next, sent: rounds.sentHashes, stats: &stats)
-                verified = true
                 round += 1
+                set = try verify(tracker: tracker, pending: next, rounds: rounds, round: &round, stats: &stats)
+                verified = true
                 continue
             }
             if next.isEmpty || prediction.seconds <= options.downtimeTarget {
@@ -71,36 +71,60 @@ extension MigrationSender {
 
     /// The verification sweep (protocol.md §3.5.2), run once pre-copy has converged, the guest
     /// still running. KVM's log goes on first (`pv-verified`); every page is compared with the
-    /// hash of what was sent; a harvest then says which mismatches were reported. Returns the
-    /// next round's pages: pending ∪ harvest ∪ mismatches. Missed pages (mismatches no source
-    /// reported) are counted and re-sent. In `pv` mode, where KVM's log was off, they also
-    /// switch KVM's log on and the sweep runs again, so that the final set is exact.
-    func verify(tracker: DirtyTracker, pending: PageBitmap, sent: PageHashTable,
+    /// hash of what was sent. The sweep goes in slices of about a second: after each, a
+    /// harvest says which mismatches were reported, and what is to be sent goes out as a
+    /// round (the streams never fall silent for longer than a slice: the destination's read
+    /// timeout). Missed pages (mismatches no source reported) are counted and re-sent. In
+    /// `pv` mode, where KVM's log was off, they also switch KVM's log on and the sweep runs
+    /// again, so that the final set is exact. Returns the pages still to send.
+    func verify(tracker: DirtyTracker, pending: PageBitmap, rounds: RoundSender, round: inout UInt32,
                 stats: inout MigrationStats) throws(MigrationError) -> PageBitmap {
         let started = ContinuousClock.now
-        var pending = pending
+        let memory = machine.memory, sliceSeconds = 1.0, slicePages = 4096
+        var toSend = pending
         if tracker.mode == .pvVerified {
             do { try tracker.addKVM() } catch { throw .dirtyTracking(error) }
         }
         while true {
-            if isCancelled { throw .cancelled }
             let kvmThroughout = tracker.usesKVM
-            let skipping = pending.union(machine.pv.balloonedPages)
-            let (mismatches, hashed) = VerificationSweep.mismatches(memory: machine.memory, sent: sent, skipping: skipping)
+            let resident = memory.residentPages()
+            var reported = toSend, missed = 0, cursor = 0
+            stats.verification.sweeps += 1
+            while cursor < memory.pageCount {
+                if isCancelled { throw .cancelled }
+                let sliceStarted = ContinuousClock.now
+                var mismatches = PageBitmap(pageCount: memory.pageCount)
+                let skipping = toSend.union(machine.pv.balloonedPages)
+                repeat {
+                    let end = min(memory.pageCount, cursor + slicePages)
+                    let found = VerificationSweep.mismatches(memory: memory, sent: rounds.sentHashes, skipping: skipping,
+                                                             range: cursor..<end, resident: resident)
+                    mismatches.formUnion(found.pages)
+                    stats.verification.pagesHashed += found.hashed
+                    cursor = end
+                } while cursor < memory.pageCount && (ContinuousClock.now - sliceStarted).seconds < sliceSeconds
             let harvest: DirtyRound
             do { harvest = try tracker.harvest(vcpusPaused: false) } catch { throw .dirtyTracking(error) }
-            let finding = VerificationSweep.classify(mismatches: mismatches, pending: pending, harvested: harvest.pages,
+                let finding = VerificationSweep.classify(mismatches: mismatches, pending: reported, harvested: harvest.pages,
                                                      ballooned: harvest.ballooned)
-            stats.verification.sweeps += 1
-            stats.verification.pagesHashed += hashed
+                reported.formUnion(harvest.pages)
             stats.verification.mismatches += mismatches.count
-            stats.verification.underReportedPages += finding.missed.count
-            pending = finding.resend
-            if finding.missed.isEmpty || kvmThroughout { break }
+                missed += finding.missed.count
+                toSend = toSend.union(harvest.pages).union(mismatches).subtracting(harvest.ballooned)
+                if cursor < memory.pageCount {
+                    var r = try rounds.send(pages: toSend, round: round, skipZero: false)
+                    r.dirtyPages = 0
+                    stats.add(r)
+                    round += 1
+                    toSend = PageBitmap(pageCount: memory.pageCount)
+                }
+            }
+            stats.verification.underReportedPages += missed
+            if missed == 0 || kvmThroughout { break }
             do { try tracker.addKVM() } catch { throw .dirtyTracking(error) }
         }
         stats.verification.seconds += (ContinuousClock.now - started).seconds
-        return pending
+        return toSend
     }
 
     /// Why pre-copy gave up, with the figures that decide it: what the pause would have been,

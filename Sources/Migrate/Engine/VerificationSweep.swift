@@ -12,19 +12,23 @@ enum VerificationSweep {
     /// is hashed and compared with `sent`; a page that is not resident reads as zeros, so it
     /// differs when something with data was sent for it (it is not read: that would fault it
     /// in). Runs on `threads` threads (at least 1) over chunks of 4096 pages.
-    static func mismatches(memory: GuestMemory, sent: PageHashTable, skipping: PageBitmap,
-                           threads: Int = 1) -> (pages: PageBitmap, hashed: Int) {
-        let pageCount = min(memory.pageCount, sent.pageCount)
-        let resident = memory.residentPages()
+    /// `range` limits the sweep to those page indices; `resident` is `memory.residentPages()`
+    /// (taken once per sweep by a caller that sweeps in slices).
+    static func mismatches(memory: GuestMemory, sent: PageHashTable, skipping: PageBitmap, range: Range<Int>? = nil,
+                           resident: PageBitmap? = nil, threads: Int = 1) -> (pages: PageBitmap, hashed: Int) {
+        let pageCount = min(memory.pageCount, sent.pageCount, range?.upperBound ?? .max)
+        let first = max(0, range?.lowerBound ?? 0)
+        let resident = resident ?? memory.residentPages()
         let chunkPages = 4096
-        let chunks = (pageCount + chunkPages - 1) / chunkPages
+        let chunks = pageCount > first ? (pageCount - first + chunkPages - 1) / chunkPages : 0
         let workers = max(1, min(threads, chunks))
         let found = Locked<(pages: [Int], hashed: Int)>(([], 0))
         let work: @Sendable (Int) -> Void = { worker in
             var mine: [Int] = [], hashed = 0
             var chunk = worker
             while chunk < chunks {
-                for index in (chunk * chunkPages)..<min(pageCount, (chunk + 1) * chunkPages) where !skipping.contains(index) {
+                for index in (first + chunk * chunkPages)..<min(pageCount, first + (chunk + 1) * chunkPages)
+                where !skipping.contains(index) {
                     let expected = sent.hash(at: index)
                     guard resident.contains(index), let page = memory.page(atIndex: index) else {
                         if expected != 0 { mine.append(index) }
