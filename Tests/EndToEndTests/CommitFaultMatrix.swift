@@ -13,8 +13,6 @@ extension EndToEnd.CommitFaultTests {
     // Frame types, protocol.md §3.2.
     static let hello: UInt16 = 1, helloAck: UInt16 = 2, machine: UInt16 = 3, join: UInt16 = 4, round: UInt16 = 6
     static let errorFrame: UInt16 = 10, streamEnd: UInt16 = 11, resolveFrame: UInt16 = 15, outcome: UInt16 = 16
-    /// Past every timeout of the suite (reads, the first frame, GO): the delay cases.
-    static let pastTimeout = timeout + 1.5
 
     /// With 2 streams, the data stream (the proxy's connection 1): JOIN (which gets no reply —
     /// its only answer is an ERROR to a bad one), its first PAGES, its STREAM_END × drop / cut

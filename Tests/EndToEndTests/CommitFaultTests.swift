@@ -73,8 +73,12 @@ extension EndToEnd {
 
         // Frame types, protocol.md §3.2.
         static let pages: UInt16 = 5, state: UInt16 = 7, commit: UInt16 = 8, prepared: UInt16 = 12, go: UInt16 = 13, done: UInt16 = 14
-        /// Read timeouts on both sides and the destination's GO deadline (seconds).
-        static let timeout = 3.0
+        /// Read timeouts on both sides and the destination's GO deadline (seconds). Short, because
+        /// every drop and delay case waits one out (CI time), yet well above the longest silence of
+        /// a healthy migration here (a ~1 s verification slice, protocol.md §3.5.2).
+        static let timeout = 2.0
+        /// Past every timeout of the suite (reads, the first frame, GO): the delay cases.
+        static let pastTimeout = timeout + 1.0
         /// Generous: the faults are the subject, not the pause. On a loaded 2-core machine the
         /// commit's fixed cost alone has exceeded the default 50 ms, and a source that cannot
         /// converge fails before the frame under test is ever sent.
@@ -102,9 +106,9 @@ extension EndToEnd {
                  unresolved: true),
             Case(name: "bit flipped in DONE", rules: [P.Rule(.toSource, frameType: done, .flipBit(42))], place: .destination,
                  unresolved: true),
-            Case(name: "GO delayed past the destination's deadline", rules: [P.Rule(.toDestination, frameType: go, .delay(timeout + 1.5))],
+            Case(name: "GO delayed past the destination's deadline", rules: [P.Rule(.toDestination, frameType: go, .delay(pastTimeout))],
                  place: .source, unresolved: true),
-            Case(name: "DONE delayed past the source's timeout", rules: [P.Rule(.toSource, frameType: done, .delay(timeout + 1.5))],
+            Case(name: "DONE delayed past the source's timeout", rules: [P.Rule(.toSource, frameType: done, .delay(pastTimeout))],
                  place: .destination, unresolved: true),
             Case(name: "cut during rounds (3rd PAGES)", rules: [P.Rule(.toDestination, frameType: pages, occurrence: 3, .cutBefore)],
                  place: .source, unresolved: false),
