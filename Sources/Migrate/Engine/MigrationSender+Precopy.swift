@@ -58,11 +58,16 @@ extension MigrationSender {
                 stats.predictedFinalPages = next.count
                 return next
             }
-            // Auto-converge: the guest dirties faster than the link drains.
-            if options.autoConverge, round >= 1, r.dirtyRate * bytesPerPage > 0.7 * bandwidth {
+            // Auto-converge: the guest dirties faster than the link or the sender drains.
+            // The sender's own rate, from a round big enough that its fixed cost does not dominate.
+            let sentRate = r.pages >= 256 && r.seconds > 0 ? Double(r.pages) / r.seconds : 0
+            if options.autoConverge, round >= 1,
+               AutoConverge.losing(dirtyRate: r.dirtyRate, sentRate: sentRate, bytesPerPage: bytesPerPage, bandwidth: bandwidth) {
                 throttleLevel += 1
                 stats.throttled = true
-                throttle = applyThrottle(level: throttleLevel, dirtyRate: r.dirtyRate, linkPages: bandwidth / bytesPerPage)
+                throttle = applyThrottle(level: throttleLevel, dirtyRate: r.dirtyRate,
+                                         linkPages: AutoConverge.drainRate(sentRate: sentRate, bytesPerPage: bytesPerPage,
+                                                                           bandwidth: bandwidth))
             }
             set = next
             round += 1
