@@ -15,6 +15,10 @@ public final class NICBackend: @unchecked Sendable {
     public let tap: TapDevice
     private let kick: FileDescriptor
     private let stopped = Locked(false)
+    private let writeErrors = Locked(0)
+    /// Frames the TAP refused (the guest's descriptor still completes as sent: like a wire, the
+    /// NIC does not know what happens after the frame leaves).
+    public var tapWriteErrors: Int { writeErrors.value }
     private let finished = DispatchSemaphore(value: 0)
     private var thread: Thread?
 
@@ -52,40 +56,48 @@ public final class NICBackend: @unchecked Sendable {
         defer { buffers.deallocate() }
         var fds = [pollfd(fd: tap.descriptor.rawValue, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: kick.rawValue, events: Int16(POLLIN), revents: 0)]
+        // One batch each way per turn, so a flood in one direction (or a guest that keeps its TX
+        // ring full) cannot starve the other; block in poll only when both sides are idle.
+        var busy = false
         while !stopped.value {
-            _ = retryingEINTR { poll(&fds, 2, -1) }
+            _ = retryingEINTR { poll(&fds, 2, busy ? 0 : -1) }
+            if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
+                fds[0].fd = -1 // the TAP is gone (deleted under us): keep serving kicks, read nothing
+            }
             if fds[1].revents != 0 {
                 var value: UInt64 = 0
                 _ = withUnsafeMutableBytes(of: &value) { read(kick.rawValue, $0.baseAddress, 8) }
             }
             if stopped.value { break }
-            receive(buffers)
-            transmit()
+            let moreToReceive = fds[0].fd >= 0 && receive(buffers)
+            let moreToSend = transmit()
+            busy = moreToReceive || moreToSend
         }
     }
 
-    /// TAP → guest: read until the TAP is empty, `batch` frames per delivery.
-    private func receive(_ buffers: UnsafeMutableRawPointer) {
-        while true {
-            var frames: [UnsafeRawBufferPointer] = []
-            while frames.count < Self.batch {
-                // Sound: each slot is `bufferSize` bytes inside `buffers`.
-                let slot = buffers + frames.count * Self.bufferSize
-                let n = read(tap.descriptor.rawValue, slot, Self.bufferSize)
-                if n <= 0 { break } // EAGAIN: empty (other errors: try again at the next poll)
-                frames.append(UnsafeRawBufferPointer(start: slot, count: n))
-            }
-            if !frames.isEmpty { device.deliver(frames) }
-            if frames.count < Self.batch { return }
+    /// TAP → guest: one batch of up to `batch` frames; true if the TAP may hold more.
+    private func receive(_ buffers: UnsafeMutableRawPointer) -> Bool {
+        var frames: [UnsafeRawBufferPointer] = []
+        while frames.count < Self.batch {
+            // Sound: each slot is `bufferSize` bytes inside `buffers`.
+            let slot = buffers + frames.count * Self.bufferSize
+            let n = read(tap.descriptor.rawValue, slot, Self.bufferSize)
+            if n <= 0 { break } // EAGAIN: empty (other errors: try again at the next poll)
+            frames.append(UnsafeRawBufferPointer(start: slot, count: n))
         }
+        if !frames.isEmpty { device.deliver(frames) }
+        return frames.count == Self.batch
     }
 
-    /// Guest → TAP: send what the guest queued, then ask for a kick; if frames slipped in
-    /// before the request was visible, go again (protocol.md §5.5).
-    private func transmit() {
+    /// Guest → TAP: one batch of what the guest queued; when the ring is drained, ask for a
+    /// kick (protocol.md §5.5). True if more is (or slipped in) queued: go again, no kick comes.
+    private func transmit() -> Bool {
         let fd = tap.descriptor.rawValue
-        repeat {
-            while device.transmit(limit: Self.batch, { frame in _ = write(fd, frame.baseAddress, frame.count) }) == Self.batch {}
-        } while device.armKick()
+        var failed = 0
+        let sent = device.transmit(limit: Self.batch) { frame in
+            if write(fd, frame.baseAddress, frame.count) != frame.count { failed += 1 }
+        }
+        if failed > 0 { writeErrors.withLock { $0 += failed } }
+        return sent == Self.batch || device.armKick()
     }
 }

@@ -175,7 +175,9 @@ struct Run: ParsableCommand {
         reporter.finish()
         interrupt.cancel()
         nic?.stop()
-        if let device = machine.net { Diagnostics.note(Self.describe(device.snapshot)) }
+        if let device = machine.net {
+            Diagnostics.note(Self.describe(device.snapshot) + (nic.map { $0.tapWriteErrors > 0 ? "; TAP write errors \($0.tapWriteErrors)" : "" } ?? ""))
+        }
         Diagnostics.note("VM ended: \(exit)")
         switch exit {
         case .halted, .exitStatus(0): return
