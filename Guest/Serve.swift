@@ -58,13 +58,17 @@ struct KVStore {
         var keyEnd = keyStart
         while keyEnd < length && request[keyEnd] != 0x20 { keyEnd += 1 }
         let keyLength = keyEnd - keyStart
+        let isSet = verbLength == 3 && request[0] == 0x53 && request[1] == 0x45 && request[2] == 0x54
+        let isGet = verbLength == 3 && request[0] == 0x47 && request[1] == 0x45 && request[2] == 0x54
+        guard isSet || isGet else {
+            out.append("ERR bad request")
+            return out.count
+        }
         guard keyStart <= length, keyLength >= 1, keyLength <= Self.maxKey else {
             out.append("ERR bad key")
             return out.count
         }
         let key = request + keyStart
-        let isSet = verbLength == 3 && request[0] == 0x53 && request[1] == 0x45 && request[2] == 0x54
-        let isGet = verbLength == 3 && request[0] == 0x47 && request[1] == 0x45 && request[2] == 0x54
         if isGet && keyEnd == length {
             guard let slot = find(key, keyLength), slot[0] == 1 else {
                 out.append("NOTFOUND ")
