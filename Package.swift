@@ -35,16 +35,20 @@ let package = Package(
         .target(name: "Posix"),
         .target(name: "Core", dependencies: ["CKVM", "Posix"]),
         .target(name: "Migrate", dependencies: ["Core", "Posix", "CZstd", "COpenSSL"]),
+        // The PV NIC's host side: TAP devices, bridges and the per-NIC I/O thread (protocol.md §5).
+        .target(name: "Net", dependencies: ["Core", "CKVM", "Posix"]),
         // Named VMs: runtime directory, per-VM control sockets (protocol.md §4), console buffers.
         .target(name: "Control", dependencies: ["Core", "Migrate", "Posix"]),
         .executableTarget(name: "pvmigrate", dependencies: [
-            "Core", "Migrate", "Control", "Posix", "GuestImage",
+            "Core", "Migrate", "Control", "Net", "Posix", "GuestImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
         .target(name: "TestSupport", dependencies: ["Core"], path: "Tests/TestSupport"),
         .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "Posix", "TestSupport"]),
         .testTarget(name: "MigrateTests", dependencies: ["Core", "Migrate"]),
+        // The PV NIC without KVM or TAP: net page and descriptor validation, event indices, --net.
+        .testTarget(name: "NetTests", dependencies: ["Core", "Net"]),
         // The control plane without VMs or sockets: request/response coding, option checks,
         // endpoints, arrival names (one test needs /dev/kvm and skips without it).
         .testTarget(name: "ControlTests", dependencies: ["Core", "Migrate", "Control", "TestSupport"]),

@@ -1,7 +1,7 @@
 // The built-in guest's command line (protocol.md §1.7).
 
 enum Workload {
-    case idle, ticks, dirty, chaos, balloon
+    case idle, ticks, dirty, chaos, balloon, serve
 
     /// The control page's `workload` value (protocol.md §2.2).
     var code: UInt32 {
@@ -11,6 +11,7 @@ enum Workload {
         case .dirty: 2
         case .chaos: 3
         case .balloon: 4
+        case .serve: 5
         }
     }
 }
@@ -43,6 +44,8 @@ struct BootOptions {
     var selfcheck = true        // dirty: verify all written pages after the last pass
     var fill: UInt64 = 0        // any workload: MiB of RAM to fill with data first
     var dropLog: UInt64 = 0     // chaos for tests: drop every Nth dirty report, 0 = never
+    var ip: UInt32 = 0xc000_0202 // serve: IPv4 address (192.0.2.2)
+    var prefix: UInt32 = 24     // serve: prefix length
 
     /// Numeric values above this are rejected as malformed (keeps all
     /// derived arithmetic, such as `mib << 20` or `interval * kHz`, in range).
@@ -84,6 +87,7 @@ struct BootOptions {
             else if value == "dirty" { workload = .dirty }
             else if value == "chaos" { workload = .chaos }
             else if value == "balloon" { workload = .balloon }
+            else if value == "serve" { workload = .serve }
             else { warnValue(key, value) }
         } else if key == "pattern" {
             if value == "seq" { pattern = .sequential }
@@ -119,6 +123,13 @@ struct BootOptions {
             setNumber(&dropLog, key, value, minimum: 0)
         } else if key == "progress" {
             setNumber(&progress, key, value, minimum: 0)
+        } else if key == "ip" {
+            if let (address, length) = value.ipv4WithPrefix {
+                ip = address
+                prefix = length
+            } else {
+                warnValue(key, value)
+            }
         } else if key == "selfcheck" {
             var flag: UInt64 = selfcheck ? 1 : 0
             setNumber(&flag, key, value, minimum: 0, maximum: 1)
@@ -179,6 +190,28 @@ struct Word {
             index += 1
         }
         return true
+    }
+
+    /// `a.b.c.d/n` as an address (host order) and a prefix length 1–32, or nil.
+    var ipv4WithPrefix: (UInt32, UInt32)? {
+        guard let slash = firstIndex(of: 0x2f),
+              let length = suffix(from: slash + 1).decimalValue, length >= 1, length <= 32 else { return nil }
+        var address: UInt32 = 0
+        var parts = 0
+        var first = 0
+        var index = 0
+        while index <= slash {
+            if index == slash || start[index] == 0x2e {
+                guard let octet = Word(start: start + first, count: index - first).decimalValue,
+                      octet <= 255, parts < 4 else { return nil }
+                address = address << 8 | UInt32(octet)
+                parts += 1
+                first = index + 1
+            }
+            index += 1
+        }
+        guard parts == 4 else { return nil }
+        return (address, UInt32(length))
     }
 
     /// The word as an unsigned decimal, or nil if it is empty, has a

@@ -6,6 +6,8 @@
 //                    dirty ring (16384 × u64 = 128 KiB)
 //                    de-duplication bitmap (1 bit per page of RAM below the
 //                    identity-mapped limit), up to a page boundary
+//                    the PV NIC's area (NetArea: net page, rings, buffers, the
+//                    key-value store), only for workloads that use the NIC
 //   ---------------- everything above is ONE always-dirty range
 //                    version table (u32 per working-set page): logged like
 //                    any other page when the guest updates it
@@ -29,6 +31,8 @@ struct Layout {
     /// The bitmap covers PFNs `0..<dedupPages`.
     let dedupPages: UInt64
     let dedupWords: UInt64
+    /// The PV NIC's area (`NetArea.bytes` long), 0 when the workload has no NIC.
+    let netArea: UInt64
     /// End of the always-dirty range (page-aligned end of the bitmap).
     let alwaysDirtyEnd: UInt64
     let versionTable: UInt64
@@ -50,7 +54,7 @@ struct Layout {
 
     /// Lays out the bookkeeping for a working set of `workingSetMiB` MiB and
     /// checks that everything fits in RAM; panics with the reason otherwise.
-    init(startInfo: StartInfo, workingSetMiB: UInt64, fillMiB: UInt64 = 0) {
+    init(startInfo: StartInfo, workingSetMiB: UInt64, fillMiB: UInt64 = 0, withNet: Bool = false) {
         ramEnd = startInfo.ramEnd
         fillBytes = fillMiB << 20  // fillMiB <= 2^32 (BootOptions): no overflow
         let covered = Self.alignUp(ramEnd < CPU.mappedLimit ? ramEnd : CPU.mappedLimit, Self.pageSize)
@@ -60,7 +64,9 @@ struct Layout {
         controlPage = Self.alignUp(CPU.imageEnd, Self.pageSize)
         ring = controlPage &+ Self.pageSize
         dedupBitmap = ring &+ UInt64(Self.ringEntries) &* 8
-        alwaysDirtyEnd = Self.alignUp(dedupBitmap &+ dedupWords &* 8, Self.pageSize)
+        let bitmapEnd = Self.alignUp(dedupBitmap &+ dedupWords &* 8, Self.pageSize)
+        netArea = withNet ? bitmapEnd : 0
+        alwaysDirtyEnd = withNet ? bitmapEnd &+ NetArea.bytes : bitmapEnd
 
         // workingSetMiB <= 2^32 (BootOptions), so none of this overflows.
         workingSetPages = (workingSetMiB << 20) / Self.pageSize

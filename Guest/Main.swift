@@ -54,7 +54,8 @@ func kmain(startInfo gpa: UInt64) {
 
     let options = BootOptions(commandLine: startInfo.commandLine)
     let layout = Layout(startInfo: startInfo, workingSetMiB: options.workload == .dirty ? options.mib : 0,
-                        fillMiB: options.fill)
+                        fillMiB: options.fill,
+                        withNet: options.workload == .serve || options.workload == .chaos)
     layout.clearBookkeeping()
     let control = layout.makeControlPage()
     control.setWorkload(options.workload.code)
@@ -94,6 +95,9 @@ func kmain(startInfo gpa: UInt64) {
     case .balloon:
         Console.log("workload balloon")
         Balloon.workload(kernel)
+    case .serve:
+        Console.log("workload serve")
+        Serve.run(kernel)
     }
     Console.log("done")
     Exit.now(Exit.success)

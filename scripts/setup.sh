@@ -5,7 +5,9 @@
 #   - apt packages: libzstd-dev, libssl-dev (CZstd, COpenSSL) and pkg-config
 #     (SwiftPM finds libzstd through it); openssl (the tool: tests read the
 #     certificates `certs init` writes with `openssl x509 -text`, and make
-#     certificates it never issues); `apt-get update` runs once, and only
+#     certificates it never issues); iputils-ping, iputils-arping and iproute2
+#     (the PV NIC end-to-end tests ping and arping the guest from namespaces
+#     they create with `ip`); `apt-get update` runs once, and only
 #     when something has to be installed.
 #   - a Swift toolchain on PATH (or in /opt/swift/usr/bin).
 #   - the Python package zstandard for the python3 on PATH (the conformance peer,
@@ -27,7 +29,7 @@ warn() {
 }
 
 # --- apt packages -----------------------------------------------------------
-packages=(libzstd-dev libssl-dev pkg-config openssl)
+packages=(libzstd-dev libssl-dev pkg-config openssl iputils-ping iputils-arping iproute2)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for package in "${packages[@]}"; do

@@ -3,6 +3,7 @@ import Control
 import Core
 import Foundation
 import GuestImage
+import Net
 
 /// `pvmigrate run`: boot a VM and stream its console until it halts or Ctrl-C; with `--name`
 /// it also serves the VM's control socket (protocol.md §4), with `--detach` in the background.
@@ -20,7 +21,11 @@ struct Run: ParsableCommand {
             With --detach (needs --name) the VM runs in the background; its messages go to
             <runtime>/vms/NAME.log and its console to `pvmigrate console NAME`.
             Built-in guest workloads (--cmdline): workload=idle | workload=ticks count=N interval=MS |
-            workload=dirty mib=N rate=PAGES_PER_S passes=N (docs/protocol.md §1.7).
+            workload=dirty mib=N rate=PAGES_PER_S passes=N | workload=serve ip=192.0.2.2/24 (docs/protocol.md §1.7).
+            With --net the VM gets a PV network device (docs/protocol.md §5) on a new TAP added to
+            bridge BR (--net bridge=BR), or on an existing TAP (--net tap=NAME); add ,mac=52:54:00:..
+            to choose its MAC. Needs /dev/net/tun and root (CAP_NET_ADMIN). A VM with a NIC cannot
+            migrate yet.
             """)
 
     @Option(name: .long, help: "Name the VM (1–64 of A-Z a-z 0-9 . _ -): it gets a control socket.")
@@ -49,6 +54,11 @@ struct Run: ParsableCommand {
           help: "On PVM hosts, do not offer the guest native execution (to measure the emulated baseline).")
     var noNative = false
 
+    @Option(name: .long, help: "A PV network device: bridge=BR[,mac=MAC] or tap=NAME[,mac=MAC].")
+    var net: String?
+    /// `--net`, checked by `validate()`.
+    private var netSpec: NetSpec? { net.flatMap { try? NetSpec(parsing: $0) } }
+
     @Option(name: .long, help: "Stop the VM after this many seconds (default: run until it ends).")
     var duration: Double?
 
@@ -62,6 +72,9 @@ struct Run: ParsableCommand {
     mutating func validate() throws {
         guard memory.bytes >= 4 << 20, memory.bytes % (2 << 20) == 0 else {
             throw ValidationError("--memory must be at least 4M and a multiple of 2M (got \(memory))")
+        }
+        if let net {
+            do { _ = try NetSpec(parsing: net) } catch { throw ValidationError(error.description) }
         }
         if let duration, !(duration > 0) { throw ValidationError("--duration must be positive") }
         guard (1...60_000).contains(harvestMilliseconds) else { throw ValidationError("--harvest-ms must be 1–60000") }
@@ -102,8 +115,21 @@ struct Run: ParsableCommand {
             memorySize: memory.bytes, kernel: image, commandLine: cmdline,
             console: ring ?? StandardOutputConsole(), log: { Diagnostics.note($0) })
         configuration.allowNativeExecution = !noNative
+        // The TAP first: a host that cannot give the VM its network says so before it boots.
+        let tap: TapDevice?
+        let net = netSpec
+        do { tap = try net?.openTap() } catch { throw Diagnostics.fail(error) }
+        if let net { configuration.netMAC = net.mac ?? MACAddress.random() }
         let machine: Machine
         do { machine = try Machine(configuration: configuration) } catch { throw Diagnostics.fail(error) }
+        var nic: NICBackend?
+        if let tap, let device = machine.net {
+            do { nic = try NICBackend(device: device, tap: tap) } catch { throw Diagnostics.fail(error) }
+            Diagnostics.note("PV NIC \(device.mac) on TAP \(tap.name)"
+                + (net.flatMap { if case let .bridge(b) = $0.attachment { " (bridge \(b))" } else { nil } } ?? ""))
+            nic?.start()
+        }
+        defer { nic?.stop() }
 
         // A named VM takes its name (its control socket) before it boots.
         let host: VMHost?
@@ -148,6 +174,10 @@ struct Run: ParsableCommand {
         logger?.finish()
         reporter.finish()
         interrupt.cancel()
+        nic?.stop()
+        if let device = machine.net {
+            Diagnostics.note(Self.describe(device.snapshot) + (nic.map { $0.tapWriteErrors > 0 ? "; TAP write errors \($0.tapWriteErrors)" : "" } ?? ""))
+        }
         Diagnostics.note("VM ended: \(exit)")
         switch exit {
         case .halted, .exitStatus(0): return
@@ -155,6 +185,15 @@ struct Run: ParsableCommand {
         case let .exitStatus(status): throw ExitCode(Int32(truncatingIfNeeded: min(status, 125)))
         default: throw ExitCode.failure
         }
+    }
+}
+
+extension Run {
+    /// One line of NIC counters, rejections by reason (protocol.md §5.6).
+    static func describe(_ c: PVNet.Counters) -> String {
+        let rejected = NetRejection.allCases.compactMap { r in c.rejected[r].map { "\(r.rawValue) \($0)" } }
+        return "PV NIC: tx \(c.txFrames) frames, rx \(c.rxFrames) frames, rx dropped \(c.rxDropped), "
+            + "kicks \(c.kicks), wakes \(c.wakes); rejected: " + (rejected.isEmpty ? "none" : rejected.joined(separator: ", "))
     }
 }
 

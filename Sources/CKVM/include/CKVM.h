@@ -10,6 +10,8 @@
 #include <linux/kvm.h>
 #include <stdint.h>
 
+#include "CKVMNet.h" // the PV NIC's TAP and bridge helpers
+
 /// ioctl(fd, request, arg) retried on EINTR unless `retry_eintr` is 0. Returns the
 /// ioctl's non-negative result, or -errno.
 long ckvm_ioctl(int fd, unsigned long request, void *arg, int retry_eintr);

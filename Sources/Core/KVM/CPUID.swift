@@ -17,6 +17,8 @@ public enum CPUIDTable {
         /// The host fences every vCPU after each dirty-ring generation bump, so the guest may
         /// log an already-logged page without a fence (§2.3, HarvestBarrier).
         public static let harvestBarrier = Features(rawValue: 1 << 1)
+        /// The VM has a PV network device: NET_ATTACH and NET_KICK work (§5).
+        public static let pvNet = Features(rawValue: 1 << 8)
     }
 
     /// The supported table with pvmigrate's leaves added and per-vCPU APIC IDs set.

@@ -43,6 +43,9 @@ public final class Machine: @unchecked Sendable {
         /// Advertise PVM native execution to the guest when the host is PVM (§1.6). Off
         /// only for measurements: the same guest, emulated.
         public var allowNativeExecution = true
+        /// Give the VM a PV network device with this MAC address (protocol.md §5). Its frames
+        /// go nowhere until a backend (pvmigrate's TAP) takes them from `Machine.net`.
+        public var netMAC: MACAddress?
         public var console: ConsoleSink
         public var log: @Sendable (String) -> Void
 
@@ -65,6 +68,8 @@ public final class Machine: @unchecked Sendable {
     public let serial: SerialPort
     /// The PV interface (protocol.md §2): hypercalls, control page, dirty ring, balloon.
     public let pv: PVInterface
+    /// The PV NIC, when the configuration asked for one (`pv.net`).
+    public var net: PVNet? { pv.net }
     public let vcpus: [VCPUThread]
     /// The host's KVM is PVM (a software KVM; platform-facts.md).
     public let isPVMHost: Bool
@@ -114,6 +119,7 @@ public final class Machine: @unchecked Sendable {
             let tscKHz = vcpu.tscKHz() ?? 0
             var features: CPUIDTable.Features = isPVMHost && c.allowNativeExecution ? .pvmNative : []
             if HarvestBarrier.isAvailable { features.insert(.harvestBarrier) }
+            if c.netMAC != nil { features.insert(.pvNet) }
             let cpuid = CPUIDTable.build(supported: try hypervisor.supportedCPUID(), vcpuID: 0,
                                          features: features,
                                          tscKHz: tscKHz)
@@ -125,7 +131,8 @@ public final class Machine: @unchecked Sendable {
                                                xcrs: hypervisor.capability(KVM_CAP_XCRS) > 0)
 
             serial = SerialPort(sink: c.console)
-            pv = PVInterface(memory: memory, console: c.console, log: c.log)
+            let nic = c.netMAC.map { [memory] in PVNet(memory: memory, mac: $0) }
+            pv = PVInterface(memory: memory, console: c.console, net: nic, log: c.log)
             bus.register(serial, base: SerialPort.base, count: SerialPort.count)
             bus.register(ExitPort(), base: ExitPort.port, count: 4)
             bus.register(pv, base: PVInterface.port, count: 4)
@@ -149,6 +156,9 @@ public final class Machine: @unchecked Sendable {
                 exitState.withLock { if $0 == nil { $0 = exit } }
             })
             vcpus = threads
+            // Received frames end a PV SLEEP early when the guest asked (protocol.md §5.5).
+            let sleepers = threads
+            pv.net?.onWake { sleepers.forEach { $0.wake() } }
         } catch let e as MachineError {
             throw e
         } catch let e as KVMError {
@@ -211,6 +221,11 @@ public final class Machine: @unchecked Sendable {
     /// paused (or not started).
     public func saveState() throws(MachineError) -> MachineState {
         guard isQuiescent else { throw .notPaused("saving state") }
+        // The NIC's rings are not in the machine state yet (protocol.md §5.8): refuse rather
+        // than resume a guest whose device vanished.
+        if net?.isAttached == true {
+            throw .invalidConfiguration("this VM has an attached PV NIC, whose state cannot be saved or migrated yet")
+        }
         return MachineState(memorySize: memory.size,
                             vcpus: try vcpus.map { (t) throws(MachineError) in try t.saveState() },
                             platform: try vm.saveState(), pv: pv.saveState(), serial: serial.saveState())

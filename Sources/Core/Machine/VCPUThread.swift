@@ -56,6 +56,7 @@ public final class VCPUThread: @unchecked Sendable {
     private let bus: IOBus
     private let mmio: MMIOBus
     private let condition = NSCondition()
+    private var wakePending = false // guarded by `condition`
     // Guarded by `condition`:
     private var runState: RunState = .created
     private var pauseRequested = false
@@ -292,13 +293,23 @@ public final class VCPUThread: @unchecked Sendable {
         }
     }
 
-    /// PV SLEEP: wait on the host, waking early for any request so pause stays prompt.
+    /// PV SLEEP: wait on the host, waking early for any request so pause stays prompt, and
+    /// for a `wake()` (one that came before the sleep ends it at once: no wake-up is lost).
     private func sleep(milliseconds: UInt32) {
         let deadline = Date(timeIntervalSinceNow: Double(milliseconds) / 1000)
         condition.withLock {
-            while requests.isEmpty, !pauseRequested, !stopRequested, Date() < deadline {
+            while requests.isEmpty, !pauseRequested, !stopRequested, !wakePending, Date() < deadline {
                 _ = condition.wait(until: deadline)
             }
+            wakePending = false
+        }
+    }
+
+    /// Ends the vCPU's current or next PV SLEEP (a device has work for the guest, §5.5).
+    public func wake() {
+        condition.withLock {
+            wakePending = true
+            condition.broadcast()
         }
     }
 }

@@ -19,6 +19,7 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
     enum Operation: UInt32 {
         case hello = 0x001, sleep = 0x002, register = 0x003, ringFull = 0x004
         case balloonInflate = 0x005, balloonDeflate = 0x006, console = 0x007
+        case netAttach = 0x020, netKick = 0x021 // the PV NIC, protocol.md §5.1
     }
     static let maximumSleepMilliseconds: UInt32 = (1 << 20) - 1
     static let ringEntryLimits = 64...(1 << 20)
@@ -42,6 +43,8 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
     }
 
     let memory: GuestMemory
+    /// The PV NIC (protocol.md §5), when the VM has one: NET_ATTACH and NET_KICK go to it.
+    public let net: PVNet?
     private let console: ConsoleSink
     private let log: @Sendable (String) -> Void
     let lock = NSLock()
@@ -54,8 +57,10 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
     var ringCorrupt = false
     private(set) var balloon: PageBitmap
 
-    public init(memory: GuestMemory, console: ConsoleSink, log: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(memory: GuestMemory, console: ConsoleSink, net: PVNet? = nil,
+                log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.memory = memory
+        self.net = net
         self.console = console
         self.log = log
         pending = PageBitmap(pageCount: memory.pageCount)
@@ -101,9 +106,17 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
             guard control == nil else { reject(.reRegistration); return .proceed }
             registerControlPage(pfn: UInt64(argument))
             if let control { hostStore(control, .hostStatus, 1) }
-        case .ringFull, .balloonInflate, .balloonDeflate, .console:
+        case .ringFull, .balloonInflate, .balloonDeflate, .console, .netAttach, .netKick:
+            guard op != .netAttach && op != .netKick || net != nil else { reject(.unknownOperation); return .proceed }
             guard let control else { reject(.notRegistered); return .proceed }
             switch op {
+            case .netAttach:
+                let pvRanges = [GuestRange(start: control.gpa, size: GuestPhysicalAddress.pageSize)!]
+                    + (ring.map { [GuestRange(start: $0.gpa, size: UInt64($0.entries) * 8)!] } ?? [])
+                net?.attach(pfn: UInt64(argument), pvRanges: pvRanges)
+            case .netKick:
+                guard argument == 0 else { reject(.badArgument); break }
+                net?.kick()
             case .ringFull:
                 counters.ringFullExits += 1
                 drainLocked()

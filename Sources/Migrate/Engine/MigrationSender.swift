@@ -48,6 +48,11 @@ public final class MigrationSender: @unchecked Sendable {
     public func migrate(to host: String, port: UInt16, tls: TLSMode,
                         progress: @escaping @Sendable (RoundStats) -> Void = { _ in }) throws(MigrationError) -> MigrationStats {
         try options.validate()
+        // The PV NIC's state cannot travel yet (protocol.md §5.8): refuse before any work, not
+        // when saving the state at the end (which would fail too, with the VM resumed here).
+        if machine.net?.isAttached == true {
+            throw .invalidOptions("this VM has a PV network device, which cannot migrate yet (issue 14, next part)")
+        }
         let started = ContinuousClock.now
         // This thread's CPU time plus every worker's (CPUMeter): the sender's cost.
         let cpu = CPUMeter(), threadCPUAtStart = CPUMeter.threadSeconds()
