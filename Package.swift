@@ -16,6 +16,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // `listen --config FILE` (TOML); compiles the C++ toml++ (~35 CPU-s of a clean build).
+        .package(url: "https://github.com/LebJe/TOMLKit", exact: "0.6.0"),
     ],
     targets: [
         // C shim over <linux/kvm.h>: ioctl request numbers and the helpers Swift cannot express.
@@ -36,7 +38,8 @@ let package = Package(
         .target(name: "Core", dependencies: ["CKVM", "Posix"]),
         .target(name: "Migrate", dependencies: ["Core", "Posix", "CZstd", "COpenSSL"]),
         // Named VMs: runtime directory, per-VM control sockets (protocol.md §4), console buffers.
-        .target(name: "Control", dependencies: ["Core", "Migrate", "Posix"]),
+        .target(name: "Control", dependencies: ["Core", "Migrate", "Posix",
+                                                .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "pvmigrate", dependencies: [
             "Core", "Migrate", "Control", "Posix", "GuestImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,7 +1,8 @@
 import Foundation
+import TOMLKit
 
-/// A daemon's configuration file that mirrors its command-line flags: a JSON object with one
-/// member per flag, named like the flag without its dashes (`"max-incoming": 4` is
+/// A daemon's configuration file that mirrors its command-line flags: a TOML document with
+/// one top-level key per flag, named like the flag without its dashes (`max-incoming = 4` is
 /// `--max-incoming 4`). It becomes command-line arguments placed *before* the real ones, so
 /// one parser (the command's own) checks both and a flag given on the command line wins: a
 /// key whose flag appears on the command line is left out.
@@ -10,9 +11,8 @@ import Foundation
 /// key's line); its range is then checked by the command's parser, one key at a time, so
 /// that an error can still name the line. Adding a flag adds one schema entry.
 ///
-/// JSON (Foundation) rather than TOML: LebJe/TOMLKit compiles the C++ toml++ library, which
-/// costs far more than the ~40 s a clean debug build may grow by (docs/operations.md
-/// "Configuration file" has the measurement).
+/// TOML through LebJe/TOMLKit (the C++ toml++): measured at 33–47 CPU-seconds of a clean
+/// debug build (docs/operations.md "Configuration file"), within the ~40 s allowed on 2 cores.
 public struct ConfigFile: Sendable, Equatable {
     /// What a key's value must be, and how it becomes arguments.
     public enum Kind: Sendable, Equatable {
@@ -45,13 +45,16 @@ public struct ConfigFile: Sendable, Equatable {
     /// (`.invalidArgument`) naming the file, the line and the key.
     public init(path: String, text: String, schema: [String: Kind]) throws(ControlError) {
         self.path = path
-        let root: JSONValue
-        do { root = try JSONValue(parsing: Data(text.utf8)) } catch {
-            throw ControlError(.invalidArgument, "\(path): not valid JSON (\(Self.reason(error))); "
-                + "the file is one JSON object like {\"address\": \"0.0.0.0:7500\", \"max-incoming\": 4}")
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
+            throw ControlError(.invalidArgument, "\(path) line \(error.source.begin.line): not valid TOML (\(error.description)); "
+                + "the file holds one key per flag, like max-incoming = 4")
+        } catch {
+            throw ControlError(.invalidArgument, "\(path): not valid TOML (\(error))")
         }
-        guard let members = root.object else {
-            throw ControlError(.invalidArgument, "\(path): the file must be one JSON object of flag names and values")
+        var members: [String: Value] = [:]
+        for key in table.keys {
+            if let value = table[key] { members[key] = Value(value) }
         }
         let lines = Self.keyLines(text)
         var entries: [Entry] = []
@@ -93,14 +96,30 @@ public struct ConfigFile: Sendable, Equatable {
         "\(path)\(entry.line.map { " line \($0)" } ?? ""): "
     }
 
-    private static func arguments(_ key: String, _ kind: Kind, _ value: JSONValue) -> [String]? {
+    /// A TOML value, as far as flags care.
+    enum Value: Equatable {
+        case string(String), int(Int), double(Double), bool(Bool), array([Value]), other
+
+        init(_ value: any TOMLValueConvertible) {
+            switch value.type {
+            case .string: self = value.string.map(Value.string) ?? .other
+            case .int: self = value.int.map(Value.int) ?? .other
+            case .double: self = value.double.map(Value.double) ?? .other
+            case .bool: self = value.bool.map(Value.bool) ?? .other
+            case .array: self = value.array.map { .array($0.map(Value.init)) } ?? .other
+            default: self = .other
+            }
+        }
+
+        var string: String? { if case let .string(s) = self { s } else { nil } }
+    }
+
+    private static func arguments(_ key: String, _ kind: Kind, _ value: Value) -> [String]? {
         let flag = "--" + key
         switch (kind, value) {
         case let (.string, .string(s)): return [flag, s]
         case let (.integer, .int(n)): return [flag, "\(n)"]
-        case let (.integer, .uint(n)): return [flag, "\(n)"]
         case let (.number, .int(n)): return [flag, "\(n)"]
-        case let (.number, .uint(n)): return [flag, "\(n)"]
         case let (.number, .double(x)) where x.isFinite: return [flag, "\(x)"]
         case let (.flag, .bool(b)): return b ? [flag] : []
         case let (.strings, .string(s)): return [flag, s]
@@ -122,21 +141,18 @@ public struct ConfigFile: Sendable, Equatable {
         }
     }
 
-    /// The line of each top-level key's first appearance as `"key":` (a key nested deeper
-    /// would be refused anyway: values are not objects).
+    /// The line of each top-level key: `key = …` (or `"key" = …`) before the first table
+    /// header; a key inside a table is not a flag and is refused anyway.
     private static func keyLines(_ text: String) -> [String: Int] {
         var lines: [String: Int] = [:]
         for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            var rest = Substring(line)
-            while let open = rest.firstIndex(of: "\"") {
-                let afterOpen = rest.index(after: open)
-                guard let close = rest[afterOpen...].firstIndex(of: "\"") else { break }
-                let key = String(rest[afterOpen..<close])
-                rest = rest[rest.index(after: close)...]
-                if rest.drop(while: { $0 == " " || $0 == "\t" }).first == ":", lines[key] == nil {
-                    lines[key] = index + 1
-                }
-            }
+            let trimmed = line.drop { $0 == " " || $0 == "\t" }
+            if trimmed.hasPrefix("[") { break }
+            guard let equals = trimmed.firstIndex(of: "="), !trimmed.hasPrefix("#") else { continue }
+            var key = trimmed[..<equals].trimmingCharacters(in: .whitespaces)
+            if key.count >= 2, let q = key.first, q == "\"" || q == "'", key.last == q { key = String(key.dropFirst().dropLast()) }
+            // A dotted key (`accept.zstd = …`) makes a table of its first part.
+            for name in [key, String(key.prefix { $0 != "." })] where lines[name] == nil { lines[name] = index + 1 }
         }
         return lines
     }
@@ -148,7 +164,7 @@ public struct ConfigFile: Sendable, Equatable {
 }
 
 /// `pvmigrate listen --config FILE`: one key per `listen` flag (README "Running in
-/// production"). A new flag of `listen` adds its line here; a test checks that every flag
+/// production"), e.g. `max-incoming = 4`, `allow-source = ["src.example"]`. A new flag of `listen` adds its line here; a test checks that every flag
 /// `listen --help` shows has one.
 public enum ListenConfig {
     public static let schema: [String: ConfigFile.Kind] = [

@@ -24,8 +24,8 @@ struct Listen: ParsableCommand {
             progress for --progress-timeout is dropped and its memory freed.
 
             Logs one line per arrival (with its statistics) and per failed or rejected migration \
-            on standard output. --config FILE reads the flags from a JSON file, one key per flag \
-            (\"max-incoming\": 4); flags on the command line win. --control PATH serves the \
+            on standard output. --config FILE reads the flags from a TOML file, one key per flag \
+            (max-incoming = 4); flags on the command line win. --control PATH serves the \
             listener's job list (`pvmigrate job --listener PATH`). Under systemd (Type=notify, \
             contrib/systemd) it reports READY/RELOADING/STOPPING. SIGHUP: read the TLS directory \
             again (a new certificate or CA) for the next handshakes; running VMs and migrations \
@@ -34,7 +34,7 @@ struct Listen: ParsableCommand {
             process), remove their sockets, exit 0 (docs/protocol.md §3.6.8).
             """)
 
-    @Option(name: .long, help: ArgumentHelp("Read the flags from this JSON file (one key per flag, e.g. \"max-incoming\": 4); flags given here win.",
+    @Option(name: .long, help: ArgumentHelp("Read the flags from this TOML file (one key per flag, e.g. max-incoming = 4); flags given here win.",
                                             valueName: "file"))
     var config: String?
 

@@ -8,7 +8,7 @@ import Testing
     static let schema = ListenConfig.schema
 
     static func parse(_ text: String) throws(ControlError) -> ConfigFile {
-        try ConfigFile(path: "/etc/pvmigrate/listen.json", text: text, schema: schema)
+        try ConfigFile(path: "/etc/pvmigrate/listen.toml", text: text, schema: schema)
     }
 
     /// The error message of parsing `text`, or nil when it parses.
@@ -18,15 +18,14 @@ import Testing
 
     @Test func everyKindBecomesTheFlagsOfItsKey() throws {
         let file = try Self.parse("""
-            {
-              "address": "127.0.0.1:7501",
-              "allow-source": ["a.example", "b.example"],
-              "max-incoming": 4,
-              "commit-timeout": 2.5,
-              "progress-timeout": 60,
-              "insecure": false,
-              "json": true
-            }
+            # pvmigrate listen
+            address = "127.0.0.1:7501"
+            allow-source = ["a.example", "b.example"]
+            max-incoming = 4
+            commit-timeout = 2.5
+            progress-timeout = 60
+            insecure = false
+            "json" = true
             """)
         #expect(file.entries.map(\.key) == ["address", "allow-source", "max-incoming", "commit-timeout",
                                             "progress-timeout", "insecure", "json"], "in the file's order")
@@ -38,38 +37,40 @@ import Testing
     }
 
     @Test func flagsOnTheCommandLineOverrideTheFile() throws {
-        let file = try Self.parse(#"{"max-incoming": 4, "allow-source": "a.example", "tls-dir": "/etc/pvmigrate/tls"}"#)
+        let file = try Self.parse("max-incoming = 4\nallow-source = \"a.example\"\ntls-dir = \"/etc/pvmigrate/tls\"")
         let merged = file.arguments(before: ["--max-incoming", "8", "--allow-source=c.example"])
         #expect(merged == ["--tls-dir", "/etc/pvmigrate/tls", "--max-incoming", "8", "--allow-source=c.example"])
     }
 
     @Test func anUnknownKeyIsRefusedWithItsLineAndTheKnownKeys() {
-        let message = Self.error("{\n  \"max-incoming\": 4,\n  \"max-incomming\": 5\n}")
-        #expect(message?.contains("/etc/pvmigrate/listen.json line 3: unknown key \"max-incomming\"") == true, "\(message ?? "parsed")")
+        let message = Self.error("max-incoming = 4\n\nmax-incomming = 5\n")
+        #expect(message?.contains("/etc/pvmigrate/listen.toml line 3: unknown key \"max-incomming\"") == true, "\(message ?? "parsed")")
         #expect(message?.contains("max-incoming") == true)
     }
 
     @Test(arguments: [
-        (#"{"max-incoming": "4"}"#, "\"max-incoming\" must be a whole number"),
-        (#"{"max-incoming": 4.5}"#, "\"max-incoming\" must be a whole number"),
-        (#"{"insecure": "yes"}"#, "\"insecure\" must be true or false"),
-        (#"{"commit-timeout": "30"}"#, "\"commit-timeout\" must be a number"),
-        (#"{"allow-source": ["a", 1]}"#, "\"allow-source\" must be a string or a list of strings"),
-        (#"{"address": 7500}"#, "\"address\" must be a string"),
+        (#"max-incoming = "4""#, "\"max-incoming\" must be a whole number"),
+        (#"max-incoming = 4.5"#, "\"max-incoming\" must be a whole number"),
+        (#"insecure = "yes""#, "\"insecure\" must be true or false"),
+        (#"commit-timeout = "30""#, "\"commit-timeout\" must be a number"),
+        (#"allow-source = ["a", 1]"#, "\"allow-source\" must be a string or a list of strings"),
+        (#"address = 7500"#, "\"address\" must be a string"),
+        ("accept.zstd = true", "\"accept\" must be a string"),
     ])
     func aValueOfTheWrongTypeIsRefusedWithTheKeyAndLine(text: String, expected: String) {
         let message = Self.error(text)
-        #expect(message?.contains("listen.json line 1: \(expected)") == true, "\(message ?? "parsed")")
+        #expect(message?.contains("listen.toml line 1: \(expected)") == true, "\(message ?? "parsed")")
     }
 
-    @Test func aFileThatIsNotAJSONObjectSaysWhatItMustBe() {
-        #expect(Self.error("max-incoming = 4")?.contains("not valid JSON") == true)
-        #expect(Self.error("[1, 2]")?.contains("must be one JSON object") == true)
+    @Test func aFileThatIsNotTOMLSaysWhereAndWhatItMustBe() {
+        let message = Self.error("max-incoming = 4\nmax-pending: 5\n")
+        #expect(message?.contains("listen.toml line 2: not valid TOML") == true, "\(message ?? "parsed")")
+        #expect(message?.contains("max-incoming = 4") == true, "says what a line looks like: \(message ?? "")")
     }
 
     @Test func expandPutsTheFileBeforeTheCommandLineOnlyForListen() throws {
-        let path = "/tmp/pvm-config-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).json"
-        try #"{"max-streams": 4, "accept": "zstd"}"#.write(toFile: path, atomically: true, encoding: .utf8)
+        let path = "/tmp/pvm-config-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).toml"
+        try "max-streams = 4\naccept = \"zstd\"\n".write(toFile: path, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
         var checked: [String] = []
         let expanded = try ListenConfig.expand(["listen", "--config", path, "--accept", "none"]) { checked.append($0.key) }
@@ -79,8 +80,8 @@ import Testing
     }
 
     @Test func aValueTheParserRefusesIsReportedWithTheKeysLine() throws {
-        let path = "/tmp/pvm-config-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).json"
-        try "{\n  \"max-streams\": 4,\n  \"max-incoming\": 0\n}".write(toFile: path, atomically: true, encoding: .utf8)
+        let path = "/tmp/pvm-config-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).toml"
+        try "# limits\nmax-streams = 4\nmax-incoming = 0\n".write(toFile: path, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
         struct Refused: Error, CustomStringConvertible { var description: String }
         #expect {
