@@ -132,3 +132,43 @@ extension EndToEnd {
         }
     }
 }
+
+extension EndToEnd {
+    /// `listen --config FILE` through the real binary (no VM needed).
+    @Suite struct ListenConfigCLITests {
+        @Test func everyListenFlagHasAConfigKey() throws {
+            let r = try PVMigrateBinary.run(["listen", "--experimental-dump-help"], runtimeDirectory: "/tmp", timeout: 30)
+            #expect(r.status == 0, "\(r.text)")
+            let help = try JSONValue(parsing: Data(r.stdout.utf8))
+            let arguments = try #require(help["command"]?["arguments"]?.array, "no arguments in the dumped help: \(r.stdout.prefix(300))")
+            let flags = arguments.compactMap { $0["names"]?.array?.first { $0["kind"]?.string == "long" }?["name"]?.string }
+            #expect(flags.contains("max-incoming"), "the dump's format changed: \(flags)")
+            let missing = Set(flags).subtracting(["config", "version", "help"]).subtracting(ListenConfig.schema.keys)
+            #expect(missing.isEmpty, "listen flags without a config key (add them to ListenConfig.schema): \(missing.sorted())")
+            let stale = Set(ListenConfig.schema.keys).subtracting(flags)
+            #expect(stale.isEmpty, "config keys without a listen flag: \(stale.sorted())")
+        }
+
+        @Test func theFileSetsTheFlagsAndTheCommandLineWins() throws {
+            let hosts = try ListenSendTests.Hosts()
+            try hosts.certs("pki", hosts: ["dst=127.0.0.1"])
+            let config = "\(hosts.root)/listen.toml"
+            try """
+                # the listener of this test
+                tls-dir = "\(hosts.root)/pki/dst"
+                max-incoming = 3
+                max-pending = 7
+                commit-timeout = 12.5
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+            let (listener, _) = try hosts.listen(port: 0, ["--config", config, "--max-incoming", "2"])
+            #expect(listener.wait(for: "limits: "), "\(listener.text)")
+            #expect(listener.stdout.contains("limits: 2 migrations at once") && listener.stdout.contains("7 pending connections")
+                && listener.stdout.contains("12.50 s for GO"), "\(listener.text)")
+            #expect(listener.terminate() == 0, "\(listener.text)")
+
+            try "max-incoming = 3\nmax-pendin = 7\n".write(toFile: config, atomically: true, encoding: .utf8)
+            let bad = try hosts.run("dst", ["listen", "--config", config], timeout: 30)
+            #expect(bad.status != 0 && bad.stderr.contains("\(config) line 2: unknown key \"max-pendin\""), "\(bad.text)")
+        }
+    }
+}
