@@ -1,6 +1,6 @@
 // swift-tools-version:6.1
 // pvmigrate: a KVM-based paravirtual VMM built around live migration.
-// Layering (docs/architecture.md): pvmigrate -> Control -> Migrate -> Core -> CKVM, all over Posix, plus GuestImage.
+// Layering (docs/architecture.md): pvmigrate -> Control -> Migrate -> Core -> CKVM, all over Posix, plus GuestImage and Config (the CLI's config files).
 import PackageDescription
 
 let package = Package(
@@ -38,10 +38,12 @@ let package = Package(
         .target(name: "Core", dependencies: ["CKVM", "Posix"]),
         .target(name: "Migrate", dependencies: ["Core", "Posix", "CZstd", "COpenSSL"]),
         // Named VMs: runtime directory, per-VM control sockets (protocol.md §4), console buffers.
-        .target(name: "Control", dependencies: ["Core", "Migrate", "Posix",
-                                                .product(name: "TOMLKit", package: "TOMLKit")]),
+        .target(name: "Control", dependencies: ["Core", "Migrate", "Posix"]),
+        // `listen --config FILE`: TOML files that mirror a command's flags. Apart from Control so
+        // that only the CLI and its tests compile TOMLKit's C++ (not the fuzz harnesses).
+        .target(name: "Config", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "pvmigrate", dependencies: [
-            "Core", "Migrate", "Control", "Posix", "GuestImage",
+            "Core", "Migrate", "Control", "Config", "Posix", "GuestImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
@@ -50,7 +52,7 @@ let package = Package(
         .testTarget(name: "MigrateTests", dependencies: ["Core", "Migrate"]),
         // The control plane without VMs or sockets: request/response coding, option checks,
         // endpoints, arrival names (one test needs /dev/kvm and skips without it).
-        .testTarget(name: "ControlTests", dependencies: ["Core", "Migrate", "Control", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "GuestImage", "TestSupport"]),
+        .testTarget(name: "ControlTests", dependencies: ["Core", "Migrate", "Control", "Config", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Config", "GuestImage", "TestSupport"]),
     ]
 )

@@ -1,3 +1,4 @@
+import Config
 import Control
 import Foundation
 import Testing
@@ -7,7 +8,7 @@ import Testing
 @Suite struct ConfigFileTests {
     static let schema = ListenConfig.schema
 
-    static func parse(_ text: String) throws(ControlError) -> ConfigFile {
+    static func parse(_ text: String) throws(ConfigError) -> ConfigFile {
         try ConfigFile(path: "/etc/pvmigrate/listen.toml", text: text, schema: schema)
     }
 
@@ -91,6 +92,6 @@ import Testing
         } throws: { error in
             "\(error)".contains("\(path) line 3: \"max-incoming\": --max-incoming must be at least 1")
         }
-        #expect(throws: ControlError.self) { try ListenConfig.expand(["listen", "--config", path + ".missing"]) { _ in } }
+        #expect(throws: ConfigError.self) { try ListenConfig.expand(["listen", "--config", path + ".missing"]) { _ in } }
     }
 }

@@ -1,6 +1,14 @@
 import Foundation
 import TOMLKit
 
+/// A configuration file that cannot be used: one line for people, naming the file, the
+/// line and the key where it can.
+public struct ConfigError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
 /// A daemon's configuration file that mirrors its command-line flags: a TOML document with
 /// one top-level key per flag, named like the flag without its dashes (`max-incoming = 4` is
 /// `--max-incoming 4`). It becomes command-line arguments placed *before* the real ones, so
@@ -41,16 +49,16 @@ public struct ConfigFile: Sendable, Equatable {
     /// In the order of the file.
     public let entries: [Entry]
 
-    /// Parses `text` (the contents of `path`) against `schema`. Throws `ControlError`
-    /// (`.invalidArgument`) naming the file, the line and the key.
-    public init(path: String, text: String, schema: [String: Kind]) throws(ControlError) {
+    /// Parses `text` (the contents of `path`) against `schema`. Throws `ConfigError`
+    /// naming the file, the line and the key.
+    public init(path: String, text: String, schema: [String: Kind]) throws(ConfigError) {
         self.path = path
         let table: TOMLTable
         do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
-            throw ControlError(.invalidArgument, "\(path) line \(error.source.begin.line): not valid TOML (\(error.description)); "
+            throw ConfigError("\(path) line \(error.source.begin.line): not valid TOML (\(error.description)); "
                 + "the file holds one key per flag, like max-incoming = 4")
         } catch {
-            throw ControlError(.invalidArgument, "\(path): not valid TOML (\(error))")
+            throw ConfigError("\(path): not valid TOML (\(error))")
         }
         var members: [String: Value] = [:]
         for key in table.keys {
@@ -61,11 +69,11 @@ public struct ConfigFile: Sendable, Equatable {
         for (key, value) in members {
             let at = "\(path)\(lines[key].map { " line \($0)" } ?? ""): "
             guard let kind = schema[key] else {
-                throw ControlError(.invalidArgument, at + "unknown key \"\(key)\"; the keys are the flags' names: "
+                throw ConfigError(at + "unknown key \"\(key)\"; the keys are the flags' names: "
                     + schema.keys.sorted().joined(separator: ", "))
             }
             guard let arguments = Self.arguments(key, kind, value) else {
-                throw ControlError(.invalidArgument, at + "\"\(key)\" must be \(Self.expected(kind))")
+                throw ConfigError(at + "\"\(key)\" must be \(Self.expected(kind))")
             }
             entries.append(Entry(key: key, arguments: arguments, line: lines[key]))
         }
@@ -73,10 +81,10 @@ public struct ConfigFile: Sendable, Equatable {
     }
 
     /// Reads and parses the file at `path`.
-    public init(path: String, schema: [String: Kind]) throws(ControlError) {
+    public init(path: String, schema: [String: Kind]) throws(ConfigError) {
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw ControlError(.invalidArgument, "cannot read the config file \(path): \(Self.reason(error))")
+            throw ConfigError("cannot read the config file \(path): \(Self.reason(error))")
         }
         try self.init(path: path, text: text, schema: schema)
     }
@@ -189,7 +197,7 @@ public enum ListenConfig {
     /// `check(entry)` checks one key's value alone (the command's parser), so an error names
     /// the line; it throws the message to show.
     public static func expand(_ arguments: [String],
-                              check: (ConfigFile.Entry) throws -> Void) throws(ControlError) -> [String] {
+                              check: (ConfigFile.Entry) throws -> Void) throws(ConfigError) -> [String] {
         guard arguments.first == "listen" else { return arguments }
         let rest = Array(arguments.dropFirst())
         var path: String?
@@ -201,7 +209,7 @@ public enum ListenConfig {
         let file = try ConfigFile(path: path, schema: schema)
         for entry in file.entries {
             do { try check(entry) } catch {
-                throw ControlError(.invalidArgument, file.location(entry) + "\"\(entry.key)\": \(error)")
+                throw ConfigError(file.location(entry) + "\"\(entry.key)\": \(error)")
             }
         }
         return ["listen"] + file.arguments(before: rest)
