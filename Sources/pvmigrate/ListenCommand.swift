@@ -180,7 +180,7 @@ struct Listen: ParsableCommand {
             let directory = tlsDirectory ?? runtime.defaultTLSDirectory
             try listener.reloadTLS(.mutual(try TLSFiles(directory: directory,
                                                         peerNames: PeerNames(clients: allowSource.isEmpty ? nil : allowSource))))
-            return "certificates read again from \(tlsDirectory ?? runtime.defaultTLSDirectory); the next handshakes use them"
+            return "certificates read again from \(directory); the next handshakes use them"
         } log: { log.event("reload", ["result": $0], text: "reload: \($0)") }
         listener.serve(arrivals)
         let shown = Endpoint(host: address.host, port: listener.port)
