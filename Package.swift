@@ -1,6 +1,6 @@
 // swift-tools-version:6.1
 // pvmigrate: a KVM-based paravirtual VMM built around live migration.
-// Layering (docs/architecture.md): pvmigrate -> Control -> Migrate -> Core -> CKVM, all over Posix, plus GuestImage.
+// Layering (docs/architecture.md): pvmigrate -> Control -> Migrate -> Core -> CKVM, all over Posix, plus GuestImage and Config (the CLI's config files).
 import PackageDescription
 
 let package = Package(
@@ -16,6 +16,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // `listen --config FILE` (TOML); compiles the C++ toml++ (~35 CPU-s of a clean build).
+        .package(url: "https://github.com/LebJe/TOMLKit", exact: "0.6.0"),
     ],
     targets: [
         // C shim over <linux/kvm.h>: ioctl request numbers and the helpers Swift cannot express.
@@ -39,8 +41,11 @@ let package = Package(
         .target(name: "Net", dependencies: ["Core", "CKVM", "Posix"]),
         // Named VMs: runtime directory, per-VM control sockets (protocol.md §4), console buffers.
         .target(name: "Control", dependencies: ["Core", "Migrate", "Posix"]),
+        // `listen --config FILE`: TOML files that mirror a command's flags. Apart from Control so
+        // that only the CLI and its tests compile TOMLKit's C++ (not the fuzz harnesses).
+        .target(name: "Config", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "pvmigrate", dependencies: [
-            "Core", "Migrate", "Control", "Net", "Posix", "GuestImage",
+            "Core", "Migrate", "Control", "Config", "Net", "Posix", "GuestImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
@@ -51,7 +56,7 @@ let package = Package(
         .testTarget(name: "NetTests", dependencies: ["Core", "Net"]),
         // The control plane without VMs or sockets: request/response coding, option checks,
         // endpoints, arrival names (one test needs /dev/kvm and skips without it).
-        .testTarget(name: "ControlTests", dependencies: ["Core", "Migrate", "Control", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "GuestImage", "TestSupport"]),
+        .testTarget(name: "ControlTests", dependencies: ["Core", "Migrate", "Control", "Config", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Config", "GuestImage", "TestSupport"]),
     ]
 )

@@ -37,6 +37,18 @@ public final class ControlClient {
         }
     }
 
+    /// Connects to a listener's control socket (`pvmigrate listen --control PATH`, protocol.md
+    /// §4.2); messages name it by its path.
+    public init(listenerSocket path: String) throws(ControlError) {
+        name = path
+        socketPath = path
+        do { socket = try LineSocket.connect(path: path) } catch {
+            throw ControlError(error.errno == ENOENT || error.errno == ECONNREFUSED ? .noSuchVM : .connection,
+                               "no listener answers at \(path) (\(Errno(error.errno).description)); "
+                                   + "start one with `pvmigrate listen --control \(path)`")
+        }
+    }
+
     /// How long to wait for each line of an answer (nil: for ever, the default — a migration
     /// may take minutes between events).
     public var timeout: Double? {

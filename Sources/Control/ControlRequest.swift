@@ -20,10 +20,15 @@ public enum ControlRequest: Sendable, Equatable {
     case cancel
     /// Settles an unresolved migration (protocol.md §3.6.5); `force` decides without asking.
     case recover(force: RecoverForce?)
+    /// The VM's migration job: the one in progress, else the last one (`MigrationJob`; §4.1).
+    case job
+    /// A listener's arrivals, in progress and recently finished (`ArrivalJob`s; §4.2). Only a
+    /// listener's control socket (`listen --control`) answers it.
+    case jobs
 
     /// The `cmd` of each request.
     public enum Command: String, CaseIterable, Sendable, Codable {
-        case status, stop, console, selfcheck, migrate, cancel, recover
+        case status, stop, console, selfcheck, migrate, cancel, recover, job, jobs
     }
 
     public var command: Command {
@@ -35,6 +40,8 @@ public enum ControlRequest: Sendable, Equatable {
         case .migrate: .migrate
         case .cancel: .cancel
         case .recover: .recover
+        case .job: .job
+        case .jobs: .jobs
         }
     }
 
@@ -44,7 +51,7 @@ public enum ControlRequest: Sendable, Equatable {
         case .console: ConsoleKey.allCases.map(\.stringValue)
         case .recover: RecoverKey.allCases.map(\.stringValue)
         case .migrate: MigrateRequest.argumentNames
-        case .status, .stop, .selfcheck, .cancel: []
+        case .status, .stop, .selfcheck, .cancel, .job, .jobs: []
         }
     }
 }
@@ -72,6 +79,8 @@ extension ControlRequest: Codable {
         case .stop: self = .stop
         case .selfcheck: self = .selfcheck
         case .cancel: self = .cancel
+        case .job: self = .job
+        case .jobs: self = .jobs
         case .console:
             let c = try decoder.container(keyedBy: ConsoleKey.self)
             self = .console(follow: try c.argument(.follow, must: "true or false") ?? false)
@@ -87,7 +96,7 @@ extension ControlRequest: Codable {
         var c = encoder.container(keyedBy: CommandKey.self)
         try c.encode(command, forKey: .cmd)
         switch self {
-        case .status, .stop, .selfcheck, .cancel: break
+        case .status, .stop, .selfcheck, .cancel, .job, .jobs: break
         case let .console(follow):
             var a = encoder.container(keyedBy: ConsoleKey.self)
             try a.encode(follow, forKey: .follow)

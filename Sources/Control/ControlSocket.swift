@@ -6,8 +6,8 @@ import Foundation
 import Posix
 
 // The only file of Control that calls libc's socket API, through Posix: Unix stream sockets
-// carrying JSON lines (protocol.md §4). Every call retries EINTR (`syscall`); both socket
-// kinds own a `FileDescriptor`, whose close protocol lets one thread close while another is
+// carrying JSON lines (protocol.md §4), and the datagrams that notify systemd. Every call
+// retries EINTR (`syscall`); both stream socket kinds own a `FileDescriptor`, whose close protocol lets one thread close while another is
 // blocked in recv or accept; writes use MSG_NOSIGNAL so a client that went away is an error,
 // not a SIGPIPE.
 
@@ -167,27 +167,61 @@ struct SocketError: Error {
     var errno: Int32
 }
 
-/// `struct sockaddr_un` for a path.
+/// `struct sockaddr_un` for a path, or (with `abstract`) for a name in Linux's abstract
+/// namespace written `@name`, as systemd passes one in $NOTIFY_SOCKET.
 struct UnixAddress {
     private var storage = sockaddr_un()
+    /// The address's length: the whole structure for a path (its NUL ends it), the used
+    /// bytes for an abstract name (every byte of it counts, NULs included).
+    private var length = socklen_t(MemoryLayout<sockaddr_un>.size)
 
-    init(_ path: String) throws(SocketError) {
-        let bytes = Array(path.utf8)
+    init(_ path: String, abstract allowAbstract: Bool = false) throws(SocketError) {
+        var bytes = Array(path.utf8)
+        let abstract = allowAbstract && bytes.first == UInt8(ascii: "@")
+        if abstract { bytes[0] = 0 }
         let capacity = MemoryLayout.size(ofValue: storage.sun_path)
-        guard bytes.count < capacity else { throw SocketError(operation: "socket path", errno: ENAMETOOLONG) }
+        guard !bytes.isEmpty, bytes.count < capacity else { throw SocketError(operation: "socket path", errno: ENAMETOOLONG) }
         storage.sun_family = sa_family_t(AF_UNIX)
         // Sound: sun_path is `capacity` bytes and `bytes.count < capacity` leaves room for the NUL
         // that the zero-initialised storage already holds.
         withUnsafeMutableBytes(of: &storage.sun_path) { raw in
             raw.copyBytes(from: bytes)
         }
+        if abstract { length = socklen_t(MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + bytes.count) }
     }
 
     mutating func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
-        let length = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let length = length
         // Sound: sockaddr_un is layout-compatible with sockaddr for the socket calls.
         return withUnsafePointer(to: &storage) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
         }
+    }
+}
+
+/// Sends one datagram to a Unix datagram socket: a path, or `@name` in the abstract
+/// namespace (the transport of systemd's notifications, `ServiceNotifier`).
+enum UnixDatagram {
+    static func send(_ bytes: [UInt8], to path: String) throws(SocketError) {
+        var address = try UnixAddress(path, abstract: true)
+        let fd: Int32
+        do { fd = try syscall { socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) } }
+        catch { throw SocketError(operation: "socket", errno: error.rawValue) }
+        let descriptor = FileDescriptor(owning: fd)
+        defer { descriptor.close() }
+        // Sound: `bytes` is readable for `bytes.count` bytes for the duration of the call.
+        let result = bytes.withUnsafeBytes { b in
+            Result { () throws(Errno) in
+                try descriptor.call { fd in
+                    address.withSockaddr { sendto(fd, b.baseAddress, b.count, Int32(MSG_NOSIGNAL), $0, $1) }
+                }
+            }
+        }
+        let sent: Int
+        switch result {
+        case let .success(n): sent = n
+        case let .failure(error): throw SocketError(operation: "sendto \(path)", errno: error.rawValue)
+        }
+        guard sent == bytes.count else { throw SocketError(operation: "sendto \(path)", errno: EMSGSIZE) }
     }
 }

@@ -173,13 +173,19 @@ extension VMHost {
         sender.onHandOver = { [self] u in try writeHandOverRecord(u) }
         do {
             let stats = try sender.migrate(to: parsed.destination.host, port: parsed.destination.port, tls: tls) { [self] round in
-                condition.withLock { migration?.last = round }
+                condition.withLock {
+                    migration?.last = round
+                    migration?.bytes += round.wireBytes
+                    migration?.pages += round.pages
+                }
                 reply.event(.round(round))
             }
+            recordJob(ended: .success(stats))
             finishMigration(success: (stats, destination))
             reply.ok(stats)
         } catch {
             if case let .unresolved(u) = error { enterUnresolved(u, sender: sender) }
+            recordJob(ended: .failure(error))
             finishMigration(success: nil)
             reply.fail(error.description)
         }

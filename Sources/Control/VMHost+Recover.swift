@@ -64,6 +64,7 @@ extension VMHost {
         let settled = condition.withLock { () -> Bool in
             guard unresolved?.migration.migrationID == u.migration.migrationID else { return false }
             unresolved = nil
+            lastJob?.phase = outcome == .started ? .completed : .failed
             if outcome == .started {
                 var stats = MigrationStats()
                 stats.memoryBytes = machine.memory.size

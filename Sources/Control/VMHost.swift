@@ -41,6 +41,9 @@ public final class VMHost: @unchecked Sendable {
         var destination: String
         var startedAt: Date
         var last: RoundStats?
+        /// Sums over the finished rounds (the `job` command).
+        var bytes: UInt64 = 0
+        var pages = 0
     }
 
     /// A migration whose outcome is unknown (protocol.md §3.6.5): the VM is paused here.
@@ -57,6 +60,8 @@ public final class VMHost: @unchecked Sendable {
     var migration: Migration?
     var unresolved: Unresolved?
     var migrated: (stats: MigrationStats, destination: String)?
+    /// The last migration that ended here (the `job` command, when none is in progress).
+    var lastJob: MigrationJob?
     private var end: VMHostEnd?
     private var drained = false
     private var activeRequests = 0
@@ -247,6 +252,8 @@ public final class VMHost: @unchecked Sendable {
         case let .migrate(arguments): migrate(arguments, reply)
         case .cancel: cancelRequest(reply)
         case let .recover(force): recoverRequest(force: force, reply)
+        case .job: reply.ok(job())
+        case .jobs: reply.fail("jobs is a listener's command (pvmigrate listen --control PATH); ask VM \(name) for its job")
         }
     }
 

@@ -24,9 +24,23 @@ struct Listen: ParsableCommand {
             progress for --progress-timeout is dropped and its memory freed.
 
             Logs one line per arrival (with its statistics) and per failed or rejected migration \
-            on standard output. SIGINT/SIGTERM: stop accepting, stop the VMs received here, remove \
-            their sockets, exit 0.
+            on standard output. --config FILE reads the flags from a TOML file, one key per flag \
+            (max-incoming = 4); flags on the command line win. --control PATH serves the \
+            listener's job list (`pvmigrate job --listener PATH`). Under systemd (Type=notify, \
+            contrib/systemd) it reports READY/RELOADING/STOPPING. SIGHUP: read the TLS directory \
+            again (a new certificate or CA) for the next handshakes; running VMs and migrations \
+            are not touched. SIGINT/SIGTERM: refuse new migrations, fence and fail those in \
+            progress (their sources keep the VMs), stop the VMs received here (they run in this \
+            process), remove their sockets, exit 0 (docs/protocol.md §3.6.8).
             """)
+
+    @Option(name: .long, help: ArgumentHelp("Read the flags from this TOML file (one key per flag, e.g. max-incoming = 4); flags given here win.",
+                                            valueName: "file"))
+    var config: String?
+
+    @Option(name: .long, help: ArgumentHelp("Serve the listener's control socket here: `jobs`, the arrivals in progress and recently ended (pvmigrate job --listener PATH).",
+                                            valueName: "path"))
+    var control: String?
 
     @Option(name: .long, help: "Where to listen, HOST:PORT (port 0: any free port, printed at start).",
             transform: Endpoint.listenArgument)
@@ -95,6 +109,12 @@ struct Listen: ParsableCommand {
         }
     }
 
+    /// The TLS directory's files (at start and on every reload).
+    func loadTLS(_ runtime: RuntimeDirectory) throws -> TLSMode {
+        try ListenTLS.load(tlsDirectory ?? runtime.defaultTLSDirectory, explicit: tlsDirectory != nil,
+                           allowedSources: allowSource.isEmpty ? nil : allowSource)
+    }
+
     static func capabilities(_ list: String) throws -> Capabilities {
         var c: Capabilities = []
         for word in list.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
@@ -114,14 +134,15 @@ struct Listen: ParsableCommand {
         do { runtime = try RuntimeDirectory(environment: ProcessInfo.processInfo.environment) } catch {
             throw Diagnostics.fail(error)
         }
+        // Caught from here on: a SIGHUP before the listener exists must not end the process.
+        let service = ListenService()
         let tls: TLSMode
         if insecure {
             Diagnostics.warn(Diagnostics.insecureWarning)
             tls = .insecure
         } else {
             let sources = allowSource.isEmpty ? nil : allowSource
-            tls = try ListenTLS.load(tlsDirectory ?? runtime.defaultTLSDirectory, explicit: tlsDirectory != nil,
-                                     allowedSources: sources)
+            tls = try loadTLS(runtime)
             if sources == nil {
                 Diagnostics.warn("accepting VMs from any host holding a certificate of this CA; "
                     + "name the hosts that may send here with --allow-source NAME")
@@ -147,8 +168,20 @@ struct Listen: ParsableCommand {
         do { listener = try MigrationListener(host: address.host, port: address.port, tls: tls, options: options) } catch {
             throw Diagnostics.fail(error)
         }
+        let jobs: ListenerControl?
+        do { jobs = try control.map { path in try ListenerControl(path: path) { listener.jobs } } } catch {
+            listener.close()
+            throw Diagnostics.fail(error)
+        }
         let finished = DispatchSemaphore(value: 0)
         let signals = SignalWatcher(SIGINT, SIGTERM) { finished.signal() }
+        service.onReload { [self] in
+            guard !insecure else { return "plaintext (--insecure): no certificates to read again" }
+            let directory = tlsDirectory ?? runtime.defaultTLSDirectory
+            try listener.reloadTLS(.mutual(try TLSFiles(directory: directory,
+                                                        peerNames: PeerNames(clients: allowSource.isEmpty ? nil : allowSource))))
+            return "certificates read again from \(directory); the next handshakes use them"
+        } log: { log.event("reload", ["result": $0], text: "reload: \($0)") }
         listener.serve(arrivals)
         let shown = Endpoint(host: address.host, port: listener.port)
         log.event("listening", ["address": "\(shown)", "tls": insecure ? "off (plaintext)" : "mutual",
@@ -162,10 +195,20 @@ struct Listen: ParsableCommand {
                   text: "limits: \(maxIncoming) migrations at once, \(options.maximumMemory >> 20) MiB of guest memory "
                       + "in total, \(maxPending) pending connections, \(Format.seconds(handshakeTimeout)) to handshake, "
                       + "\(Format.seconds(progressTimeout)) without progress, \(Format.seconds(commitTimeout)) for GO")
+        service.ready(status: "listening on \(shown); \(jobs.map { "jobs at \($0.path)" } ?? "no --control socket")")
         finished.wait()
         signals.cancel()
-        log.event("stopping", [:], text: "stopping: no new migrations; stopping the VMs received here")
-        listener.close()
+        service.stopping()
+        log.event("stopping", ["hosted": arrivals.current.count],
+                  text: "stopping: no new migrations; failing those in progress; stopping the \(arrivals.current.count) "
+                      + "VM(s) received here")
+        let (fenced, settled) = listener.shutDown(timeout: 20)
+        if fenced > 0 || !settled {
+            log.event("note", ["message": "\(fenced) migration(s) in progress fenced; all ended: \(settled)"],
+                      text: "\(fenced) migration(s) in progress fenced (their sources keep the VMs)"
+                          + (settled ? "" : "; some did not end within 20 s"))
+        }
+        jobs?.close()
         if !arrivals.shutDown(timeout: 30) {
             log.event("note", ["message": "some VMs did not stop within 30 s"], text: "some VMs did not stop within 30 s")
         }

@@ -121,14 +121,15 @@ extension EndToEnd {
 
             /// Starts `listen` on the destination on an ephemeral loopback port (chosen by the
             /// listener itself, so no other test can take it first); returns the port it printed.
-            func listen(tlsDir: String, _ extra: [String] = []) throws -> (Background, UInt16) {
-                try listen(port: 0, ["--tls-dir", "\(root)/\(tlsDir)"] + extra)
+            func listen(tlsDir: String, _ extra: [String] = [], environment more: [String: String] = [:]) throws -> (Background, UInt16) {
+                try listen(port: 0, ["--tls-dir", "\(root)/\(tlsDir)"] + extra, environment: more)
             }
 
             /// Starts `listen --address 127.0.0.1:PORT arguments…` on the destination (port 0: one
             /// the listener chooses) and returns it with the port it printed once it listens.
-            func listen(port: UInt16, _ arguments: [String]) throws -> (Background, UInt16) {
-                let l = try Background(["listen", "--address", "127.0.0.1:\(port)"] + arguments, environment: environment("dst"))
+            func listen(port: UInt16, _ arguments: [String], environment more: [String: String] = [:]) throws -> (Background, UInt16) {
+                let l = try Background(["listen", "--address", "127.0.0.1:\(port)"] + arguments,
+                                       environment: environment("dst").merging(more) { $1 })
                 listeners.append(l)
                 func line() -> Substring? { // only complete lines: the port must be whole
                     l.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropLast()

@@ -119,6 +119,9 @@ final class ProgressWatchdog: @unchecked Sendable {
     /// Frames of `count` bytes arrived.
     func received(_ count: Int) { condition.withLock { bytes += UInt64(count) } }
 
+    /// Bytes received so far (the listener's `jobs`).
+    var bytesReceived: UInt64 { condition.withLock { bytes } }
+
     /// The migration reached its next phase.
     func advanced() { condition.withLock { phases += 1 } }
 

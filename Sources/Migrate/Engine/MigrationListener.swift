@@ -20,6 +20,11 @@ public final class MigrationListener: @unchecked Sendable {
     private let closed = Locked(false)
     /// Handshaken connections whose first frame has not arrived yet.
     private let awaitingFirstFrame = Locked(0)
+    /// Set by `shutDown`, read and set under `sessions`' lock: no HELLO is admitted after it.
+    private let draining = Locked(false)
+    /// Sessions between admission and their report to the handler (`shutDown` waits for them).
+    private let inFlight = DispatchGroup()
+    private let finished = Locked(FinishedArrivals())
 
     public init(host: String, port: UInt16, tls: TLSMode, options: ReceiverOptions = .init()) throws(MigrationError) {
         do { listener = try StreamListener(host: host, port: port, mode: tls, limits: options.listener) }
@@ -56,6 +61,43 @@ public final class MigrationListener: @unchecked Sendable {
     public func close() {
         closed.withLock { $0 = true }
         listener.close()
+    }
+
+    /// Uses `tls` for the handshakes that begin from now on (`pvmigrate listen` reloads its
+    /// certificates on SIGHUP); migrations in progress keep the sessions they have.
+    public func reloadTLS(_ tls: TLSMode) throws(MigrationError) {
+        do { try listener.reload(tls) } catch { throw .transport(error) }
+    }
+
+    /// The migrations arriving now, then the last ones that ended (oldest first).
+    public var jobs: [ArrivalJob] {
+        let running = sessions.withLock { Array($0.values) }.map { $0.job() }
+        return running.sorted { $0.elapsedSeconds > $1.elapsedSeconds } + finished.value.jobs
+    }
+
+    /// A clean shutdown (SIGTERM; protocol.md §3.6.8). From now on every HELLO is refused.
+    /// Every migration in progress whose guest has not been decided "started" is fenced —
+    /// "aborted" is recorded for its id, as a RESOLVE would (§3.6.5), so a GO on its way can no
+    /// longer start the guest here — and cut short with an ERROR: its source keeps its VM
+    /// (before PREPARED), or learns "aborted" by RESOLVE and resumes it (after PREPARED). A
+    /// migration already decided "started" is not touched: its guest runs here and is handed
+    /// to the handler. Waits up to `timeout` seconds for the migrations to end, then closes
+    /// the listening socket (RESOLVE is answered until then). Returns how many were fenced
+    /// and whether all ended in time.
+    @discardableResult
+    public func shutDown(timeout: Double) -> (fenced: Int, settled: Bool) {
+        let fenced = sessions.withLock { sessions -> [MigrationReceiver] in
+            draining.withLock { $0 = true }
+            return sessions.filter { options.outcomes.resolve($0.key, active: true) != .started }.map(\.value)
+        }
+        for session in fenced {
+            options.log("shutting down: migration \(OutcomeTable.hex(session.id)) from \(session.job().peer) "
+                + "fenced (\"aborted\" recorded) and cancelled; its source keeps the VM")
+            session.cancel("the destination is shutting down; the VM stays at the source")
+        }
+        let settled = inFlight.wait(timeout: .now() + timeout) == .success
+        close()
+        return (fenced.count, settled)
     }
 
     /// The first frame, within the handshake deadline; nil (and reported as `.rejected`) when none came.
@@ -111,6 +153,13 @@ public final class MigrationListener: @unchecked Sendable {
         }
     }
 
+    private func finish(_ session: MigrationReceiver, _ result: ArrivalJob.Result, _ error: String?) {
+        var job = session.job()
+        job.result = result
+        job.error = error
+        finished.withLock { $0.append(job) }
+    }
+
     private func handle(_ stream: ByteStream, _ handler: some ArrivalHandling) {
         let channel = FrameChannel(stream)
         guard let first = firstFrame(channel, handler) else { return }
@@ -127,25 +176,41 @@ public final class MigrationListener: @unchecked Sendable {
             defer { admission.release(ticket) }
             let session = MigrationReceiver(hello: hello, control: channel, options: options,
                                          admission: admission, ticket: ticket)
-            let fresh = sessions.withLock { s -> Bool in
+            let admitted = sessions.withLock { s -> Admitted in
+                if draining.value { return .draining }
                 // An id with a decision on record is spent, even across restarts.
-                guard s[hello.migrationID] == nil, options.outcomes.lookup(hello.migrationID) == .unknown else { return false }
+                guard s[hello.migrationID] == nil, options.outcomes.lookup(hello.migrationID) == .unknown else { return .duplicate }
                 s[hello.migrationID] = session
-                return true
+                inFlight.enter()
+                return .fresh
             }
-            guard fresh else {
+            switch admitted {
+            case .fresh: break
+            case .duplicate:
                 channel.sendError(.protocolViolation, "duplicate migration id")
                 stream.close()
                 return
+            case .draining:
+                let why = "the destination is shutting down: it accepts no migrations"
+                channel.sendError(.resources, why)
+                handler.failed(ReceiveFailure(kind: .refused, peer: stream.peer,
+                                              description: "migration from \(stream.peerDescription) refused: \(why)"))
+                stream.close()
+                return
             }
-            defer { sessions.withLock { $0[hello.migrationID] = nil } }
+            defer {
+                sessions.withLock { $0[hello.migrationID] = nil }
+                inFlight.leave()
+            }
             do {
                 let vm = try session.run()
+                finish(session, .completed, nil)
                 handler.arrived(vm) // the VM's memory now counts as hosted; then its claim goes
             } catch {
+                finish(session, error.isRefusal ? .refused : .failed, error.description)
                 sessions.withLock { $0[hello.migrationID] = nil }
                 admission.release(ticket) // before the report: whoever reads it may retry at once
-                let refused = if case .refused = error { true } else { false }
+                let refused = error.isRefusal
                 let verb = refused ? "" : "failed: " // "refused: …" / "dropped: …"
                 handler.failed(ReceiveFailure(kind: refused ? .refused : .failed, peer: stream.peer,
                                               description: "migration from \(stream.peerDescription) \(verb)\(error)",
@@ -171,6 +236,9 @@ public final class MigrationListener: @unchecked Sendable {
     }
 }
 
+/// What became of a HELLO at the sessions table.
+private enum Admitted { case fresh, duplicate, draining }
+
 /// `ArrivalHandling` from two closures.
 struct ArrivalClosures: ArrivalHandling {
     let onArrival: @Sendable (ReceivedVM) -> Void
@@ -178,4 +246,9 @@ struct ArrivalClosures: ArrivalHandling {
 
     func arrived(_ vm: ReceivedVM) { onArrival(vm) }
     func failed(_ failure: ReceiveFailure) { onFailure(failure) }
+}
+
+extension MigrationError {
+    /// This host refused the migration at a limit (or dropped it for lack of progress).
+    var isRefusal: Bool { if case .refused = self { true } else { false } }
 }

@@ -27,6 +27,10 @@ final class MigrationReceiver: @unchecked Sendable {
     private let progress: ProgressWatchdog
     /// A page worker failed and told the source (only the first one does).
     private let workerFailed = Locked(false)
+    /// For `job()`: when HELLO came, what MACHINE announced, pages applied so far.
+    private let startedAt = ContinuousClock.now
+    private let announced = Locked<MachineDescription?>(nil)
+    private let appliedPages = Locked(0)
 
     /// `ticket`: this migration's admission (counted by `MigrationListener` at HELLO).
     init(hello: Hello, control: FrameChannel, options: ReceiverOptions, admission: Admission, ticket: Admission.Ticket) {
@@ -51,6 +55,21 @@ final class MigrationReceiver: @unchecked Sendable {
             precondition(state.mayMove(to: next), "receiver state \(state) → \(next) is not a move of ReceiverState")
             state = next
         }
+    }
+
+    /// Where this migration stands, for the listener's `jobs` (protocol.md §4.2).
+    func job() -> ArrivalJob {
+        let machine = announced.value
+        return ArrivalJob(migrationID: OutcomeTable.hex(id), peer: control.stream.peerDescription, name: machine?.name,
+                          memoryBytes: machine?.memoryBytes, phase: "\(state)", pages: appliedPages.value,
+                          bytes: progress.bytesReceived, elapsedSeconds: (ContinuousClock.now - startedAt).seconds)
+    }
+
+    /// Ends the migration now (the listener shuts down): tells the source, closes every
+    /// stream; `run()` then fails. The caller fenced the id first (protocol.md §3.6.5).
+    func cancel(_ reason: String) {
+        control.sendError(.resources, reason)
+        abandon()
     }
 
     /// The machine's messages so far, for a failure report; later ones go to `options.log`.
@@ -113,6 +132,7 @@ final class MigrationReceiver: @unchecked Sendable {
             throw .wire(.unexpected(frame: "a frame other than MACHINE", state: "awaiting MACHINE"))
         }
         progress.advanced()
+        announced.withLock { $0 = description }
         let (machine, console) = try build(description)
         enter(.awaitJoins)
         let dataStreams = try waitForJoins()
@@ -124,7 +144,7 @@ final class MigrationReceiver: @unchecked Sendable {
         let hashes = PageHashTable(pageCount: machine.memory.pageCount)
         // The first failure is the one to report: the others are its follow-on closes.
         let failures = Locked<MigrationError?>(nil)
-        let applied = Locked(0)
+        let applied = appliedPages
         let group = DispatchGroup()
         for channel in dataStreams {
             group.enter()

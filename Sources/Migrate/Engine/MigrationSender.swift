@@ -23,6 +23,8 @@ public final class MigrationSender: @unchecked Sendable {
     private let handshakeRoundTrip = Locked(0.0)
     /// The last stop-and-copy pause, phase by phase (nil until one completed).
     public var lastPausePhases: PausePhases? { pausePhases.value }
+    /// Where the commit protocol stands (protocol.md §3.6.3); nil before COMMIT is prepared.
+    public var commitPhase: SourceCommit.Phase? { commitState.value?.phase }
     private let pausePhases = Locked<PausePhases?>(nil)
 
     public init(machine: Machine, name: String, kernelSHA256: [UInt8], options: MigrationOptions = .init()) {

@@ -1,5 +1,6 @@
 // Opening migration streams: the listening side and the connecting side.
 
+import Core
 import Foundation
 
 /// How a listener defends itself against peers that have not authenticated
@@ -25,7 +26,9 @@ public struct ListenerLimits: Sendable {
 /// the order they finish. Any thread may call `close()`.
 public final class StreamListener: @unchecked Sendable {
     private let socket: Socket
-    private let mode: TLSMode
+    /// Replaced by `reload(_:)`; each handshake reads it once, when it begins.
+    private let currentMode: Locked<TLSMode>
+    private var mode: TLSMode { currentMode.value }
     public let limits: ListenerLimits
     public let port: UInt16
 
@@ -48,7 +51,7 @@ public final class StreamListener: @unchecked Sendable {
     /// Binds and listens (port 0 = ephemeral). SO_REUSEADDR.
     public init(host: String, port: UInt16, mode: TLSMode, limits: ListenerLimits = .init()) throws(TransportError) {
         socket = try Socket.listen(host: host, port: port)
-        self.mode = mode
+        currentMode = Locked(mode)
         self.limits = limits
         self.port = socket.localPort
     }
@@ -90,6 +93,19 @@ public final class StreamListener: @unchecked Sendable {
         for case let .success(stream) in queued { stream.close() }
     }
 
+    /// Uses `mode` for the handshakes that begin from now on (a certificate or CA rotation:
+    /// `pvmigrate listen` on SIGHUP). Streams already open keep the TLS session they have.
+    /// Switching between plaintext and TLS is refused: it would change what the listener is.
+    public func reload(_ mode: TLSMode) throws(TransportError) {
+        let replaced = currentMode.withLock { (current: inout TLSMode) -> Bool in
+            switch (current, mode) {
+            case (.mutual, .mutual), (.insecure, .insecure): current = mode; return true
+            default: return false
+            }
+        }
+        if !replaced { throw .tls("a reload cannot switch between plaintext and TLS: restart the listener") }
+    }
+
     // MARK: The accept loop
 
     private func acceptLoop() {
@@ -123,7 +139,7 @@ public final class StreamListener: @unchecked Sendable {
     private func handshake(_ connection: Socket) {
         let result: Result<ByteStream, TransportError>
         do throws(TransportError) {
-            switch mode {
+            switch mode { // read once: a reload meanwhile applies to the next handshake
             case .insecure:
                 result = .success(try PlainStream(socket: connection))
             case .mutual(let files):
