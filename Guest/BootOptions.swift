@@ -43,6 +43,9 @@ struct BootOptions {
     var selfcheck = true        // dirty: verify all written pages after the last pass
     var fill: UInt64 = 0        // any workload: MiB of RAM to fill with data first
     var dropLog: UInt64 = 0     // chaos for tests: drop every Nth dirty report, 0 = never
+    var vcpus: UInt64 = 0       // vCPUs to run (protocol.md §1.7), 0 = all the VM has
+    var haltVCPU: UInt64 = 0    // for tests: this AP halts right after it comes up, 0 = none
+    private var quiet = false
 
     /// Numeric values above this are rejected as malformed (keeps all
     /// derived arithmetic, such as `mib << 20` or `interval * kHz`, in range).
@@ -50,7 +53,9 @@ struct BootOptions {
 
     /// Parses `text` (NUL-terminated, at most `StartInfo.maximumCommandLine`
     /// bytes); unknown keys and malformed values are reported and ignored.
-    init(commandLine text: UnsafePointer<UInt8>?) {
+    /// `quiet`: parse without reporting (an AP re-reads what vCPU 0 already reported).
+    init(commandLine text: UnsafePointer<UInt8>?, quiet: Bool = false) {
+        self.quiet = quiet
         guard let text else { return }
         var index = 0
         while index < StartInfo.maximumCommandLine && text[index] != 0 {
@@ -117,6 +122,10 @@ struct BootOptions {
             setNumber(&fill, key, value, minimum: 0)
         } else if key == "droplog" {
             setNumber(&dropLog, key, value, minimum: 0)
+        } else if key == "vcpus" {
+            setNumber(&vcpus, key, value, minimum: 1, maximum: 8)
+        } else if key == "haltcpu" {
+            setNumber(&haltVCPU, key, value, minimum: 1, maximum: 7)
         } else if key == "progress" {
             setNumber(&progress, key, value, minimum: 0)
         } else if key == "selfcheck" {
@@ -138,6 +147,7 @@ struct BootOptions {
     }
 
     private func warn(_ message: StaticString, _ word: Word) {
+        if quiet { return }
         var line = ConsoleLine("pvguest: ")
         line.append(message)
         line.append(bytes: word.start, count: word.count)
@@ -145,6 +155,7 @@ struct BootOptions {
     }
 
     private func warnValue(_ key: Word, _ value: Word) {
+        if quiet { return }
         var line = ConsoleLine("pvguest: warning: bad value for ")
         line.append(bytes: key.start, count: key.count)
         line.append(": ")

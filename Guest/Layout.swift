@@ -3,9 +3,11 @@
 //   1 MiB            image (.text, .data with the page tables, .bss with the
 //                    stack, the VIF page and the IDT), ending at `_end`
 //   _end             control page (one page)
-//                    dirty ring (16384 × u64 = 128 KiB)
-//                    de-duplication bitmap (1 bit per page of RAM below the
-//                    identity-mapped limit), up to a page boundary
+//                    vCPU areas (one page per vCPU 1..<n, protocol.md §2.10)
+//                    SMP page (the VCPU_START block and the vCPUs' handshakes)
+//                    dirty rings (16384 × u64 = 128 KiB per vCPU)
+//                    de-duplication bitmaps (per vCPU, 1 bit per page of RAM
+//                    below the identity-mapped limit), up to a page boundary
 //   ---------------- everything above is ONE always-dirty range
 //                    version table (u32 per working-set page): logged like
 //                    any other page when the guest updates it
@@ -24,6 +26,11 @@ struct Layout {
     static let maximumControlPFN: UInt64 = 0xf_ffff
 
     let controlPage: UInt64
+    /// vCPUs the layout has rings for (1 without VCPU_START).
+    let vcpus: UInt64
+    let vcpuAreas: UInt64
+    let smpPage: UInt64
+    /// vCPU 0's ring and bitmap; vCPU k's follow at k × their sizes (`ring(_:)`, `dedupBitmap(_:)`).
     let ring: UInt64
     let dedupBitmap: UInt64
     /// The bitmap covers PFNs `0..<dedupPages`.
@@ -50,7 +57,8 @@ struct Layout {
 
     /// Lays out the bookkeeping for a working set of `workingSetMiB` MiB and
     /// checks that everything fits in RAM; panics with the reason otherwise.
-    init(startInfo: StartInfo, workingSetMiB: UInt64, fillMiB: UInt64 = 0) {
+    init(startInfo: StartInfo, workingSetMiB: UInt64, fillMiB: UInt64 = 0, vcpus: UInt64 = 1) {
+        self.vcpus = vcpus  // 1...SMP.maximumVCPUs
         ramEnd = startInfo.ramEnd
         fillBytes = fillMiB << 20  // fillMiB <= 2^32 (BootOptions): no overflow
         let covered = Self.alignUp(ramEnd < CPU.mappedLimit ? ramEnd : CPU.mappedLimit, Self.pageSize)
@@ -58,9 +66,11 @@ struct Layout {
         dedupWords = (dedupPages &+ 63) / 64
 
         controlPage = Self.alignUp(CPU.imageEnd, Self.pageSize)
-        ring = controlPage &+ Self.pageSize
-        dedupBitmap = ring &+ UInt64(Self.ringEntries) &* 8
-        alwaysDirtyEnd = Self.alignUp(dedupBitmap &+ dedupWords &* 8, Self.pageSize)
+        vcpuAreas = controlPage &+ Self.pageSize
+        smpPage = vcpuAreas &+ (vcpus &- 1) &* Self.pageSize
+        ring = smpPage &+ Self.pageSize
+        dedupBitmap = ring &+ vcpus &* UInt64(Self.ringEntries) &* 8
+        alwaysDirtyEnd = Self.alignUp(dedupBitmap &+ vcpus &* dedupWords &* 8, Self.pageSize)
 
         // workingSetMiB <= 2^32 (BootOptions), so none of this overflows.
         workingSetPages = (workingSetMiB << 20) / Self.pageSize
@@ -107,7 +117,8 @@ struct Layout {
     /// Zeroes the de-duplication bitmap and the version table (RAM is zero
     /// under pvmigrate, but not necessarily under every VMM).
     func clearBookkeeping() {
-        Self.zero(gpa: dedupBitmap, words: dedupWords)
+        Self.zero(gpa: dedupBitmap, words: vcpus &* dedupWords)
+        Self.zero(gpa: smpPage, words: Self.pageSize / 8)
         Self.zero(gpa: versionTable, words: (workingSetPages &+ 1) / 2)
     }
 
@@ -121,11 +132,30 @@ struct Layout {
         }
     }
 
-    /// The control page and its header, ready for REGISTER.
+    /// vCPU `k`'s dirty ring and de-duplication bitmap.
+    func ring(_ k: UInt64) -> UInt64 { ring &+ k &* UInt64(Self.ringEntries) &* 8 }
+    func dedupBitmap(_ k: UInt64) -> UInt64 { dedupBitmap &+ k &* dedupWords &* 8 }
+
+    /// vCPU `k`'s page for its ring and counters: the control page for vCPU 0, its area
+    /// (§2.10) for the others.
+    func area(_ k: UInt64) -> ControlPage {
+        k == 0 ? ControlPage(gpa: controlPage) : ControlPage(gpa: vcpuAreas &+ (k &- 1) &* Self.pageSize)
+    }
+
+    /// The control page and its header, ready for REGISTER; with several vCPUs (ABI v2) also
+    /// the vCPU areas, each naming its ring.
     func makeControlPage() -> ControlPage {
         let control = ControlPage(gpa: controlPage)
         control.initialize(ringGPA: ring, ringEntries: Self.ringEntries,
                            alwaysDirtyGPA: Self.imageStart, alwaysDirtyPages: alwaysDirtyPages)
+        if vcpus > 1 {
+            control.setVCPUAreas(count: UInt32(truncatingIfNeeded: vcpus &- 1), gpa: vcpuAreas)
+            var k: UInt64 = 1
+            while k < vcpus {
+                area(k).initializeArea(ringGPA: ring(k), ringEntries: Self.ringEntries)
+                k &+= 1
+            }
+        }
         return control
     }
 

@@ -30,7 +30,7 @@
 #define MSR_EFER     0xc0000080
 #define EFER_LME     0x100
 
-#define STACK_SIZE   16384
+#define STACK_SIZE   16384     /* pvguest_ap_stack_top shifts by 14 */
 
 /* ---------------------------------------------------------------- PVH note */
 
@@ -232,9 +232,41 @@ pvguest_image_end:                              /* () -> GPA just past the image
         ret
 
         .globl pvguest_vif_page
-pvguest_vif_page:                               /* () -> GPA of the VIF page */
+pvguest_vif_page:                               /* (vcpu) -> GPA of that vCPU's VIF page */
         leaq    vif_page(%rip), %rax
+        movq    %rdi, %rcx
+        shlq    $12, %rcx
+        addq    %rcx, %rax
         ret
+
+        .globl pvguest_ap_entry_address
+pvguest_ap_entry_address:                       /* () -> where VCPU_START enters an AP */
+        leaq    pvguest_ap_entry(%rip), %rax
+        ret
+
+        .globl pvguest_ap_stack_top
+pvguest_ap_stack_top:                           /* (vcpu 1..7) -> top of its stack */
+        leaq    ap_stacks(%rip), %rax
+        movq    %rdi, %rcx
+        shlq    $14, %rcx                       /* vcpu * STACK_SIZE */
+        addq    %rcx, %rax
+        ret
+
+        .globl pvguest_halt
+pvguest_halt:                                   /* () -> never: cli; hlt */
+4:      cli
+        hlt
+        jmp     4b
+
+/* An AP (protocol.md §2.10): the host copies vCPU 0's mode, paging, segments
+ * and descriptor tables, and sets RIP here, RSP to its stack and RDI to the
+ * argument vCPU 0 chose. */
+        .globl pvguest_ap_entry
+pvguest_ap_entry:
+        xorl    %ebp, %ebp
+        call    pvguest_ap_main
+        movl    $1, %edi
+        jmp     pvguest_exit
 
         .globl pvguest_line_buffer
 pvguest_line_buffer:                            /* () -> 256-byte console buffer */
@@ -289,11 +321,13 @@ page_directories:
 
         .section .bss.pvguest, "aw", @nobits
         .balign 4096
-vif_page:                       /* zeroed by the loader; used only as VIF */
-        .skip 4096
+vif_page:                       /* zeroed by the loader; used only as VIF, */
+        .skip 4096 * 8          /* one page per vCPU (§1.6) */
 stack_bottom:
         .skip STACK_SIZE
 stack_top:
+ap_stacks:                      /* vCPU k's stack ends at ap_stacks + k * STACK_SIZE */
+        .skip STACK_SIZE * 7
         .balign 16
 idt:
         .skip 32 * 16
