@@ -301,9 +301,13 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
 
     // MARK: Host requests (§2.7) and guest counters (§2.6)
 
-    /// Asks the guest to write at most `pagesPerSecond` pages per second (0 = no limit).
+    /// Asks the guest to write at most `pagesPerSecond` pages per second in all (0 = no limit):
+    /// each vCPU with a ring gets an equal share in its own `throttle_rate` (§2.7, §2.10).
     public func setThrottle(pagesPerSecond: UInt32) {
-        lock.withLock { hostStoreAll(.throttleRate, pagesPerSecond) }
+        lock.withLock {
+            let share = pagesPerSecond == 0 ? 0 : max(1, pagesPerSecond / UInt32(max(1, rings.count)))
+            hostStoreAll(.throttleRate, share)
+        }
     }
 
     /// Asks the guest for a self-check; returns the request number to wait for, or nil
