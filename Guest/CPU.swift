@@ -22,7 +22,7 @@ func pvguest_exit(_ status: UInt32)  // never returns
 func pvguest_image_end() -> UInt64
 
 @_extern(c, "pvguest_vif_page")
-func pvguest_vif_page(_ vcpu: UInt64) -> UInt64
+func pvguest_vif_page() -> UInt64
 
 @_extern(c, "pvguest_line_buffer")
 func pvguest_line_buffer() -> UnsafeMutablePointer<UInt8>

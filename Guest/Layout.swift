@@ -4,10 +4,12 @@
 //                    stack, the VIF page and the IDT), ending at `_end`
 //   _end             control page (one page)
 //                    vCPU areas (one page per vCPU 1..<n, protocol.md §2.10)
-//                    SMP page (the VCPU_START block and the vCPUs' handshakes)
+//                    SMP page (the VCPU_START block and the vCPUs' handshakes;
+//                    only with several vCPUs)
 //                    dirty rings (16384 × u64 = 128 KiB per vCPU)
 //                    de-duplication bitmaps (per vCPU, 1 bit per page of RAM
 //                    below the identity-mapped limit), up to a page boundary
+//                    with several vCPUs: VIF pages and 16 KiB stacks of vCPUs 1..<n
 //   ---------------- everything above is ONE always-dirty range
 //                    version table (u32 per working-set page): logged like
 //                    any other page when the guest updates it
@@ -33,6 +35,10 @@ struct Layout {
     /// vCPU 0's ring and bitmap; vCPU k's follow at k × their sizes (`ring(_:)`, `dedupBitmap(_:)`).
     let ring: UInt64
     let dedupBitmap: UInt64
+    /// vCPUs 1..<n: their VIF pages (§1.6) and stacks (empty with one vCPU).
+    let apVIFPages: UInt64
+    let apStacks: UInt64
+    static let apStackSize: UInt64 = 16384
     /// The bitmap covers PFNs `0..<dedupPages`.
     let dedupPages: UInt64
     let dedupWords: UInt64
@@ -68,9 +74,13 @@ struct Layout {
         controlPage = Self.alignUp(CPU.imageEnd, Self.pageSize)
         vcpuAreas = controlPage &+ Self.pageSize
         smpPage = vcpuAreas &+ (vcpus &- 1) &* Self.pageSize
-        ring = smpPage &+ Self.pageSize
+        // One vCPU: no areas and no SMP page, so the layout (and the always-dirty set) is
+        // exactly the single-vCPU one.
+        ring = vcpus > 1 ? smpPage &+ Self.pageSize : smpPage
         dedupBitmap = ring &+ vcpus &* UInt64(Self.ringEntries) &* 8
-        alwaysDirtyEnd = Self.alignUp(dedupBitmap &+ vcpus &* dedupWords &* 8, Self.pageSize)
+        apVIFPages = Self.alignUp(dedupBitmap &+ vcpus &* dedupWords &* 8, Self.pageSize)
+        apStacks = apVIFPages &+ (vcpus &- 1) &* Self.pageSize
+        alwaysDirtyEnd = apStacks &+ (vcpus &- 1) &* Self.apStackSize
 
         // workingSetMiB <= 2^32 (BootOptions), so none of this overflows.
         workingSetPages = (workingSetMiB << 20) / Self.pageSize
@@ -118,7 +128,7 @@ struct Layout {
     /// under pvmigrate, but not necessarily under every VMM).
     func clearBookkeeping() {
         Self.zero(gpa: dedupBitmap, words: vcpus &* dedupWords)
-        Self.zero(gpa: smpPage, words: Self.pageSize / 8)
+        if vcpus > 1 { Self.zero(gpa: smpPage, words: Self.pageSize / 8) }
         Self.zero(gpa: versionTable, words: (workingSetPages &+ 1) / 2)
     }
 
@@ -131,6 +141,10 @@ struct Layout {
             index += 1
         }
     }
+
+    /// vCPU `k` (≥ 1)'s VIF page and the top of its stack.
+    func vifPage(_ k: UInt64) -> UInt64 { apVIFPages &+ (k &- 1) &* Self.pageSize }
+    func stackTop(_ k: UInt64) -> UInt64 { apStacks &+ k &* Self.apStackSize }
 
     /// vCPU `k`'s dirty ring and de-duplication bitmap.
     func ring(_ k: UInt64) -> UInt64 { ring &+ k &* UInt64(Self.ringEntries) &* 8 }

@@ -90,9 +90,9 @@ enum VIF {
     /// the first guess. Change only this constant if the host wants flags.
     static let registrationFlags: UInt64 = 0
 
-    /// Registers vCPU `vcpu`'s own page (each vCPU needs one); from here on the host may
-    /// run that vCPU natively.
-    static func register(vcpu: UInt64 = 0) {
-        CPU.writeMSR(msr, pvguest_vif_page(vcpu) | registrationFlags)
+    /// Registers this vCPU's own page (each vCPU needs one: vCPU 0's is in the image, the
+    /// others' in Layout's bookkeeping); from here on the host may run this vCPU natively.
+    static func register(gpa: UInt64 = pvguest_vif_page()) {
+        CPU.writeMSR(msr, gpa | registrationFlags)
     }
 }

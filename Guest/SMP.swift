@@ -8,6 +8,7 @@
 //   0x040          u32 hold: vCPU 0 asks the others to park (while it self-checks)
 //   0x048          u64 GPA of hvm_start_info
 //   0x050          u32 vCPUs in use
+//   0x060 + 8·k    u64 GPA of vCPU k's VIF page (Layout), read before the AP knows its layout
 //   0x100 + 64·k   u32 state of vCPU k, one cache line each: 0 down, 1 running,
 //                  2 parked, 3 finished (its workload ended, or it halted)
 //
@@ -15,9 +16,6 @@
 
 @_extern(c, "pvguest_ap_entry_address")
 func pvguest_ap_entry_address() -> UInt64
-
-@_extern(c, "pvguest_ap_stack_top")
-func pvguest_ap_stack_top(_ vcpu: UInt64) -> UInt64
 
 @_extern(c, "pvguest_halt")
 func pvguest_halt()  // never returns
@@ -34,7 +32,8 @@ struct SMP {
     /// How long vCPU 0 waits for a started vCPU to report (the host may be loaded).
     static let bringUpMilliseconds: UInt64 = 60_000
 
-    static let holdOffset = 0x040, startInfoOffset = 0x048, countOffset = 0x050, stateOffset = 0x100
+    static let holdOffset = 0x040, startInfoOffset = 0x048, countOffset = 0x050, vifOffset = 0x060
+    static let stateOffset = 0x100
 
     let base: UnsafeMutableRawPointer?
 
@@ -71,7 +70,8 @@ struct SMP {
             pvg_store32(block, startMagic)
             pvg_store32(block + 4, UInt32(k))
             pvg_store64(block + 8, pvguest_ap_entry_address())
-            pvg_store64(block + 16, pvguest_ap_stack_top(k))
+            pvg_store64(block + 16, kernel.layout.stackTop(k))
+            pvg_store64(block + vifOffset + 8 * Int(k), kernel.layout.vifPage(k))
             pvg_store64(block + 24, page | k)
             kernel.pv.perform(opVCPUStart, UInt32(truncatingIfNeeded: page / Layout.pageSize))
             let deadline = kernel.clock.now() &+ bringUpMilliseconds &* kernel.clock.ticksPerMillisecond
@@ -141,9 +141,11 @@ struct SMP {
 func apMain(_ argument: UInt64) {
     let k = argument & 0xfff
     let pv = PVInterface.discover()
-    if pv.nativeAvailable { VIF.register(vcpu: k) }  // first: the rest runs natively
     let smp = SMP(base: UnsafeMutableRawPointer(bitPattern: UInt(argument & ~0xfff)))
-    guard let base = smp.base, let startInfo = StartInfo(gpa: pvg_load64(base + SMP.startInfoOffset)) else {
+    guard let base = smp.base else { Exit.now(Exit.panic) }
+    // First: the rest runs natively.
+    if pv.nativeAvailable { VIF.register(gpa: pvg_load64(base + SMP.vifOffset + 8 * Int(k))) }
+    guard let startInfo = StartInfo(gpa: pvg_load64(base + SMP.startInfoOffset)) else {
         Exit.now(Exit.panic)
     }
     let options = BootOptions(commandLine: startInfo.commandLine, quiet: true)

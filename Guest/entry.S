@@ -30,7 +30,7 @@
 #define MSR_EFER     0xc0000080
 #define EFER_LME     0x100
 
-#define STACK_SIZE   16384     /* pvguest_ap_stack_top shifts by 14 */
+#define STACK_SIZE   16384
 
 /* ---------------------------------------------------------------- PVH note */
 
@@ -232,24 +232,13 @@ pvguest_image_end:                              /* () -> GPA just past the image
         ret
 
         .globl pvguest_vif_page
-pvguest_vif_page:                               /* (vcpu) -> GPA of that vCPU's VIF page */
+pvguest_vif_page:                               /* () -> GPA of vCPU 0's VIF page */
         leaq    vif_page(%rip), %rax
-        movq    %rdi, %rcx
-        shlq    $12, %rcx
-        addq    %rcx, %rax
         ret
 
         .globl pvguest_ap_entry_address
 pvguest_ap_entry_address:                       /* () -> where VCPU_START enters an AP */
         leaq    pvguest_ap_entry(%rip), %rax
-        ret
-
-        .globl pvguest_ap_stack_top
-pvguest_ap_stack_top:                           /* (vcpu 1..7) -> top of its stack */
-        leaq    ap_stacks(%rip), %rax
-        movq    %rdi, %rcx
-        shlq    $14, %rcx                       /* vcpu * STACK_SIZE */
-        addq    %rcx, %rax
         ret
 
         .globl pvguest_halt
@@ -321,13 +310,11 @@ page_directories:
 
         .section .bss.pvguest, "aw", @nobits
         .balign 4096
-vif_page:                       /* zeroed by the loader; used only as VIF, */
-        .skip 4096 * 8          /* one page per vCPU (§1.6) */
+vif_page:                       /* zeroed by the loader; used only as VIF */
+        .skip 4096              /* (the other vCPUs' pages: Layout.swift) */
 stack_bottom:
         .skip STACK_SIZE
 stack_top:
-ap_stacks:                      /* vCPU k's stack ends at ap_stacks + k * STACK_SIZE */
-        .skip STACK_SIZE * 7
         .balign 16
 idt:
         .skip 32 * 16
