@@ -46,6 +46,9 @@ struct BootOptions {
     var dropLog: UInt64 = 0     // chaos for tests: drop every Nth dirty report, 0 = never
     var ip: UInt32 = 0xc000_0202 // serve: IPv4 address (192.0.2.2)
     var prefix: UInt32 = 24     // serve: prefix length
+    var vcpus: UInt64 = 0       // vCPUs to run (protocol.md §1.7), 0 = all the VM has
+    var haltVCPU: UInt64 = 0    // for tests: this AP halts right after it comes up, 0 = none
+    private var quiet = false
 
     /// Numeric values above this are rejected as malformed (keeps all
     /// derived arithmetic, such as `mib << 20` or `interval * kHz`, in range).
@@ -53,7 +56,9 @@ struct BootOptions {
 
     /// Parses `text` (NUL-terminated, at most `StartInfo.maximumCommandLine`
     /// bytes); unknown keys and malformed values are reported and ignored.
-    init(commandLine text: UnsafePointer<UInt8>?) {
+    /// `quiet`: parse without reporting (an AP re-reads what vCPU 0 already reported).
+    init(commandLine text: UnsafePointer<UInt8>?, quiet: Bool = false) {
+        self.quiet = quiet
         guard let text else { return }
         var index = 0
         while index < StartInfo.maximumCommandLine && text[index] != 0 {
@@ -121,6 +126,10 @@ struct BootOptions {
             setNumber(&fill, key, value, minimum: 0)
         } else if key == "droplog" {
             setNumber(&dropLog, key, value, minimum: 0)
+        } else if key == "vcpus" {
+            setNumber(&vcpus, key, value, minimum: 1, maximum: 8)
+        } else if key == "haltcpu" {
+            setNumber(&haltVCPU, key, value, minimum: 1, maximum: 7)
         } else if key == "progress" {
             setNumber(&progress, key, value, minimum: 0)
         } else if key == "ip" {
@@ -149,6 +158,7 @@ struct BootOptions {
     }
 
     private func warn(_ message: StaticString, _ word: Word) {
+        if quiet { return }
         var line = ConsoleLine("pvguest: ")
         line.append(message)
         line.append(bytes: word.start, count: word.count)
@@ -156,6 +166,7 @@ struct BootOptions {
     }
 
     private func warnValue(_ key: Word, _ value: Word) {
+        if quiet { return }
         var line = ConsoleLine("pvguest: warning: bad value for ")
         line.append(bytes: key.start, count: key.count)
         line.append(": ")

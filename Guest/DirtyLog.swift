@@ -55,14 +55,15 @@ struct DirtyLog {
     private(set) var appended: UInt64 = 0
     private(set) var ringFullExits: UInt64 = 0
 
-    init(layout: Layout, control: ControlPage, pv: PVInterface, dropEvery: UInt64 = 0) {
+    /// `control`: vCPU `vcpu`'s control page or area (§2.10); the ring and the bitmap are its own.
+    init(layout: Layout, control: ControlPage, pv: PVInterface, vcpu: UInt64 = 0, dropEvery: UInt64 = 0) {
         self.dropEvery = dropEvery
         self.control = control
         self.pv = pv
         // Sound: Layout placed the ring and the bitmap in identity-mapped RAM.
-        ring = UnsafeMutablePointer(bitPattern: UInt(layout.ring))!
+        ring = UnsafeMutablePointer(bitPattern: UInt(layout.ring(vcpu)))!
         ringEntries = Layout.ringEntries
-        bitmap = UnsafeMutablePointer(bitPattern: UInt(layout.dedupBitmap))!
+        bitmap = UnsafeMutablePointer(bitPattern: UInt(layout.dedupBitmap(vcpu)))!
         dedupPages = layout.dedupPages
         hostFences = pv.features & PVInterface.featureHarvestBarrier != 0
     }

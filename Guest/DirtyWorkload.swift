@@ -62,7 +62,8 @@ struct Pacer {
         control = kernel.control
         pv = kernel.pv
         optionRate = kernel.options.rate
-        progressTicks = kernel.options.progress &* kernel.clock.ticksPerMillisecond
+        // Only vCPU 0 prints (the console line buffer is shared).
+        progressTicks = kernel.vcpu == 0 ? kernel.options.progress &* kernel.clock.ticksPerMillisecond : 0
         let now = clock.now()
         deadline = now
         secondStart = now
@@ -138,7 +139,9 @@ enum DirtyWorkload {
     static func run(_ kernel: Kernel) {
         let options = kernel.options
         let control = kernel.control
-        let set = kernel.workingSet
+        let set = kernel.share       // the pages this vCPU writes
+        let whole = kernel.workingSet  // what a self-check reads
+        let smp = SMP.current
         let writer = PageWriter(set: set, content: options.content, changeBytes: options.change, seed: options.seed)
         var log = kernel.makeDirtyLog()
         var picker = PagePicker(options: options, pages: set.pages)
@@ -153,22 +156,24 @@ enum DirtyWorkload {
                 writer.write(picker.next(k), log: &log)
                 total &+= 1
                 control.pagesWritten = total
-                Selfcheck.poll(set, control: control)
+                if kernel.vcpu == 0 { Selfcheck.poll(whole, control: control) } else { smp.parkIfAsked(kernel.vcpu) }
                 k &+= 1
             }
+            pass &+= 1
+            control.setPasses(pass)
+            if kernel.vcpu != 0 { continue }
             var line = ConsoleLine("pvguest: pass ")
-            line.append(decimal: pass)
+            line.append(decimal: pass &- 1)
             line.append(" done: ")
             line.append(decimal: set.pages)
             line.append(" pages, ")
             line.append(decimal: set.pages &* writer.storesPerWrite)
             line.append(" stores")
             line.emit()
-            pass &+= 1
-            control.setPasses(pass)
         }
-        if options.selfcheck {
-            Selfcheck.run(set, control: control)
+        if options.selfcheck && kernel.vcpu == 0 {
+            smp.waitForOthersFinished()
+            Selfcheck.run(whole, control: control)
         }
     }
 }

@@ -3,9 +3,13 @@
 //   1 MiB            image (.text, .data with the page tables, .bss with the
 //                    stack, the VIF page and the IDT), ending at `_end`
 //   _end             control page (one page)
-//                    dirty ring (16384 × u64 = 128 KiB)
-//                    de-duplication bitmap (1 bit per page of RAM below the
-//                    identity-mapped limit), up to a page boundary
+//                    vCPU areas (one page per vCPU 1..<n, protocol.md §2.10)
+//                    SMP page (the VCPU_START block and the vCPUs' handshakes;
+//                    only with several vCPUs)
+//                    dirty rings (16384 × u64 = 128 KiB per vCPU)
+//                    de-duplication bitmaps (per vCPU, 1 bit per page of RAM
+//                    below the identity-mapped limit), up to a page boundary
+//                    with several vCPUs: VIF pages and 16 KiB stacks of vCPUs 1..<n
 //                    the PV NIC's area (NetArea: net page, rings, buffers, the
 //                    key-value store), only for workloads that use the NIC
 //   ---------------- everything above is ONE always-dirty range
@@ -26,8 +30,17 @@ struct Layout {
     static let maximumControlPFN: UInt64 = 0xf_ffff
 
     let controlPage: UInt64
+    /// vCPUs the layout has rings for (1 without VCPU_START).
+    let vcpus: UInt64
+    let vcpuAreas: UInt64
+    let smpPage: UInt64
+    /// vCPU 0's ring and bitmap; vCPU k's follow at k × their sizes (`ring(_:)`, `dedupBitmap(_:)`).
     let ring: UInt64
     let dedupBitmap: UInt64
+    /// vCPUs 1..<n: their VIF pages (§1.6) and stacks (empty with one vCPU).
+    let apVIFPages: UInt64
+    let apStacks: UInt64
+    static let apStackSize: UInt64 = 16384
     /// The bitmap covers PFNs `0..<dedupPages`.
     let dedupPages: UInt64
     let dedupWords: UInt64
@@ -54,7 +67,8 @@ struct Layout {
 
     /// Lays out the bookkeeping for a working set of `workingSetMiB` MiB and
     /// checks that everything fits in RAM; panics with the reason otherwise.
-    init(startInfo: StartInfo, workingSetMiB: UInt64, fillMiB: UInt64 = 0, withNet: Bool = false) {
+    init(startInfo: StartInfo, workingSetMiB: UInt64, fillMiB: UInt64 = 0, vcpus: UInt64 = 1, withNet: Bool = false) {
+        self.vcpus = vcpus  // 1...SMP.maximumVCPUs
         ramEnd = startInfo.ramEnd
         fillBytes = fillMiB << 20  // fillMiB <= 2^32 (BootOptions): no overflow
         let covered = Self.alignUp(ramEnd < CPU.mappedLimit ? ramEnd : CPU.mappedLimit, Self.pageSize)
@@ -62,11 +76,17 @@ struct Layout {
         dedupWords = (dedupPages &+ 63) / 64
 
         controlPage = Self.alignUp(CPU.imageEnd, Self.pageSize)
-        ring = controlPage &+ Self.pageSize
-        dedupBitmap = ring &+ UInt64(Self.ringEntries) &* 8
-        let bitmapEnd = Self.alignUp(dedupBitmap &+ dedupWords &* 8, Self.pageSize)
-        netArea = withNet ? bitmapEnd : 0
-        alwaysDirtyEnd = withNet ? bitmapEnd &+ NetArea.bytes : bitmapEnd
+        vcpuAreas = controlPage &+ Self.pageSize
+        smpPage = vcpuAreas &+ (vcpus &- 1) &* Self.pageSize
+        // One vCPU: no areas and no SMP page, so the layout (and the always-dirty set) is
+        // exactly the single-vCPU one.
+        ring = vcpus > 1 ? smpPage &+ Self.pageSize : smpPage
+        dedupBitmap = ring &+ vcpus &* UInt64(Self.ringEntries) &* 8
+        apVIFPages = Self.alignUp(dedupBitmap &+ vcpus &* dedupWords &* 8, Self.pageSize)
+        apStacks = apVIFPages &+ (vcpus &- 1) &* Self.pageSize
+        let apEnd = apStacks &+ (vcpus &- 1) &* Self.apStackSize  // page-aligned: whole pages and stacks
+        netArea = withNet ? apEnd : 0
+        alwaysDirtyEnd = withNet ? apEnd &+ NetArea.bytes : apEnd
 
         // workingSetMiB <= 2^32 (BootOptions), so none of this overflows.
         workingSetPages = (workingSetMiB << 20) / Self.pageSize
@@ -113,7 +133,8 @@ struct Layout {
     /// Zeroes the de-duplication bitmap and the version table (RAM is zero
     /// under pvmigrate, but not necessarily under every VMM).
     func clearBookkeeping() {
-        Self.zero(gpa: dedupBitmap, words: dedupWords)
+        Self.zero(gpa: dedupBitmap, words: vcpus &* dedupWords)
+        if vcpus > 1 { Self.zero(gpa: smpPage, words: Self.pageSize / 8) }
         Self.zero(gpa: versionTable, words: (workingSetPages &+ 1) / 2)
     }
 
@@ -127,11 +148,34 @@ struct Layout {
         }
     }
 
-    /// The control page and its header, ready for REGISTER.
+    /// vCPU `k` (≥ 1)'s VIF page and the top of its stack.
+    func vifPage(_ k: UInt64) -> UInt64 { apVIFPages &+ (k &- 1) &* Self.pageSize }
+    func stackTop(_ k: UInt64) -> UInt64 { apStacks &+ k &* Self.apStackSize }
+
+    /// vCPU `k`'s dirty ring and de-duplication bitmap.
+    func ring(_ k: UInt64) -> UInt64 { ring &+ k &* UInt64(Self.ringEntries) &* 8 }
+    func dedupBitmap(_ k: UInt64) -> UInt64 { dedupBitmap &+ k &* dedupWords &* 8 }
+
+    /// vCPU `k`'s page for its ring and counters: the control page for vCPU 0, its area
+    /// (§2.10) for the others.
+    func area(_ k: UInt64) -> ControlPage {
+        k == 0 ? ControlPage(gpa: controlPage) : ControlPage(gpa: vcpuAreas &+ (k &- 1) &* Self.pageSize)
+    }
+
+    /// The control page and its header, ready for REGISTER; with several vCPUs (ABI v2) also
+    /// the vCPU areas, each naming its ring.
     func makeControlPage() -> ControlPage {
         let control = ControlPage(gpa: controlPage)
         control.initialize(ringGPA: ring, ringEntries: Self.ringEntries,
                            alwaysDirtyGPA: Self.imageStart, alwaysDirtyPages: alwaysDirtyPages)
+        if vcpus > 1 {
+            control.setVCPUAreas(count: UInt32(truncatingIfNeeded: vcpus &- 1), gpa: vcpuAreas)
+            var k: UInt64 = 1
+            while k < vcpus {
+                area(k).initializeArea(ringGPA: ring(k), ringEntries: Self.ringEntries)
+                k &+= 1
+            }
+        }
         return control
     }
 

@@ -9,12 +9,21 @@ struct Kernel {
     let pv: PVInterface
     let clock: Clock
     let layout: Layout
+    /// This vCPU's page for its ring and counters: the control page on vCPU 0, its area on
+    /// the others (§2.10).
     let control: ControlPage
+    /// Which vCPU runs this kernel (SMP.swift).
+    var vcpu: UInt64 = 0
     /// REGISTER was accepted: the ring, the balloon and the PV console work.
     var registered = false
 
-    func makeDirtyLog() -> DirtyLog { DirtyLog(layout: layout, control: control, pv: pv, dropEvery: options.dropLog) }
+    func makeDirtyLog() -> DirtyLog {
+        DirtyLog(layout: layout, control: control, pv: pv, vcpu: vcpu, dropEvery: options.dropLog)
+    }
+    /// The whole working set (what a self-check reads).
     var workingSet: WorkingSet { WorkingSet(layout: layout) }
+    /// This vCPU's share of the working set (what it writes).
+    var share: WorkingSet { workingSet.slice(vcpu, of: layout.vcpus) }
 
     /// REGISTER (§2.1); true if the host accepted the control page.
     mutating func register() -> Bool {
@@ -53,8 +62,12 @@ func kmain(startInfo gpa: UInt64) {
     }
 
     let options = BootOptions(commandLine: startInfo.commandLine)
+    // vCPUs: all the host offers (§2.10), or `vcpus=`; chaos counts its rejections on one.
+    var vcpus = SMP.available(pv)
+    if options.vcpus != 0 && options.vcpus < vcpus { vcpus = options.vcpus }
+    if options.workload == .chaos { vcpus = 1 }
     let layout = Layout(startInfo: startInfo, workingSetMiB: options.workload == .dirty ? options.mib : 0,
-                        fillMiB: options.fill,
+                        fillMiB: options.fill, vcpus: vcpus,
                         withNet: options.workload == .serve || options.workload == .chaos)
     layout.clearBookkeeping()
     let control = layout.makeControlPage()
@@ -78,6 +91,7 @@ func kmain(startInfo gpa: UInt64) {
     }
 
     if options.fill > 0 { Fill.run(kernel) }
+    SMP.bringUp(kernel)
 
     switch options.workload {
     case .idle:

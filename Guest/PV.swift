@@ -23,6 +23,10 @@ struct PVInterface {
     static let maximumArgument: UInt32 = 0xf_ffff
 
     let present: Bool
+    /// vCPUs the VM has (leaf 0x40000102 eax; 0 without the leaf). Read here, before the VIF
+    /// page is registered: a native vCPU's `cpuid` is not trapped on PVM (it answers the
+    /// host's own leaves).
+    var vcpuCount: UInt32 = 0
     let version: UInt32
     let features: UInt32
     let port: UInt16
@@ -38,7 +42,8 @@ struct PVInterface {
         }
         let info = CPU.cpuid(infoLeaf)
         let port = info.ecx != 0 && info.ecx <= 0xffff ? UInt16(info.ecx) : defaultPort
-        return PVInterface(present: true, version: info.eax, features: info.ebx,
+        let vcpus = id.eax >= SMP.vcpuLeaf && info.eax >= 2 ? CPU.cpuid(SMP.vcpuLeaf).eax : 0
+        return PVInterface(present: true, vcpuCount: vcpus, version: info.eax, features: info.ebx,
                            port: port, tscKHz: UInt64(info.edx))
     }
 
@@ -85,10 +90,9 @@ enum VIF {
     /// the first guess. Change only this constant if the host wants flags.
     static let registrationFlags: UInt64 = 0
 
-    static var pageAddress: UInt64 { pvguest_vif_page() }
-
-    /// Registers the page; from here on the host may run the guest natively.
-    static func register() {
-        CPU.writeMSR(msr, pageAddress | registrationFlags)
+    /// Registers this vCPU's own page (each vCPU needs one: vCPU 0's is in the image, the
+    /// others' in Layout's bookkeeping); from here on the host may run this vCPU natively.
+    static func register(gpa: UInt64 = pvguest_vif_page()) {
+        CPU.writeMSR(msr, gpa | registrationFlags)
     }
 }

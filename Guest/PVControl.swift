@@ -9,6 +9,8 @@
 struct ControlPage {
     static let magic: UInt32 = 0x434d_5650  // "PVMC"
     static let abiVersion: UInt32 = 1
+    /// ABI v2: per-vCPU areas (protocol.md §2.10).
+    static let areaABIVersion: UInt32 = 2
 
     // Guest-written header.
     static let magicOffset = 0x000
@@ -16,6 +18,8 @@ struct ControlPage {
     static let ringGPAOffset = 0x008
     static let ringEntriesOffset = 0x010
     static let alwaysDirtyCountOffset = 0x014
+    static let vcpuAreaCountOffset = 0x018
+    static let vcpuAreaGPAOffset = 0x020
     // Host-written.
     static let hostFlagsOffset = 0x040
     static let generationOffset = 0x044
@@ -97,6 +101,7 @@ struct ControlPage {
 
     func setRate(_ pagesPerSecond: UInt64) { store64(Self.rateOffset, pagesPerSecond) }
     func setPasses(_ passes: UInt64) { store64(Self.passesOffset, passes) }
+    var passes: UInt64 { load64(Self.passesOffset) }
     func setWorkload(_ code: UInt32) { store32(Self.workloadOffset, code) }
 
     func setSelfcheckResult(state: UInt32, pages: UInt64, bad: UInt64) {
@@ -128,6 +133,25 @@ struct ControlPage {
         store32(Self.alwaysDirtyCountOffset, 1)
         store64(Self.alwaysDirtyOffset, alwaysDirtyGPA)
         store64(Self.alwaysDirtyOffset + 8, alwaysDirtyPages)
+    }
+
+    /// ABI v2 (§2.10): `count` areas from `gpa`, for vCPUs 1...count.
+    func setVCPUAreas(count: UInt32, gpa: UInt64) {
+        store32(Self.abiVersionOffset, Self.areaABIVersion)
+        store32(Self.vcpuAreaCountOffset, count)
+        store64(Self.vcpuAreaGPAOffset, gpa)
+    }
+
+    /// Zeroes a vCPU area and names its ring (§2.10): the area has the control page's
+    /// ring and counter fields at the same offsets, nothing else.
+    func initializeArea(ringGPA: UInt64, ringEntries: UInt32) {
+        var offset = 0
+        while offset < 4096 {
+            store64(offset, 0)
+            offset += 8
+        }
+        store64(Self.ringGPAOffset, ringGPA)
+        store32(Self.ringEntriesOffset, ringEntries)
     }
 
     /// Sets `magic` (chaos uses a wrong one to provoke badControlArea).

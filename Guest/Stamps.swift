@@ -49,6 +49,18 @@ struct WorkingSet {
         table = UnsafeMutablePointer(bitPattern: UInt(layout.versionTable))!
     }
 
+    private init(firstPFN: UInt64, pages: UInt64, table: UnsafeMutablePointer<UInt32>, tableGPA: UInt64) {
+        self.firstPFN = firstPFN; self.pages = pages; self.table = table; self.tableGPA = tableGPA
+    }
+
+    /// vCPU `k`'s share when `n` vCPUs split the set (`dirty` on several vCPUs, §1.7): a
+    /// contiguous slice, so no page has two writers.
+    func slice(_ k: UInt64, of n: UInt64) -> WorkingSet {
+        let start = pages &* k / n, end = pages &* (k &+ 1) / n
+        return WorkingSet(firstPFN: firstPFN &+ start, pages: end &- start, table: table + Int(start),
+                          tableGPA: tableGPA &+ start &* 4)
+    }
+
     @inline(__always)
     func page(_ index: UInt64) -> UnsafeMutablePointer<UInt64> {
         // Sound: index < pages, inside the working set Layout checked.
@@ -89,7 +101,8 @@ enum Selfcheck {
     static func run(_ set: WorkingSet, control: ControlPage) {
         let request = control.selfcheckRequest
         control.setSelfcheckState(ControlPage.selfcheckRunning)
-        let result = verify(set)
+        // The other vCPUs park between two page writes while the set is read (SMP.swift).
+        let result = SMP.current.withOthersParked { verify(set) }
         control.setSelfcheckResult(state: result.bad == 0 ? ControlPage.selfcheckPassed : ControlPage.selfcheckFailed,
                                    pages: result.pages, bad: result.bad)
         control.selfcheckDone = request

@@ -10,6 +10,7 @@ struct StartInfo {
     static let maximumCommandLine = 4095
 
     private let base: UnsafeRawPointer
+    var gpa: UInt64 { UInt64(UInt(bitPattern: base)) }
 
     /// Returns nil unless `gpa` points at a structure with the right magic.
     init?(gpa: UInt64) {

@@ -232,9 +232,30 @@ pvguest_image_end:                              /* () -> GPA just past the image
         ret
 
         .globl pvguest_vif_page
-pvguest_vif_page:                               /* () -> GPA of the VIF page */
+pvguest_vif_page:                               /* () -> GPA of vCPU 0's VIF page */
         leaq    vif_page(%rip), %rax
         ret
+
+        .globl pvguest_ap_entry_address
+pvguest_ap_entry_address:                       /* () -> where VCPU_START enters an AP */
+        leaq    pvguest_ap_entry(%rip), %rax
+        ret
+
+        .globl pvguest_halt
+pvguest_halt:                                   /* () -> never: cli; hlt */
+4:      cli
+        hlt
+        jmp     4b
+
+/* An AP (protocol.md §2.10): the host copies vCPU 0's mode, paging, segments
+ * and descriptor tables, and sets RIP here, RSP to its stack and RDI to the
+ * argument vCPU 0 chose. */
+        .globl pvguest_ap_entry
+pvguest_ap_entry:
+        xorl    %ebp, %ebp
+        call    pvguest_ap_main
+        movl    $1, %edi
+        jmp     pvguest_exit
 
         .globl pvguest_line_buffer
 pvguest_line_buffer:                            /* () -> 256-byte console buffer */
@@ -290,7 +311,7 @@ page_directories:
         .section .bss.pvguest, "aw", @nobits
         .balign 4096
 vif_page:                       /* zeroed by the loader; used only as VIF */
-        .skip 4096
+        .skip 4096              /* (the other vCPUs' pages: Layout.swift) */
 stack_bottom:
         .skip STACK_SIZE
 stack_top:

@@ -30,7 +30,7 @@ extension VMHost {
         return VMStatus(
             name: name, state: state, memoryBytes: machine.memory.size, execution: execution(),
             uptimeSeconds: (Date().timeIntervalSince(startedAt) * 1000).rounded() / 1000, pid: Int(getpid()),
-            pv: pvStatus(), arrivedFrom: arrivedFrom,
+            pv: pvStatus(), vcpus: vcpuStatus(), arrivedFrom: arrivedFrom,
             migration: migration.map { m in
                 VMStatus.Migration(destination: m.destination, elapsedSeconds: Date().timeIntervalSince(m.startedAt),
                                    round: m.last.map { $0.round + 1 } ?? 0, remainingPages: m.last?.dirtyPages,
@@ -49,6 +49,31 @@ extension VMHost {
         case .native: return .native
         case .emulated: return .emulated
         case .hardware: return .hardware
+        }
+    }
+
+    /// Each vCPU: run state, execution mode (asked of that vCPU), PV counters.
+    private func vcpuStatus() -> [VMStatus.VCPU] {
+        let counters = machine.pv.snapshot
+        let guest = machine.pv.guestCounters?.perVCPU ?? []
+        return machine.vcpus.enumerated().map { i, t in
+            let state: String
+            switch (t.state, t.activity) {
+            case (.exited, _): state = "exited"
+            case (_, .awaitingStart): state = "awaiting_start"
+            case (_, .halted): state = "halted"
+            case (.running, _): state = "running"
+            case (.paused, _), (.created, _): state = "paused"
+            }
+            let execution: VMStatus.Execution = switch try? machine.executionMode(vcpu: i) {
+            case .native: .native
+            case .hardware: .hardware
+            default: machine.isPVMHost ? .emulated : .hardware
+            }
+            let g = i < guest.count ? guest[i] : nil
+            return VMStatus.VCPU(index: i, state: state, execution: execution, pagesWritten: g?.pagesWritten ?? 0,
+                                 rate: g?.rate ?? 0, passes: g?.passes ?? 0,
+                                 drainedEntries: i < counters.drainedPerVCPU.count ? counters.drainedPerVCPU[i] : 0)
         }
     }
 

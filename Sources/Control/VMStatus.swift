@@ -32,6 +32,29 @@ public struct VMStatus: Codable, Sendable, Equatable {
         }
     }
 
+    /// One vCPU (issue 13): its run state, how it executes, and its PV counters (its ring's
+    /// drained entries, its area's counters; protocol.md §2.10).
+    public struct VCPU: Codable, Sendable, Equatable {
+        public var index: Int
+        /// "running", "paused", "awaiting_start", "halted", "exited".
+        public var state: String
+        public var execution: Execution
+        public var pagesWritten: UInt64
+        public var rate: UInt64
+        public var passes: UInt64
+        public var drainedEntries: Int
+
+        public init(index: Int, state: String, execution: Execution, pagesWritten: UInt64, rate: UInt64, passes: UInt64,
+                    drainedEntries: Int) {
+            self.index = index; self.state = state; self.execution = execution; self.pagesWritten = pagesWritten
+            self.rate = rate; self.passes = passes; self.drainedEntries = drainedEntries
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case index, state, execution, pagesWritten = "pages_written", rate, passes, drainedEntries = "drained_entries"
+        }
+    }
+
     /// A migration in progress.
     public struct Migration: Codable, Sendable, Equatable {
         public var destination: String
@@ -83,20 +106,24 @@ public struct VMStatus: Codable, Sendable, Equatable {
     /// The process serving the VM.
     public var pid: Int
     public var pv: PV
+    /// One entry per vCPU (nil only from an older peer).
+    public var vcpus: [VCPU]?
     /// The peer the VM arrived from, for a VM a listener received.
     public var arrivedFrom: String?
     public var migration: Migration?
     public var unresolved: Unresolved?
 
     public init(name: String, state: State, memoryBytes: UInt64, execution: Execution, uptimeSeconds: Double, pid: Int,
-                pv: PV, arrivedFrom: String? = nil, migration: Migration? = nil, unresolved: Unresolved? = nil) {
+                pv: PV, vcpus: [VCPU]? = nil, arrivedFrom: String? = nil, migration: Migration? = nil,
+                unresolved: Unresolved? = nil) {
+        self.vcpus = vcpus
         self.name = name; self.state = state; self.memoryBytes = memoryBytes; self.execution = execution
         self.uptimeSeconds = uptimeSeconds; self.pid = pid; self.pv = pv; self.arrivedFrom = arrivedFrom
         self.migration = migration; self.unresolved = unresolved
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, state, memoryBytes = "memory_bytes", execution, uptimeSeconds = "uptime_s", pid, pv
+        case name, state, memoryBytes = "memory_bytes", execution, uptimeSeconds = "uptime_s", pid, pv, vcpus
         case arrivedFrom = "arrived_from", migration, unresolved
     }
 }

@@ -175,6 +175,8 @@ struct BenchCase: Sendable {
     /// False: the guest runs in KVM's instruction emulator (`run --no-native`), as a guest
     /// that is not PVM-aware runs under QEMU on this host — for like-for-like comparisons.
     var native = true
+    /// vCPUs of the guest (issue 13); the built-in guest splits its working set among them.
+    var vcpus = 1
 
     static let all: [BenchCase] = [
         BenchCase(name: "idle-1g", memory: 1 << 30, cmdline: "workload=idle"),
@@ -232,8 +234,21 @@ struct BenchCase: Sendable {
         return c
     }
 
+    /// Two vCPUs (by name only): idle, and both dirtying — `rate` is per vCPU, so the guest
+    /// writes what `dirty-64mibps` writes (16,384 pages/s over 256 MiB), split over two vCPUs.
+    static let twoVCPUs: [BenchCase] = [
+        ("vcpus2-idle-1g", "workload=idle"),
+        ("vcpus2-dirty-64mibps", "workload=dirty mib=256 passes=0 pattern=random content=mixed rate=8192 progress=0"),
+    ].map { name, cmdline in
+        var c = BenchCase(name: name, memory: 1 << 30, cmdline: cmdline)
+        c.vcpus = 2
+        return c
+    }
+
     /// Every case `--cases` and `--list` know.
-    static var named: [BenchCase] { all + resident + emulated + compressionPolicies + dirtySources + BenchMatrix.all }
+    static var named: [BenchCase] {
+        all + resident + emulated + compressionPolicies + dirtySources + twoVCPUs + BenchMatrix.all
+    }
 
     static let quickMemory: UInt64 = 256 << 20
 
@@ -264,6 +279,7 @@ struct BenchCase: Sendable {
         var configuration = Machine.Configuration(memorySize: memory, kernel: GuestImage.elf, commandLine: cmdline,
                                                   console: console)
         configuration.allowNativeExecution = native
+        configuration.vcpuCount = vcpus
         let machine = try Machine(configuration: configuration)
         machine.start()
         defer { machine.stop(); _ = machine.waitForExit() }

@@ -29,10 +29,10 @@ struct Ps: ParsableCommand {
             ControlCommand.printJSON(try JSONValue(encoding: statuses))
             return
         }
-        var rows = [["NAME", "STATE", "MEMORY", "EXECUTION", "UPTIME", "PAGES/S"]]
+        var rows = [["NAME", "STATE", "VCPUS", "MEMORY", "EXECUTION", "UPTIME", "PAGES/S"]]
         for s in statuses {
             rows.append([
-                s.name, s.state.rawValue, Format.memory(s.memoryBytes), s.execution.rawValue, Format.duration(s.uptimeSeconds),
+                s.name, s.state.rawValue, s.vcpus.map { String($0.count) } ?? "-", Format.memory(s.memoryBytes), s.execution.rawValue, Format.duration(s.uptimeSeconds),
                 s.pv.registered ? Format.count(Int(s.pv.rate)) : "-",
             ])
         }

@@ -31,7 +31,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "Name the VM (1–64 of A-Z a-z 0-9 . _ -): it gets a control socket.")
     var name: String?
 
-    @Option(name: .long, help: "Virtual CPUs (this pvmigrate runs 1-vCPU VMs).")
+    @Option(name: .long, help: "Virtual CPUs, 1–8, each on its own host thread.")
     var vcpus: Int = 1
 
     @Flag(name: .long, help: "Run the named VM in the background and return once it answers.")
@@ -81,7 +81,9 @@ struct Run: ParsableCommand {
         if let kernel, !FileManager.default.isReadableFile(atPath: kernel) {
             throw ValidationError("cannot read kernel \(kernel): no such file or not readable")
         }
-        guard vcpus == 1 else { throw ValidationError("this pvmigrate runs 1-vCPU VMs: use --vcpus 1 (or leave it out)") }
+        guard (1...Machine.maximumVCPUs).contains(vcpus) else {
+            throw ValidationError("--vcpus must be 1–\(Machine.maximumVCPUs) (got \(vcpus))")
+        }
         if name != nil, dirtyLog != .off {
             // Two harvesters would split the dirty set between them; a migration tracks its own.
             throw ValidationError("--dirty-log is for measuring an anonymous VM: leave out --name (a named VM's "
@@ -120,6 +122,7 @@ struct Run: ParsableCommand {
         let net = netSpec
         do { tap = try net?.openTap() } catch { throw Diagnostics.fail(error) }
         if let net { configuration.netMAC = net.mac ?? MACAddress.random() }
+        configuration.vcpuCount = vcpus
         let machine: Machine
         do { machine = try Machine(configuration: configuration) } catch { throw Diagnostics.fail(error) }
         var nic: NICBackend?
@@ -143,6 +146,7 @@ struct Run: ParsableCommand {
         }
 
         Diagnostics.note("booting \(kernel ?? GuestImage.name) with \(memory) of memory"
+            + (vcpus > 1 ? " and \(vcpus) vCPUs" : "")
             + (host.map { " as VM \($0.name) (socket \($0.socketPath))" } ?? ""))
         let interrupted = Locked(false)
         let interrupt = SignalWatcher(SIGINT, SIGTERM) {

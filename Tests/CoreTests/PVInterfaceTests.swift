@@ -67,7 +67,7 @@ import Testing
         func apply(_ t: PVInterfaceTests) {
             switch self {
             case .badMagic: t.put32(0, 0xdead)
-            case .badVersion: t.put32(4, 2)
+            case .badVersion: t.put32(4, 3)
             case .ringEntriesNotPowerOfTwo: t.put32(0x10, 100)
             case .ringTooSmall: t.put32(0x10, 32)
             case .ringUnaligned: t.put64(8, t.ringGPA + 8)

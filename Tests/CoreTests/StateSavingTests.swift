@@ -7,18 +7,18 @@ import Testing
 @Suite("StateSaving: saved-state types, round trip and golden bytes")
 struct StateSavingTests {
     /// `{ u16 tag, u16 0, u32 length, payload }`.
-    private func section(_ tag: UInt16, _ payload: [UInt8]) -> [UInt8] {
+    func section(_ tag: UInt16, _ payload: [UInt8]) -> [UInt8] {
         le(UInt64(tag), 2) + [0, 0] + le(UInt64(payload.count), 4) + payload
     }
 
-    private func le(_ value: UInt64, _ count: Int) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) } }
+    func le(_ value: UInt64, _ count: Int) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) } }
 
     /// A kernel struct's worth of recognisable bytes.
-    private func pattern<T>(_: T.Type, _ seed: UInt8) -> [UInt8] {
+    func pattern<T>(_: T.Type, _ seed: UInt8) -> [UInt8] {
         (0..<MemoryLayout<T>.size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ Int(seed)) }
     }
 
-    private var vcpu: VCPUState {
+    var vcpu: VCPUState {
         VCPUState(id: 0, regs: pattern(kvm_regs.self, 1), sregs: pattern(kvm_sregs.self, 2), fpu: pattern(kvm_fpu.self, 3),
                   xsave: nil, xcrs: nil, msrs: [MSR(index: 0x10, value: 0x1122_3344_5566_7788)],
                   events: pattern(kvm_vcpu_events.self, 4), mpState: 1, debugRegs: pattern(kvm_debugregs.self, 5), lapic: nil)
@@ -83,27 +83,48 @@ struct StateSavingTests {
         #expect(throws: StateCodingError.self) { try VirtualMachine.IRQChipState(encoded: Array(chips.dropLast())) }
     }
 
-    @Test("vCPU: the PVCS container, section by section")
-    func vcpuState() throws {
-        let v = vcpu
-        let golden = Array("PVCS".utf8) + [1, 0, 8, 0]
-            + section(1, le(0, 4)) + section(2, pattern(kvm_regs.self, 1)) + section(3, pattern(kvm_sregs.self, 2))
+    /// Format 1's sections of `vcpu` (format 2 adds the activity, tag 12).
+    var vcpuSectionsFormat1: [UInt8] {
+        section(1, le(0, 4)) + section(2, pattern(kvm_regs.self, 1)) + section(3, pattern(kvm_sregs.self, 2))
             + section(4, pattern(kvm_fpu.self, 3)) + section(7, le(0x10, 4) + le(0, 4) + le(0x1122_3344_5566_7788, 8))
             + section(8, pattern(kvm_vcpu_events.self, 4)) + section(9, le(1, 4)) + section(10, pattern(kvm_debugregs.self, 5))
-        #expect(v.encoded() == golden)
-        #expect(try VCPUState(encoded: golden) == v)
     }
 
-    @Test("machine: format 2 carries the serial section (tag 5)")
-    func machineStateFormat2() throws {
+    @Test("vCPU: the PVCS container, section by section (format 2: the activity, tag 12)")
+    func vcpuState() throws {
+        var v = vcpu
+        v.activity = 2
+        let golden = Array("PVCS".utf8) + [2, 0, 9, 0] + vcpuSectionsFormat1 + section(12, le(2, 4))
+        #expect(v.encoded() == golden)
+        #expect(try VCPUState(encoded: golden) == v)
+        // Format 1 still decodes (an active vCPU) and may not carry an activity.
+        #expect(try VCPUState(encoded: Array("PVCS".utf8) + [1, 0, 8, 0] + vcpuSectionsFormat1) == vcpu)
+        #expect(throws: StateCodingError.self) {
+            try VCPUState(encoded: Array("PVCS".utf8) + [1, 0, 9, 0] + vcpuSectionsFormat1 + section(12, le(0, 4)))
+        }
+        // Activities beyond "halted" and a missing activity in format 2 are refused.
+        #expect(throws: StateCodingError.badValue("vCPU activity 3")) {
+            try VCPUState(encoded: Array("PVCS".utf8) + [2, 0, 9, 0] + vcpuSectionsFormat1 + section(12, le(3, 4)))
+        }
+        #expect(throws: StateCodingError.missingSection("activity")) {
+            try VCPUState(encoded: Array("PVCS".utf8) + [2, 0, 8, 0] + vcpuSectionsFormat1)
+        }
+    }
+
+    @Test("machine: format 3 carries the vCPU count (tag 6) and the serial section (tag 5); format 2 still decodes")
+    func machineStateFormat3() throws {
         let serial = SerialPort.State(interruptEnable: 0, lineControl: 3, modemControl: 0, scratch: 0x42)
         let machine = MachineState(memorySize: 4 << 20, vcpus: [vcpu], clock: pattern(kvm_clock_data.self, 9),
                                    irqChips: nil, pv: nil, serial: serial)
-        let golden = Array("PVMS".utf8) + [2, 0, 4, 0]
-            + section(1, le(4 << 20, 8)) + section(2, pattern(kvm_clock_data.self, 9))
+        let golden = Array("PVMS".utf8) + [3, 0, 5, 0]
+            + section(1, le(4 << 20, 8)) + section(6, le(1, 4)) + section(2, pattern(kvm_clock_data.self, 9))
             + section(5, [0, 3, 0, 0x42, 1, 0, 0, 0]) + section(0x100, vcpu.encoded())
         #expect(machine.encoded() == golden)
         #expect(try MachineState(encoded: golden) == machine)
+        let format2 = Array("PVMS".utf8) + [2, 0, 4, 0]
+            + section(1, le(4 << 20, 8)) + section(2, pattern(kvm_clock_data.self, 9))
+            + section(5, [0, 3, 0, 0x42, 1, 0, 0, 0]) + section(0x100, vcpu.encoded())
+        #expect(try MachineState(encoded: format2) == machine)
     }
 
     @Test("machine: a format-1 blob still decodes (no serial section), and may not carry one")
@@ -113,6 +134,6 @@ struct StateSavingTests {
         #expect(decoded.serial == nil && decoded.vcpus == [vcpu] && decoded.memorySize == 4 << 20)
         let withSerial = Array("PVMS".utf8) + [1, 0, 4, 0] + body + section(5, [0, 3, 0, 0, 1, 0, 0, 0])
         #expect(throws: StateCodingError.unknownSection(5)) { try MachineState(encoded: withSerial) }
-        #expect(throws: StateCodingError.unsupportedVersion(3)) { try MachineState(encoded: Array("PVMS".utf8) + [3, 0, 0, 0]) }
+        #expect(throws: StateCodingError.unsupportedVersion(4)) { try MachineState(encoded: Array("PVMS".utf8) + [4, 0, 0, 0]) }
     }
 }

@@ -60,11 +60,11 @@ extension EndToEnd {
 
         @Test func detachedVMIsListedInspectedCheckedAndStopped() throws {
             let box = try Sandbox()
-            try box.startVM("a")
+            try box.startVM("a", extra: ["--vcpus", "2"])
 
             #expect(try box.psNames() == ["a"])
             let ps = try box.run(["ps"])
-            #expect(ps.stdout.contains("running"), "\(ps.text)")
+            #expect(ps.stdout.contains("running") && ps.stdout.contains("VCPUS"), "\(ps.text)")
 
             let status = try #require(try box.status("a"))
             #expect(status["name"]?.string == "a")
@@ -72,6 +72,11 @@ extension EndToEnd {
             #expect(status["memory_bytes"]?.int64 == 64 << 20)
             #expect(["native", "emulated", "hardware"].contains(status["execution"]?.string ?? ""))
             #expect(status["pv"]?["registered"] != nil)
+            // One entry per vCPU (issue 13): index, state, execution mode, PV counters.
+            let vcpus = try #require(status["vcpus"]?.array, "no vcpus in \(status)")
+            #expect(vcpus.count == 2 && vcpus.enumerated().allSatisfy { $1["index"]?.int64 == Int64($0) })
+            #expect(vcpus.allSatisfy { ["native", "emulated", "hardware"].contains($0["execution"]?.string ?? "")
+                                       && $0["pages_written"] != nil && $0["state"]?.string != nil })
 
             // The guest prints its banner at once, but on a loaded machine "at once" may be late.
             var console = try box.run(["console", "a"])

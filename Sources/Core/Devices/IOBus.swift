@@ -14,6 +14,18 @@ public enum IOAction: Sendable, Equatable {
     case exit(status: UInt32)
     /// The vCPU should sleep on the host before re-entering (PV SLEEP).
     case sleep(milliseconds: UInt32)
+    /// The guest asked to start another vCPU (PV VCPU_START, protocol.md §2.10).
+    case startVCPU(VCPUStartRequest)
+}
+
+/// A validated VCPU_START: vCPU `index` starts at `rip` with `rsp` and `rdi`, in the calling
+/// vCPU's mode (protocol.md §2.10).
+public struct VCPUStartRequest: Sendable, Equatable {
+    public var index: Int
+    public var rip: UInt64, rsp: UInt64, rdi: UInt64
+    public init(index: Int, rip: UInt64, rsp: UInt64, rdi: UInt64) {
+        self.index = index; self.rip = rip; self.rsp = rsp; self.rdi = rdi
+    }
 }
 
 /// A bus of non-overlapping address ranges: port I/O (16-bit addresses) or MMIO (guest-

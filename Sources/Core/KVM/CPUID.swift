@@ -5,9 +5,12 @@ import CKVM
 public enum CPUIDTable {
     public static let signatureLeaf: UInt32 = 0x4000_0100
     public static let infoLeaf: UInt32 = 0x4000_0101
+    /// eax = the VM's vCPU count, ebx = this vCPU's index (§1.5).
+    public static let vcpuLeaf: UInt32 = 0x4000_0102
     /// "PvMigrateVMM" as ebx, ecx, edx.
     public static let signature: (UInt32, UInt32, UInt32) = (0x694d_7650, 0x7461_7267, 0x4d4d_5665)
-    public static let interfaceVersion: UInt32 = 1
+    /// 2: per-vCPU areas and VCPU_START (§2.10).
+    public static let interfaceVersion: UInt32 = 2
 
     public struct Features: OptionSet, Sendable {
         public let rawValue: UInt32
@@ -22,9 +25,9 @@ public enum CPUIDTable {
     }
 
     /// The supported table with pvmigrate's leaves added and per-vCPU APIC IDs set.
-    public static func build(supported: [kvm_cpuid_entry2], vcpuID: UInt32, features: Features,
+    public static func build(supported: [kvm_cpuid_entry2], vcpuID: UInt32, vcpuCount: UInt32 = 1, features: Features,
                              tscKHz: UInt32) -> [kvm_cpuid_entry2] {
-        var entries = supported.filter { $0.function != signatureLeaf && $0.function != infoLeaf }
+        var entries = supported.filter { ![signatureLeaf, infoLeaf, vcpuLeaf].contains($0.function) }
         for i in entries.indices {
             switch entries[i].function {
             case 1: // initial APIC ID in ebx[31:24]
@@ -34,9 +37,10 @@ public enum CPUIDTable {
             default: break
             }
         }
-        entries.append(entry(signatureLeaf, eax: infoLeaf, ebx: signature.0, ecx: signature.1, edx: signature.2))
+        entries.append(entry(signatureLeaf, eax: vcpuLeaf, ebx: signature.0, ecx: signature.1, edx: signature.2))
         entries.append(entry(infoLeaf, eax: interfaceVersion, ebx: features.rawValue,
                              ecx: UInt32(PVInterface.port), edx: tscKHz))
+        entries.append(entry(vcpuLeaf, eax: vcpuCount, ebx: vcpuID, ecx: 0, edx: 0))
         return entries
     }
 

@@ -32,6 +32,10 @@ public enum MachineError: Error, CustomStringConvertible {
 public final class Machine: @unchecked Sendable {
     public struct Configuration: Sendable {
         public var memorySize: UInt64
+        /// vCPUs, 1…`Machine.maximumVCPUs`, each on its own host thread. vCPU 0 boots; without
+        /// an in-kernel irqchip the others wait for the guest's VCPU_START (protocol.md §2.10),
+        /// with one KVM runs INIT/SIPI for them (the standard path of foreign guests).
+        public var vcpuCount = 1
         public var kernel: [UInt8]
         public var commandLine: String
         /// In-kernel PIC/IOAPIC/LAPIC. Off by default: the built-in guest uses no
@@ -71,9 +75,13 @@ public final class Machine: @unchecked Sendable {
     /// The PV NIC, when the configuration asked for one (`pv.net`).
     public var net: PVNet? { pv.net }
     public let vcpus: [VCPUThread]
+    /// The most vCPUs a VM may have (the built-in guest's limit too).
+    public static let maximumVCPUs = 8
     /// The host's KVM is PVM (a software KVM; platform-facts.md).
     public let isPVMHost: Bool
     private let exitState = Locked<VMExit?>(nil)
+    /// The vCPU threads, for the exit and VCPU_START handlers (set once, after creation).
+    private let peers = Locked<[VCPUThread]>([])
     let manualProtectEnabled = Locked(false)
     let throttle = Locked(ThrottleState())
     /// KVM's dirty ring, when the configuration enabled it.
@@ -111,19 +119,25 @@ public final class Machine: @unchecked Sendable {
                 }
                 try vm.enableCapability(KVM_CAP_DIRTY_LOG_RING, UInt64(Int(entries) * KVMDirtyRing.entrySize))
             }
-            let vcpu = try vm.makeVCPU(id: 0)
+            guard (1...Self.maximumVCPUs).contains(c.vcpuCount) else {
+                throw MachineError.invalidConfiguration("\(c.vcpuCount) vCPUs: a VM has 1 to \(Self.maximumVCPUs)")
+            }
+            var kvmVCPUs: [VCPU] = []
+            for id in 0..<c.vcpuCount { kvmVCPUs.append(try vm.makeVCPU(id: UInt32(id))) }
+            let vcpu = kvmVCPUs[0]
             dirtyRing = try c.kvmDirtyRingEntries.map { (n) throws(KVMError) in
-                DirtyRingCollector(rings: [try KVMDirtyRing(vcpu: vcpu, entries: n)])
+                DirtyRingCollector(rings: try kvmVCPUs.map { (v) throws(KVMError) in try KVMDirtyRing(vcpu: v, entries: n) })
             }
             isPVMHost = PVM.isHost(vcpu)
             let tscKHz = vcpu.tscKHz() ?? 0
             var features: CPUIDTable.Features = isPVMHost && c.allowNativeExecution ? .pvmNative : []
             if HarvestBarrier.isAvailable { features.insert(.harvestBarrier) }
             if c.netMAC != nil { features.insert(.pvNet) }
-            let cpuid = CPUIDTable.build(supported: try hypervisor.supportedCPUID(), vcpuID: 0,
-                                         features: features,
-                                         tscKHz: tscKHz)
-            try vcpu.setCPUID(cpuid)
+            let supported = try hypervisor.supportedCPUID()
+            for v in kvmVCPUs {
+                try v.setCPUID(CPUIDTable.build(supported: supported, vcpuID: v.id, vcpuCount: UInt32(c.vcpuCount),
+                                                features: features, tscKHz: tscKHz))
+            }
             var indices = try hypervisor.saveableMSRs()
             if isPVMHost, !indices.contains(PVM.vifMSR) { indices.append(PVM.vifMSR) }
             let stateLayout = VCPUState.Layout(msrIndices: indices, withLAPIC: vm.irqChipCreated,
@@ -132,7 +146,7 @@ public final class Machine: @unchecked Sendable {
 
             serial = SerialPort(sink: c.console)
             let nic = c.netMAC.map { [memory] in PVNet(memory: memory, mac: $0) }
-            pv = PVInterface(memory: memory, console: c.console, net: nic, log: c.log)
+            pv = PVInterface(memory: memory, vcpuCount: c.vcpuCount, console: c.console, net: nic, log: c.log)
             bus.register(serial, base: SerialPort.base, count: SerialPort.count)
             bus.register(ExitPort(), base: ExitPort.port, count: 4)
             bus.register(pv, base: PVInterface.port, count: 4)
@@ -143,19 +157,36 @@ public final class Machine: @unchecked Sendable {
                 catch { throw MachineError.boot(error) }
                 try PVHLoader.prepareBootCPU(vcpu, boot: info)
             }
-            var threads: [VCPUThread] = []
-            let exitState = self.exitState, serial = self.serial
+            let exitState = self.exitState, serial = self.serial, peers = self.peers, pv = self.pv
             var ringFull: (@Sendable () -> Bool)?
             if let ring = dirtyRing {
                 let memory = self.memory, vm = self.vm
                 ringFull = { ring.ringFull(memory: memory, vm: vm) }
             }
-            threads.append(VCPUThread(vcpu: vcpu, bus: bus, mmio: mmio, stateLayout: stateLayout,
-                                      onDirtyRingFull: ringFull) { exit in
+            // The first vCPU to end decides the VM's exit and stops the others (protocol.md §1.4).
+            let onExit: @Sendable (VMExit) -> Void = { exit in
                 serial.flush()
-                exitState.withLock { if $0 == nil { $0 = exit } }
-            })
+                let first = exitState.withLock { (e: inout VMExit?) -> Bool in
+                    guard e == nil else { return false }
+                    e = exit
+                    return true
+                }
+                if first { peers.value.forEach { $0.stop() } }
+            }
+            let onStart: @Sendable (VCPUStartRequest, VCPU) -> Void = { request, caller in
+                if !Self.startAP(request, caller: caller, threads: peers.value) { pv.rejectVCPUStart() }
+            }
+            // With an in-kernel irqchip KVM holds the APs until INIT/SIPI; without one they
+            // wait in the VMM for VCPU_START.
+            let apActivity: VCPUThread.Activity = vm.irqChipCreated ? .active : .awaitingStart
+            let bus = self.bus, mmio = self.mmio
+            let threads = kvmVCPUs.map { v in
+                VCPUThread(vcpu: v, bus: bus, mmio: mmio, stateLayout: stateLayout,
+                           activity: v.id == 0 ? .active : apActivity, onDirtyRingFull: ringFull,
+                           onStartVCPU: onStart, onExit: onExit)
+            }
             vcpus = threads
+            peers.withLock { $0 = threads }
             // Received frames end a PV SLEEP early when the guest asked (protocol.md §5.5).
             let sleepers = threads
             pv.net?.onWake { sleepers.forEach { $0.wake() } }
@@ -170,7 +201,8 @@ public final class Machine: @unchecked Sendable {
 
     // MARK: Lifecycle
 
-    public func start() { vcpus.forEach { $0.start() } }
+    /// Starts every vCPU thread, the APs first: a VCPU_START from vCPU 0 finds them waiting.
+    public func start() { vcpus.reversed().forEach { $0.start() } }
 
     /// Parks every vCPU outside KVM_RUN with pending I/O completed, and flushes the console.
     public func pause() {
@@ -183,7 +215,7 @@ public final class Machine: @unchecked Sendable {
     /// Runs `body` with every vCPU parked, resuming afterwards only those that were running
     /// (a VM paused by someone else stays paused).
     public func withVCPUsPaused<T>(_ body: () throws -> T) rethrows -> T {
-        let wereRunning = vcpus.map { $0.state == .running }
+        let wereRunning = vcpus.map { !$0.isHeld && $0.state != .created }
         vcpus.forEach { $0.pause() }
         defer { for (t, running) in zip(vcpus, wereRunning) where running { t.resume() } }
         return try body()
@@ -201,12 +233,31 @@ public final class Machine: @unchecked Sendable {
     public var exit: VMExit? { exitState.withLock { $0 } }
 
     /// How the guest is being executed (asks the boot vCPU between two runs).
-    public func executionMode() throws(MachineError) -> ExecutionMode {
+    public func executionMode() throws(MachineError) -> ExecutionMode { try executionMode(vcpu: 0) }
+
+    /// How vCPU `index` is being executed: each vCPU registers its own VIF page (§1.6).
+    public func executionMode(vcpu index: Int) throws(MachineError) -> ExecutionMode {
         guard isPVMHost else { return .hardware }
         do {
-            let vif = try vcpus[0].perform { vcpu throws(KVMError) in PVM.registeredVIF(vcpu) }
+            let vif = try vcpus[index].perform { vcpu throws(KVMError) in PVM.registeredVIF(vcpu) }
             return vif == nil ? .emulated : .native
         } catch { throw .kvm(error) }
+    }
+
+    /// VCPU_START (protocol.md §2.10), on the calling vCPU's thread: the AP gets the caller's
+    /// special registers (mode, paging, segments, descriptor tables) and the requested RIP,
+    /// RSP and RDI. False when the target is not waiting to start or the caller is not in
+    /// long mode.
+    static func startAP(_ request: VCPUStartRequest, caller: VCPU, threads: [VCPUThread]) -> Bool {
+        let eferLMA: UInt64 = 1 << 10
+        guard request.index < threads.count, let sregs = try? caller.specialRegisters(),
+              sregs.efer & eferLMA != 0 else { return false }
+        var regs = kvm_regs()
+        regs.rip = request.rip
+        regs.rsp = request.rsp
+        regs.rdi = request.rdi
+        regs.rflags = 0x2
+        return threads[request.index].startAP(sregs: sregs, regs: regs)
     }
 
     // MARK: State

@@ -20,10 +20,12 @@ public struct MachineState: Equatable, Sendable {
     var irqChips: [[UInt8]]? { platform.irqChips?.chips }
 
     static let magic = Array("PVMS".utf8)
-    /// 2: adds the serial section (tag 5). Format 1 is still read.
-    static let formatVersion: UInt16 = 2
-    static let readableVersions: ClosedRange<UInt16> = 1...2
+    /// 2: adds the serial section (tag 5); 3: adds the vCPU count (tag 6). Formats 1 and 2
+    /// are still read.
+    static let formatVersion: UInt16 = 3
+    static let readableVersions: ClosedRange<UInt16> = 1...3
     static let memoryTag: UInt16 = 1
+    static let vcpuCountTag: UInt16 = 6
     static let vcpuTagBase: UInt16 = 0x100
     public static let maximumVCPUs = 255
 
@@ -32,6 +34,9 @@ public struct MachineState: Equatable, Sendable {
         var m = ByteWriter()
         m.u64(memorySize)
         w.section(Self.memoryTag, m.bytes)
+        var n = ByteWriter()
+        n.u32(UInt32(vcpus.count))
+        w.section(Self.vcpuCountTag, n.bytes)
         w.section(platform.clock)
         if let chips = platform.irqChips { w.section(chips) }
         if let pv { w.section(pv) }
@@ -41,11 +46,12 @@ public struct MachineState: Equatable, Sendable {
     }
 
     public init(encoded bytes: [UInt8]) throws(StateCodingError) {
-        let known = Set([Self.memoryTag, VirtualMachine.ClockState.tag, VirtualMachine.IRQChipState.tag,
+        let known = Set([Self.memoryTag, Self.vcpuCountTag, VirtualMachine.ClockState.tag, VirtualMachine.IRQChipState.tag,
                          PVInterface.State.tag, SerialPort.State.tag])
             .union((0..<Self.maximumVCPUs).map { Self.vcpuTagBase + UInt16($0) })
         let r = try StateReader(bytes, magic: Self.magic, versions: Self.readableVersions, knownTags: known)
         if r.version < 2, r.sections[SerialPort.State.tag] != nil { throw .unknownSection(SerialPort.State.tag) }
+        if r.version < 3, r.sections[Self.vcpuCountTag] != nil { throw .unknownSection(Self.vcpuCountTag) }
         memorySize = ByteReader(try r.value(Self.memoryTag, "memory", as: UInt64.self)).integer(at: 0) ?? 0
         platform = VirtualMachine.State(clock: try r.required(VirtualMachine.ClockState.self),
                                         irqChips: try r.section(VirtualMachine.IRQChipState.self))
@@ -56,7 +62,17 @@ public struct MachineState: Equatable, Sendable {
             vcpus.append(try VCPUState(encoded: Array(v)))
         }
         guard !vcpus.isEmpty else { throw .missingSection("vcpu 0") }
-        let optional = [platform.irqChips != nil, pv != nil, serial != nil].filter { $0 }.count
+        for (i, v) in vcpus.enumerated() where v.id != UInt32(i) {
+            throw .badValue("section vcpu \(i) holding the state of vCPU \(v.id)")
+        }
+        // Format 3 states the count, so a missing last vCPU is caught, not taken for a smaller VM.
+        if r.version >= 3 {
+            let count: UInt32 = ByteReader(try r.value(Self.vcpuCountTag, "vcpus", as: UInt32.self)).integer(at: 0) ?? 0
+            guard count == vcpus.count else {
+                throw .badValue("a vCPU count of \(count) with \(vcpus.count) vCPU sections")
+            }
+        }
+        let optional = [platform.irqChips != nil, pv != nil, serial != nil, r.version >= 3].filter { $0 }.count
         guard r.sections.count == 2 + optional + vcpus.count else {
             throw .missingSection("vcpu \(vcpus.count) (vCPU sections must be numbered without gaps)")
         }

@@ -13,6 +13,8 @@ public enum StateCodingError: Error, Equatable, CustomStringConvertible {
     case trailingBytes(Int)
     /// A reserved field (a section header's, or one inside a section) holds something other than 0.
     case reservedNotZero(String)
+    /// A field holds a value out of its range or inconsistent with the rest.
+    case badValue(String)
 
     public var description: String {
         switch self {
@@ -25,6 +27,7 @@ public enum StateCodingError: Error, Equatable, CustomStringConvertible {
         case let .badSectionSize(n, e, g): return "saved state: section \(n) is \(g) bytes, expected \(e)"
         case let .trailingBytes(n): return "saved state: \(n) unexpected bytes after the last section"
         case let .reservedNotZero(what): return "saved state: the reserved field of \(what) is not zero"
+        case let .badValue(what): return "saved state: \(what) is not valid"
         }
     }
 }

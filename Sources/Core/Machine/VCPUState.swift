@@ -19,6 +19,9 @@ public struct VCPUState: Equatable, Sendable {
     public var mpState: UInt32
     var debugRegs: [UInt8]
     var lapic: [UInt8]?
+    /// What the guest made of this vCPU (`VCPUThread.Activity`): 0 active, 1 awaiting
+    /// VCPU_START, 2 halted. Format 2, tag 12; format 1 blobs are active.
+    public var activity: UInt32 = 0
 
     public var registers: kvm_regs { RawStruct.value(regs, as: kvm_regs.self, zero: kvm_regs()) }
     public var specialRegisters: kvm_sregs { RawStruct.value(sregs, as: kvm_sregs.self, zero: kvm_sregs()) }
@@ -73,9 +76,10 @@ public struct VCPUState: Equatable, Sendable {
     // MARK: Encoding (protocol.md §1.8)
 
     static let magic = Array("PVCS".utf8)
-    static let formatVersion: UInt16 = 1
+    static let formatVersion: UInt16 = 2
+    static let activityLimit: UInt32 = 2
     enum Tag: UInt16, CaseIterable {
-        case id = 1, regs, sregs, fpu, xsave, xcrs, msrs, events, mpState, debugRegs, lapic
+        case id = 1, regs, sregs, fpu, xsave, xcrs, msrs, events, mpState, debugRegs, lapic, activity
     }
 
     public func encoded() -> [UInt8] {
@@ -101,11 +105,14 @@ public struct VCPUState: Equatable, Sendable {
         w.section(Tag.mpState.rawValue, mp.bytes)
         w.section(Tag.debugRegs.rawValue, debugRegs)
         if let lapic { w.section(Tag.lapic.rawValue, lapic) }
+        var a = ByteWriter()
+        a.u32(activity)
+        w.section(Tag.activity.rawValue, a.bytes)
         return w.bytes
     }
 
     public init(encoded bytes: [UInt8]) throws(StateCodingError) {
-        let r = try StateReader(bytes, magic: Self.magic, versions: Self.formatVersion...Self.formatVersion,
+        let r = try StateReader(bytes, magic: Self.magic, versions: 1...Self.formatVersion,
                                 knownTags: Set(Tag.allCases.map(\.rawValue)))
         let idBytes = try r.value(Tag.id.rawValue, "id", as: UInt32.self)
         id = ByteReader(idBytes).integer(at: 0) ?? 0  // the size was checked: always present
@@ -133,6 +140,13 @@ public struct VCPUState: Equatable, Sendable {
         debugRegs = try r.value(Tag.debugRegs.rawValue, "debugregs", as: kvm_debugregs.self)
         lapic = r.sections[Tag.lapic.rawValue] == nil ? nil
             : try r.value(Tag.lapic.rawValue, "lapic", as: kvm_lapic_state.self)
+        // Format 2 always carries the activity; format 1 has none (its vCPUs were active).
+        if r.version >= 2 {
+            activity = ByteReader(try r.value(Tag.activity.rawValue, "activity", as: UInt32.self)).integer(at: 0) ?? 0
+            guard activity <= Self.activityLimit else { throw .badValue("vCPU activity \(activity)") }
+        } else if r.sections[Tag.activity.rawValue] != nil {
+            throw .badValue("an activity section in a format-1 vCPU state")
+        }
     }
 
     init(id: UInt32, regs: [UInt8], sregs: [UInt8], fpu: [UInt8], xsave: [UInt8]?, xcrs: [UInt8]?,

@@ -3,8 +3,11 @@
 extension VCPUThread: StateSaving {
     public func saveState() throws(MachineError) -> VCPUState {
         let layout = stateLayout
-        do { return try perform { vcpu throws(KVMError) in try VCPUState.capture(vcpu, layout) } }
+        var state: VCPUState
+        do { state = try perform { vcpu throws(KVMError) in try VCPUState.capture(vcpu, layout) } }
         catch { throw .kvm(error) }
+        state.activity = activity.rawValue
+        return state
     }
 
     /// Loads `state`; the MSRs the kernel refused are in `refusedMSRs` afterwards.
@@ -16,5 +19,6 @@ extension VCPUThread: StateSaving {
         let refused: [UInt32]
         do { refused = try perform { vcpu throws(KVMError) in try state.apply(to: vcpu) } } catch { throw .kvm(error) }
         refusedMSRs.withLock { $0 = refused }
+        setActivity(Activity(rawValue: state.activity) ?? .active) // decoding checked the value
     }
 }

@@ -52,6 +52,18 @@ public enum VMExit: Equatable, Sendable, CustomStringConvertible {
 public final class VCPUThread: @unchecked Sendable {
     public enum RunState: Equatable, Sendable { case created, running, paused, exited(VMExit) }
 
+    /// What the guest made of this vCPU (saved with its state, protocol.md §1.8 tag 12). A vCPU
+    /// that is not `.active` stays parked without holding the others back; it still pauses,
+    /// saves and restores with them.
+    public enum Activity: UInt32, Sendable {
+        /// Runs guest code.
+        case active = 0
+        /// An application processor the guest has not started yet (VCPU_START, §2.10).
+        case awaitingStart = 1
+        /// An application processor that executed `hlt` with nothing to wake it (§1.4).
+        case halted = 2
+    }
+
     public let vcpu: VCPU
     private let bus: IOBus
     private let mmio: MMIOBus
@@ -63,20 +75,26 @@ public final class VCPUThread: @unchecked Sendable {
     private var stopRequested = false
     private var requests: [() -> Void] = []
     private var threadHandle: UInt?
+    private var activityValue: Activity
     /// vCPU thread only: the last exit was I/O that KVM completes on the next KVM_RUN.
     private var ioPending = false
     private let onExit: @Sendable (VMExit) -> Void
     /// Harvests the KVM dirty ring on KVM_EXIT_DIRTY_RING_FULL; false: give up (watchdog).
     private let onDirtyRingFull: (@Sendable () -> Bool)?
+    /// Starts another vCPU on the guest's request (VCPU_START); called on this vCPU's thread.
+    private let onStartVCPU: (@Sendable (VCPUStartRequest, VCPU) -> Void)?
 
     /// What this vCPU's saved state holds (VCPUThread+State.swift).
     let stateLayout: VCPUState.Layout
     /// The MSRs the kernel refused at the last `restoreState`, for the caller to report.
     public let refusedMSRs = Locked<[UInt32]>([])
 
-    init(vcpu: VCPU, bus: IOBus, mmio: MMIOBus, stateLayout: VCPUState.Layout,
-         onDirtyRingFull: (@Sendable () -> Bool)? = nil, onExit: @escaping @Sendable (VMExit) -> Void) {
+    init(vcpu: VCPU, bus: IOBus, mmio: MMIOBus, stateLayout: VCPUState.Layout, activity: Activity = .active,
+         onDirtyRingFull: (@Sendable () -> Bool)? = nil, onStartVCPU: (@Sendable (VCPUStartRequest, VCPU) -> Void)? = nil,
+         onExit: @escaping @Sendable (VMExit) -> Void) {
         self.vcpu = vcpu
+        self.activityValue = activity
+        self.onStartVCPU = onStartVCPU
         self.stateLayout = stateLayout
         self.bus = bus
         self.mmio = mmio
@@ -85,6 +103,37 @@ public final class VCPUThread: @unchecked Sendable {
     }
 
     public var state: RunState { condition.withLock { runState } }
+
+    /// The boot vCPU (index 0): its `hlt` ends the VM; an AP's parks the AP.
+    public var isBootProcessor: Bool { vcpu.id == 0 }
+
+    public var activity: Activity { condition.withLock { activityValue } }
+
+    /// The VMM holds this vCPU paused (`pause()` without a `resume()` yet).
+    public var isHeld: Bool { condition.withLock { pauseRequested } }
+
+    /// Sets the activity (a restore, or the VMM starting an AP); wakes the thread.
+    func setActivity(_ a: Activity) {
+        condition.withLock {
+            activityValue = a
+            condition.broadcast()
+        }
+    }
+
+    /// Starts an AP that is waiting for VCPU_START: loads the registers, then lets it run.
+    /// False when the vCPU is not waiting (already started, halted or exited).
+    func startAP(sregs: kvm_sregs, regs: kvm_regs) -> Bool {
+        let waiting = condition.withLock { activityValue == .awaitingStart && runState != .created }
+        guard waiting else { return false }
+        do {
+            try perform { vcpu throws(KVMError) in
+                try vcpu.setSpecialRegisters(sregs)
+                try vcpu.setRegisters(regs)
+            }
+        } catch { return false }
+        setActivity(.active)
+        return true
+    }
 
     /// Starts the thread; `paused` starts it parked (for a restored VM awaiting `resume`).
     public func start(paused: Bool = false) {
@@ -118,7 +167,9 @@ public final class VCPUThread: @unchecked Sendable {
         condition.withLock {
             pauseRequested = false
             condition.broadcast()
-            while case .paused = runState, !pauseRequested, threadHandle != nil { condition.wait() }
+            while case .paused = runState, !pauseRequested, activityValue == .active, threadHandle != nil {
+                condition.wait()
+            }
         }
     }
 
@@ -208,7 +259,7 @@ public final class VCPUThread: @unchecked Sendable {
                     continue
                 }
                 if stopRequested { condition.unlock(); return .stopped }
-                if pauseRequested {
+                if pauseRequested || activityValue != .active {
                     if ioPending {
                         condition.unlock()
                         completePendingIO()
@@ -263,6 +314,7 @@ public final class VCPUThread: @unchecked Sendable {
                 case .proceed: break
                 case let .exit(status): return .exitStatus(status)
                 case let .sleep(ms): sleep(milliseconds: ms)
+                case let .startVCPU(request): onStartVCPU?(request, vcpu)
                 }
             }
             return nil
@@ -282,7 +334,12 @@ public final class VCPUThread: @unchecked Sendable {
                 }
                 return nil
             }
-        case KVM_EXIT_HLT: return .halted
+        case KVM_EXIT_HLT:
+            // Without interrupts nothing wakes a halted vCPU: the boot vCPU's hlt ends the VM,
+            // an AP's only parks that AP (protocol.md §1.4).
+            if isBootProcessor { return .halted }
+            setActivity(.halted)
+            return nil
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_INTERNAL_ERROR: return .internalError(run.pointee.`internal`.suberror)
         case KVM_EXIT_FAIL_ENTRY: return .failEntry(run.pointee.fail_entry.hardware_entry_failure_reason)

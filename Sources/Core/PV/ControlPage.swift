@@ -4,11 +4,15 @@ import CKVM
 /// A `ControlPage` only exists for a page `PVInterface` validated to lie in guest RAM.
 struct ControlPage {
     static let magic: UInt32 = 0x434d_5650 // "PVMC"
-    static let abiVersion: UInt16 = 1
+    /// The ABI versions a control page may announce: 1 (one vCPU's ring) and 2 (per-vCPU
+    /// areas, protocol.md §2.10).
+    static let abiVersions: ClosedRange<UInt16> = 1...2
+    static let areaAbiVersion: UInt16 = 2
 
     enum Field: Int {
         // guest-written
         case magic = 0x000, abiVersion = 0x004, ringGPA = 0x008, ringEntries = 0x010, alwaysDirtyCount = 0x014
+        case vcpuAreaCount = 0x018, vcpuAreaGPA = 0x020 // ABI v2 (§2.10)
         // host-written
         case hostFlags = 0x040, generation = 0x044, ringTail = 0x048, throttleRate = 0x04c, hostStatus = 0x050
         case selfcheckRequest = 0x054

@@ -20,12 +20,12 @@ extension PVInterface {
             guard let control else { return false }
             var flags = ControlPage.HostFlags(rawValue: control.u32(.hostFlags))
             if on { flags.insert(.logging) } else { flags.remove(.logging) }
-            hostStore(control, .hostFlags, flags.rawValue)
+            hostStoreAll(.hostFlags, flags.rawValue)
             if on { // start a fresh epoch: nothing logged before this point counts
                 drainLocked()
                 pending.removeAll()
                 ringCorrupt = false
-                hostStore(control, .generation, control.u32(.generation) &+ 1)
+                hostStoreAll(.generation, control.u32(.generation) &+ 1)
             }
             return true
         }
@@ -39,16 +39,16 @@ extension PVInterface {
             drainLocked()
             var logged = pending
             pending.removeAll()
-            if vcpusPaused, control.u32(.inflightValid) == 1,
-               let index = memory.pageIndex(of: PageFrame(control.u64(.inflightPFN))) {
-                logged.insert(index)
+            // Every vCPU's in-flight slot (§2.10): each is stable only while all are paused.
+            for r in rings where vcpusPaused && r.area.u32(.inflightValid) == 1 {
+                if let index = memory.pageIndex(of: PageFrame(r.area.u64(.inflightPFN))) { logged.insert(index) }
             }
             var corrupt = ringCorrupt
             ringCorrupt = false
             // Order: the drain's tail store, then the generation bump, then (the caller's)
             // page copies; a full fence keeps the guest from seeing them reordered.
             ckvm_full_fence()
-            hostStore(control, .generation, control.u32(.generation) &+ 1)
+            hostStoreAll(.generation, control.u32(.generation) &+ 1)
             // HARVEST_BARRIER (§2.3): every vCPU runs a full barrier now, so a page write whose
             // generation load still saw the old value is visible before the caller copies it.
             // Paused vCPUs passed through one when they stopped. If it cannot be done, a guest
@@ -65,23 +65,29 @@ extension PVInterface {
                 b.insert(range: first, count: Int(r.size / GuestPhysicalAddress.pageSize))
             }
         }
-        if let ring, let first = memory.pageIndex(of: ring.gpa.frame) {
-            b.insert(range: first, count: Int((UInt64(ring.entries) * 8 + 4095) / 4096))
+        for r in rings {
+            if let first = memory.pageIndex(of: r.range.start.frame) {
+                b.insert(range: first, count: Int((r.range.size + 4095) / 4096))
+            }
         }
         if let control, let i = memory.pageIndex(of: control.gpa.frame) { b.insert(i) }
         return b
     }
 
-    /// Moves valid ring entries into `pending` and frees their slots. Lock held.
+    /// Moves valid entries of every vCPU's ring into `pending` and frees their slots. Lock held.
     func drainLocked() {
-        guard let control, let ring else { return }
-        let head = control.u32(.ringHead)
-        let tail = control.u32(.ringTail)
+        for (vcpu, ring) in rings.enumerated() { drain(ring, vcpu: vcpu) }
+    }
+
+    private func drain(_ ring: VCPURing, vcpu: Int) {
+        let area = ring.area
+        let head = area.u32(.ringHead)
+        let tail = area.u32(.ringTail)
         let used = head &- tail
         guard used <= ring.entries else {
             reject(.badRingIndex)
             ringCorrupt = true
-            hostStore(control, .ringTail, head) // resynchronise (§2.4)
+            hostStore(area, .ringTail, head) // resynchronise (§2.4)
             return
         }
         var index = tail
@@ -91,12 +97,12 @@ extension PVInterface {
             let entry = ckvm_load_acquire_u64(ring.host + slot * 8)
             if entry >> 52 == 0, let page = memory.pageIndex(of: PageFrame(entry)) {
                 pending.insert(page)
-                recordDrained()
+                recordDrained(vcpu: vcpu)
             } else {
                 reject(.badRingEntry)
             }
             index &+= 1
         }
-        if used > 0 { hostStore(control, .ringTail, head) }
+        if used > 0 { hostStore(area, .ringTail, head) }
     }
 }

@@ -5,9 +5,21 @@ import Foundation
 public enum PVRejection: String, CaseIterable, Sendable {
     case unknownOperation, badArgument, notRegistered, reRegistration, badControlArea
     case badRingIndex, badRingEntry, badBalloonRange, badConsoleLength
+    /// VCPU_START (§2.10) with a bad start block, for a vCPU the VM does not have, or for one
+    /// already started.
+    case badVCPUStart
 }
 
-/// The host side of the PV ABI v1 (protocol.md §2): the PV port's hypercalls, the guest's
+/// One vCPU's dirty ring as REGISTER validated it (protocol.md §2.4, §2.10): `area` is the
+/// control page for vCPU 0 and the vCPU's area page for the others.
+struct VCPURing {
+    let area: ControlPage
+    let range: GuestRange
+    let host: UnsafeMutableRawPointer
+    let entries: UInt32
+}
+
+/// The host side of the PV ABI v1 and v2 (protocol.md §2): the PV port's hypercalls, the guest's
 /// control page, its dirty ring, balloon and console.
 ///
 /// Hypercalls run on the vCPU thread; the migration side (`DirtyTracker`, counters,
@@ -18,9 +30,13 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
 
     enum Operation: UInt32 {
         case hello = 0x001, sleep = 0x002, register = 0x003, ringFull = 0x004
-        case balloonInflate = 0x005, balloonDeflate = 0x006, console = 0x007
+        case balloonInflate = 0x005, balloonDeflate = 0x006, console = 0x007, vcpuStart = 0x008
         case netAttach = 0x020, netKick = 0x021 // the PV NIC, protocol.md §5.1
     }
+    /// "PVAP": the magic of a VCPU_START block (§2.10).
+    static let startBlockMagic: UInt32 = 0x5041_5650
+    /// The guest lives in the lower half (§1.6): entry points and stacks must be below this.
+    static let lowerHalfLimit: UInt64 = 1 << 47
     static let maximumSleepMilliseconds: UInt32 = (1 << 20) - 1
     static let ringEntryLimits = 64...(1 << 20)
     static let alwaysDirtyLimit: UInt64 = 256 << 20
@@ -31,6 +47,8 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
         public var registered = false
         public var hellos = 0, sleeps = 0, ringFullExits = 0, consoleWrites = 0
         public var drainedEntries = 0, inflatedPages = 0, deflatedPages = 0
+        /// Ring entries drained per vCPU (index = vCPU; only vCPUs with a registered ring).
+        public var drainedPerVCPU: [Int] = []
         public var rejected: [PVRejection: Int] = [:]
         public var totalRejected: Int { rejected.values.reduce(0, +) }
         public init() {}
@@ -40,26 +58,38 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
     public struct GuestCounters: Sendable, Equatable {
         public var pagesWritten: UInt64, rate: UInt64, passes: UInt64, workload: UInt32
         public var selfcheckState: UInt32, selfcheckPages: UInt64, selfcheckBad: UInt64, selfcheckDone: UInt32
+        /// Each vCPU's own counters (its control page or area, §2.10); the totals above sum
+        /// `pagesWritten` and `rate` over them.
+        public var perVCPU: [VCPUGuestCounters] = []
+    }
+
+    /// One vCPU's progress counters, from its area (§2.10; vCPU 0: the control page).
+    public struct VCPUGuestCounters: Sendable, Equatable {
+        public var pagesWritten: UInt64, rate: UInt64, passes: UInt64
     }
 
     let memory: GuestMemory
     /// The PV NIC (protocol.md §5), when the VM has one: NET_ATTACH and NET_KICK go to it.
     public let net: PVNet?
+    /// The VM's vCPU count: a guest may register areas for vCPUs 1..<vcpuCount only (§2.10).
+    public let vcpuCount: Int
     private let console: ConsoleSink
     private let log: @Sendable (String) -> Void
     let lock = NSLock()
     // Guarded by `lock`:
     private var counters = Counters()
     var control: ControlPage?
-    var ring: (gpa: GuestPhysicalAddress, host: UnsafeMutableRawPointer, entries: UInt32)?
+    /// Index = vCPU: the control page's ring, then one per registered vCPU area (§2.10).
+    var rings: [VCPURing] = []
     var alwaysDirty = [GuestRange]()
     var pending: PageBitmap
     var ringCorrupt = false
     private(set) var balloon: PageBitmap
 
-    public init(memory: GuestMemory, console: ConsoleSink, net: PVNet? = nil,
+    public init(memory: GuestMemory, vcpuCount: Int = 1, console: ConsoleSink, net: PVNet? = nil,
                 log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.memory = memory
+        self.vcpuCount = vcpuCount
         self.net = net
         self.console = console
         self.log = log
@@ -73,7 +103,15 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
     public var balloonedPages: PageBitmap { lock.withLock { balloon } }
 
     func reject(_ why: PVRejection) { counters.rejected[why, default: 0] += 1 } // lock held
-    func recordDrained() { counters.drainedEntries += 1 } // lock held
+    func recordDrained(vcpu: Int) { // lock held
+        counters.drainedEntries += 1
+        if counters.drainedPerVCPU.count <= vcpu {
+            counters.drainedPerVCPU += Array(repeating: 0, count: vcpu + 1 - counters.drainedPerVCPU.count)
+        }
+        counters.drainedPerVCPU[vcpu] += 1
+    }
+    /// Counts a refused VCPU_START the machine found (target not waiting to start).
+    public func rejectVCPUStart() { lock.withLock { reject(.badVCPUStart) } }
     var snapshotLocked: Counters { counters }
     var balloonLocked: PageBitmap { balloon }
     func setBalloonLocked(words: [UInt64]) {
@@ -102,6 +140,9 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
             guard argument >= 1, argument <= Self.maximumSleepMilliseconds else { reject(.badArgument); return .proceed }
             counters.sleeps += 1
             return .sleep(milliseconds: argument)
+        case .vcpuStart:
+            guard let start = startBlock(pfn: UInt64(argument)) else { reject(.badVCPUStart); return .proceed }
+            return .startVCPU(start)
         case .register:
             guard control == nil else { reject(.reRegistration); return .proceed }
             registerControlPage(pfn: UInt64(argument))
@@ -139,24 +180,27 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
         adoptControlPageLocked(gpa: gpa.raw)
     }
 
-    /// Validates the control page at `gpa` and adopts it (REGISTER, or a restore). Lock held.
+    /// Validates the control page at `gpa` — and with ABI v2 its vCPU areas — and adopts it
+    /// (REGISTER, or a restore). Lock held.
     func adoptControlPageLocked(gpa raw: UInt64) {
         let gpa = GuestPhysicalAddress(raw)
-        guard gpa.isPageAligned,
-              let page = try? memory.bytes(at: gpa, count: GuestPhysicalAddress.pageSize),
-              let host = page.baseAddress else { reject(.badControlArea); return }
-        let c = ControlPage(gpa: gpa, host: host)
-        let entries = c.u32(.ringEntries)
-        let ringGPA = GuestPhysicalAddress(c.u64(.ringGPA))
+        guard gpa.isPageAligned, let c = page(at: gpa) else { reject(.badControlArea); return }
+        let version = c.u16(.abiVersion)
         let alwaysCount = Int(c.u32(.alwaysDirtyCount))
-        guard c.u32(.magic) == ControlPage.magic, c.u16(.abiVersion) == ControlPage.abiVersion,
-              Self.ringEntryLimits.contains(Int(entries)), entries.nonzeroBitCount == 1,
-              ringGPA.isPageAligned,
-              let ringRange = GuestRange(start: ringGPA, size: UInt64(entries) * 8),
-              let ringBytes = try? memory.bytes(at: ringGPA, count: ringRange.size), let ringHost = ringBytes.baseAddress,
-              !ringRange.overlaps(GuestRange(start: gpa, size: GuestPhysicalAddress.pageSize)!),
-              alwaysCount <= ControlPage.alwaysDirtyCapacity else {
+        guard c.u32(.magic) == ControlPage.magic, ControlPage.abiVersions.contains(version),
+              alwaysCount <= ControlPage.alwaysDirtyCapacity,
+              let (areas, areaRange) = vcpuAreas(c, version: version) else {
             reject(.badControlArea); return
+        }
+        // Every ring must be disjoint from the control page, the areas and each other.
+        var claimed = [GuestRange(start: gpa, size: GuestPhysicalAddress.pageSize)!] + (areaRange.map { [$0] } ?? [])
+        var found: [VCPURing] = []
+        for area in [c] + areas {
+            guard let r = ring(of: area), !claimed.contains(where: { $0.overlaps(r.range) }) else {
+                reject(.badControlArea); return
+            }
+            claimed.append(r.range)
+            found.append(r)
         }
         var ranges: [GuestRange] = []
         var total: UInt64 = 0
@@ -168,10 +212,58 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
         }
         guard total <= Self.alwaysDirtyLimit else { reject(.badControlArea); return }
         control = c
-        ring = (ringGPA, ringHost, entries)
-        alwaysDirty = ranges
+        rings = found
+        alwaysDirty = ranges + (areaRange.map { [$0] } ?? [])
         counters.registered = true
-        log("guest registered its PV control page at \(gpa) (dirty ring of \(entries) entries)")
+        log("guest registered its PV control page at \(gpa) (ABI v\(version), \(found.count) dirty ring(s) of \(found[0].entries) entries)")
+    }
+
+    /// A whole RAM page at `gpa`, or nil.
+    private func page(at gpa: GuestPhysicalAddress) -> ControlPage? {
+        guard let bytes = try? memory.bytes(at: gpa, count: GuestPhysicalAddress.pageSize),
+              let host = bytes.baseAddress else { return nil }
+        return ControlPage(gpa: gpa, host: host)
+    }
+
+    /// ABI v2's vCPU areas (§2.10): `vcpu_area_count` pages from `vcpu_area_gpa`, one per vCPU
+    /// 1, 2, …; never more than the VM has vCPUs. ([], nil) for v1 or no areas; nil if invalid.
+    private func vcpuAreas(_ c: ControlPage, version: UInt16) -> ([ControlPage], GuestRange?)? {
+        guard version >= ControlPage.areaAbiVersion else { return ([], nil) }
+        let count = Int(c.u32(.vcpuAreaCount))
+        guard count > 0 else { return ([], nil) }
+        guard count < vcpuCount, let range = pageRange(gpa: c.u64(.vcpuAreaGPA), pages: UInt64(count)),
+              !range.overlaps(GuestRange(start: c.gpa, size: GuestPhysicalAddress.pageSize)!) else { return nil }
+        var areas: [ControlPage] = []
+        for k in 0..<count {
+            guard let area = page(at: GuestPhysicalAddress(range.start.raw + UInt64(k) * GuestPhysicalAddress.pageSize)) // inside `range`
+            else { return nil }
+            areas.append(area)
+        }
+        return (areas, range)
+    }
+
+    /// The ring an area (or the control page) names, validated (§2.2): page-aligned, a power
+    /// of two entries in range, inside one RAM region.
+    private func ring(of area: ControlPage) -> VCPURing? {
+        let entries = area.u32(.ringEntries)
+        let ringGPA = GuestPhysicalAddress(area.u64(.ringGPA))
+        guard Self.ringEntryLimits.contains(Int(entries)), entries.nonzeroBitCount == 1, ringGPA.isPageAligned,
+              let range = GuestRange(start: ringGPA, size: UInt64(entries) * 8),
+              let bytes = try? memory.bytes(at: ringGPA, count: range.size), let host = bytes.baseAddress else { return nil }
+        return VCPURing(area: area, range: range, host: host, entries: entries)
+    }
+
+    /// A VCPU_START block (§2.10) at `pfn`, validated, or nil.
+    private func startBlock(pfn: UInt64) -> VCPUStartRequest? {
+        guard let gpa = PageFrame(pfn).address, let block = page(at: gpa),
+              ckvm_load_acquire_u32(block.host) == Self.startBlockMagic else { return nil }
+        let index = Int(ckvm_load_acquire_u32(block.host + 4))
+        let rip = ckvm_load_acquire_u64(block.host + 8), rsp = ckvm_load_acquire_u64(block.host + 16)
+        let rdi = ckvm_load_acquire_u64(block.host + 24)
+        guard index >= 1, index < vcpuCount, rip < Self.lowerHalfLimit, rsp < Self.lowerHalfLimit, rsp != 0 else {
+            return nil
+        }
+        return VCPUStartRequest(index: index, rip: rip, rsp: rsp, rdi: rdi)
     }
 
     /// A page-aligned range of ≥ 1 page inside one RAM region, or nil.
@@ -189,11 +281,16 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
         memory.markHostWritten(c.gpa, count: GuestPhysicalAddress.pageSize)
     }
 
+    /// The same host field in the control page and every vCPU area (§2.10). Lock held.
+    func hostStoreAll(_ field: ControlPage.Field, _ value: UInt32) {
+        for r in rings { hostStore(r.area, field, value) }
+    }
+
     // MARK: Balloon (§2.5)
 
     private func applyBalloon(_ c: ControlPage, count: Int, inflate: Bool) {
         let controlRange = GuestRange(start: c.gpa, size: GuestPhysicalAddress.pageSize)!
-        let protected = [controlRange] + (ring.map { [GuestRange(start: $0.gpa, size: UInt64($0.entries) * 8)!] } ?? []) + alwaysDirty
+        let protected = [controlRange] + rings.map(\.range) + alwaysDirty
         for i in 0..<count {
             let d = c.descriptor(base: ControlPage.balloonDescriptors, i)
             guard let range = pageRange(gpa: d.gpa, pages: d.pages), !protected.contains(where: { $0.overlaps(range) }),
@@ -216,9 +313,13 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
 
     // MARK: Host requests (§2.7) and guest counters (§2.6)
 
-    /// Asks the guest to write at most `pagesPerSecond` pages per second (0 = no limit).
+    /// Asks the guest to write at most `pagesPerSecond` pages per second in all (0 = no limit):
+    /// each vCPU with a ring gets an equal share in its own `throttle_rate` (§2.7, §2.10).
     public func setThrottle(pagesPerSecond: UInt32) {
-        lock.withLock { if let control { hostStore(control, .throttleRate, pagesPerSecond) } }
+        lock.withLock {
+            let share = pagesPerSecond == 0 ? 0 : max(1, pagesPerSecond / UInt32(max(1, rings.count)))
+            hostStoreAll(.throttleRate, share)
+        }
     }
 
     /// Asks the guest for a self-check; returns the request number to wait for, or nil
@@ -236,10 +337,15 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
     public var guestCounters: GuestCounters? {
         lock.withLock {
             guard let c = control else { return nil }
-            return GuestCounters(pagesWritten: c.u64(.pagesWritten), rate: c.u64(.rate), passes: c.u64(.passes),
+            let each = rings.map {
+                VCPUGuestCounters(pagesWritten: $0.area.u64(.pagesWritten), rate: $0.area.u64(.rate),
+                                  passes: $0.area.u64(.passes))
+            }
+            return GuestCounters(pagesWritten: each.reduce(0) { $0 &+ $1.pagesWritten },
+                                 rate: each.reduce(0) { $0 &+ $1.rate }, passes: c.u64(.passes),
                                  workload: c.u32(.workload), selfcheckState: c.u32(.selfcheckState),
                                  selfcheckPages: c.u64(.selfcheckPages), selfcheckBad: c.u64(.selfcheckBad),
-                                 selfcheckDone: c.u32(.selfcheckDone))
+                                 selfcheckDone: c.u32(.selfcheckDone), perVCPU: each)
         }
     }
 }

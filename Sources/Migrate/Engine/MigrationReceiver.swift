@@ -253,12 +253,15 @@ final class MigrationReceiver: @unchecked Sendable {
     /// Admission of the memory first (protocol.md §3.1.1): nothing of the VM's size is
     /// allocated before the claim succeeds.
     private func build(_ d: MachineDescription) throws(MigrationError) -> (Machine, any ConsoleSink) {
-        guard d.vcpus == 1 else { throw .machine(.invalidConfiguration("\(d.vcpus) vCPUs: this pvmigrate runs 1-vCPU VMs")) }
+        guard (1...UInt32(Machine.maximumVCPUs)).contains(d.vcpus) else {
+            throw .machine(.invalidConfiguration("\(d.vcpus) vCPUs: a VM has 1 to \(Machine.maximumVCPUs)"))
+        }
         guard d.kernelSHA256.count == 32, !d.name.isEmpty else { throw .wire(.malformed(type: "MACHINE", reason: "bad identity")) }
         try admission.claim(ticket, bytes: d.memoryBytes)
         let console = options.console(d.name)
-        let configuration = Machine.Configuration(memorySize: d.memoryBytes, kernel: [], inKernelIRQChip: d.inKernelIRQChip,
+        var configuration = Machine.Configuration(memorySize: d.memoryBytes, kernel: [], inKernelIRQChip: d.inKernelIRQChip,
                                                   console: console, log: { [notes] in notes.log($0) })
+        configuration.vcpuCount = Int(d.vcpus)
         do { return (try Machine(restoring: configuration), console) } catch { throw .machine(error) }
     }
 
