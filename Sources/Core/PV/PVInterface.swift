@@ -153,7 +153,8 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
             switch op {
             case .netAttach:
                 let pvRanges = [GuestRange(start: control.gpa, size: GuestPhysicalAddress.pageSize)!]
-                    + (ring.map { [GuestRange(start: $0.gpa, size: UInt64($0.entries) * 8)!] } ?? [])
+                    // Every vCPU's area page and dirty ring (§2.10): the NIC may overlap none.
+                    + rings.flatMap { [GuestRange(start: $0.area.gpa, size: GuestPhysicalAddress.pageSize)!, $0.range] }
                 net?.attach(pfn: UInt64(argument), pvRanges: pvRanges)
             case .netKick:
                 guard argument == 0 else { reject(.badArgument); break }
