@@ -16,6 +16,11 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // Logs and metrics (docs/operations.md): the Swift server ecosystem's APIs, and the
+        // Prometheus exposition of the metrics.
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C shim over <linux/kvm.h>: ioctl request numbers and the helpers Swift cannot express.
@@ -36,10 +41,23 @@ let package = Package(
         .target(name: "Core", dependencies: ["CKVM", "Posix"]),
         .target(name: "Migrate", dependencies: ["Core", "Posix", "CZstd", "COpenSSL"]),
         // Named VMs: runtime directory, per-VM control sockets (protocol.md §4), console buffers.
-        .target(name: "Control", dependencies: ["Core", "Migrate", "Posix"]),
+        .target(name: "Control", dependencies: [
+            "Core", "Migrate", "Posix",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+        ]),
+        // Operating the daemon (docs/operations.md): the log backend, the Prometheus registry
+        // and the /metrics responder, the record `send` keeps for `pvmigrate metrics`.
+        .target(name: "Operations", dependencies: [
+            "Core", "Migrate", "Control",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
         .executableTarget(name: "pvmigrate", dependencies: [
-            "Core", "Migrate", "Control", "Posix", "GuestImage",
+            "Core", "Migrate", "Control", "Operations", "Posix", "GuestImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
         .target(name: "TestSupport", dependencies: ["Core"], path: "Tests/TestSupport"),
@@ -47,7 +65,10 @@ let package = Package(
         .testTarget(name: "MigrateTests", dependencies: ["Core", "Migrate"]),
         // The control plane without VMs or sockets: request/response coding, option checks,
         // endpoints, arrival names (one test needs /dev/kvm and skips without it).
-        .testTarget(name: "ControlTests", dependencies: ["Core", "Migrate", "Control", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "GuestImage", "TestSupport"]),
+        .testTarget(name: "ControlTests", dependencies: [
+            "Core", "Migrate", "Control", "Operations", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Operations", "GuestImage", "TestSupport"]),
     ]
 )

@@ -171,16 +171,19 @@ extension VMHost {
         }
         if let refusal { reply.fail(refusal); return }
         sender.onHandOver = { [self] u in try writeHandOverRecord(u) }
+        let telemetry = SenderTelemetry(vm: name, destination: destination, runtime: runtime)
         do {
             let stats = try sender.migrate(to: parsed.destination.host, port: parsed.destination.port, tls: tls) { [self] round in
                 condition.withLock { migration?.last = round }
                 reply.event(.round(round))
             }
             finishMigration(success: (stats, destination))
+            telemetry.finished(stats)
             reply.ok(stats)
         } catch {
             if case let .unresolved(u) = error { enterUnresolved(u, sender: sender) }
             finishMigration(success: nil)
+            telemetry.failed(error)
             reply.fail(error.description)
         }
     }
