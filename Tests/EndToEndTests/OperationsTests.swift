@@ -1,5 +1,6 @@
 import Control
 import Foundation
+import Migrate
 import Testing
 import TestSupport
 
@@ -26,6 +27,15 @@ extension EndToEnd {
             let before = try Self.scrape(url + "/metrics")
             #expect(before.value("pvmigrate_vms_hosted") == 0, "\(before.text)")
             #expect(before.value("pvmigrate_migrations_total", ["direction": "in", "result": "success"]) == nil, "\(before.text)")
+
+            // A plaintext peer at the TLS listener: a failed handshake, counted by reason.
+            let plain = try StreamConnector.connect(host: "127.0.0.1", port: port, mode: .insecure)
+            try Array("GET / HTTP/1.0\r\n\r\n".utf8).withUnsafeBytes { try plain.writeAll($0) }
+            var seen = before
+            #expect(try Wait.until { seen = try Self.scrape(url + "/metrics"); return seen.value(Self.handshakeFailures) != nil },
+                    "no handshake failure counted: \(seen.text)")
+            plain.close()
+            #expect(seen.value(Self.handshakeFailures) == 1, "\(seen.text)")
 
             let sent = try hosts.send("vm", port: port, tlsDir: "pki/src", ["--log-format", "json"])
             #expect(sent.status == 0, "send failed: \(sent.text)")
@@ -64,6 +74,8 @@ extension EndToEnd {
             #expect(listener.terminate() == 0, "\(listener.text)")
         }
 
+        static let handshakeFailures = ("pvmigrate_tls_handshake_failures_total", ["reason": "not_tls"])
+
         /// The listener's standard output, one JSON object per line (lines that are not JSON left out).
         static func lines(_ text: String) -> [[String: Any]] {
             text.split(separator: "\n").compactMap {
@@ -80,6 +92,8 @@ extension EndToEnd {
             func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
                 samples.first { $0.name == name && $0.labels == labels }?.value
             }
+
+            func value(_ series: (String, [String: String])) -> Double? { value(series.0, series.1) }
         }
 
         /// GET `url` and parse the body with prometheus_client (both in Python: urllib and
