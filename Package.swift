@@ -18,6 +18,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         // `listen --config FILE` (TOML); compiles the C++ toml++ (~35 CPU-s of a clean build).
         .package(url: "https://github.com/LebJe/TOMLKit", exact: "0.6.0"),
+        // Logs and metrics (docs/operations.md): the Swift server ecosystem's APIs, and the
+        // Prometheus exposition of the metrics.
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C shim over <linux/kvm.h>: ioctl request numbers and the helpers Swift cannot express.
@@ -40,13 +45,26 @@ let package = Package(
         // The PV NIC's host side: TAP devices, bridges and the per-NIC I/O thread (protocol.md §5).
         .target(name: "Net", dependencies: ["Core", "CKVM", "Posix"]),
         // Named VMs: runtime directory, per-VM control sockets (protocol.md §4), console buffers.
-        .target(name: "Control", dependencies: ["Core", "Migrate", "Posix"]),
+        .target(name: "Control", dependencies: [
+            "Core", "Migrate", "Posix",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+        ]),
         // `listen --config FILE`: TOML files that mirror a command's flags. Apart from Control so
         // that only the CLI and its tests compile TOMLKit's C++ (not the fuzz harnesses).
         .target(name: "Config", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")]),
+        // Operating the daemon (docs/operations.md): the log backend, the Prometheus registry
+        // and the /metrics responder, the record `send` keeps for `pvmigrate metrics`.
+        .target(name: "Operations", dependencies: [
+            "Core", "Migrate", "Control",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
         .executableTarget(name: "pvmigrate", dependencies: [
-            "Core", "Migrate", "Control", "Config", "Net", "Posix", "GuestImage",
+            "Core", "Migrate", "Control", "Config", "Operations", "Net", "Posix", "GuestImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
         .target(name: "TestSupport", dependencies: ["Core"], path: "Tests/TestSupport"),
@@ -56,7 +74,10 @@ let package = Package(
         .testTarget(name: "NetTests", dependencies: ["Core", "Net"]),
         // The control plane without VMs or sockets: request/response coding, option checks,
         // endpoints, arrival names (one test needs /dev/kvm and skips without it).
-        .testTarget(name: "ControlTests", dependencies: ["Core", "Migrate", "Control", "Config", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Config", "GuestImage", "TestSupport"]),
+        .testTarget(name: "ControlTests", dependencies: [
+            "Core", "Migrate", "Control", "Config", "Operations", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Config", "Operations", "GuestImage", "TestSupport"]),
     ]
 )

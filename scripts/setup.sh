@@ -10,8 +10,9 @@
 #     they create with `ip`); `apt-get update` runs once, and only
 #     when something has to be installed.
 #   - a Swift toolchain on PATH (or in /opt/swift/usr/bin).
-#   - the Python package zstandard for the python3 on PATH (the conformance peer,
-#     Tests/conformance), through `python3 -m pip install zstandard` when missing.
+#   - the Python packages zstandard (the conformance peer, Tests/conformance) and
+#     prometheus_client (its text parser checks `listen --metrics`, docs/operations.md)
+#     for the python3 on PATH, through `python3 -m pip install` when missing.
 #   - /dev/kvm present and read/writable: only warned about, since building
 #     and the unit tests do not need it (CoreTests/EndToEndTests that boot VMs do).
 #
@@ -72,16 +73,18 @@ if ! command -v swift >/dev/null 2>&1; then
 fi
 say "$(swift --version 2>&1 | grep -m1 -i 'swift version' || echo 'swift found, version unknown')"
 
-# --- Python for the conformance peer (Tests/conformance) ---------------------
+# --- Python for the conformance peer and the metrics test -------------------
 command -v python3 >/dev/null 2>&1 || fail "python3 not found: the conformance peer needs it (apt-get install python3 python3-pip)"
-if python3 -c 'import zstandard' 2>/dev/null; then
-    say "python3 zstandard present"
-else
-    # Debian's python3-zstandard serves only /usr/bin/python3; pip serves whichever python3 is on PATH.
-    say "installing the Python package zstandard for $(command -v python3)"
-    python3 -m pip install -q zstandard || fail "python3 -m pip install zstandard failed (install pip: apt-get install python3-pip)"
-    python3 -c 'import zstandard' || fail "zstandard installed but python3 cannot import it"
-fi
+for module in zstandard prometheus_client; do
+    if python3 -c "import $module" 2>/dev/null; then
+        say "python3 $module present"
+    else
+        # Debian's python3-* packages serve only /usr/bin/python3; pip serves whichever python3 is on PATH.
+        say "installing the Python package $module for $(command -v python3)"
+        python3 -m pip install -q "$module" || fail "python3 -m pip install $module failed (install pip: apt-get install python3-pip)"
+        python3 -c "import $module" || fail "$module installed but python3 cannot import it"
+    fi
+done
 
 # --- KVM ----------------------------------------------------------------------
 if [ ! -e /dev/kvm ]; then

@@ -190,6 +190,9 @@ public enum ListenConfig {
         "max-streams": .integer,
         "accept": .string,
         "control": .string,
+        "metrics": .string,
+        "log-format": .string,
+        "log-level": .string,
     ]
 
     /// `arguments` (without the program name) with a `listen --config FILE`'s keys placed

@@ -196,6 +196,7 @@ extension VMHost {
         }
         if let refusal { reply.fail(refusal); return }
         sender.onHandOver = { [self] u in try writeHandOverRecord(u) }
+        let telemetry = SenderTelemetry(vm: name, destination: destination, runtime: runtime)
         do {
             let stats = try sender.migrate(to: parsed.destination.host, port: parsed.destination.port, tls: tls) { [self] round in
                 condition.withLock {
@@ -207,11 +208,13 @@ extension VMHost {
             }
             recordJob(ended: .success(stats))
             finishMigration(success: (stats, destination))
+            telemetry.finished(stats)
             reply.ok(stats)
         } catch {
             if case let .unresolved(u) = error { enterUnresolved(u, sender: sender) }
             recordJob(ended: .failure(error))
             finishMigration(success: nil)
+            telemetry.failed(error)
             reply.fail(error.description)
         }
     }

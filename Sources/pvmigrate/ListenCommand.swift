@@ -2,7 +2,9 @@ import ArgumentParser
 import Control
 import Core
 import Foundation
+import Logging
 import Migrate
+import Operations
 
 /// `pvmigrate listen`: the receiving daemon. Every VM that arrives runs here under its own
 /// name and control socket, so `pvmigrate ps / status / console` on this host show it.
@@ -24,7 +26,8 @@ struct Listen: ParsableCommand {
             progress for --progress-timeout is dropped and its memory freed.
 
             Logs one line per arrival (with its statistics) and per failed or rejected migration \
-            on standard output. --config FILE reads the flags from a TOML file, one key per flag \
+            on standard output, as text or, with --log-format json, one JSON object per line \
+            (docs/operations.md). --config FILE reads the flags from a TOML file, one key per flag \
             (max-incoming = 4); flags on the command line win. --control PATH serves the \
             listener's job list (`pvmigrate job --listener PATH`). Under systemd (Type=notify, \
             contrib/systemd) it reports READY/RELOADING/STOPPING. SIGHUP: read the TLS directory \
@@ -83,7 +86,14 @@ struct Listen: ParsableCommand {
                                valueName: "seconds"))
     var commitTimeout = ReceiverOptions().goDeadline
 
-    @Flag(name: .long, help: "Log JSON objects, one per line, instead of text.")
+    @OptionGroup var logging: LogOptions
+
+    @Option(name: .long, help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics (docs/operations.md); "
+                + "bind a loopback or management address, e.g. 127.0.0.1:9750 (default: no endpoint).", valueName: "host:port"),
+            transform: Endpoint.listenArgument)
+    var metrics: Endpoint?
+
+    @Flag(name: .long, help: ArgumentHelp("The same as --log-format json (kept for older scripts).", visibility: .hidden))
     var json = false
 
     @Option(name: .customLong("max-streams"), help: "Grant a source at most this many streams (protocol.md §3.2), 1–64.")
@@ -115,6 +125,21 @@ struct Listen: ParsableCommand {
                            allowedSources: allowSource.isEmpty ? nil : allowSource)
     }
 
+    /// Starts the /metrics responder; the gauges of the listener's state are set at each scrape.
+    static func serveMetrics(_ at: Endpoint, listener: MigrationListener, arrivals: Arrivals) throws -> MetricsEndpoint {
+        let endpoint: MetricsEndpoint
+        do {
+            endpoint = try MetricsEndpoint(host: at.host, port: at.port) {
+                MigrationMetrics.listenerState(migrationsInProgress: listener.migrationsInProgress,
+                                               vmsHosted: arrivals.current.count)
+                return MetricsExport.shared.exposition()
+            }
+        } catch { throw Diagnostics.fail(error) }
+        let shown = Endpoint(host: at.host, port: endpoint.port)
+        ListenLog.event("metrics", ["address": "\(shown)"], text: "metrics at http://\(shown)/metrics")
+        return endpoint
+    }
+
     static func capabilities(_ list: String) throws -> Capabilities {
         var c: Capabilities = []
         for word in list.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
@@ -130,6 +155,9 @@ struct Listen: ParsableCommand {
     }
 
     func run() throws {
+        var logging = logging
+        if json { logging.format = .json }
+        logging.apply(stream: .standardOutput, daemon: true)
         let runtime: RuntimeDirectory
         do { runtime = try RuntimeDirectory(environment: ProcessInfo.processInfo.environment) } catch {
             throw Diagnostics.fail(error)
@@ -138,18 +166,21 @@ struct Listen: ParsableCommand {
         let service = ListenService()
         let tls: TLSMode
         if insecure {
-            Diagnostics.warn(Diagnostics.insecureWarning)
+            Diagnostics.warn(Diagnostics.insecureWarning, Log.listen)
             tls = .insecure
         } else {
             let sources = allowSource.isEmpty ? nil : allowSource
             tls = try loadTLS(runtime)
             if sources == nil {
                 Diagnostics.warn("accepting VMs from any host holding a certificate of this CA; "
-                    + "name the hosts that may send here with --allow-source NAME")
+                    + "name the hosts that may send here with --allow-source NAME", Log.listen)
             }
         }
-        let log = ListenLog(json: json)
-        let arrivals = Arrivals(runtime: runtime) { ListenReport.log($0, to: log) }
+        if metrics != nil { _ = MetricsExport.shared } // before anything is counted
+        let arrivals = Arrivals(runtime: runtime) { event in
+            ListenReport.log(event)
+            MigrationMetrics.record(event)
+        }
         var options = ReceiverOptions()
         options.maximumStreams = maxStreams
         options.capabilities = try Self.capabilities(accept)
@@ -163,7 +194,7 @@ struct Listen: ParsableCommand {
         // The commit decisions (protocol.md §3.6.4) outlive this process: a source that lost
         // the end of a migration asks for them with RESOLVE, also after a restart.
         do { options.outcomes = try OutcomeTable(path: runtime.path + "/outcomes") } catch { throw Diagnostics.fail(error) }
-        options.log = { log.event("note", ["message": $0], text: $0) }
+        options.log = { ListenReport.engineNote($0) }
         let listener: MigrationListener
         do { listener = try MigrationListener(host: address.host, port: address.port, tls: tls, options: options) } catch {
             throw Diagnostics.fail(error)
@@ -173,6 +204,7 @@ struct Listen: ParsableCommand {
             listener.close()
             throw Diagnostics.fail(error)
         }
+        let endpoint = try metrics.map { try Self.serveMetrics($0, listener: listener, arrivals: arrivals) }
         let finished = DispatchSemaphore(value: 0)
         let signals = SignalWatcher(SIGINT, SIGTERM) { finished.signal() }
         service.onReload { [self] in
@@ -181,17 +213,20 @@ struct Listen: ParsableCommand {
             try listener.reloadTLS(.mutual(try TLSFiles(directory: directory,
                                                         peerNames: PeerNames(clients: allowSource.isEmpty ? nil : allowSource))))
             return "certificates read again from \(directory); the next handshakes use them"
-        } log: { log.event("reload", ["result": $0], text: "reload: \($0)") }
+        } log: { ListenLog.event("reload", ["result": "\($0)"], text: "reload: \($0)") }
         listener.serve(arrivals)
         let shown = Endpoint(host: address.host, port: listener.port)
-        log.event("listening", ["address": "\(shown)", "tls": insecure ? "off (plaintext)" : "mutual",
-                                "sources": allowSource.isEmpty ? "any" : allowSource.joined(separator: ","),
-                                "runtime": runtime.path],
+        ListenLog.event("listening", ["address": "\(shown)", "tls": insecure ? "off" : "mutual",
+                                      "sources": "\(allowSource.isEmpty ? "any" : allowSource.joined(separator: ","))",
+                                      "runtime": "\(runtime.path)"],
                   text: "listening on \(shown) (\(insecure ? "PLAINTEXT, no authentication" : "mutual TLS")); "
                       + "VMs that arrive are served in \(runtime.path)")
-        log.event("limits", ["max_incoming": maxIncoming, "max_memory_bytes": options.maximumMemory,
-                             "max_pending": maxPending, "handshake_timeout": handshakeTimeout,
-                             "progress_timeout": progressTimeout, "commit_timeout": commitTimeout],
+        ListenLog.event("limits", ["max_incoming": .stringConvertible(maxIncoming),
+                                   "max_memory_bytes": .stringConvertible(options.maximumMemory),
+                                   "max_pending": .stringConvertible(maxPending),
+                                   "handshake_timeout": .stringConvertible(handshakeTimeout),
+                                   "progress_timeout": .stringConvertible(progressTimeout),
+                                   "commit_timeout": .stringConvertible(commitTimeout)],
                   text: "limits: \(maxIncoming) migrations at once, \(options.maximumMemory >> 20) MiB of guest memory "
                       + "in total, \(maxPending) pending connections, \(Format.seconds(handshakeTimeout)) to handshake, "
                       + "\(Format.seconds(progressTimeout)) without progress, \(Format.seconds(commitTimeout)) for GO")
@@ -199,20 +234,22 @@ struct Listen: ParsableCommand {
         finished.wait()
         signals.cancel()
         service.stopping()
-        log.event("stopping", ["hosted": arrivals.current.count],
-                  text: "stopping: no new migrations; failing those in progress; stopping the \(arrivals.current.count) "
-                      + "VM(s) received here")
+        ListenLog.event("stopping", ["hosted": "\(arrivals.current.count)"],
+                        text: "stopping: no new migrations; failing those in progress; stopping the \(arrivals.current.count) "
+                            + "VM(s) received here")
+        endpoint?.close()
         let (fenced, settled) = listener.shutDown(timeout: 20)
         if fenced > 0 || !settled {
-            log.event("note", ["message": "\(fenced) migration(s) in progress fenced; all ended: \(settled)"],
-                      text: "\(fenced) migration(s) in progress fenced (their sources keep the VMs)"
-                          + (settled ? "" : "; some did not end within 20 s"))
+            ListenLog.event("note", ["fenced": "\(fenced)", "settled": "\(settled)"],
+                            text: "\(fenced) migration(s) in progress fenced (their sources keep the VMs)"
+                                + (settled ? "" : "; some did not end within 20 s"),
+                            level: settled ? .info : .warning)
         }
         jobs?.close()
         if !arrivals.shutDown(timeout: 30) {
-            log.event("note", ["message": "some VMs did not stop within 30 s"], text: "some VMs did not stop within 30 s")
+            ListenLog.event("note", [:], text: "some VMs did not stop within 30 s", level: .warning)
         }
-        log.event("stopped", [:], text: "stopped")
+        ListenLog.event("stopped", [:], text: "stopped")
     }
 }
 
@@ -232,53 +269,49 @@ enum ListenTLS {
     }
 }
 
-/// The daemon's log: text lines with a time stamp, or JSON objects; one line per event, on
-/// standard output, written at once (not buffered) so a supervisor sees them as they happen.
-final class ListenLog: Sendable {
-    let json: Bool
-    private let lock = Locked(())
-
-    init(json: Bool) { self.json = json }
-
-    func event(_ kind: String, _ fields: [String: any Sendable], text: String) {
-        let line: String
-        if json {
-            var object: [String: Any] = fields
-            object["event"] = kind
-            object["time"] = Date().timeIntervalSince1970
-            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
-            line = String(decoding: data, as: UTF8.self)
-        } else {
-            line = "\(Date().formatted(.iso8601)) \(text)"
-        }
-        lock.withLock { _ in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+/// The daemon's log: one record per event through swift-log (`LogOutput`), on standard output
+/// so a supervisor sees them as they happen; `event` names what happened (docs/operations.md
+/// "Logs" lists the events and their keys).
+enum ListenLog {
+    static func event(_ kind: String, _ fields: Logger.Metadata, text: String, to logger: Logger = Log.listen,
+                      level: Logger.Level = .info) {
+        var metadata = fields
+        metadata["event"] = "\(kind)"
+        logger.log(level: level, "\(text)", metadata: metadata)
     }
 }
 
-/// How `listen` logs what happens to arrivals (`Arrivals` hosts them): one event each.
+/// How `listen` logs what happens to arrivals (`Arrivals` hosts them): one event each, on the
+/// logger of the subsystem it concerns, with the keys of docs/operations.md "Logs".
 enum ListenReport {
-    static func log(_ event: Arrivals.Event, to log: ListenLog) {
+    static func log(_ event: Arrivals.Event) {
         switch event {
         case let .failed(failure):
             let why = failure.description
+            var keys: Logger.Metadata = ["error": "\(why)"]
+            if let peer = failure.peer { keys["peer"] = "\(peer)" }
+            if let id = failure.migrationID { keys["migration_id"] = "\(OutcomeTable.hex(id))" }
+            if let state = failure.state { keys["state"] = "\(state)" }
             switch failure.kind {
-            case .rejected: log.event("rejected", ["error": why], text: why)
-            case .refused: log.event("refused", ["error": why], text: why)
-            case .failed: log.event("failed", ["error": why], text: "migration failed: \(why)")
+            case .rejected: ListenLog.event("rejected", keys, text: why, to: Log.transport, level: .warning)
+            case .refused: ListenLog.event("refused", keys, text: why, to: Log.receiver, level: .warning)
+            case .failed: ListenLog.event("failed", keys, text: "migration failed: \(why)", to: Log.receiver, level: .error)
             }
-            for note in failure.notes { log.event("note", ["message": note], text: "  \(note)") }
+            for note in failure.notes { ListenLog.event("note", keys.filter { $0.key != "error" }, text: "  \(note)", to: Log.vm) }
         case let .notHosted(vm, reason?):
-            log.event("failed", fields(vm).merging(["error": reason]) { a, _ in a },
-                      text: "VM \(vm.name) arrived \(summary(vm)) but cannot be hosted (\(reason)): stopped")
+            ListenLog.event("failed", fields(vm).merging(["error": "\(reason)"]) { a, _ in a },
+                            text: "VM \(vm.name) arrived \(summary(vm)) but cannot be hosted (\(reason)): stopped",
+                            to: Log.receiver, level: .error)
         case let .notHosted(vm, nil):
-            log.event("stopped-on-arrival", fields(vm), text: "VM \(vm.name) arrived \(summary(vm)) while shutting down: stopped")
+            ListenLog.event("stopped-on-arrival", fields(vm),
+                            text: "VM \(vm.name) arrived \(summary(vm)) while shutting down: stopped", to: Log.receiver)
         case let .arrived(arrival):
-            var fields = fields(arrival.vm)
-            fields["name"] = arrival.name
+            var keys = fields(arrival.vm)
+            keys["vm"] = "\(arrival.name)"
             let renamed = arrival.renamed ? " (\"\(arrival.vm.name)\" is taken here)" : ""
-            log.event("arrived", fields, text: "VM \(arrival.name) arrived\(renamed) \(summary(arrival.vm))")
+            ListenLog.event("arrived", keys, text: "VM \(arrival.name) arrived\(renamed) \(summary(arrival.vm))", to: Log.receiver)
             for note in arrival.vm.notes {
-                log.event("note", ["name": arrival.name, "message": note], text: "VM \(arrival.name): \(note)")
+                ListenLog.event("note", ["vm": "\(arrival.name)"], text: "VM \(arrival.name): \(note)", to: Log.vm)
             }
         case let .gone(arrival, end, migratedTo):
             let how: String
@@ -286,15 +319,24 @@ enum ListenReport {
             case let .exited(exit): how = "ended here: \(exit)"
             case .migrated: how = "migrated away to \(migratedTo ?? "another host")"
             }
-            log.event("ended", ["name": arrival.name, "how": how], text: "VM \(arrival.name) is gone: \(how)")
+            ListenLog.event("ended", ["vm": "\(arrival.name)", "how": "\(how)"], text: "VM \(arrival.name) is gone: \(how)", to: Log.vm)
         }
     }
 
-    private static func fields(_ vm: ReceivedVM) -> [String: any Sendable] {
+    /// What the engine says that belongs to no arrival: RESOLVE answers (the commit
+    /// protocol's) and what arrived machines log later.
+    static func engineNote(_ message: String) {
+        let logger = message.hasPrefix("RESOLVE ") ? Log.commit : Log.vm
+        ListenLog.event("note", [:], text: message, to: logger)
+    }
+
+    private static func fields(_ vm: ReceivedVM) -> Logger.Metadata {
         [
-            "source_name": vm.name, "from": vm.peer.description, "memory_bytes": vm.machine.memory.size,
-            "seconds": vm.stats.seconds, "pages": vm.stats.pagesApplied, "streams": vm.stats.streams,
-            "cpu_s": vm.stats.cpuSeconds, "cpu_s_per_gib": vm.stats.cpuSecondsPerGiB,
+            "vm": "\(vm.name)", "source_name": "\(vm.name)", "peer": "\(vm.peer)",
+            "migration_id": "\(OutcomeTable.hex(vm.migrationID))",
+            "memory_bytes": .stringConvertible(vm.machine.memory.size), "seconds": .stringConvertible(vm.stats.seconds),
+            "pages": .stringConvertible(vm.stats.pagesApplied), "streams": .stringConvertible(vm.stats.streams),
+            "cpu_s": .stringConvertible(vm.stats.cpuSeconds), "cpu_s_per_gib": .stringConvertible(vm.stats.cpuSecondsPerGiB),
         ]
     }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Config
 import Control
 import Foundation
+import Operations
 
 /// A config file value the command's parser refused: its message, shown after the key's line.
 struct ConfigValueError: Error, CustomStringConvertible {
@@ -23,7 +24,7 @@ struct PVMigrate: ParsableCommand {
         version: "0.1.0",
         // By usage: start a VM, move it, look at it, manage it, then the tools.
         subcommands: [Run.self, Send.self, Listen.self, Ps.self, Status.self, Console.self, Stop.self, Selfcheck.self,
-                      Cancel.self, Recover.self, Job.self, Certs.self, Demo.self, Guest.self, Bench.self])
+                      Cancel.self, Recover.self, Job.self, Metrics.self, Certs.self, Demo.self, Guest.self, Bench.self])
 
     /// Starts from an empty signal mask, whatever the parent left blocked: a parent that
     /// spawns from a dispatch or test thread (Foundation's `Process` does) passes on a mask
@@ -33,6 +34,7 @@ struct PVMigrate: ParsableCommand {
         var none = sigset_t()
         sigemptyset(&none)
         sigprocmask(SIG_SETMASK, &none, nil)
+        LogOutput.bootstrap()
         // `listen --config FILE`: the file's keys become flags before the command line's own.
         do {
             main(try ListenConfig.expand(Array(CommandLine.arguments.dropFirst())) { entry in

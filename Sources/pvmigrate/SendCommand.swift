@@ -2,7 +2,9 @@ import ArgumentParser
 import Control
 import Core
 import Foundation
+import Logging
 import Migrate
+import Operations
 
 /// `pvmigrate send HOST:PORT VM`: live-migrate a named VM to a `pvmigrate listen` peer.
 struct Send: ParsableCommand {
@@ -66,6 +68,8 @@ struct Send: ParsableCommand {
     @Flag(name: .long, help: "Print the statistics as JSON (the engine's MigrationStats).")
     var json = false
 
+    @OptionGroup var logging: LogOptions
+
     static func byteRate(_ text: String) throws -> ByteRate {
         guard let rate = ByteRate(argument: text) else {
             throw ValidationError("expected bytes per second with an optional K, M or G suffix, e.g. 500M")
@@ -104,14 +108,17 @@ struct Send: ParsableCommand {
     }
 
     func run() throws {
+        logging.apply(stream: .standardError, daemon: false)
         let runtime = try ControlCommand.runtime()
         let client = try target.connect()
-        // Once the VM is known to exist: the migration is about to start.
-        if insecure { Diagnostics.warn(Diagnostics.insecureWarning) }
         let vm = target.vm
+        let log = Log.send.with(["vm": "\(vm)", "peer": "\(destination)"])
+        // Once the VM is known to exist: the migration is about to start.
+        if insecure { Diagnostics.warn(Diagnostics.insecureWarning, log) }
+        log.debug("migration started", metadata: ["event": "started"])
         // Ctrl-C cancels the migration (the VM stays here) instead of leaving it running unseen.
         let interrupt = SignalWatcher(SIGINT, SIGTERM) {
-            Diagnostics.note("cancelling the migration…")
+            Diagnostics.note("cancelling the migration…", log)
             if let canceller = try? ControlClient(name: vm, runtime: runtime) { _ = try? canceller.request(.cancel) }
         }
         defer { interrupt.cancel() }
@@ -127,12 +134,14 @@ struct Send: ParsableCommand {
             }
         } catch let error as ControlError {
             progress.finish()
+            // The command's last word: plain text, whatever the log format (Diagnostics.fail).
             FileHandle.standardError.write(Data("pvmigrate: error: \(error)\n".utf8))
+            log.debug("migration failed", metadata: ["event": "failed", "error": "\(error)"])
             // Say where the VM is: a failed migration leaves it here, unless it was stopped meanwhile.
             if let again = try? ControlClient(name: vm, runtime: runtime), (try? again.request(.status)) != nil {
-                Diagnostics.note("the VM still runs here (pvmigrate status \(vm))")
+                Diagnostics.note("the VM still runs here (pvmigrate status \(vm))", log)
             } else if error.kind == .refused {
-                Diagnostics.note("VM \(vm) no longer runs here: it was stopped while migrating")
+                Diagnostics.note("VM \(vm) no longer runs here: it was stopped while migrating", log)
             }
             throw ExitCode.failure
         }
@@ -141,6 +150,10 @@ struct Send: ParsableCommand {
             throw Diagnostics.fail(ControlError(.protocolViolation,
                 "VM \(vm) migrated, but answered with statistics this pvmigrate cannot read: \(result.jsonText)"))
         }
+        log.debug("migration finished", metadata: ["event": "migrated", "seconds": .stringConvertible(stats.totalSeconds),
+                                                   "downtime_seconds": .stringConvertible(stats.downtimeSeconds),
+                                                   "wire_bytes": .stringConvertible(stats.wireBytes),
+                                                   "rounds": .stringConvertible(stats.rounds.count)])
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Core
 import Foundation
+import Logging
+import Operations
 import Posix
 
 /// Console output straight to standard output, line by line.
@@ -10,15 +12,16 @@ final class StandardOutputConsole: ConsoleSink, Sendable {
     }
 }
 
-/// pvmigrate's own messages: on standard error, prefixed, so they never mix with guest output.
+/// pvmigrate's own messages, through the log (`LogOutput`: on standard error unless the
+/// command chose otherwise, "pvmigrate: …" as text), so they never mix with guest output.
 enum Diagnostics {
-    static func note(_ message: String) {
-        FileHandle.standardError.write(Data("pvmigrate: \(message)\n".utf8))
+    static func note(_ message: String, _ logger: Logger = Log.cli) {
+        logger.info("\(message)")
     }
 
     /// A one-line warning: something works, but not as safely as it could.
-    static func warn(_ message: String) {
-        FileHandle.standardError.write(Data("pvmigrate: warning: \(message)\n".utf8))
+    static func warn(_ message: String, _ logger: Logger = Log.cli) {
+        logger.warning("\(message)")
     }
 
     /// What `send --insecure` and `listen --insecure` warn about (docs/security.md).
@@ -26,7 +29,8 @@ enum Diagnostics {
         + "network path can read the VM's memory, alter it, or pose as the peer; use it only on a trusted "
         + "network, or drop --insecure to use mutual TLS"
 
-    /// A one-line error for people, as an ArgumentParser exit.
+    /// A one-line error for people, as an ArgumentParser exit. Not a log record: the command's
+    /// last word, always plain text on standard error (docs/operations.md "Logs").
     static func fail(_ error: any Error) -> any Error {
         FileHandle.standardError.write(Data("pvmigrate: error: \(error)\n".utf8))
         return ExitCode.failure

@@ -19,6 +19,8 @@ public struct ReceivedVM: @unchecked Sendable {
     /// Messages the machine logged while it was being received (restoring its devices), in
     /// order; later ones go to `ReceiverOptions.log`.
     public let notes: [String]
+    /// The id the source gave the migration in HELLO (protocol.md §3.2), for logs.
+    public let migrationID: [UInt8]
 
     /// The name the VM had at the source.
     public var name: String { machineDescription.name }
@@ -63,13 +65,21 @@ public struct ReceiveFailure: Sendable, CustomStringConvertible {
     public let notes: [String]
     /// The state the migration failed in (nil: it never started, e.g. `rejected`).
     public let state: ReceiverState?
+    /// The migration's id from its HELLO, once one was read (for logs).
+    public let migrationID: [UInt8]?
+    /// The transport's error when a connection was rejected before its first frame (a TLS
+    /// handshake that failed, a limit), so a host can count failures by kind.
+    public let transportError: TransportError?
 
-    public init(kind: Kind, peer: PeerIdentity?, description: String, notes: [String] = [], state: ReceiverState? = nil) {
+    public init(kind: Kind, peer: PeerIdentity?, description: String, notes: [String] = [], state: ReceiverState? = nil,
+                migrationID: [UInt8]? = nil, transportError: TransportError? = nil) {
         self.kind = kind
         self.peer = peer
         self.description = description
         self.notes = notes
         self.state = state
+        self.migrationID = migrationID
+        self.transportError = transportError
     }
 }
 

@@ -35,6 +35,9 @@ public final class MigrationListener: @unchecked Sendable {
 
     public var port: UInt16 { listener.port }
 
+    /// Migrations in progress here: admitted (HELLO read), not yet arrived or failed.
+    public var migrationsInProgress: Int { sessions.value.count }
+
     /// Starts accepting on a background thread; `handler` hears of every arrival and every
     /// failure, on that migration's (or connection's) own thread.
     public func serve(_ handler: some ArrivalHandling) {
@@ -44,7 +47,8 @@ public final class MigrationListener: @unchecked Sendable {
                 do { stream = try listener.accept() } catch {
                     if (error as? TransportError) == .closed { return }
                     if closed.value { return }
-                    handler.failed(ReceiveFailure(kind: .rejected, peer: nil, description: "rejected a connection: \(error)"))
+                    handler.failed(ReceiveFailure(kind: .rejected, peer: nil, description: "rejected a connection: \(error)",
+                                                  transportError: error as? TransportError))
                     continue
                 }
                 Thread.detachNewThread { [self] in handle(stream, handler) }
@@ -169,7 +173,8 @@ public final class MigrationListener: @unchecked Sendable {
             do { ticket = try admission.admit() } catch {
                 channel.sendError(error.reportCode, error.reportReason)
                 handler.failed(ReceiveFailure(kind: .refused, peer: stream.peer,
-                                              description: "migration from \(stream.peerDescription) \(error)"))
+                                              description: "migration from \(stream.peerDescription) \(error)",
+                                              migrationID: hello.migrationID))
                 stream.close()
                 return
             }
@@ -214,7 +219,8 @@ public final class MigrationListener: @unchecked Sendable {
                 let verb = refused ? "" : "failed: " // "refused: …" / "dropped: …"
                 handler.failed(ReceiveFailure(kind: refused ? .refused : .failed, peer: stream.peer,
                                               description: "migration from \(stream.peerDescription) \(verb)\(error)",
-                                              notes: session.releaseNotes(), state: session.failedIn))
+                                              notes: session.releaseNotes(), state: session.failedIn,
+                                              migrationID: hello.migrationID))
             }
         case let .join(id, index):
             guard let session = sessions.withLock({ $0[id] }), session.attach(channel, index: Int(index)) else {

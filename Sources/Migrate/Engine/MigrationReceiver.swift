@@ -210,7 +210,7 @@ final class MigrationReceiver: @unchecked Sendable {
                                  digest: digest.digest,
                                  cpuSeconds: cpu.seconds + CPUMeter.threadSeconds() - threadCPUAtStart)
         return ReceivedVM(machineDescription: description, machine: machine, peer: control.stream.peer,
-                          console: console, stats: stats, notes: notes.release())
+                          console: console, stats: stats, notes: notes.release(), migrationID: id)
     }
 
     /// prepared → (GO) → started, or aborted (protocol.md §3.6.3). Returns with the guest
