@@ -20,10 +20,12 @@ public enum ControlRequest: Sendable, Equatable {
     case cancel
     /// Settles an unresolved migration (protocol.md §3.6.5); `force` decides without asking.
     case recover(force: RecoverForce?)
+    /// Saves the VM to a snapshot file (protocol.md §6): `round` events, then `SnapshotSaved`.
+    case save(SaveRequest)
 
     /// The `cmd` of each request.
     public enum Command: String, CaseIterable, Sendable, Codable {
-        case status, stop, console, selfcheck, migrate, cancel, recover
+        case status, stop, console, selfcheck, migrate, cancel, recover, save
     }
 
     public var command: Command {
@@ -35,6 +37,7 @@ public enum ControlRequest: Sendable, Equatable {
         case .migrate: .migrate
         case .cancel: .cancel
         case .recover: .recover
+        case .save: .save
         }
     }
 
@@ -44,6 +47,7 @@ public enum ControlRequest: Sendable, Equatable {
         case .console: ConsoleKey.allCases.map(\.stringValue)
         case .recover: RecoverKey.allCases.map(\.stringValue)
         case .migrate: MigrateRequest.argumentNames
+        case .save: SaveRequest.argumentNames
         case .status, .stop, .selfcheck, .cancel: []
         }
     }
@@ -80,6 +84,8 @@ extension ControlRequest: Codable {
             self = .recover(force: try c.argument(.force, must: "\"resume\" or \"stop\""))
         case .migrate:
             self = .migrate(try MigrateRequest(from: decoder))
+        case .save:
+            self = .save(try SaveRequest(from: decoder))
         }
     }
 
@@ -96,6 +102,8 @@ extension ControlRequest: Codable {
             try a.encodeIfPresent(force, forKey: .force)
         case let .migrate(m):
             try m.encode(to: encoder)
+        case let .save(s):
+            try s.encode(to: encoder)
         }
     }
 

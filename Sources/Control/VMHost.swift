@@ -247,6 +247,7 @@ public final class VMHost: @unchecked Sendable {
         case let .migrate(arguments): migrate(arguments, reply)
         case .cancel: cancelRequest(reply)
         case let .recover(force): recoverRequest(force: force, reply)
+        case let .save(arguments): save(arguments, reply)
         }
     }
 

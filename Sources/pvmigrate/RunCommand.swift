@@ -83,7 +83,7 @@ struct Run: ParsableCommand {
 
     func run() throws {
         if detach, !daemonChild {
-            try Detacher(run: self).start()
+            try Detacher(name: name).start()
             return
         }
         // The background copy leaves the terminal's session, so a hang-up does not reach it.
@@ -158,14 +158,15 @@ struct Run: ParsableCommand {
     }
 }
 
-/// `run --detach`: starts this command again in the background (the same arguments minus
+/// `run --detach`, `restore --detach`: starts this command again in the background (the same arguments minus
 /// --detach, plus --daemon-child; its own session; output to <runtime>/vms/NAME.log), waits
 /// until the VM answers on its socket, and reports — or shows why the child failed.
 struct Detacher {
-    let run: Run
+    /// The VM's name (`run --name`, `restore --name`).
+    let name: String?
 
     func start() throws {
-        guard let name = run.name else { return }
+        guard let name else { return }
         let runtime = try ControlCommand.runtime()
         if (try? ControlClient(name: name, runtime: runtime)) != nil {
             throw Diagnostics.fail(ControlError(.nameTaken, "a VM named \(name) is already running on this host; "

@@ -142,11 +142,7 @@ struct Send: ParsableCommand {
                 "VM \(vm) migrated, but answered with statistics this pvmigrate cannot read: \(result.jsonText)"))
         }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            encoder.nonConformingFloatEncodingStrategy = .convertToString(
-                positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
-            print(String(decoding: try encoder.encode(stats), as: UTF8.self))
+            print(try JSONText.pretty(stats))
         } else {
             print(Self.summary(stats, vm: vm, destination: destination))
         }

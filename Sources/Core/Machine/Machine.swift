@@ -43,6 +43,9 @@ public final class Machine: @unchecked Sendable {
         /// Advertise PVM native execution to the guest when the host is PVM (§1.6). Off
         /// only for measurements: the same guest, emulated.
         public var allowNativeExecution = true
+        /// Map guest memory copy-on-write from this file at this offset instead of
+        /// allocating it (restoring a mapped snapshot, protocol.md §6.4).
+        public var memoryFile: (descriptor: Int32, offset: UInt64)?
         public var console: ConsoleSink
         public var log: @Sendable (String) -> Void
 
@@ -91,7 +94,13 @@ public final class Machine: @unchecked Sendable {
             vm = try hypervisor.makeVirtualMachine()
             if hypervisor.capability(KVM_CAP_SET_TSS_ADDR) > 0 { try vm.setTSSAddress(0xfffb_d000) }
             if c.inKernelIRQChip { try vm.createIRQChip() }
-            do { memory = try GuestMemory(size: c.memorySize) } catch { throw MachineError.memory(error) }
+            do throws(GuestMemoryError) {
+                if let f = c.memoryFile {
+                    memory = try GuestMemory(size: c.memorySize, mappingFile: f.descriptor, offset: f.offset)
+                } else {
+                    memory = try GuestMemory(size: c.memorySize)
+                }
+            } catch { throw MachineError.memory(error) }
             for region in memory.regions {
                 try vm.setMemorySlot(region.slot, guestAddress: region.range.start, size: region.range.size,
                                      hostAddress: region.host, logDirtyPages: false)

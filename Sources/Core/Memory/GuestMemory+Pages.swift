@@ -51,6 +51,12 @@ extension GuestMemory {
     public func residentPages() -> PageBitmap {
         var bitmap = PageBitmap(pageCount: pageCount)
         for (region, offset) in zip(regions, regionPageOffsets) {
+            // A file-backed page may hold data without being resident (it is read on first
+            // touch): every page of such a region is a candidate.
+            if region.isFileBacked {
+                bitmap.insert(range: offset, count: region.pageCount)
+                continue
+            }
             var vec = [UInt8](repeating: 0, count: region.pageCount)
             // Sound: the region's mapping is page-aligned and `vec` has one byte per page.
             guard mincore(region.host, Int(region.range.size), &vec) == 0 else {
@@ -68,6 +74,15 @@ extension GuestMemory {
     public func discard(_ range: GuestRange) -> Bool {
         guard range.start.isPageAligned, range.size % GuestPhysicalAddress.pageSize == 0,
               let (region, offset) = locate(range.start, count: range.size) else { return false }
+        if region.isFileBacked {
+            // Dropping a private file page would bring the file's bytes back: map fresh
+            // anonymous zero pages over the range instead (KVM follows the new mapping
+            // through its MMU notifier). Sound: the range lies inside this region's mapping,
+            // which this region owns; MAP_FIXED replaces exactly those pages.
+            let p = mmap(region.host + Int(offset), Int(range.size), PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0)
+            return p != MAP_FAILED
+        }
         // Sound: `locate` proved the range lies inside this region's private anonymous mapping.
         return madvise(region.host + Int(offset), Int(range.size), MADV_DONTNEED) == 0
     }
