@@ -8,7 +8,7 @@ public struct SnapshotRestoreReport: Sendable {
     public var buildSeconds = 0.0
     public var memorySeconds = 0.0
     public var stateSeconds = 0.0
-    /// Mapped layout: replacing the ballooned pages' slots by zero pages.
+    /// Replacing the ballooned pages by zero pages (§6.4).
     public var balloonSeconds = 0.0
     /// Every memory page was checked against the digest (always for the compressed layout).
     public var memoryVerified = false
@@ -43,7 +43,7 @@ extension SnapshotFile {
         report.memorySeconds = lap()
         do { report.refusedMSRs = try machine.restore(state) } catch { throw .restore(error.description) }
         report.stateSeconds = lap()
-        if header.layout == .mapped, let ballooned { discard(ballooned, in: machine.memory) }
+        if let ballooned { discard(ballooned, in: machine.memory) }
         report.balloonSeconds = lap()
         return (machine, report)
     }

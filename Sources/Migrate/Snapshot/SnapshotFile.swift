@@ -31,14 +31,9 @@ public final class SnapshotFile: @unchecked Sendable {
         var st = stat()
         do { _ = try file.call { fstat($0, &st) } } catch { throw .io(operation: "cannot stat", path: path, errno: error.rawValue) }
         guard st.st_mode & S_IFMT == S_IFREG else { throw .malformed(field: "file", reason: "\(path) is not a regular file") }
-        let size = UInt64(st.st_size)
-        let page = try Self.read(file, path: path, at: 0, count: Int(min(size, UInt64(SnapshotHeader.size))))
-        header = try SnapshotHeader(decoding: page, fileSize: size, path: path)
-        stateBytes = try Self.read(file, path: path, at: header.stateOffset, count: Int(header.stateLength))
-        state = try header.decodeState(stateBytes)
-        index = try header.decodeIndex(try Self.read(file, path: path, at: header.indexOffset, count: Int(header.indexLength)))
-        if let pv = state.pv, pv.balloonWords.count != (header.pageCount + 63) / 64 {
-            throw .malformed(field: "state", reason: "a balloon map of \(pv.balloonWords.count) words for \(header.pageCount) pages")
+        let file = self.file
+        (header, stateBytes, state, index) = try SnapshotHeader.decodeSections(size: UInt64(st.st_size), path: path) {
+            (offset, count) throws(SnapshotError) in try Self.read(file, path: path, at: offset, count: count)
         }
     }
 

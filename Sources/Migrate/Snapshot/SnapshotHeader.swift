@@ -180,6 +180,22 @@ public struct SnapshotHeader: Equatable, Sendable {
         }
     }
 
+    /// Every check of §6.6 that comes before memory, over a file of `size` bytes read with
+    /// `read(offset, count)`: header, machine description, placement and size, state, index.
+    /// Nothing past a section the header has not yet been validated to place is read.
+    public static func decodeSections(size: UInt64, path: String,
+                                      read: (UInt64, Int) throws(SnapshotError) -> [UInt8])
+        throws(SnapshotError) -> (header: SnapshotHeader, stateBytes: [UInt8], state: MachineState, index: PageBitmap) {
+        let header = try SnapshotHeader(decoding: try read(0, Int(min(size, UInt64(Self.size)))), fileSize: size, path: path)
+        let stateBytes = try read(header.stateOffset, Int(header.stateLength))
+        let state = try header.decodeState(stateBytes)
+        let index = try header.decodeIndex(try read(header.indexOffset, Int(header.indexLength)))
+        if let pv = state.pv, pv.balloonWords.count != (header.pageCount + 63) / 64 {
+            throw .malformed(field: "state", reason: "a balloon map of \(pv.balloonWords.count) words for \(header.pageCount) pages")
+        }
+        return (header, stateBytes, state, index)
+    }
+
     /// The index (§6.3) as a bitmap: one bit per page with data in the saved memory.
     public func decodeIndex(_ bytes: [UInt8]) throws(SnapshotError) -> PageBitmap {
         guard UInt64(bytes.count) == indexLength else { throw .malformed(field: "index", reason: "\(bytes.count) bytes") }
@@ -189,9 +205,7 @@ public struct SnapshotHeader: Equatable, Sendable {
         var words: [UInt64] = []
         words.reserveCapacity(bytes.count / 8)
         while let w = r.u64() { words.append(w) }
-        if pageCount % 64 != 0, let last = words.last, last >> UInt64(pageCount % 64) != 0 {
-            throw .malformed(field: "index", reason: "bits set past the last page")
-        }
+        // No bits past the last page can exist: memory is a multiple of 2 MiB (512 pages).
         var bitmap = PageBitmap(pageCount: pageCount)
         bitmap.merge(words: words, atPage: 0)
         guard UInt64(bitmap.count) == pagesWithData else {
