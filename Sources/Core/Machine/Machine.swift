@@ -45,7 +45,8 @@ public final class Machine: @unchecked Sendable {
         public var allowNativeExecution = true
         /// Map guest memory copy-on-write from this file at this offset instead of
         /// allocating it (restoring a mapped snapshot, protocol.md §6.4).
-        public var memoryFile: (descriptor: Int32, offset: UInt64)?
+        /// `dataPages`: the pages the file holds data for (its index).
+        public var memoryFile: (descriptor: Int32, offset: UInt64, dataPages: PageBitmap)?
         public var console: ConsoleSink
         public var log: @Sendable (String) -> Void
 
@@ -96,7 +97,8 @@ public final class Machine: @unchecked Sendable {
             if c.inKernelIRQChip { try vm.createIRQChip() }
             do throws(GuestMemoryError) {
                 if let f = c.memoryFile {
-                    memory = try GuestMemory(size: c.memorySize, mappingFile: f.descriptor, offset: f.offset)
+                    memory = try GuestMemory(size: c.memorySize, mappingFile: f.descriptor, offset: f.offset,
+                                             dataPages: f.dataPages)
                 } else {
                     memory = try GuestMemory(size: c.memorySize)
                 }

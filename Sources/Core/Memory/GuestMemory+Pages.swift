@@ -47,16 +47,12 @@ extension GuestMemory {
     }
 
     /// Pages resident in host memory (mincore), as a bitmap: pages the guest never touched
-    /// (or that were discarded) are absent, so they cannot hold data.
+    /// (or that were discarded) are absent, so they cannot hold data. Memory mapped from a
+    /// file adds the pages the file holds data for (`fileDataPages`): such a page holds data
+    /// while it is only in the file; a page the guest wrote is resident (its private copy).
     public func residentPages() -> PageBitmap {
         var bitmap = PageBitmap(pageCount: pageCount)
         for (region, offset) in zip(regions, regionPageOffsets) {
-            // A file-backed page may hold data without being resident (it is read on first
-            // touch): every page of such a region is a candidate.
-            if region.isFileBacked {
-                bitmap.insert(range: offset, count: region.pageCount)
-                continue
-            }
             var vec = [UInt8](repeating: 0, count: region.pageCount)
             // Sound: the region's mapping is page-aligned and `vec` has one byte per page.
             guard mincore(region.host, Int(region.range.size), &vec) == 0 else {
@@ -65,6 +61,7 @@ extension GuestMemory {
             }
             for (i, v) in vec.enumerated() where v & 1 != 0 { bitmap.insert(offset + i) }
         }
+        if let fileDataPages { bitmap.formUnion(fileDataPages) }
         return bitmap
     }
 

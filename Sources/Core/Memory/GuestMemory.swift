@@ -65,6 +65,10 @@ public final class GuestMemory: @unchecked Sendable {
 
     public let regions: [MemoryRegion]
     public let size: UInt64
+    /// For memory mapped from a file: the pages the file holds data for (the others are holes
+    /// there). With `mincore` they make `residentPages()`: a file page not in the page cache is
+    /// not resident, yet holds data.
+    public let fileDataPages: PageBitmap?
     /// Pages the VMM itself wrote (KVM does not log them): see `markHostWritten`.
     private let hostWritten: Locked<PageBitmap>
 
@@ -76,12 +80,14 @@ public final class GuestMemory: @unchecked Sendable {
     /// RAM mapped copy-on-write from `file`: page index `i` (protocol.md §3.3 numbering) is
     /// the file's bytes at `file.offset + i × 4096` (a snapshot's memory, §6.4). The file is
     /// never written; its descriptor may be closed afterwards (the mapping keeps it open).
-    public convenience init(size: UInt64, mappingFile descriptor: Int32, offset: UInt64) throws(GuestMemoryError) {
+    /// `dataPages`: the pages the file holds data for (nil: assume every page may).
+    public convenience init(size: UInt64, mappingFile descriptor: Int32, offset: UInt64,
+                            dataPages: PageBitmap? = nil) throws(GuestMemoryError) {
         guard offset % GuestPhysicalAddress.pageSize == 0 else { throw .invalidSize("file offset \(offset) is not page-aligned") }
-        try self.init(size: size, file: (descriptor, offset))
+        try self.init(size: size, file: (descriptor, offset), dataPages: dataPages ?? .full(pageCount: Int(size / 4096)))
     }
 
-    private init(size: UInt64, file: (descriptor: Int32, offset: UInt64)?) throws(GuestMemoryError) {
+    private init(size: UInt64, file: (descriptor: Int32, offset: UInt64)?, dataPages: PageBitmap? = nil) throws(GuestMemoryError) {
         guard size >= 4 << 20 else { throw .invalidSize("at least 4 MiB is needed, got \(size) bytes") }
         guard size % (2 << 20) == 0 else { throw .invalidSize("must be a multiple of 2 MiB, got \(size) bytes") }
         guard size <= 1 << 40 else { throw .invalidSize("at most 1 TiB") }
@@ -94,6 +100,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         self.regions = regions
         self.size = size
+        fileDataPages = dataPages
         hostWritten = Locked(PageBitmap(pageCount: Int(size / GuestPhysicalAddress.pageSize)))
     }
 

@@ -66,7 +66,7 @@ public final class SnapshotFile: @unchecked Sendable {
     func memoryConfiguration(_ c: inout Machine.Configuration) {
         c.memorySize = header.machine.memoryBytes
         c.inKernelIRQChip = header.machine.inKernelIRQChip
-        c.memoryFile = header.layout == .mapped ? (file.rawValue, header.memoryOffset) : nil
+        c.memoryFile = header.layout == .mapped ? (file.rawValue, header.memoryOffset, index) : nil
     }
 
     /// Checks every page of `memory` (which holds this snapshot's memory) against the digest:
