@@ -42,7 +42,8 @@ struct Restore: ParsableCommand {
         let snapshot: SnapshotFile
         do { snapshot = try SnapshotFile(path: file) } catch { throw Diagnostics.fail(error) }
         if detach, !daemonChild {
-            try Detacher(name: name).start()
+            // A compressed snapshot is read (and checked) before the VM answers: allow for it.
+            try Detacher(name: name, readySeconds: snapshot.header.layout == .compressed || verify ? 3600 : 60).start()
             return
         }
         if daemonChild { _ = setsid() }

@@ -164,6 +164,10 @@ struct Run: ParsableCommand {
 struct Detacher {
     /// The VM's name (`run --name`, `restore --name`).
     let name: String?
+    /// How long the background process may take to answer on its socket (it is checked to
+    /// be alive meanwhile: this only bounds a hang). `restore` of a compressed snapshot reads
+    /// all of memory first.
+    var readySeconds = 10.0
 
     func start() throws {
         guard let name else { return }
@@ -193,7 +197,7 @@ struct Detacher {
         }
         try? log.close()
         let pid = child.processIdentifier
-        let deadline = Date(timeIntervalSinceNow: 10)
+        let deadline = Date(timeIntervalSinceNow: readySeconds)
         while Date() < deadline {
             if !child.isRunning {
                 if child.terminationStatus == 0 {
@@ -213,7 +217,7 @@ struct Detacher {
             Thread.sleep(forTimeInterval: 0.05)
         }
         kill(pid, SIGTERM)
-        throw failure("VM \(name) did not answer on \(runtime.socketPath(for: name)) within 10 s; its process was stopped",
+        throw failure("VM \(name) did not answer on \(runtime.socketPath(for: name)) within \(Int(readySeconds)) s; its process was stopped",
                       logPath: logPath)
     }
 
