@@ -5,7 +5,7 @@
 # violated invariant); the crashing inputs are kept under $FUZZ_WORK/crashes.
 #
 # Usage: scripts/fuzz.sh [--no-build] [SECONDS_PER_TARGET (default 10)] [TARGET...]
-#        targets: frame pages delta state elf control (default: all)
+#        targets: frame pages delta state elf control snapshot (default: all)
 # Environment: FUZZ_SCRATCH  SwiftPM scratch path of the sanitizer build (default .build-fuzz)
 #              FUZZ_WORK     corpora, seeds, crashes and logs (default $FUZZ_SCRATCH/work);
 #                            the corpus grows across runs
@@ -21,7 +21,7 @@ build=1
 if [ "${1:-}" = "--no-build" ]; then build=0; shift; fi
 seconds=${1:-10}
 shift || true
-all_targets=(frame pages delta state elf control)
+all_targets=(frame pages delta state elf control snapshot)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 case "$seconds" in ''|*[!0-9]*) echo "fuzz: SECONDS_PER_TARGET must be a whole number, got '$seconds'" >&2; exit 2;; esac

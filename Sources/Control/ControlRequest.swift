@@ -25,10 +25,12 @@ public enum ControlRequest: Sendable, Equatable {
     /// A listener's arrivals, in progress and recently finished (`ArrivalJob`s; §4.2). Only a
     /// listener's control socket (`listen --control`) answers it.
     case jobs
+    /// Saves the VM to a snapshot file (protocol.md §6): `round` events, then `SnapshotSaved`.
+    case save(SaveRequest)
 
     /// The `cmd` of each request.
     public enum Command: String, CaseIterable, Sendable, Codable {
-        case status, stop, console, selfcheck, migrate, cancel, recover, job, jobs
+        case status, stop, console, selfcheck, migrate, cancel, recover, job, jobs, save
     }
 
     public var command: Command {
@@ -42,6 +44,7 @@ public enum ControlRequest: Sendable, Equatable {
         case .recover: .recover
         case .job: .job
         case .jobs: .jobs
+        case .save: .save
         }
     }
 
@@ -51,6 +54,7 @@ public enum ControlRequest: Sendable, Equatable {
         case .console: ConsoleKey.allCases.map(\.stringValue)
         case .recover: RecoverKey.allCases.map(\.stringValue)
         case .migrate: MigrateRequest.argumentNames
+        case .save: SaveRequest.argumentNames
         case .status, .stop, .selfcheck, .cancel, .job, .jobs: []
         }
     }
@@ -89,6 +93,8 @@ extension ControlRequest: Codable {
             self = .recover(force: try c.argument(.force, must: "\"resume\" or \"stop\""))
         case .migrate:
             self = .migrate(try MigrateRequest(from: decoder))
+        case .save:
+            self = .save(try SaveRequest(from: decoder))
         }
     }
 
@@ -105,6 +111,8 @@ extension ControlRequest: Codable {
             try a.encodeIfPresent(force, forKey: .force)
         case let .migrate(m):
             try m.encode(to: encoder)
+        case let .save(s):
+            try s.encode(to: encoder)
         }
     }
 

@@ -254,6 +254,7 @@ public final class VMHost: @unchecked Sendable {
         case let .recover(force): recoverRequest(force: force, reply)
         case .job: reply.ok(job())
         case .jobs: reply.fail("jobs is a listener's command (pvmigrate listen --control PATH); ask VM \(name) for its job")
+        case let .save(arguments): save(arguments, reply)
         }
     }
 

@@ -24,7 +24,8 @@ struct PVMigrate: ParsableCommand {
         version: "0.1.0",
         // By usage: start a VM, move it, look at it, manage it, then the tools.
         subcommands: [Run.self, Send.self, Listen.self, Ps.self, Status.self, Console.self, Stop.self, Selfcheck.self,
-                      Cancel.self, Recover.self, Job.self, Metrics.self, Certs.self, Demo.self, Guest.self, Bench.self])
+                      Cancel.self, Recover.self, Job.self, Save.self, Restore.self, Snapshot.self, Metrics.self, Certs.self,
+                      Demo.self, Guest.self, Bench.self])
 
     /// Starts from an empty signal mask, whatever the parent left blocked: a parent that
     /// spawns from a dispatch or test thread (Foundation's `Process` does) passes on a mask

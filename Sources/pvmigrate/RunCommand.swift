@@ -98,7 +98,7 @@ struct Run: ParsableCommand {
 
     func run() throws {
         if detach, !daemonChild {
-            try Detacher(run: self).start()
+            try Detacher(name: name).start()
             return
         }
         // The background copy leaves the terminal's session, so a hang-up does not reach it.
@@ -201,14 +201,19 @@ extension Run {
     }
 }
 
-/// `run --detach`: starts this command again in the background (the same arguments minus
+/// `run --detach`, `restore --detach`: starts this command again in the background (the same arguments minus
 /// --detach, plus --daemon-child; its own session; output to <runtime>/vms/NAME.log), waits
 /// until the VM answers on its socket, and reports — or shows why the child failed.
 struct Detacher {
-    let run: Run
+    /// The VM's name (`run --name`, `restore --name`).
+    let name: String?
+    /// How long the background process may take to answer on its socket (it is checked to
+    /// be alive meanwhile: this only bounds a hang). `restore` of a compressed snapshot reads
+    /// all of memory first.
+    var readySeconds = 10.0
 
     func start() throws {
-        guard let name = run.name else { return }
+        guard let name else { return }
         let runtime = try ControlCommand.runtime()
         if (try? ControlClient(name: name, runtime: runtime)) != nil {
             throw Diagnostics.fail(ControlError(.nameTaken, "a VM named \(name) is already running on this host; "
@@ -235,7 +240,7 @@ struct Detacher {
         }
         try? log.close()
         let pid = child.processIdentifier
-        let deadline = Date(timeIntervalSinceNow: 10)
+        let deadline = Date(timeIntervalSinceNow: readySeconds)
         while Date() < deadline {
             if !child.isRunning {
                 if child.terminationStatus == 0 {
@@ -255,7 +260,7 @@ struct Detacher {
             Thread.sleep(forTimeInterval: 0.05)
         }
         kill(pid, SIGTERM)
-        throw failure("VM \(name) did not answer on \(runtime.socketPath(for: name)) within 10 s; its process was stopped",
+        throw failure("VM \(name) did not answer on \(runtime.socketPath(for: name)) within \(Int(readySeconds)) s; its process was stopped",
                       logPath: logPath)
     }
 

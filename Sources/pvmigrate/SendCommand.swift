@@ -155,11 +155,7 @@ struct Send: ParsableCommand {
                                                    "wire_bytes": .stringConvertible(stats.wireBytes),
                                                    "rounds": .stringConvertible(stats.rounds.count)])
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            encoder.nonConformingFloatEncodingStrategy = .convertToString(
-                positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
-            print(String(decoding: try encoder.encode(stats), as: UTF8.self))
+            print(try JSONText.pretty(stats))
         } else {
             print(Self.summary(stats, vm: vm, destination: destination))
         }

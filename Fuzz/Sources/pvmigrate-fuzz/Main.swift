@@ -13,6 +13,7 @@ protocol FuzzTarget {
 
 nonisolated(unsafe) let targets: [any FuzzTarget.Type] = [
     FrameTarget.self, PagesTarget.self, DeltaTarget.self, StateTarget.self, ELFTarget.self, ControlTarget.self,
+    SnapshotTarget.self,
 ]
 
 /// Stops the run with `message` when an invariant does not hold: libFuzzer records the

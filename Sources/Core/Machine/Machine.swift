@@ -50,6 +50,10 @@ public final class Machine: @unchecked Sendable {
         /// Give the VM a PV network device with this MAC address (protocol.md §5). Its frames
         /// go nowhere until a backend (pvmigrate's TAP) takes them from `Machine.net`.
         public var netMAC: MACAddress?
+        /// Map guest memory copy-on-write from this file at this offset instead of
+        /// allocating it (restoring a mapped snapshot, protocol.md §6.4).
+        /// `dataPages`: the pages the file holds data for (its index).
+        public var memoryFile: (descriptor: Int32, offset: UInt64, dataPages: PageBitmap)?
         public var console: ConsoleSink
         public var log: @Sendable (String) -> Void
 
@@ -104,7 +108,14 @@ public final class Machine: @unchecked Sendable {
             vm = try hypervisor.makeVirtualMachine()
             if hypervisor.capability(KVM_CAP_SET_TSS_ADDR) > 0 { try vm.setTSSAddress(0xfffb_d000) }
             if c.inKernelIRQChip { try vm.createIRQChip() }
-            do { memory = try GuestMemory(size: c.memorySize) } catch { throw MachineError.memory(error) }
+            do throws(GuestMemoryError) {
+                if let f = c.memoryFile {
+                    memory = try GuestMemory(size: c.memorySize, mappingFile: f.descriptor, offset: f.offset,
+                                             dataPages: f.dataPages)
+                } else {
+                    memory = try GuestMemory(size: c.memorySize)
+                }
+            } catch { throw MachineError.memory(error) }
             for region in memory.regions {
                 try vm.setMemorySlot(region.slot, guestAddress: region.range.start, size: region.range.size,
                                      hostAddress: region.host, logDirtyPages: false)

@@ -47,7 +47,9 @@ extension GuestMemory {
     }
 
     /// Pages resident in host memory (mincore), as a bitmap: pages the guest never touched
-    /// (or that were discarded) are absent, so they cannot hold data.
+    /// (or that were discarded) are absent, so they cannot hold data. Memory mapped from a
+    /// file adds the pages the file holds data for (`fileDataPages`): such a page holds data
+    /// while it is only in the file; a page the guest wrote is resident (its private copy).
     public func residentPages() -> PageBitmap {
         var bitmap = PageBitmap(pageCount: pageCount)
         for (region, offset) in zip(regions, regionPageOffsets) {
@@ -59,6 +61,7 @@ extension GuestMemory {
             }
             for (i, v) in vec.enumerated() where v & 1 != 0 { bitmap.insert(offset + i) }
         }
+        if let fileDataPages { bitmap.formUnion(fileDataPages) }
         return bitmap
     }
 
@@ -68,6 +71,15 @@ extension GuestMemory {
     public func discard(_ range: GuestRange) -> Bool {
         guard range.start.isPageAligned, range.size % GuestPhysicalAddress.pageSize == 0,
               let (region, offset) = locate(range.start, count: range.size) else { return false }
+        if region.isFileBacked {
+            // Dropping a private file page would bring the file's bytes back: map fresh
+            // anonymous zero pages over the range instead (KVM follows the new mapping
+            // through its MMU notifier). Sound: the range lies inside this region's mapping,
+            // which this region owns; MAP_FIXED replaces exactly those pages.
+            let p = mmap(region.host + Int(offset), Int(range.size), PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0)
+            return p != MAP_FAILED
+        }
         // Sound: `locate` proved the range lies inside this region's private anonymous mapping.
         return madvise(region.host + Int(offset), Int(range.size), MADV_DONTNEED) == 0
     }

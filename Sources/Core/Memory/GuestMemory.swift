@@ -24,15 +24,28 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
 public final class MemoryRegion: @unchecked Sendable {
     public let range: GuestRange
     public let slot: UInt32
-    /// Sound to use while `self` is alive: an anonymous private mapping of `range.size` bytes.
+    /// Sound to use while `self` is alive: a private mapping of `range.size` bytes —
+    /// anonymous, or (a restored snapshot, protocol.md §6.4) copy-on-write of a file.
     public let host: UnsafeMutableRawPointer
+    /// The mapping is a private (copy-on-write) mapping of a file: discarded pages must be
+    /// replaced by anonymous zero pages, not dropped (they would read as the file again).
+    public let isFileBacked: Bool
 
-    init(slot: UInt32, start: GuestPhysicalAddress, size: UInt64) throws(GuestMemoryError) {
+    init(slot: UInt32, start: GuestPhysicalAddress, size: UInt64,
+         file: (descriptor: Int32, offset: UInt64)? = nil) throws(GuestMemoryError) {
         guard let range = GuestRange(start: start, size: size) else { throw .invalidSize("region overflows") }
-        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        let p: UnsafeMutableRawPointer?
+        if let file {
+            // MAP_PRIVATE: the guest's writes go to private copies; the file never changes.
+            p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, file.descriptor,
+                     off_t(file.offset))
+        } else {
+            p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        }
         guard let p, p != MAP_FAILED else { throw .mmapFailed(bytes: size, errno: errno) }
         self.range = range
         self.slot = slot
+        isFileBacked = file != nil
         host = p
     }
 
@@ -52,21 +65,42 @@ public final class GuestMemory: @unchecked Sendable {
 
     public let regions: [MemoryRegion]
     public let size: UInt64
+    /// For memory mapped from a file: the pages the file holds data for (the others are holes
+    /// there). With `mincore` they make `residentPages()`: a file page not in the page cache is
+    /// not resident, yet holds data.
+    public let fileDataPages: PageBitmap?
     /// Pages the VMM itself wrote (KVM does not log them): see `markHostWritten`.
     private let hostWritten: Locked<PageBitmap>
 
     /// Allocates `size` bytes of RAM (a multiple of 2 MiB, at least 4 MiB).
-    public init(size: UInt64) throws(GuestMemoryError) {
+    public convenience init(size: UInt64) throws(GuestMemoryError) {
+        try self.init(size: size, file: nil)
+    }
+
+    /// RAM mapped copy-on-write from `file`: page index `i` (protocol.md §3.3 numbering) is
+    /// the file's bytes at `file.offset + i × 4096` (a snapshot's memory, §6.4). The file is
+    /// never written; its descriptor may be closed afterwards (the mapping keeps it open).
+    /// `dataPages`: the pages the file holds data for (nil: assume every page may).
+    public convenience init(size: UInt64, mappingFile descriptor: Int32, offset: UInt64,
+                            dataPages: PageBitmap? = nil) throws(GuestMemoryError) {
+        guard offset % GuestPhysicalAddress.pageSize == 0 else { throw .invalidSize("file offset \(offset) is not page-aligned") }
+        try self.init(size: size, file: (descriptor, offset), dataPages: dataPages ?? .full(pageCount: Int(size / 4096)))
+    }
+
+    private init(size: UInt64, file: (descriptor: Int32, offset: UInt64)?, dataPages: PageBitmap? = nil) throws(GuestMemoryError) {
         guard size >= 4 << 20 else { throw .invalidSize("at least 4 MiB is needed, got \(size) bytes") }
         guard size % (2 << 20) == 0 else { throw .invalidSize("must be a multiple of 2 MiB, got \(size) bytes") }
         guard size <= 1 << 40 else { throw .invalidSize("at most 1 TiB") }
-        var regions = [try MemoryRegion(slot: 0, start: GuestPhysicalAddress(0), size: min(size, Self.lowMemoryLimit))]
+        let low = min(size, Self.lowMemoryLimit)
+        var regions = [try MemoryRegion(slot: 0, start: GuestPhysicalAddress(0), size: low, file: file)]
         if size > Self.lowMemoryLimit {
             regions.append(try MemoryRegion(slot: 1, start: GuestPhysicalAddress(Self.highMemoryBase),
-                                            size: size - Self.lowMemoryLimit))
+                                            size: size - Self.lowMemoryLimit,
+                                            file: file.map { ($0.descriptor, $0.offset + low) }))
         }
         self.regions = regions
         self.size = size
+        fileDataPages = dataPages
         hostWritten = Locked(PageBitmap(pageCount: Int(size / GuestPhysicalAddress.pageSize)))
     }
 

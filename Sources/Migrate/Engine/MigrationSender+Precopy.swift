@@ -7,7 +7,7 @@ extension MigrationSender {
     /// paused harvest adds.
     /// Stop-and-copy starts when the `DowntimePredictor`'s pause for the remaining set fits the
     /// target; the prediction is kept in `stats` to be set against the actual pause.
-    func precopy(tracker: DirtyTracker, rounds: RoundSender, stats: inout MigrationStats, started: ContinuousClock.Instant,
+    func precopy(tracker: DirtyTracker, rounds: some PageRoundSink, stats: inout MigrationStats, started: ContinuousClock.Instant,
                  roundTrip: Double, progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
         do { try tracker.start() } catch { throw .dirtyTracking(error) }
         let memory = machine.memory
@@ -82,7 +82,7 @@ extension MigrationSender {
     /// timeout). Missed pages (mismatches no source reported) are counted and re-sent. In
     /// `pv` mode, where KVM's log was off, they also switch KVM's log on and the sweep runs
     /// again, so that the final set is exact. Returns the pages still to send.
-    func verify(tracker: DirtyTracker, pending: PageBitmap, rounds: RoundSender, round: inout UInt32,
+    func verify(tracker: DirtyTracker, pending: PageBitmap, rounds: some PageRoundSink, round: inout UInt32,
                 stats: inout MigrationStats) throws(MigrationError) -> PageBitmap {
         let started = ContinuousClock.now
         let memory = machine.memory, sliceSeconds = 1.0, slicePages = 4096

@@ -87,7 +87,7 @@ public final class MigrationSender: @unchecked Sendable {
             do { final = try tracker.harvest(vcpusPaused: true) } catch { throw MigrationError.dirtyTracking(error) }
             clock.lap(\.harvest)
             let excluded = final.ballooned
-            var last = try rounds.send(pages: pending.union(final.pages).subtracting(excluded),
+            let last = try rounds.send(pages: pending.union(final.pages).subtracting(excluded),
                                        round: UInt32(stats.rounds.count), skipZero: false)
             clock.lap(\.finalRound)
             try rounds.finish()
@@ -105,12 +105,7 @@ public final class MigrationSender: @unchecked Sendable {
                                                     stateDigest: StateDigest.compute(state)), clock: &clock)
             stats.downtimeSeconds = (ContinuousClock.now - pausedAt).seconds
             pausePhases.withLock { $0 = clock.phases }
-            stats.finalRoundSeconds = last.seconds
-            last.seconds = stats.downtimeSeconds
-            stats.add(last)
-            stats.finalPages = last.pages
-            stats.digest = digest.digest
-            stats.pagesWithData = digest.pagesWithData
+            stats.addFinal(last, digest: digest)
             stats.deltaHitRate = rounds.deltaHitRate
             stats.wireBytes = channels.reduce(0) { $0 + $1.bytesSent }
             stats.totalSeconds = (ContinuousClock.now - started).seconds
@@ -249,5 +244,17 @@ extension MigrationStats {
     mutating func add(_ r: RoundStats) {
         rounds.append(r)
         zeroPages += r.zeroPages; rawPages += r.rawPages; deltaPages += r.deltaPages
+    }
+
+    /// Records the paused round — its `seconds` becomes the downtime, set before — and the
+    /// digest of what was sent.
+    mutating func addFinal(_ r: RoundStats, digest: (digest: UInt64, pagesWithData: UInt64)) {
+        finalRoundSeconds = r.seconds
+        var last = r
+        last.seconds = downtimeSeconds
+        add(last)
+        finalPages = r.pages
+        self.digest = digest.digest
+        pagesWithData = digest.pagesWithData
     }
 }
