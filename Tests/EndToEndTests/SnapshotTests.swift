@@ -98,6 +98,24 @@ extension EndToEnd {
             #expect(check.status == 0 && check.stdout.contains("0 bad"), "\(check.text)")
         }
 
+        /// Issue 13 meets issue 15: every vCPU's state is in the file, and after a live save and
+        /// a restore both vCPUs run on and every page either of them wrote is intact.
+        @Test func aTwoVCPUGuestSavedLiveResumesOnBothVCPUs() throws {
+            let box = try Sandbox(), files = try Files()
+            let r = try box.run(["run", "--name", "v", "--vcpus", "2", "--memory", "64M", "--detach",
+                                 "--cmdline", "workload=dirty mib=8 rate=2000 passes=0 progress=0"])
+            try #require(r.status == 0, "run --vcpus 2 --detach failed: \(r.text)")
+            try Self.waitForConsole(box, "v", "pvguest: pass 0 done")
+            _ = try Self.save(box, "v", files("v.snap"), ["--live", "--stop"])
+            let header = try Self.inspect(box, files("v.snap"))
+            #expect(header.description.contains("\"vcpus\":2") || header["machine"]?["vcpus"]?.int64 == 2,
+                    "the snapshot does not describe 2 vCPUs: \(header)")
+            try Self.restore(box, files("v.snap"), as: "v1")
+            let vcpus = try #require(try box.status("v1")?["vcpus"]?.array, "no vcpus in the restored VM's status")
+            #expect(vcpus.count == 2, "restored VM has \(vcpus.count) vCPUs")
+            try Self.selfcheckIsClean(box, "v1")
+        }
+
         @Test func damagedOrTruncatedSnapshotsAreRefusedBeforeAnythingRuns() throws {
             let box = try Sandbox(), files = try Files()
             try Self.start(box, "s", cmdline: "workload=idle fill=4")

@@ -65,6 +65,7 @@ public final class SnapshotFile: @unchecked Sendable {
     /// allocated and filled by reading the page batches (compressed; checked as it goes).
     func memoryConfiguration(_ c: inout Machine.Configuration) {
         c.memorySize = header.machine.memoryBytes
+        c.vcpuCount = Int(header.machine.vcpus)
         c.inKernelIRQChip = header.machine.inKernelIRQChip
         c.memoryFile = header.layout == .mapped ? (file.rawValue, header.memoryOffset, index) : nil
     }

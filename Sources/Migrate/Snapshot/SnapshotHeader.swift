@@ -131,7 +131,7 @@ public struct SnapshotHeader: Equatable, Sendable {
         guard machine.memoryBytes >= 4 << 20, machine.memoryBytes % (2 << 20) == 0, machine.memoryBytes <= 1 << 40 else {
             throw .malformed(field: "machine.memory_bytes", reason: "\(machine.memoryBytes) (a multiple of 2 MiB, 4 MiB–1 TiB)")
         }
-        guard (1...UInt32(MachineState.maximumVCPUs)).contains(machine.vcpus), !machine.name.isEmpty else {
+        guard (1...UInt32(Machine.maximumVCPUs)).contains(machine.vcpus), !machine.name.isEmpty else {
             throw .malformed(field: "machine", reason: "\(machine.vcpus) vCPUs, name \"\(machine.name)\"")
         }
         self.init(layout: layout, machine: machine)
