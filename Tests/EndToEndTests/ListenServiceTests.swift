@@ -127,6 +127,9 @@ extension EndToEnd {
             // the source keeps (and runs) its VM, and its job says the migration failed.
             #expect(listener.terminate() == 0, "\(listener.text)")
             #expect(listener.stdout.contains("fenced"), "\(listener.text)")
+            // The source finds out by itself (a write or read on its streams fails): wait for
+            // that; a signal to `send` would cancel the migration instead.
+            #expect(Wait.until { !send.process.isRunning }, "send did not end after the listener stopped: \(send.text)")
             #expect(send.terminate(timeout: Wait.hangBound) != 0, "send succeeded although the listener stopped: \(send.text)")
             #expect(send.text.contains("shutting down") || send.text.contains("closed") || send.text.contains("reset"),
                     "send does not say why it failed: \(send.text)")

@@ -153,8 +153,11 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
             switch op {
             case .netAttach:
                 let pvRanges = [GuestRange(start: control.gpa, size: GuestPhysicalAddress.pageSize)!]
-                    // Every vCPU's area page and dirty ring (§2.10): the NIC may overlap none.
-                    + rings.flatMap { [GuestRange(start: $0.area.gpa, size: GuestPhysicalAddress.pageSize)!, $0.range] }
+                    // The other vCPUs' area pages and every vCPU's dirty ring (§2.10): the NIC may
+                    // overlap none (vCPU 0's area is the control page, already listed; the NIC
+                    // checks these ranges against each other too, so none may appear twice).
+                    + rings.filter { $0.area.gpa != control.gpa }.map { GuestRange(start: $0.area.gpa, size: GuestPhysicalAddress.pageSize)! }
+                    + rings.map(\.range)
                 net?.attach(pfn: UInt64(argument), pvRanges: pvRanges)
             case .netKick:
                 guard argument == 0 else { reject(.badArgument); break }
