@@ -333,7 +333,8 @@ def batch_decode(flags, payload, pages, allow_zstd, allow_delta, dctx):
 
 # --- STATE (§1.8): the container and its PV section ---------------------------------------
 
-STATE_VERSIONS = (1, 2)  # §1.8: format 2 adds the serial section (tag 5)
+STATE_VERSIONS = (1, 2, 3)  # §1.8: format 2 adds the serial section (tag 5), format 3 the vCPU count (tag 6)
+VCPU_TAGS = range(0x100, 0x200)  # §1.8: "vcpu i" is tag 0x100 + i
 
 
 def state_version(blob):
@@ -358,6 +359,15 @@ def state_sections(blob):
         pos += length
     if pos != len(blob):
         raise ProtocolError("trailing bytes after the STATE sections", E_RESTORE)
+    vcpus = sum(1 for tag in sections if tag in VCPU_TAGS)
+    if version >= 3:
+        count = sections.get(6)
+        if count is None or len(count) != 4 or struct.unpack("<I", count)[0] != vcpus:
+            raise ProtocolError(f"STATE vCPU count (tag 6) missing or not the {vcpus} vCPU sections", E_RESTORE)
+    elif 6 in sections:
+        raise ProtocolError(f"STATE format {version} with a vCPU count (tag 6)", E_RESTORE)
+    if any(0x100 + i not in sections for i in range(vcpus)):
+        raise ProtocolError("STATE vCPU sections with a gap", E_RESTORE)
     return sections
 
 
