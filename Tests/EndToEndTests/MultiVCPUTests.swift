@@ -50,6 +50,41 @@ extension EndToEnd {
             }
         }
 
+        /// Migrates `machine` over mutual TLS with `mode` to a listener of its own and waits for
+        /// the arrival (the source has stopped, the digests agree): the arrived VM, which the
+        /// caller stops, the sender's statistics and the arrival's console.
+        static func migrate(_ machine: Machine, _ mode: DirtySourceMode) throws
+            -> (vm: ReceivedVM, stats: MigrationStats, console: WaitableConsole) {
+            let arrivals = M.Arrivals()
+            let listener = try M.listener(arrivals)
+            defer { listener.close() }
+            let stats = try M.sender(machine, options(mode)).migrate(to: "127.0.0.1", port: listener.port, tls: M.pki.src)
+            #expect(arrivals.wait(count: 1))
+            let vm = try #require(arrivals.vms.first)
+            guard let console = arrivals.condition.withLock({ arrivals.consoles.values.first }) else {
+                vm.machine.stop()
+                throw MachineError.invalidConfiguration("the arrived VM has no console")
+            }
+            #expect(machine.waitForExit() == .stopped)
+            #expect(vm.stats.digest == stats.digest)
+            return (vm, stats, console)
+        }
+
+        /// Pauses `source` and restores its state and memory into a new VM built from
+        /// `configuration`; the source is stopped, the copy started. Returns the copy and the state.
+        static func restoredCopy(of source: Machine, _ configuration: Machine.Configuration) throws
+            -> (Machine, MachineState) {
+            source.pause()
+            let state = try MachineState(encoded: try source.saveState().encoded())
+            let target = try Machine(restoring: configuration)
+            try target.memory.copyContents(from: source.memory)
+            try target.restore(state)
+            source.stop()
+            source.waitForExit()
+            target.start()
+            return (target, state)
+        }
+
         @Test(arguments: [2, 4])
         func everyVCPUBootsNativelyAndWritesItsOwnSlice(vcpus: Int) throws {
             let (machine, console) = try Self.boot(Self.dirty, vcpus: vcpus)
@@ -68,21 +103,12 @@ extension EndToEnd {
 
         @Test(arguments: [(2, DirtySourceMode.kvm), (2, .pv), (2, .hybrid), (4, .kvm), (4, .pv), (4, .hybrid)])
         func everyVCPUDirtiesMigratesAndSelfChecksClean(vcpus: Int, mode: DirtySourceMode) throws {
-            let arrivals = M.Arrivals()
-            let listener = try M.listener(arrivals)
-            defer { listener.close() }
             let (machine, _) = try Self.boot(Self.dirty, vcpus: vcpus)
             #expect(machine.waitUntilRegistered())
             #expect(Self.everyVCPUProgresses(machine))
-            let stats = try M.sender(machine, Self.options(mode))
-                .migrate(to: "127.0.0.1", port: listener.port, tls: M.pki.src)
-            #expect(arrivals.wait(count: 1))
-            let vm = try #require(arrivals.vms.first)
+            let (vm, _, console) = try Self.migrate(machine, mode)
             defer { vm.machine.stop(); vm.machine.waitForExit() }
-            #expect(machine.waitForExit() == .stopped)
-            #expect(vm.stats.digest == stats.digest)
             #expect(vm.machine.vcpus.count == vcpus)
-            let console = try #require(arrivals.condition.withLock { arrivals.consoles.values.first })
             try Self.expectNative(vm.machine, console)
             #expect(Self.everyVCPUProgresses(vm.machine), "a vCPU is stuck after arrival: \(console.text.suffix(300))")
             let (pages, bad) = try M.selfcheck(vm.machine, console)
@@ -91,20 +117,13 @@ extension EndToEnd {
 
         /// A halted vCPU does not hold the VM back: it pauses, migrates and stays halted.
         @Test func aHaltedVCPUStillPausesAndMigrates() throws {
-            let arrivals = M.Arrivals()
-            let listener = try M.listener(arrivals)
-            defer { listener.close() }
             let (machine, _) = try Self.boot(Self.dirty + " haltcpu=1", vcpus: 2)
             #expect(Wait.until { machine.vcpus[1].activity == .halted })
             #expect(Self.everyVCPUProgresses(machine, skipping: [1]))
-            _ = try M.sender(machine, Self.options(.hybrid))
-                .migrate(to: "127.0.0.1", port: listener.port, tls: M.pki.src)
-            #expect(arrivals.wait(count: 1))
-            let vm = try #require(arrivals.vms.first)
+            let (vm, _, console) = try Self.migrate(machine, .hybrid)
             defer { vm.machine.stop(); vm.machine.waitForExit() }
             #expect(vm.machine.vcpus[1].activity == .halted && vm.machine.vcpus[0].activity == .active)
             #expect(Self.everyVCPUProgresses(vm.machine, skipping: [1]))
-            let console = try #require(arrivals.condition.withLock { arrivals.consoles.values.first })
             let (_, bad) = try M.selfcheck(vm.machine, console)
             #expect(bad == 0)
         }
@@ -113,16 +132,9 @@ extension EndToEnd {
         @Test func saveRestoreOfFourVCPUsContinuesOnAll() throws {
             let (source, _) = try Self.boot(Self.dirty, vcpus: 4)
             #expect(Self.everyVCPUProgresses(source))
-            source.pause()
-            let state = try MachineState(encoded: try source.saveState().encoded())
-            #expect(state.vcpus.count == 4 && state.vcpus.allSatisfy { $0.activity == 0 })
             let second = WaitableConsole()
-            let target = try Machine(restoring: Self.configuration("", vcpus: 4, console: second))
-            try target.memory.copyContents(from: source.memory)
-            try target.restore(state)
-            source.stop()
-            source.waitForExit()
-            target.start()
+            let (target, state) = try Self.restoredCopy(of: source, Self.configuration("", vcpus: 4, console: second))
+            #expect(state.vcpus.count == 4 && state.vcpus.allSatisfy { $0.activity == 0 })
             defer { target.stop(); target.waitForExit() }
             #expect(Self.everyVCPUProgresses(target), "a vCPU is stuck after restore: \(second.text.suffix(300))")
             let (_, bad) = try M.selfcheck(target, second)
