@@ -115,6 +115,24 @@ extension EndToEnd {
             #expect(pages > 0 && bad == 0, "\(pages) pages checked, \(bad) bad (\(vcpus) vCPUs, \(mode))")
         }
 
+        /// The PV throttle (auto-converge, §2.7) reaches every vCPU: the host divides it among
+        /// them (§2.10) and each keeps to its part, so the guest as a whole keeps to the target.
+        @Test func theThrottleSlowsEveryVCPU() throws {
+            let (machine, console) = try Self.boot("workload=dirty mib=16 passes=0 pattern=random progress=0", vcpus: 2)
+            defer { machine.stop(); machine.waitForExit() }
+            #expect(machine.waitUntilRegistered())
+            // Each vCPU publishes its rate once per second of its own clock; each phase waits for
+            // the rates it should reach and reports the last ones seen.
+            var rates: [UInt64] { machine.pv.guestCounters?.perVCPU.map(\.rate) ?? [] }
+            var free: [UInt64] = [], throttled: [UInt64] = []
+            Wait.until { free = rates; return free.count == 2 && free.allSatisfy { $0 > 10_000 } }
+            machine.pv.setThrottle(pagesPerSecond: 4000)
+            Wait.until { throttled = rates; return throttled.count == 2 && throttled.allSatisfy { (800...2200).contains($0) } }
+            #expect(free.count == 2 && free.allSatisfy { $0 > 10_000 }, "unthrottled: \(free) pages/s per vCPU")
+            #expect(throttled.count == 2 && throttled.allSatisfy { (800...2200).contains($0) },
+                    "throttled to 4000 pages/s in all, the vCPUs wrote \(throttled) pages/s: \(console.text.suffix(200))")
+        }
+
         /// A halted vCPU does not hold the VM back: it pauses, migrates and stays halted.
         @Test func aHaltedVCPUStillPausesAndMigrates() throws {
             let (machine, _) = try Self.boot(Self.dirty + " haltcpu=1", vcpus: 2)
