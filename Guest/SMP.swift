@@ -166,6 +166,11 @@ func apMain(_ argument: UInt64) {
     smp.setState(k, SMP.running)
     let layout = Layout(startInfo: startInfo, options: options, vcpus: smp.count)
     let control = layout.area(k)
+    if options.exitVCPU == k {  // for tests: an AP that ends the VM while vCPU 0 works
+        let first = layout.area(0)
+        while first.pagesWritten == 0 { CPU.pause() }
+        Exit.now(Exit.panic)
+    }
     var kernel = Kernel(startInfo: startInfo, options: options, pv: pv, clock: Clock(pv: pv),
                         layout: layout, control: control, vcpu: k)
     kernel.registered = ControlPage(gpa: layout.controlPage).hostStatus == 1

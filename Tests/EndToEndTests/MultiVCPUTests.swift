@@ -133,6 +133,19 @@ extension EndToEnd {
                     "throttled to 4000 pages/s in all, the vCPUs wrote \(throttled) pages/s: \(console.text.suffix(200))")
         }
 
+        /// A vCPU other than 0 that ends the VM (the exit port with status 1, as a panic does)
+        /// ends all of it: every vCPU thread stops and the VM's exit is that vCPU's.
+        @Test func anAPsExitEndsTheWholeVM() throws {
+            let console = WaitableConsole()
+            let machine = try Machine(configuration: Self.configuration(Self.dirty + " exitcpu=1", vcpus: 2, console: console))
+            machine.start()
+            defer { machine.stop(); machine.waitForExit() }
+            // vCPU 0 writes forever (passes=0): only vCPU 1 can end this VM.
+            let ended = Wait.until { machine.vcpus.allSatisfy { if case .exited = $0.state { true } else { false } } }
+            #expect(ended, "vCPU states: \(machine.vcpus.map(\.state)), \(console.text.suffix(300))")
+            #expect(machine.exit == .exitStatus(1))
+        }
+
         /// A halted vCPU does not hold the VM back: it pauses, migrates and stays halted.
         @Test func aHaltedVCPUStillPausesAndMigrates() throws {
             let (machine, _) = try Self.boot(Self.dirty + " haltcpu=1", vcpus: 2)
