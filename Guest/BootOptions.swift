@@ -48,6 +48,9 @@ struct BootOptions {
     var prefix: UInt32 = 24     // serve: prefix length
     var vcpus: UInt64 = 0       // vCPUs to run (protocol.md §1.7), 0 = all the VM has
     var haltVCPU: UInt64 = 0    // for tests: this AP halts right after it comes up, 0 = none
+    var exitVCPU: UInt64 = 0    // for tests: this AP ends the VM (status 1) once vCPU 0 writes, 0 = none
+    var sharePages = false      // dirty: every vCPU writes every page, each its own slot (§2.9)
+    var apStartBySIPI = false   // start the other vCPUs by INIT/SIPI even where VCPU_START exists
     private var quiet = false
 
     /// Numeric values above this are rejected as malformed (keeps all
@@ -130,6 +133,8 @@ struct BootOptions {
             setNumber(&vcpus, key, value, minimum: 1, maximum: 8)
         } else if key == "haltcpu" {
             setNumber(&haltVCPU, key, value, minimum: 1, maximum: 7)
+        } else if key == "exitcpu" {
+            setNumber(&exitVCPU, key, value, minimum: 1, maximum: 7)
         } else if key == "progress" {
             setNumber(&progress, key, value, minimum: 0)
         } else if key == "ip" {
@@ -139,6 +144,14 @@ struct BootOptions {
             } else {
                 warnValue(key, value)
             }
+        } else if key == "apstart" {
+            if value == "pv" { apStartBySIPI = false }
+            else if value == "sipi" { apStartBySIPI = true }
+            else { warnValue(key, value) }
+        } else if key == "share" {
+            var flag: UInt64 = sharePages ? 1 : 0
+            setNumber(&flag, key, value, minimum: 0, maximum: 1)
+            sharePages = flag == 1
         } else if key == "selfcheck" {
             var flag: UInt64 = selfcheck ? 1 : 0
             setNumber(&flag, key, value, minimum: 0, maximum: 1)

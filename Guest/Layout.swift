@@ -13,8 +13,8 @@
 //                    the PV NIC's area (NetArea: net page, rings, buffers, the
 //                    key-value store), only for workloads that use the NIC
 //   ---------------- everything above is ONE always-dirty range
-//                    version table (u32 per working-set page): logged like
-//                    any other page when the guest updates it
+//                    version table (u32 per working-set page and writer, §2.9):
+//                    logged like any other page when the guest updates it
 //   next 2 MiB       the working set (`mib` MiB for `dirty`, empty otherwise)
 //   ...              filled RAM (`fill` MiB, written once at boot, §1.7)
 //   ...              free RAM: ballooned at boot when the host offers it
@@ -51,6 +51,8 @@ struct Layout {
     let versionTable: UInt64
     let workingSet: UInt64
     let workingSetPages: UInt64
+    /// Writers of every working-set page: 1, or the vCPUs with a shared set (`share=1`, §2.9).
+    let writersPerPage: UInt64
     /// End of the highest RAM range (exclusive).
     let ramEnd: UInt64
     /// RAM above the working set that `fill` writes once (the first bytes of it, below the
@@ -65,10 +67,19 @@ struct Layout {
         (value &+ alignment &- 1) & ~(alignment &- 1)
     }
 
+    /// The layout `options` ask for on `vcpus` vCPUs (the same on every vCPU).
+    init(startInfo: StartInfo, options: BootOptions, vcpus: UInt64, withNet: Bool = false) {
+        let dirty = options.workload == .dirty
+        self.init(startInfo: startInfo, workingSetMiB: dirty ? options.mib : 0, fillMiB: options.fill, vcpus: vcpus,
+                  writersPerPage: dirty && options.sharePages ? vcpus : 1, withNet: withNet)
+    }
+
     /// Lays out the bookkeeping for a working set of `workingSetMiB` MiB and
     /// checks that everything fits in RAM; panics with the reason otherwise.
-    init(startInfo: StartInfo, workingSetMiB: UInt64, fillMiB: UInt64 = 0, vcpus: UInt64 = 1, withNet: Bool = false) {
+    init(startInfo: StartInfo, workingSetMiB: UInt64, fillMiB: UInt64 = 0, vcpus: UInt64 = 1,
+         writersPerPage: UInt64 = 1, withNet: Bool = false) {
         self.vcpus = vcpus  // 1...SMP.maximumVCPUs
+        self.writersPerPage = writersPerPage  // 1...vcpus
         ramEnd = startInfo.ramEnd
         fillBytes = fillMiB << 20  // fillMiB <= 2^32 (BootOptions): no overflow
         let covered = Self.alignUp(ramEnd < CPU.mappedLimit ? ramEnd : CPU.mappedLimit, Self.pageSize)
@@ -91,7 +102,7 @@ struct Layout {
         // workingSetMiB <= 2^32 (BootOptions), so none of this overflows.
         workingSetPages = (workingSetMiB << 20) / Self.pageSize
         versionTable = alwaysDirtyEnd
-        let tableEnd = Self.alignUp(versionTable &+ workingSetPages &* 4, Self.pageSize)
+        let tableEnd = Self.alignUp(versionTable &+ workingSetPages &* writersPerPage &* 4, Self.pageSize)
         workingSet = Self.alignUp(tableEnd, Self.workingSetAlignment)
 
         guard alwaysDirtyEnd <= CPU.mappedLimit,
@@ -135,7 +146,7 @@ struct Layout {
     func clearBookkeeping() {
         Self.zero(gpa: dedupBitmap, words: vcpus &* dedupWords)
         if vcpus > 1 { Self.zero(gpa: smpPage, words: Self.pageSize / 8) }
-        Self.zero(gpa: versionTable, words: (workingSetPages &+ 1) / 2)
+        Self.zero(gpa: versionTable, words: (workingSetPages &* writersPerPage &+ 1) / 2)
     }
 
     static func zero(gpa: UInt64, words: UInt64) {

@@ -22,8 +22,11 @@ struct Kernel {
     }
     /// The whole working set (what a self-check reads).
     var workingSet: WorkingSet { WorkingSet(layout: layout) }
-    /// This vCPU's share of the working set (what it writes).
-    var share: WorkingSet { workingSet.slice(vcpu, of: layout.vcpus) }
+    /// This vCPU's part of the working set (what it writes): its slice, or with `share=1`
+    /// its slot of every page (§2.9).
+    var share: WorkingSet {
+        layout.writersPerPage > 1 ? workingSet.slot(vcpu) : workingSet.slice(vcpu, of: layout.vcpus)
+    }
 
     /// REGISTER (§2.1); true if the host accepted the control page.
     mutating func register() -> Bool {
@@ -62,12 +65,12 @@ func kmain(startInfo gpa: UInt64) {
     }
 
     let options = BootOptions(commandLine: startInfo.commandLine)
-    // vCPUs: all the host offers (§2.10), or `vcpus=`; chaos counts its rejections on one.
+    // vCPUs: all the host offers (§2.10), or `vcpus=` — which a host without the pvmigrate
+    // leaf (QEMU) cannot check: there the guest trusts it (INIT/SIPI). Chaos runs on one.
     var vcpus = SMP.available(pv)
-    if options.vcpus != 0 && options.vcpus < vcpus { vcpus = options.vcpus }
+    if options.vcpus != 0 && (options.vcpus < vcpus || pv.vcpuCount == 0) { vcpus = options.vcpus }
     if options.workload == .chaos { vcpus = 1 }
-    let layout = Layout(startInfo: startInfo, workingSetMiB: options.workload == .dirty ? options.mib : 0,
-                        fillMiB: options.fill, vcpus: vcpus,
+    let layout = Layout(startInfo: startInfo, options: options, vcpus: vcpus,
                         withNet: options.workload == .serve || options.workload == .chaos)
     layout.clearBookkeeping()
     let control = layout.makeControlPage()

@@ -1,10 +1,12 @@
 // Several vCPUs (protocol.md §1.7 `vcpus`, §2.10). vCPU 0 starts each other vCPU
-// with VCPU_START; every vCPU registers its own VIF page (§1.6) and runs its share
-// of the workload with its own dirty ring and in-flight slot (its area, §2.10).
+// with VCPU_START, or by INIT/SIPI (APStartup.swift); every vCPU registers its
+// own VIF page (§1.6) and runs its share of the workload with its own dirty ring
+// and in-flight slot (its area, §2.10).
 //
 // The SMP page (guest-private, inside the always-dirty bookkeeping):
 //
 //   0x000          VCPU_START block { u32 magic "PVAP"; u32 vcpu; u64 rip; u64 rsp; u64 rdi }
+//                  (also the block an AP started by INIT/SIPI reads)
 //   0x040          u32 hold: vCPU 0 asks the others to park (while it self-checks)
 //   0x048          u64 GPA of hvm_start_info
 //   0x050          u32 vCPUs in use
@@ -64,6 +66,9 @@ struct SMP {
         smp.store32(countOffset, UInt32(n))
         smp.setState(0, running)
         smpPageGPA = UInt(page)
+        // INIT/SIPI without VCPU_START (no pvmigrate leaf), or when asked (`apstart=sipi`).
+        let sipi = kernel.pv.vcpuCount == 0 || kernel.options.apStartBySIPI
+        let apic = sipi ? APStartup.prepare(startBlock: page, startInfo: kernel.startInfo) : nil
         var k: UInt64 = 1
         while k < n {
             let block = smp.base!
@@ -73,13 +78,18 @@ struct SMP {
             pvg_store64(block + 16, kernel.layout.stackTop(k))
             pvg_store64(block + vifOffset + 8 * Int(k), kernel.layout.vifPage(k))
             pvg_store64(block + 24, page | k)
-            kernel.pv.perform(opVCPUStart, UInt32(truncatingIfNeeded: page / Layout.pageSize))
+            if let apic {
+                APStartup.start(k, apic)  // APIC ID k: KVM's and QEMU's numbering
+            } else {
+                kernel.pv.perform(opVCPUStart, UInt32(truncatingIfNeeded: page / Layout.pageSize))
+            }
             let deadline = kernel.clock.now() &+ bringUpMilliseconds &* kernel.clock.ticksPerMillisecond
             while smp.state(k) == down {
                 if kernel.clock.now() > deadline {
                     var line = ConsoleLine("pvguest: panic: vcpu ")
                     line.append(decimal: k)
-                    line.append(" did not come up (VCPU_START refused?)")
+                    line.append(sipi ? " did not come up (INIT/SIPI: no in-kernel LAPIC?)"
+                                     : " did not come up (VCPU_START refused?)")
                     panic(line)
                 }
                 CPU.pause()
@@ -88,7 +98,7 @@ struct SMP {
         }
         var line = ConsoleLine("pvguest: vcpus ")
         line.append(decimal: n)
-        line.append(" up")
+        line.append(sipi ? " up (INIT/SIPI)" : " up (VCPU_START)")
         line.emit()
     }
 
@@ -154,9 +164,13 @@ func apMain(_ argument: UInt64) {
         pvguest_halt()
     }
     smp.setState(k, SMP.running)
-    let layout = Layout(startInfo: startInfo, workingSetMiB: options.workload == .dirty ? options.mib : 0,
-                        fillMiB: options.fill, vcpus: smp.count)
+    let layout = Layout(startInfo: startInfo, options: options, vcpus: smp.count)
     let control = layout.area(k)
+    if options.exitVCPU == k {  // for tests: an AP that ends the VM while vCPU 0 works
+        let first = layout.area(0)
+        while first.pagesWritten == 0 { CPU.pause() }
+        Exit.now(Exit.panic)
+    }
     var kernel = Kernel(startInfo: startInfo, options: options, pv: pv, clock: Clock(pv: pv),
                         layout: layout, control: control, vcpu: k)
     kernel.registered = ControlPage(gpa: layout.controlPage).hostStatus == 1

@@ -6,6 +6,11 @@
 // The version table holds the current version of every working-set page
 // (u32; 0 = never written). Bit 31 marks a page found stale when it was about
 // to be rewritten (see PageWriter): the self-check counts it bad.
+//
+// A shared working set (`share=1`, §1.7) has n writers per page: writer k owns
+// slot k, words k·s ..< (k+1)·s of every page (s = 512 / n rounded down to a
+// cache line), stamped and checksummed like a page of s words, and table entry
+// page·n + k holds its version. With one writer the slot is the whole page.
 
 enum Stamp {
     static let wordsPerPage = 512
@@ -22,75 +27,122 @@ enum Stamp {
         return (word &<< shift) | (word &>> (64 &- shift))
     }
 
-    /// The checksum of the page's words 3..<512.
-    static func checksum(_ page: UnsafePointer<UInt64>) -> UInt64 {
+    /// The checksum of a slot's words 3..<words (a whole page: words = 512).
+    static func checksum(_ slot: UnsafePointer<UInt64>, words: Int) -> UInt64 {
         var sum: UInt64 = 0
         var index = firstWord
-        while index < wordsPerPage {
-            sum ^= contribution(page[index], index)
+        while index < words {
+            sum ^= contribution(slot[index], index)
             index += 1
         }
         return sum
     }
+
+    /// Words of each writer's slot when `writers` vCPUs share every page: a whole number of
+    /// 64-byte cache lines, so two writers never store to the same line.
+    static func slotWords(writers: UInt64) -> Int {
+        writers <= 1 ? wordsPerPage : (wordsPerPage / Int(writers)) & ~7
+    }
 }
 
-/// The working set and its version table, read-only helpers.
+/// The working set and its version table, read-only helpers. A view of one writer: the
+/// whole set (`init(layout:)`, writer 0), a slice of its pages, or a slot of every page.
 struct WorkingSet {
     let firstPFN: UInt64
     let pages: UInt64
+    /// Writers per page (table entries per page): 1, or n with `share=1`.
+    let writers: UInt64
+    /// This view's writer: its slot in every page and its table entries.
+    let writer: UInt64
+    let slotWords: Int
     let table: UnsafeMutablePointer<UInt32>
     let tableGPA: UInt64
 
     init(layout: Layout) {
         firstPFN = layout.workingSet / Layout.pageSize
         pages = layout.workingSetPages
+        writers = layout.writersPerPage
+        writer = 0
+        slotWords = Stamp.slotWords(writers: writers)
         tableGPA = layout.versionTable
         // Sound: Layout checked that the table and the working set are RAM.
         table = UnsafeMutablePointer(bitPattern: UInt(layout.versionTable))!
     }
 
-    private init(firstPFN: UInt64, pages: UInt64, table: UnsafeMutablePointer<UInt32>, tableGPA: UInt64) {
-        self.firstPFN = firstPFN; self.pages = pages; self.table = table; self.tableGPA = tableGPA
+    private init(_ base: WorkingSet, firstPage: UInt64, pages: UInt64, writer: UInt64) {
+        firstPFN = base.firstPFN &+ firstPage
+        self.pages = pages
+        writers = base.writers
+        self.writer = writer
+        slotWords = base.slotWords
+        let offset = firstPage &* base.writers
+        table = base.table + Int(offset)
+        tableGPA = base.tableGPA &+ offset &* 4
     }
 
     /// vCPU `k`'s share when `n` vCPUs split the set (`dirty` on several vCPUs, §1.7): a
     /// contiguous slice, so no page has two writers.
     func slice(_ k: UInt64, of n: UInt64) -> WorkingSet {
         let start = pages &* k / n, end = pages &* (k &+ 1) / n
-        return WorkingSet(firstPFN: firstPFN &+ start, pages: end &- start, table: table + Int(start),
-                          tableGPA: tableGPA &+ start &* 4)
+        return WorkingSet(self, firstPage: start, pages: end &- start, writer: writer)
     }
 
+    /// Writer `k`'s view of a shared set (`share=1`): every page, its own slot and entries.
+    func slot(_ k: UInt64) -> WorkingSet { WorkingSet(self, firstPage: 0, pages: pages, writer: k) }
+
+    /// Words of this view's slot after the stamp.
+    var bodyWords: Int { slotWords - Stamp.firstWord }
+
+    /// This writer's slot of page `index` (the page itself with one writer).
     @inline(__always)
     func page(_ index: UInt64) -> UnsafeMutablePointer<UInt64> {
-        // Sound: index < pages, inside the working set Layout checked.
-        UnsafeMutablePointer(bitPattern: UInt((firstPFN &+ index) &* Layout.pageSize))!
+        // Sound: index < pages, inside the working set Layout checked; the slot is inside the page.
+        UnsafeMutablePointer<UInt64>(bitPattern: UInt((firstPFN &+ index) &* Layout.pageSize))!
+            + Int(writer) &* slotWords
     }
 
-    /// PFN of the version-table page that holds entry `index`.
+    /// This writer's version-table entry of page `index`.
     @inline(__always)
-    func tablePFN(_ index: UInt64) -> UInt64 { (tableGPA &+ index &* 4) / Layout.pageSize }
+    func entry(_ index: UInt64) -> UInt32 { table[Int(index &* writers &+ writer)] }
+
+    @inline(__always)
+    func setEntry(_ index: UInt64, _ value: UInt32) { table[Int(index &* writers &+ writer)] = value }
+
+    /// PFN of the version-table page that holds this writer's entry of page `index`.
+    @inline(__always)
+    func tablePFN(_ index: UInt64) -> UInt64 { (tableGPA &+ (index &* writers &+ writer) &* 4) / Layout.pageSize }
+
+    /// This writer's slot of page `index` holds version `entry`, intact: not poisoned, its
+    /// stamp names the page and the version, and its checksum matches.
+    func holds(_ entry: UInt32, at index: UInt64) -> Bool {
+        let slot = page(index)
+        return entry & Stamp.poison == 0 && slot[0] == firstPFN &+ index && slot[1] == UInt64(entry)
+            && slot[2] == Stamp.checksum(slot, words: slotWords)
+    }
 }
 
 enum Selfcheck {
-    /// Verifies every page with a version: its stamp's PFN, its stamp's
-    /// version against the table, and its checksum. Only reads the working set.
+    /// Verifies every page with a version: each written slot's stamp (PFN, version against
+    /// the table) and checksum. A page is bad if any of its slots is. Only reads the set.
     static func verify(_ set: WorkingSet) -> (pages: UInt64, bad: UInt64) {
         var pages: UInt64 = 0
         var bad: UInt64 = 0
         var index: UInt64 = 0
         while index < set.pages {
-            let entry = set.table[Int(index)]
-            if entry != 0 {
-                pages &+= 1
-                let page = set.page(index)
-                if entry & Stamp.poison != 0
-                    || page[0] != set.firstPFN &+ index
-                    || page[1] != UInt64(entry)
-                    || page[2] != Stamp.checksum(page) {
-                    bad &+= 1
+            var written = false
+            var intact = true
+            var k: UInt64 = 0
+            while k < set.writers {
+                let slot = set.slot(k)
+                let entry = slot.entry(index)
+                if entry != 0 {
+                    written = true
+                    if !slot.holds(entry, at: index) { intact = false }
                 }
+                k &+= 1
             }
+            if written { pages &+= 1 }
+            if !intact { bad &+= 1 }
             index &+= 1
         }
         return (pages, bad)
@@ -127,7 +179,7 @@ enum Selfcheck {
 struct PageWriter {
     let set: WorkingSet
     let content: Content
-    /// Words of the window one write changes, 1...509 (509 = the whole body).
+    /// Words of the window one write changes, 1...bodyWords (509 for a whole page).
     let windowWords: Int
     let seed: UInt64
 
@@ -135,11 +187,11 @@ struct PageWriter {
         self.set = set
         self.content = content
         let words = Int((changeBytes &+ 7) / 8)
-        windowWords = words >= Stamp.bodyWords ? Stamp.bodyWords : (words < 1 ? 1 : words)
+        windowWords = words >= set.bodyWords ? set.bodyWords : (words < 1 ? 1 : words)
         self.seed = seed
     }
 
-    var isPartial: Bool { windowWords < Stamp.bodyWords }
+    var isPartial: Bool { windowWords < set.bodyWords }
     /// 8-byte stores one page write makes (window + stamp).
     var storesPerWrite: UInt64 { UInt64(windowWords + Stamp.firstWord) }
 
@@ -154,7 +206,7 @@ struct PageWriter {
     func write(_ index: UInt64, log: inout DirtyLog) {
         let pfn = set.firstPFN &+ index
         let page = set.page(index)
-        let entry = set.table[Int(index)]
+        let entry = set.entry(index)
         let oldVersion = entry & Stamp.versionMask
         var poison = entry & Stamp.poison
         let newVersion = oldVersion == Stamp.versionMask ? 1 : oldVersion &+ 1
@@ -170,18 +222,18 @@ struct PageWriter {
 
         let tablePFN = set.tablePFN(index)
         log.begin(tablePFN)
-        set.table[Int(index)] = newVersion | poison
+        set.setEntry(index, newVersion | poison)
         log.end(tablePFN)
 
         log.begin(pfn)
-        var random = Random(seed: seed ^ (pfn &<< 32) ^ UInt64(newVersion), stream: pfn)
+        var random = Random(seed: seed ^ (pfn &<< 32) ^ UInt64(newVersion) ^ (set.writer &<< 56), stream: pfn)
         let start = isPartial
-            ? Stamp.firstWord + Int(random.below(UInt64(Stamp.bodyWords - windowWords + 1)))
+            ? Stamp.firstWord + Int(random.below(UInt64(set.bodyWords - windowWords + 1)))
             : Stamp.firstWord
         let delta = fill(page, from: start, count: windowWords, random: &random)
         let checksum: UInt64
         if recompute {
-            checksum = Stamp.checksum(page)
+            checksum = Stamp.checksum(page, words: set.slotWords)
         } else if isPartial {
             checksum = page[2] ^ delta
         } else {

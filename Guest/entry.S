@@ -31,6 +31,7 @@
 #define EFER_LME     0x100
 
 #define STACK_SIZE   16384
+#define AP_MARKER    0xffffffff /* EBX of an AP at pvh_start (no hvm_start_info) */
 
 /* ---------------------------------------------------------------- PVH note */
 
@@ -85,6 +86,8 @@ long_mode_entry:
         movl    %eax, %gs
         movl    $SEL_DATA, %eax
         movl    %eax, %ss
+        cmpl    $AP_MARKER, %esi                /* an AP started by INIT/SIPI? */
+        je      ap_sipi_long_mode
         leaq    stack_top(%rip), %rsp
         xorl    %ebp, %ebp
 
@@ -111,6 +114,18 @@ long_mode_entry:
         call    pvguest_kmain
         movl    $1, %edi
         jmp     pvguest_exit
+
+/* An AP started by INIT/SIPI (protocol.md §2.10, the standard path): the
+ * trampoline below brought it to pvh_start with EBX = AP_MARKER, and the same
+ * path as vCPU 0's took it to long mode. vCPU 0 wrote the start block (the
+ * VCPU_START block's layout) and published its GPA in ap_start_block. */
+ap_sipi_long_mode:
+        lidt    idt_descriptor(%rip)
+        movq    ap_start_block(%rip), %rax
+        movq    16(%rax), %rsp
+        movq    24(%rax), %rdi
+        xorl    %ebp, %ebp
+        jmpq    *8(%rax)
 
 /* ------------------------------------------------------ exception handling */
 
@@ -241,6 +256,30 @@ pvguest_ap_entry_address:                       /* () -> where VCPU_START enters
         leaq    pvguest_ap_entry(%rip), %rax
         ret
 
+        .globl pvguest_rdmsr
+pvguest_rdmsr:                                  /* (msr: u32) -> u64 */
+        movl    %edi, %ecx
+        rdmsr
+        shlq    $32, %rdx
+        movl    %eax, %eax
+        orq     %rdx, %rax
+        ret
+
+        .globl pvguest_set_ap_start_block
+pvguest_set_ap_start_block:                     /* (gpa: u64): where SIPI'd APs find their block */
+        movq    %rdi, ap_start_block(%rip)
+        ret
+
+        .globl pvguest_trampoline
+pvguest_trampoline:                             /* () -> GPA of the real-mode trampoline */
+        leaq    trampoline_start(%rip), %rax
+        ret
+
+        .globl pvguest_trampoline_size
+pvguest_trampoline_size:                        /* () -> its size in bytes */
+        movl    $(trampoline_end - trampoline_start), %eax
+        ret
+
         .globl pvguest_halt
 pvguest_halt:                                   /* () -> never: cli; hlt */
 4:      cli
@@ -261,6 +300,37 @@ pvguest_ap_entry:
 pvguest_line_buffer:                            /* () -> 256-byte console buffer */
         leaq    line_buffer(%rip), %rax
         ret
+
+/* The real-mode trampoline of an AP started by INIT/SIPI. vCPU 0 copies it to
+ * a page below 1 MiB (SMP.swift) and sends SIPI with that page's number: the AP
+ * starts here in real mode with CS = page << 8, IP = 0. It loads the image's GDT
+ * (the descriptor below, addressed CS-relative), enters protected mode and jumps
+ * to pvh_start with EBX = AP_MARKER. Position-independent but for the absolute
+ * addresses of the GDT and pvh_start, which lie in the image (below 4 GiB). */
+        .section .rodata.trampoline, "a"
+        .code16
+trampoline_start:
+        cli
+        cld
+        movw    %cs, %ax
+        movw    %ax, %ds
+        lgdtl   trampoline_gdt - trampoline_start
+        movl    %cr0, %eax
+        andl    $0x9fffffff, %eax               /* caches on (INIT sets CD, NW) */
+        orl     $1, %eax                        /* PE */
+        movl    %eax, %cr0
+        movw    $SEL_DATA, %ax                  /* flat data: pvh_start's lgdt reads DS */
+        movw    %ax, %ds
+        movw    %ax, %es
+        movw    %ax, %ss
+        movl    $AP_MARKER, %ebx
+        ljmpl   $SEL_CODE32, $pvh_start
+        .balign 8
+trampoline_gdt:
+        .word   gdt_end - gdt - 1
+        .long   gdt
+trampoline_end:
+        .code64
 
 /* -------------------------------------------------------- descriptor tables */
 
@@ -305,6 +375,11 @@ page_directories:
         .quad (large_page << 21) + PTE_TABLE + PTE_LARGE
         .set large_page, large_page + 1
         .endr
+
+        .section .data.smp, "aw"
+        .balign 8
+ap_start_block:                 /* GPA of the start block an AP reads after SIPI */
+        .quad 0
 
 /* ------------------------------------------------------------------ .bss */
 

@@ -54,6 +54,9 @@ struct Run: ParsableCommand {
           help: "On PVM hosts, do not offer the guest native execution (to measure the emulated baseline).")
     var noNative = false
 
+    @Flag(name: .long, help: "Give the VM KVM's in-kernel PIC, IOAPIC and LAPIC (kernels that need interrupts or start vCPUs by INIT/SIPI; docs/protocol.md §2.10).")
+    var irqchip = false
+
     @Option(name: .long, help: "A PV network device: bridge=BR[,mac=MAC] or tap=NAME[,mac=MAC].")
     var net: String?
     /// `--net`, checked by `validate()`.
@@ -117,6 +120,7 @@ struct Run: ParsableCommand {
             memorySize: memory.bytes, kernel: image, commandLine: cmdline,
             console: ring ?? StandardOutputConsole(), log: { Diagnostics.note($0) })
         configuration.allowNativeExecution = !noNative
+        configuration.inKernelIRQChip = irqchip
         // The TAP first: a host that cannot give the VM its network says so before it boots.
         let tap: TapDevice?
         let net = netSpec

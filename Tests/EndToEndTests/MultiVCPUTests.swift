@@ -50,6 +50,41 @@ extension EndToEnd {
             }
         }
 
+        /// Migrates `machine` over mutual TLS with `mode` to a listener of its own and waits for
+        /// the arrival (the source has stopped, the digests agree): the arrived VM, which the
+        /// caller stops, the sender's statistics and the arrival's console.
+        static func migrate(_ machine: Machine, _ mode: DirtySourceMode) throws
+            -> (vm: ReceivedVM, stats: MigrationStats, console: WaitableConsole) {
+            let arrivals = M.Arrivals()
+            let listener = try M.listener(arrivals)
+            defer { listener.close() }
+            let stats = try M.sender(machine, options(mode)).migrate(to: "127.0.0.1", port: listener.port, tls: M.pki.src)
+            #expect(arrivals.wait(count: 1))
+            let vm = try #require(arrivals.vms.first)
+            guard let console = arrivals.condition.withLock({ arrivals.consoles.values.first }) else {
+                vm.machine.stop()
+                throw MachineError.invalidConfiguration("the arrived VM has no console")
+            }
+            #expect(machine.waitForExit() == .stopped)
+            #expect(vm.stats.digest == stats.digest)
+            return (vm, stats, console)
+        }
+
+        /// Pauses `source` and restores its state and memory into a new VM built from
+        /// `configuration`; the source is stopped, the copy started. Returns the copy and the state.
+        static func restoredCopy(of source: Machine, _ configuration: Machine.Configuration) throws
+            -> (Machine, MachineState) {
+            source.pause()
+            let state = try MachineState(encoded: try source.saveState().encoded())
+            let target = try Machine(restoring: configuration)
+            try target.memory.copyContents(from: source.memory)
+            try target.restore(state)
+            source.stop()
+            source.waitForExit()
+            target.start()
+            return (target, state)
+        }
+
         @Test(arguments: [2, 4])
         func everyVCPUBootsNativelyAndWritesItsOwnSlice(vcpus: Int) throws {
             let (machine, console) = try Self.boot(Self.dirty, vcpus: vcpus)
@@ -68,43 +103,58 @@ extension EndToEnd {
 
         @Test(arguments: [(2, DirtySourceMode.kvm), (2, .pv), (2, .hybrid), (4, .kvm), (4, .pv), (4, .hybrid)])
         func everyVCPUDirtiesMigratesAndSelfChecksClean(vcpus: Int, mode: DirtySourceMode) throws {
-            let arrivals = M.Arrivals()
-            let listener = try M.listener(arrivals)
-            defer { listener.close() }
             let (machine, _) = try Self.boot(Self.dirty, vcpus: vcpus)
             #expect(machine.waitUntilRegistered())
             #expect(Self.everyVCPUProgresses(machine))
-            let stats = try M.sender(machine, Self.options(mode))
-                .migrate(to: "127.0.0.1", port: listener.port, tls: M.pki.src)
-            #expect(arrivals.wait(count: 1))
-            let vm = try #require(arrivals.vms.first)
+            let (vm, _, console) = try Self.migrate(machine, mode)
             defer { vm.machine.stop(); vm.machine.waitForExit() }
-            #expect(machine.waitForExit() == .stopped)
-            #expect(vm.stats.digest == stats.digest)
             #expect(vm.machine.vcpus.count == vcpus)
-            let console = try #require(arrivals.condition.withLock { arrivals.consoles.values.first })
             try Self.expectNative(vm.machine, console)
             #expect(Self.everyVCPUProgresses(vm.machine), "a vCPU is stuck after arrival: \(console.text.suffix(300))")
             let (pages, bad) = try M.selfcheck(vm.machine, console)
             #expect(pages > 0 && bad == 0, "\(pages) pages checked, \(bad) bad (\(vcpus) vCPUs, \(mode))")
         }
 
+        /// The PV throttle (auto-converge, §2.7) reaches every vCPU: the host divides it among
+        /// them (§2.10) and each keeps to its part, so the guest as a whole keeps to the target.
+        @Test func theThrottleSlowsEveryVCPU() throws {
+            let (machine, console) = try Self.boot("workload=dirty mib=16 passes=0 pattern=random progress=0", vcpus: 2)
+            defer { machine.stop(); machine.waitForExit() }
+            #expect(machine.waitUntilRegistered())
+            // Each vCPU publishes its rate once per second of its own clock; each phase waits for
+            // the rates it should reach and reports the last ones seen.
+            var rates: [UInt64] { machine.pv.guestCounters?.perVCPU.map(\.rate) ?? [] }
+            var free: [UInt64] = [], throttled: [UInt64] = []
+            Wait.until { free = rates; return free.count == 2 && free.allSatisfy { $0 > 10_000 } }
+            machine.pv.setThrottle(pagesPerSecond: 4000)
+            Wait.until { throttled = rates; return throttled.count == 2 && throttled.allSatisfy { (800...2200).contains($0) } }
+            #expect(free.count == 2 && free.allSatisfy { $0 > 10_000 }, "unthrottled: \(free) pages/s per vCPU")
+            #expect(throttled.count == 2 && throttled.allSatisfy { (800...2200).contains($0) },
+                    "throttled to 4000 pages/s in all, the vCPUs wrote \(throttled) pages/s: \(console.text.suffix(200))")
+        }
+
+        /// A vCPU other than 0 that ends the VM (the exit port with status 1, as a panic does)
+        /// ends all of it: every vCPU thread stops and the VM's exit is that vCPU's.
+        @Test func anAPsExitEndsTheWholeVM() throws {
+            let console = WaitableConsole()
+            let machine = try Machine(configuration: Self.configuration(Self.dirty + " exitcpu=1", vcpus: 2, console: console))
+            machine.start()
+            defer { machine.stop(); machine.waitForExit() }
+            // vCPU 0 writes forever (passes=0): only vCPU 1 can end this VM.
+            let ended = Wait.until { machine.vcpus.allSatisfy { if case .exited = $0.state { true } else { false } } }
+            #expect(ended, "vCPU states: \(machine.vcpus.map(\.state)), \(console.text.suffix(300))")
+            #expect(machine.exit == .exitStatus(1))
+        }
+
         /// A halted vCPU does not hold the VM back: it pauses, migrates and stays halted.
         @Test func aHaltedVCPUStillPausesAndMigrates() throws {
-            let arrivals = M.Arrivals()
-            let listener = try M.listener(arrivals)
-            defer { listener.close() }
             let (machine, _) = try Self.boot(Self.dirty + " haltcpu=1", vcpus: 2)
             #expect(Wait.until { machine.vcpus[1].activity == .halted })
             #expect(Self.everyVCPUProgresses(machine, skipping: [1]))
-            _ = try M.sender(machine, Self.options(.hybrid))
-                .migrate(to: "127.0.0.1", port: listener.port, tls: M.pki.src)
-            #expect(arrivals.wait(count: 1))
-            let vm = try #require(arrivals.vms.first)
+            let (vm, _, console) = try Self.migrate(machine, .hybrid)
             defer { vm.machine.stop(); vm.machine.waitForExit() }
             #expect(vm.machine.vcpus[1].activity == .halted && vm.machine.vcpus[0].activity == .active)
             #expect(Self.everyVCPUProgresses(vm.machine, skipping: [1]))
-            let console = try #require(arrivals.condition.withLock { arrivals.consoles.values.first })
             let (_, bad) = try M.selfcheck(vm.machine, console)
             #expect(bad == 0)
         }
@@ -113,16 +163,9 @@ extension EndToEnd {
         @Test func saveRestoreOfFourVCPUsContinuesOnAll() throws {
             let (source, _) = try Self.boot(Self.dirty, vcpus: 4)
             #expect(Self.everyVCPUProgresses(source))
-            source.pause()
-            let state = try MachineState(encoded: try source.saveState().encoded())
-            #expect(state.vcpus.count == 4 && state.vcpus.allSatisfy { $0.activity == 0 })
             let second = WaitableConsole()
-            let target = try Machine(restoring: Self.configuration("", vcpus: 4, console: second))
-            try target.memory.copyContents(from: source.memory)
-            try target.restore(state)
-            source.stop()
-            source.waitForExit()
-            target.start()
+            let (target, state) = try Self.restoredCopy(of: source, Self.configuration("", vcpus: 4, console: second))
+            #expect(state.vcpus.count == 4 && state.vcpus.allSatisfy { $0.activity == 0 })
             defer { target.stop(); target.waitForExit() }
             #expect(Self.everyVCPUProgresses(target), "a vCPU is stuck after restore: \(second.text.suffix(300))")
             let (_, bad) = try M.selfcheck(target, second)

@@ -184,11 +184,14 @@ public final class Machine: @unchecked Sendable {
                 }
                 if first { peers.value.forEach { $0.stop() } }
             }
+            let heldByKVM = vm.irqChipCreated
             let onStart: @Sendable (VCPUStartRequest, VCPU) -> Void = { request, caller in
-                if !Self.startAP(request, caller: caller, threads: peers.value) { pv.rejectVCPUStart() }
+                if !Self.startAP(request, caller: caller, threads: peers.value, heldByKVM: heldByKVM) {
+                    pv.rejectVCPUStart()
+                }
             }
-            // With an in-kernel irqchip KVM holds the APs until INIT/SIPI; without one they
-            // wait in the VMM for VCPU_START.
+            // With an in-kernel irqchip KVM holds the APs until INIT/SIPI (or VCPU_START);
+            // without one they wait in the VMM for VCPU_START.
             let apActivity: VCPUThread.Activity = vm.irqChipCreated ? .active : .awaitingStart
             let bus = self.bus, mmio = self.mmio
             let threads = kvmVCPUs.map { v in
@@ -257,18 +260,19 @@ public final class Machine: @unchecked Sendable {
 
     /// VCPU_START (protocol.md §2.10), on the calling vCPU's thread: the AP gets the caller's
     /// special registers (mode, paging, segments, descriptor tables) and the requested RIP,
-    /// RSP and RDI. False when the target is not waiting to start or the caller is not in
-    /// long mode.
-    static func startAP(_ request: VCPUStartRequest, caller: VCPU, threads: [VCPUThread]) -> Bool {
+    /// RSP and RDI. False when the target is not waiting to start (in the VMM, or held by
+    /// KVM with an in-kernel irqchip) or the caller is not in long mode.
+    static func startAP(_ request: VCPUStartRequest, caller: VCPU, threads: [VCPUThread], heldByKVM: Bool) -> Bool {
         let eferLMA: UInt64 = 1 << 10
-        guard request.index < threads.count, let sregs = try? caller.specialRegisters(),
+        // Never the caller itself: its own thread would wait for itself (`perform`).
+        guard request.index < threads.count, request.index != Int(caller.id), let sregs = try? caller.specialRegisters(),
               sregs.efer & eferLMA != 0 else { return false }
         var regs = kvm_regs()
         regs.rip = request.rip
         regs.rsp = request.rsp
         regs.rdi = request.rdi
         regs.rflags = 0x2
-        return threads[request.index].startAP(sregs: sregs, regs: regs)
+        return threads[request.index].startAP(sregs: sregs, regs: regs, heldByKVM: heldByKVM)
     }
 
     // MARK: State

@@ -122,16 +122,37 @@ public final class VCPUThread: @unchecked Sendable {
 
     /// Starts an AP that is waiting for VCPU_START: loads the registers, then lets it run.
     /// False when the vCPU is not waiting (already started, halted or exited).
-    func startAP(sregs: kvm_sregs, regs: kvm_regs) -> Bool {
-        let waiting = condition.withLock { activityValue == .awaitingStart && runState != .created }
+    ///
+    /// With an in-kernel irqchip the AP is not waiting in the VMM but held by KVM (mp_state
+    /// UNINITIALIZED or INIT_RECEIVED, until INIT/SIPI): then the registers are loaded between
+    /// two KVM_RUNs and KVM_SET_MP_STATE(RUNNABLE) releases it (protocol.md §2.10). An AP that
+    /// KVM already runs (started by SIPI or by an earlier VCPU_START) is refused.
+    func startAP(sregs: kvm_sregs, regs: kvm_regs, heldByKVM: Bool) -> Bool {
+        let waiting = condition.withLock {
+            (heldByKVM ? activityValue == .active : activityValue == .awaitingStart) && runState != .created
+        }
         guard waiting else { return false }
         do {
-            try perform { vcpu throws(KVMError) in
-                try vcpu.setSpecialRegisters(sregs)
+            let started = try perform { vcpu throws(KVMError) -> Bool in
+                if heldByKVM {
+                    let held = try vcpu.mpState()
+                    guard held == UInt32(KVM_MP_STATE_UNINITIALIZED) || held == UInt32(KVM_MP_STATE_INIT_RECEIVED) else {
+                        return false
+                    }
+                }
+                var own = sregs
+                // The AP keeps its own APIC base (the caller's carries the BSP flag) and
+                // inherits no pending interrupt.
+                own.apic_base = try vcpu.specialRegisters().apic_base
+                own.interrupt_bitmap = (0, 0, 0, 0)
+                try vcpu.setSpecialRegisters(own)
                 try vcpu.setRegisters(regs)
+                if heldByKVM { try vcpu.setMPState(UInt32(KVM_MP_STATE_RUNNABLE)) }
+                return true
             }
+            guard started else { return false }
         } catch { return false }
-        setActivity(.active)
+        if !heldByKVM { setActivity(.active) }
         return true
     }
 
