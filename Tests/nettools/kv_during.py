@@ -19,26 +19,17 @@ import socket
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+import kvclient  # noqa: E402  (the same request/answer matching as the plain client)
+
 
 def exchange(sock, address, message, key, args):
-    """Sends `message` until an answer naming `key` arrives; returns its words and the wait."""
+    """Sends `message` until an answer naming `key` arrives (scripts/kvclient.py's request,
+    resending every --resend seconds for --give-up seconds); returns its words and the wait."""
     start = time.monotonic()
-    while time.monotonic() - start < args.give_up:
-        sock.sendto(message.encode(), address)
-        deadline = time.monotonic() + args.resend
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            sock.settimeout(left)
-            try:
-                data, _ = sock.recvfrom(2048)
-            except socket.timeout:
-                break
-            words = data.decode(errors="replace").split(" ", 2)
-            if len(words) >= 2 and words[1] == key:
-                return words, time.monotonic() - start
-    return None, time.monotonic() - start
+    tries = argparse.Namespace(timeout=args.resend, retries=max(0, int(args.give_up / args.resend) - 1))
+    words = kvclient.request(sock, address, message, key, tries, [])
+    return words, time.monotonic() - start
 
 
 def main():
