@@ -104,7 +104,35 @@ extension EndToEnd {
             #expect((nic?["rx_frames"] as? Int ?? 0) > 0 && (nic?["tx_frames"] as? Int ?? 0) > 0, "\(status.text)")
             #expect(vm.waitForExit(timeout: 60), "the source process did not end after the VM left: \(vm.text)")
             #expect(vm.stderr.contains("arrived here for the VM during the hand-over"), "\(vm.stderr)")
-            _ = try sides.run(lab, "dst", ["stop", "nmvm"])
+
+            // Saved and restored, the VM needs a network again, gets it, keeps its store and announces itself.
+            let file = "\(sides.root)/nmvm.snap"
+            let saved = try sides.run(lab, "dst", ["save", "nmvm", file, "--stop"])
+            #expect(saved.status == 0, "save: \(saved.text)")
+            let noNet = try sides.run(lab, "dst", ["restore", file, "--name", "nmvm2"])
+            #expect(noNet.status != 0 && noNet.stderr.contains("--net bridge="), "restore without --net: \(noNet.text)")
+            let restored = try lab.startPVMigrate(["restore", file, "--name", "nmvm2", "--net", "bridge=\(NetLab.bridge)"],
+                                                  environment: sides.environment("dst"))
+            #expect(restored.wait(for: "PV NIC \(mac) on TAP"), "\(restored.text)")
+            let restoredTap = try #require(Self.tap(in: restored.stderr, after: "PV NIC"), "\(restored.text)")
+            #expect(garps.wait(for: "on \(restoredTap)"), "no gratuitous ARP after the restore on \(restoredTap): \(garps.text)")
+            let get = try lab.client(["python3", "-c", Self.getK3, Self.guest])
+            #expect(get.stdout.contains("VALUE k3 v3-xxx"), "the store after the restore: \(get.text)")
+            _ = try sides.run(lab, "dst", ["stop", "nmvm2"])
+            #expect(restored.waitForExit(timeout: 60), "\(restored.text)")
         }
+
+        /// GET k3 (written by kv_during.py), resent every 0.2 s for up to 20 s; prints the answer.
+        static let getK3 = """
+            import socket, sys
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(0.2)
+            for _ in range(100):
+                s.sendto(b"GET k3", (sys.argv[1], 7070))
+                try:
+                    print(s.recv(512).decode()); break
+                except socket.timeout:
+                    pass
+            """
     }
 }
