@@ -83,6 +83,8 @@ public final class VCPUThread: @unchecked Sendable {
     private let onDirtyRingFull: (@Sendable () -> Bool)?
     /// Starts another vCPU on the guest's request (VCPU_START); called on this vCPU's thread.
     private let onStartVCPU: (@Sendable (VCPUStartRequest, VCPU) -> Void)?
+    /// This vCPU attached the PV NIC (NET_ATTACH); called on this vCPU's thread.
+    var onNetAttached: (@Sendable (UInt32) -> Void)?
 
     /// What this vCPU's saved state holds (VCPUThread+State.swift).
     let stateLayout: VCPUState.Layout
@@ -336,6 +338,7 @@ public final class VCPUThread: @unchecked Sendable {
                 case let .exit(status): return .exitStatus(status)
                 case let .sleep(ms): sleep(milliseconds: ms)
                 case let .startVCPU(request): onStartVCPU?(request, vcpu)
+                case .netAttached: onNetAttached?(vcpu.id)
                 }
             }
             return nil
@@ -382,6 +385,9 @@ public final class VCPUThread: @unchecked Sendable {
             wakePending = false
         }
     }
+
+    /// A `wake()` came that no SLEEP has taken yet (tests: which vCPU an RX wake reached).
+    var hasPendingWake: Bool { condition.withLock { wakePending } }
 
     /// Ends the vCPU's current or next PV SLEEP (a device has work for the guest, §5.5).
     public func wake() {
