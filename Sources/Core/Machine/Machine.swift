@@ -84,6 +84,7 @@ public final class Machine: @unchecked Sendable {
     /// The host's KVM is PVM (a software KVM; platform-facts.md).
     public let isPVMHost: Bool
     private let exitState = Locked<VMExit?>(nil)
+    private let pauseLatencyLog = Locked<[Double]>([])
     /// The vCPU threads, for the exit and VCPU_START handlers (set once, after creation).
     private let peers = Locked<[VCPUThread]>([])
     let manualProtectEnabled = Locked(false)
@@ -217,17 +218,38 @@ public final class Machine: @unchecked Sendable {
 
     /// Parks every vCPU outside KVM_RUN with pending I/O completed, and flushes the console.
     public func pause() {
-        vcpus.forEach { $0.pause() }
+        parkAll()
         serial.flush()
     }
 
+    /// How long the recent pauses took to park every running vCPU (seconds, oldest first, at
+    /// most 8): kicking each vCPU thread out of KVM_RUN and waiting until it parked. The
+    /// downtime model's estimate for the pause that starts stop-and-copy (issue 11).
+    public var pauseLatencies: [Double] { pauseLatencyLog.value }
+
+    private func parkAll() {
+        let anyRunning = vcpus.contains { !$0.isHeld && $0.state == .running }
+        let started = ContinuousClock.now
+        vcpus.forEach { $0.pause() }
+        guard anyRunning else { return }
+        let spent = ContinuousClock.now - started
+        let seconds = Double(spent.components.seconds) + Double(spent.components.attoseconds) / 1e18
+        pauseLatencyLog.withLock { log in
+            log.append(seconds)
+            if log.count > 8 { log.removeFirst(log.count - 8) }
+        }
+    }
+
     public func resume() { vcpus.forEach { $0.resume() } }
+
+    /// CPU seconds all vCPU threads have used so far (the guest's share of the host's cores).
+    public var vcpuCPUSeconds: Double { vcpus.reduce(0) { $0 + $1.cpuSeconds } }
 
     /// Runs `body` with every vCPU parked, resuming afterwards only those that were running
     /// (a VM paused by someone else stays paused).
     public func withVCPUsPaused<T>(_ body: () throws -> T) rethrows -> T {
         let wereRunning = vcpus.map { !$0.isHeld && $0.state != .created }
-        vcpus.forEach { $0.pause() }
+        parkAll()
         defer { for (t, running) in zip(vcpus, wereRunning) where running { t.resume() } }
         return try body()
     }
