@@ -84,7 +84,6 @@ public final class Machine: @unchecked Sendable {
     /// The host's KVM is PVM (a software KVM; platform-facts.md).
     public let isPVMHost: Bool
     private let exitState = Locked<VMExit?>(nil)
-    private let pauseLatencyLog = Locked<[Double]>([])
     /// The vCPU threads, for the exit and VCPU_START handlers (set once, after creation).
     private let peers = Locked<[VCPUThread]>([])
     let manualProtectEnabled = Locked(false)
@@ -218,26 +217,8 @@ public final class Machine: @unchecked Sendable {
 
     /// Parks every vCPU outside KVM_RUN with pending I/O completed, and flushes the console.
     public func pause() {
-        parkAll()
-        serial.flush()
-    }
-
-    /// How long the recent pauses took to park every running vCPU (seconds, oldest first, at
-    /// most 8): kicking each vCPU thread out of KVM_RUN and waiting until it parked. The
-    /// downtime model's estimate for the pause that starts stop-and-copy (issue 11).
-    public var pauseLatencies: [Double] { pauseLatencyLog.value }
-
-    private func parkAll() {
-        let anyRunning = vcpus.contains { !$0.isHeld && $0.state == .running }
-        let started = ContinuousClock.now
         vcpus.forEach { $0.pause() }
-        guard anyRunning else { return }
-        let spent = ContinuousClock.now - started
-        let seconds = Double(spent.components.seconds) + Double(spent.components.attoseconds) / 1e18
-        pauseLatencyLog.withLock { log in
-            log.append(seconds)
-            if log.count > 8 { log.removeFirst(log.count - 8) }
-        }
+        serial.flush()
     }
 
     public func resume() { vcpus.forEach { $0.resume() } }
@@ -249,7 +230,7 @@ public final class Machine: @unchecked Sendable {
     /// (a VM paused by someone else stays paused).
     public func withVCPUsPaused<T>(_ body: () throws -> T) rethrows -> T {
         let wereRunning = vcpus.map { !$0.isHeld && $0.state != .created }
-        parkAll()
+        vcpus.forEach { $0.pause() }
         defer { for (t, running) in zip(vcpus, wereRunning) where running { t.resume() } }
         return try body()
     }

@@ -36,10 +36,10 @@ extension MigrationSender {
             r.harvestPVSeconds = harvested.sourceSeconds[.pvRing] ?? 0
             predictor.recordHarvest(r)
             predictor.record(r)
-            // Not fed: `Machine.pauseLatencies` (the vCPUs' stop) has one sample per migration
-            // (the tracker's start), 0.1 ms to 1.9 s on a loaded host — one bad sample kept the
-            // fixed part above the target and stopped 3 of 12 bench runs from converging
-            // (docs/benchmarks.md, "Predicted vs actual, phase by phase"). `stopVCPUs` stays 0.
+            // `predictor.stopVCPUs` is not fed: a migration pauses the vCPUs once before the
+            // final pause (the tracker's start), 0.1 ms to 1.9 s on a loaded host — fed with that
+            // one sample, the fixed part stayed above the target and 3 of 12 bench runs never
+            // converged (docs/benchmarks.md, "Predicted vs actual, phase by phase"). It stays 0.
             r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
             if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
             if bandwidth == 0 { bandwidth = max(r.bandwidth, 100e6) }
