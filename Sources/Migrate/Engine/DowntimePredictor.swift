@@ -141,7 +141,7 @@ public struct DowntimePredictor: Sendable, Equatable {
         recordHarvest(seconds: total, kvm: r.harvestKVMSeconds ?? 0, pv: r.harvestPVSeconds ?? 0)
     }
 
-    /// Sets `stopVCPUs` to the median of measured pauses (`Machine.pauseLatencies`); none: unchanged.
+    /// Sets `stopVCPUs` to the median of measured pauses (seconds to park every vCPU); none: unchanged.
     public mutating func setStopLatencies(_ latencies: [Double]) {
         let valid = latencies.filter { $0.isFinite && $0 >= 0 }
         if !valid.isEmpty { stopVCPUs = Self.median(valid) }
