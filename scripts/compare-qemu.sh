@@ -29,9 +29,21 @@
 # QEMU's from /proc/<pid>/task/*/stat (utime + stime) of the source and destination processes over
 # the migration, without their vCPU threads ("CPU n/KVM"), since pvmigrate's exclude the vCPU too.
 #
+# Bulk case (bulk-1g): CPU-seconds per GiB when there is a lot to move. The emulated guest cannot
+# write 1 GiB in useful time, so neither guest writes it during the comparison: a native pvmigrate
+# guest `fill`s 1 GiB of a 2 GiB guest once (mixed content) and is saved to a mapped snapshot
+# (protocol.md §6); its memory section is cut out as a raw file. pvmigrate then `restore`s the
+# snapshot (memory mapped privately from the file) and `send`s it to a `listen` (two processes,
+# mutual TLS, its defaults); QEMU boots the same exported guest (`workload=idle`, emulated) with
+# `-object memory-backend-file,mem-path=RAW,share=off` — the same bytes, also mapped privately from
+# a file (QEMU 7.2 has no `offset=`, hence the copy) — and migrates it with TLS to a QEMU with a
+# `memory-backend-ram` of the same id. Both move the same 1 GiB of data pages from the page cache.
+# CPU-seconds: pvmigrate's per-thread meters (`send --json`, the listener's `arrived` record); QEMU's
+# non-vCPU threads as above. Per GiB = per GiB of pages with data moved (QEMU: `normal` pages).
+#
 # Usage: scripts/compare-qemu.sh
 # Environment: RUNS (runs per case and VMM, median shown; default 1), CASES (default: the four
-#              QEMU cases and the two like-for-like ones),
+#              QEMU cases, the two like-for-like ones and bulk-1g),
 #              CASE_TIMEOUT (seconds per QEMU migration, default 180), KEEP=1 (keep the work dir),
 #              PVMIGRATE (a pvmigrate binary to use instead of building one),
 #              SWIFTPM_FLAGS (extra flags for `swift build`, e.g. "--scratch-path .build-ci").
@@ -42,7 +54,7 @@ if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
     export PATH="/opt/swift/usr/bin:$PATH"
 fi
 RUNS=${RUNS:-1}
-CASES=${CASES:-"idle-1g dirty-64mibps dirty-max dirty-max-128mibps emulated-idle emulated-dirty"}
+CASES=${CASES:-"idle-1g dirty-64mibps dirty-max dirty-max-128mibps emulated-idle emulated-dirty bulk-1g"}
 CASE_TIMEOUT=${CASE_TIMEOUT:-180}
 
 say() { echo "compare-qemu: $*" >&2; }
@@ -75,6 +87,12 @@ cleanup() {
     for pidfile in "$WORK"/*.pid; do
         [ -f "$pidfile" ] && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
     done
+    # bulk-1g's pvmigrate VMs and listener, if a run was interrupted.
+    for sock in "$WORK"/rt-bulk/*/vms/*.sock; do
+        [ -S "$sock" ] || continue
+        PVMIGRATE_RUNTIME_DIR=${sock%/vms/*} "$bin" stop "$(basename "$sock" .sock)" >/dev/null 2>&1 || true
+    done
+    [ -n "${listen_pid:-}" ] && kill "$listen_pid" 2>/dev/null || true
     if [ "${KEEP:-0}" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -84,12 +102,71 @@ trap 'exit 130' INT TERM
 # dst's certificate names the address both QEMU and pvmigrate dial (they check it).
 "$bin" certs init --dir "$WORK/pki" --hosts src dst=127.0.0.1 >/dev/null
 "$bin" bench --list > "$WORK/cases.tsv"
-for c in $CASES; do grep -q "^$c	" "$WORK/cases.tsv" || fail "unknown case $c (see: pvmigrate bench --list)"; done
+BENCH_CASES=""
+for c in $CASES; do
+    [ "$c" = bulk-1g ] && continue
+    grep -q "^$c	" "$WORK/cases.tsv" || fail "unknown case $c (see: pvmigrate bench --list, or bulk-1g)"
+    BENCH_CASES="$BENCH_CASES $c"
+done
 
-say "pvmigrate: $CASES ($RUNS run(s) each)"
-# shellcheck disable=SC2086
-"$bin" bench --cases $CASES --runs "$RUNS" --json "$WORK/pvmigrate.json" >&2 \
-    || say "some pvmigrate runs failed (see above); comparing what succeeded"
+# bulk-1g, pvmigrate's side: fill once, save, cut out the raw memory for QEMU, then RUNS migrations
+# of the restored snapshot between two processes. Results: one JSON line per run in bulk.jsonl.
+bulk_pvmigrate() {
+    local rt=$WORK/rt-bulk pki=$WORK/pki out=$WORK/bulk.jsonl run port vm
+    mkdir -p "$rt/src" "$rt/dst"
+    : > "$out"
+    PVMIGRATE_RUNTIME_DIR=$rt/src "$bin" run --name bulkfill --detach --memory 2G --cmdline "workload=idle fill=1024" >&2
+    for _ in $(seq 1 600); do  # polling the console: the guest's only signal that the fill is done
+        PVMIGRATE_RUNTIME_DIR=$rt/src "$bin" console bulkfill 2>/dev/null | grep -q "fill 1024 MiB done" && break
+        sleep 1
+    done
+    PVMIGRATE_RUNTIME_DIR=$rt/src "$bin" save bulkfill "$WORK/bulk.pvsnap" --stop >/dev/null \
+        || { say "bulk-1g: the fill guest could not be saved"; return 1; }
+    # The memory section: offset 4096, 2 GiB (protocol.md §6.1, mapped layout); holes stay holes.
+    dd if="$WORK/bulk.pvsnap" of="$WORK/bulk.raw" bs=4096 skip=1 count=524288 conv=sparse status=none
+    for run in $(seq 1 "$RUNS"); do
+        vm=bulk$run
+        PVMIGRATE_RUNTIME_DIR=$rt/dst "$bin" listen --address 127.0.0.1:0 --tls-dir "$pki/dst" --json \
+            > "$WORK/bulk-listen-$run.log" 2>&1 &
+        listen_pid=$!
+        port=""
+        for _ in $(seq 1 100); do
+            port=$(grep -o '"address":"127.0.0.1:[0-9]*"' "$WORK/bulk-listen-$run.log" | head -1 | grep -o '[0-9]*"$' | tr -d '"') || true
+            [ -n "$port" ] && break
+            sleep 0.1
+        done
+        PVMIGRATE_RUNTIME_DIR=$rt/src "$bin" restore "$WORK/bulk.pvsnap" --name "$vm" --detach >&2
+        PVMIGRATE_RUNTIME_DIR=$rt/src "$bin" send "127.0.0.1:$port" "$vm" --tls-dir "$pki/src" --json \
+            > "$WORK/bulk-send-$run.json" || say "bulk-1g: pvmigrate run $run failed"
+        for _ in $(seq 1 100); do grep -q '"event":"arrived"' "$WORK/bulk-listen-$run.log" && break; sleep 0.1; done
+        python3 - "$WORK/bulk-send-$run.json" "$WORK/bulk-listen-$run.log" >> "$out" <<'PY' || true
+import json, sys
+stats = json.load(open(sys.argv[1]))
+stats = stats.get("stats", stats)
+arrived = next(json.loads(l) for l in open(sys.argv[2]) if '"event":"arrived"' in l)
+print(json.dumps({"total": stats["totalSeconds"], "downtime": stats["downtimeSeconds"], "bytes": stats["wireBytes"],
+                  "pages": stats["rawPages"] + stats["deltaPages"], "cpu_src": stats["cpuSeconds"],
+                  "cpu_dst": float(arrived["cpu_s"])}))
+PY
+        PVMIGRATE_RUNTIME_DIR=$rt/dst "$bin" stop "$vm" >/dev/null 2>&1 || true
+        PVMIGRATE_RUNTIME_DIR=$rt/src "$bin" stop "$vm" >/dev/null 2>&1 || true  # a failed send left it here
+        kill "$listen_pid" 2>/dev/null || true
+        wait "$listen_pid" 2>/dev/null || true
+    done
+}
+
+if [ -n "$BENCH_CASES" ]; then
+    say "pvmigrate:$BENCH_CASES ($RUNS run(s) each)"
+    # shellcheck disable=SC2086
+    "$bin" bench --cases $BENCH_CASES --runs "$RUNS" --json "$WORK/pvmigrate.json" >&2 \
+        || say "some pvmigrate runs failed (see above); comparing what succeeded"
+else
+    echo "[]" > "$WORK/pvmigrate.json"
+fi
+if [[ " $CASES " == *" bulk-1g "* ]]; then
+    say "pvmigrate: bulk-1g ($RUNS run(s): fill, save, restore + send to listen)"
+    bulk_pvmigrate || say "bulk-1g: pvmigrate's side failed"
+fi
 
 say "QEMU: $CASES ($RUNS run(s) each; the guest runs emulated under QEMU on a PVM host: slow to boot)"
 timeout $(( (CASE_TIMEOUT + 120) * RUNS * $(wc -w <<<"$CASES") + 300 )) \
@@ -162,9 +239,15 @@ class QMP:
             if "error" in msg: raise RuntimeError(f"{name}: {msg['error'].get('desc')}")
             return msg.get("return")
 
-def start_qemu(tag, memory, cmdline, extra):
+def start_qemu(tag, memory, cmdline, extra, ram=None):
+    """ram: None (QEMU's own RAM), "file" (bulk.raw mapped privately) or "ram" (a RAM backend of the same id)."""
     qmp_path = os.path.join(work, f"{tag}.qmp")
     log = os.path.join(work, f"{tag}.serial")
+    if ram == "file":
+        extra = ["-object", f"memory-backend-file,id=ram0,size={memory},mem-path={os.path.join(work, 'bulk.raw')},share=off",
+                 "-machine", "pc,memory-backend=ram0"] + extra
+    elif ram == "ram":
+        extra = ["-object", f"memory-backend-ram,id=ram0,size={memory}", "-machine", "pc,memory-backend=ram0"] + extra
     args = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", f"{memory >> 20}M", "-smp", "1",
             "-nodefaults", "-display", "none", "-no-reboot", "-kernel", os.path.join(work, "pvguest.elf"),
             "-append", cmdline, "-serial", f"file:{log}", "-qmp", f"unix:{qmp_path},server=on,wait=off",
@@ -212,17 +295,18 @@ def guest_rate(path):
     return int(rates[-1]) if rates else 0
 
 def run_qemu_case(name, tls):
-    memory, bandwidth, cmdline = cases[name]
+    bulk = name == "bulk-1g"
+    memory, bandwidth, cmdline = (2 << 30, None, "workload=idle") if bulk else cases[name]
     # The same workload, reporting its own speed once a second (the figure the caveat is about).
     cmdline = cmdline.replace("progress=0", "progress=1000")
     port = free_port()
     tls_dst = ["-object", f"tls-creds-x509,id=tls0,dir={qemu_tls_dir('dst', 'server')},endpoint=server,verify-peer=on"] if tls else []
     tls_src = ["-object", f"tls-creds-x509,id=tls0,dir={qemu_tls_dir('src', 'client')},endpoint=client"] if tls else []
     try:
-        dst, dq, _ = start_qemu("dst", memory, cmdline, ["-incoming", "defer"] + tls_dst)
+        dst, dq, _ = start_qemu("dst", memory, cmdline, ["-incoming", "defer"] + tls_dst, "ram" if bulk else None)
         if tls: dq.cmd("migrate-set-parameters", **{"tls-creds": "tls0"})
         dq.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
-        src, sq, serial = start_qemu("src", memory, cmdline, tls_src)
+        src, sq, serial = start_qemu("src", memory, cmdline, tls_src, "file" if bulk else None)
         # Let the (emulated) guest boot and start its workload before migrating.
         if not wait_for(serial, "pvguest: workload", 120):
             raise RuntimeError("the guest did not start its workload under QEMU within 120 s")
@@ -260,7 +344,7 @@ def run_qemu_case(name, tls):
         ram = info.get("ram", {})
         return {"total": info["total-time"] / 1000, "downtime": info.get("downtime", 0) / 1000,
                 "bytes": ram.get("transferred", 0), "dirty": rate, "tls": tls,
-                "pages": ram.get("normal", 0) + ram.get("duplicate", 0), "cpu_src": cpu_src, "cpu_dst": cpu_dst}
+                "pages": ram.get("normal", 0) + (0 if bulk else ram.get("duplicate", 0)), "cpu_src": cpu_src, "cpu_dst": cpu_dst}
     finally:
         kill_all()
 
@@ -273,6 +357,13 @@ for r in json.load(open(os.path.join(work, "pvmigrate.json"))):
                                               "pages": s["zeroPages"] + s["rawPages"] + s["deltaPages"],
                                               "cpu_src": s.get("cpuSeconds", 0),
                                               "cpu_dst": (r.get("receiver") or {}).get("cpuSeconds", 0)})
+
+bulk_file = os.path.join(work, "bulk.jsonl")
+if os.path.exists(bulk_file):
+    pv["bulk-1g"] = [dict(json.loads(l), dirty=0) for l in open(bulk_file) if l.strip()]
+if "bulk-1g" in wanted and not os.path.exists(os.path.join(work, "bulk.raw")):
+    wanted = [n for n in wanted if n != "bulk-1g"]
+    print("compare-qemu: bulk-1g skipped for QEMU: pvmigrate's side made no raw memory file", file=sys.stderr)
 
 use_tls, qemu = True, {}
 for name in wanted:
@@ -326,7 +417,7 @@ print("are much easier for QEMU here than they would be on a hardware-KVM host; 
 print("The last two columns show it: how many pages per second the guest wrote before the migration (QEMU: its")
 print("own progress report on the serial console; pvmigrate: its PV counters).")
 
-like = [n for n in wanted if n.startswith("emulated-")]
+like = [n for n in wanted if n.startswith("emulated-") or n == "bulk-1g"]
 if like:
     def per_gib(rows, key):
         v = [r[key] / (r["pages"] * 4096 / (1 << 30)) for r in rows if r.get("pages")]
@@ -335,7 +426,8 @@ if like:
     print("Like for like: the same guest, emulated under both VMMs, the same workload and dirty rate. Wire MB/s = bytes on the")
     print("wire / total time; CPU-s = the migration's CPU time without the vCPU (pvmigrate: per-thread meters; QEMU: its")
     print("processes' other threads, /proc/<pid>/task/*/stat); per GiB of guest pages moved (each engine's own count,")
-    print("zero pages included: QEMU normal + duplicate, pvmigrate zero + raw + delta).")
+    print("zero pages included: QEMU normal + duplicate, pvmigrate zero + raw + delta; bulk-1g: pages with data only,")
+    print("QEMU normal, pvmigrate raw + delta).")
     print("| case | VMM | total | downtime | wire MiB | wire MB/s | pages moved | CPU-s src | CPU-s dst | CPU-s/GiB src | dst | src+dst |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in like:

@@ -37,8 +37,9 @@ public struct MigrationJob: Codable, Sendable, Equatable {
     public var remainingPages: Int?
     public var expectedDowntimeSeconds: Double?
     public var bandwidth: Double?
-    /// Once completed: the measured downtime.
+    /// Once completed: the measured downtime, and the one predicted when stop-and-copy started.
     public var downtimeSeconds: Double?
+    public var predictedDowntimeSeconds: Double?
     /// Once ended without success: why.
     public var error: String?
 
@@ -58,6 +59,7 @@ public struct MigrationJob: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case phase, destination, elapsedSeconds = "elapsed_s", round, bytes, pages, remainingPages = "remaining_pages"
         case expectedDowntimeSeconds = "expected_downtime_s", bandwidth, downtimeSeconds = "downtime_s", error
+        case predictedDowntimeSeconds = "predicted_downtime_s"
     }
 }
 

@@ -41,6 +41,7 @@ extension VMHost {
                 job.bytes = stats.wireBytes
                 job.pages = stats.rounds.reduce(0) { $0 + $1.pages }
                 job.downtimeSeconds = stats.downtimeSeconds
+                job.predictedDowntimeSeconds = stats.predictedDowntimeSeconds
                 job.elapsedSeconds = stats.totalSeconds
             case let .failure(error):
                 switch error {

@@ -72,11 +72,11 @@ struct Bench: ParsableCommand {
         }
     }
 
-    /// The results table, then the pause phase by phase when the runs recorded it.
+    /// The results table, then the pause phase by phase (both ends, predicted vs actual) when the runs recorded it.
     private func printTables(_ results: [BenchResult]) {
         print(BenchResult.table(results))
-        let pause = BenchResult.pauseTable(results)
-        if !pause.isEmpty { print("\n" + pause) }
+        let more = [BenchResult.pauseTable(results), BenchResult.destinationTable(results), BenchResult.predictionTable(results)]
+        for table in more where !table.isEmpty { print("\n" + table) }
     }
 
     /// The cases the options select, before --quick scales them.

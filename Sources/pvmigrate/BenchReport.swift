@@ -257,25 +257,41 @@ struct SVG {
 extension BenchResult {
     /// The pause phase by phase (`PausePhases`), medians per case; empty when no run has them.
     static func pauseTable(_ results: [BenchResult]) -> String {
-        let names = results.map(\.name).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
-        let columns: [(String, KeyPath<PausePhases, Double>)] = [
-            ("harvest", \.harvest), ("final round", \.finalRound), ("finish", \.finish), ("state save", \.stateSave),
+        medianTable(results, title: "pause at the source, ms (medians)", \.pausePhases, [
+            ("stop vCPUs", \.stopVCPUs), ("harvest", \.harvest), ("of it KVM log", \.harvestKVM),
+            ("final round", \.finalRound), ("finish", \.finish), ("state save", \.stateSave),
             ("STATE sent", \.stateSend), ("COMMIT→PREPARED", \.commitToPrepared), ("hand-over", \.handOver),
             ("GO→DONE", \.goToDone), ("total", \.total),
-        ]
+        ])
+    }
+
+    /// The destination's share of the pause (`DestinationPhases`), medians per case.
+    static func destinationTable(_ results: [BenchResult]) -> String {
+        medianTable(results, title: "pause at the destination, ms (medians)", \.receiver?.phases, [
+            ("streams tail", \.streamsTail), ("await COMMIT", \.awaitCommit), ("state check", \.stateCheck),
+            ("memory digest", \.memoryDigest), ("restore", \.restore), ("PREPARED sent", \.prepared),
+            ("await GO", \.awaitGo), ("record", \.record), ("start", \.start), ("DONE sent", \.done),
+            ("own work", \.work),
+        ])
+    }
+
+    /// One row per case: the median of each column over the runs that have `phases`.
+    private static func medianTable<P>(_ results: [BenchResult], title: String, _ phases: KeyPath<BenchResult, P?>,
+                                       _ columns: [(String, KeyPath<P, Double>)]) -> String {
+        let names = results.map(\.name).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
         var lines: [String] = []
         for name in names {
-            let phases = results.filter { $0.name == name }.compactMap(\.pausePhases)
-            guard !phases.isEmpty else { continue }
+            let runs = results.filter { $0.name == name }.compactMap { $0[keyPath: phases] }
+            guard !runs.isEmpty else { continue }
             let cells = columns.map { _, path -> String in
-                let v = phases.map { $0[keyPath: path] * 1000 }.sorted()
+                let v = runs.map { $0[keyPath: path] * 1000 }.sorted()
                 let m = v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2
                 return String(format: "%.1f", m)
             }
-            lines.append("| \(name) | \(phases.count) | " + cells.joined(separator: " | ") + " |")
+            lines.append("| \(name) | \(runs.count) | " + cells.joined(separator: " | ") + " |")
         }
         guard !lines.isEmpty else { return "" }
-        return (["| pause, ms (medians) | runs | " + columns.map(\.0).joined(separator: " | ") + " |",
+        return (["| \(title) | runs | " + columns.map(\.0).joined(separator: " | ") + " |",
                  "|---|---|" + String(repeating: "---|", count: columns.count)] + lines).joined(separator: "\n")
     }
 }

@@ -53,6 +53,7 @@ struct Job: ParsableCommand {
         if let e = job.elapsedSeconds { lines.append(("elapsed", Format.seconds(e))) }
         if let d = job.expectedDowntimeSeconds { lines.append(("expected downtime", Format.seconds(d))) }
         if let d = job.downtimeSeconds { lines.append(("downtime", Format.seconds(d))) }
+        if let d = job.predictedDowntimeSeconds { lines.append(("predicted downtime", Format.seconds(d))) }
         if let e = job.error { lines.append(("error", e)) }
         for (k, v) in lines { print("\(k.padding(toLength: 18, withPad: " ", startingAt: 0))\(v)") }
     }

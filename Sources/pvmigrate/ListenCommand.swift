@@ -345,13 +345,20 @@ enum ListenReport {
     }
 
     private static func fields(_ vm: ReceivedVM) -> Logger.Metadata {
-        [
+        var fields: Logger.Metadata = [
             "vm": "\(vm.name)", "source_name": "\(vm.name)", "peer": "\(vm.peer)",
             "migration_id": "\(OutcomeTable.hex(vm.migrationID))",
             "memory_bytes": .stringConvertible(vm.machine.memory.size), "seconds": .stringConvertible(vm.stats.seconds),
             "pages": .stringConvertible(vm.stats.pagesApplied), "streams": .stringConvertible(vm.stats.streams),
             "cpu_s": .stringConvertible(vm.stats.cpuSeconds), "cpu_s_per_gib": .stringConvertible(vm.stats.cpuSecondsPerGiB),
         ]
+        // This host's share of the pause (issue 11): its own work, and of it the durable
+        // "started" record (protocol.md §3.6.4, an fsync).
+        if let phases = vm.stats.phases {
+            fields["pause_work_s"] = .stringConvertible(phases.work)
+            fields["record_s"] = .stringConvertible(phases.record)
+        }
+        return fields
     }
 
     private static func summary(_ vm: ReceivedVM) -> String {

@@ -155,6 +155,15 @@ extension EndToEnd {
                     && stats.predictedDowntimeSeconds <= stats.downtimeTargetSeconds, "\(stats)")
             #expect(stats.finalRoundSeconds > 0 && stats.finalRoundSeconds < stats.downtimeSeconds, "\(stats)")
             #expect(stats.cpuSeconds > 0 && vm.stats.cpuSeconds > 0, "source \(stats.cpuSeconds) s, destination \(vm.stats.cpuSeconds) s")
+            // The pause phase by phase, predicted and measured at both ends (issue 11).
+            let phases = try #require(stats.pausePhases, "no pause phases in \(stats)")
+            let predicted = try #require(stats.predictedPausePhases, "no predicted phases in \(stats)")
+            #expect(abs(phases.total - stats.downtimeSeconds) < 0.001 && phases.finalRound > 0, "\(phases) vs \(stats.downtimeSeconds) s")
+            #expect(abs(predicted.total - stats.predictedDowntimeSeconds) < 1e-9, "\(predicted)")
+            let destination = try #require(vm.stats.phases, "no destination phases in \(vm.stats)")
+            #expect(destination.work > 0 && destination.work < stats.downtimeSeconds, "\(destination)")
+            #expect(stats.rounds.first?.harvestSeconds != nil && stats.rounds.allSatisfy { $0.guestCPUSeconds != nil },
+                    "rounds without their harvest or guest CPU time: \(stats.rounds)")
             // The guest carries on where it was, and its own check finds every page intact.
             #expect(Self.progresses(vm.machine), "the guest does not run on the destination")
             let console2 = try #require(arrivals.condition.withLock { arrivals.consoles.values.first })

@@ -115,6 +115,11 @@ struct DowntimePredictorTests {
         slowCommit.roundTrip = 0.2
         let fixed = MigrationSender.notConvergingReason(stats: stats, predictor: slowCommit, elapsed: 300, target: 0.05)
         #expect(fixed.contains("fixed part alone exceeds the target"), "\(fixed)")
+        // The pause would have fitted: the rounds before it (round 0, the sweep) ran out of time.
+        stats.rounds[0].dirtyPages = 100
+        let fitted = MigrationSender.notConvergingReason(stats: stats, predictor: p, elapsed: 300, target: 0.05)
+        #expect(fitted.contains("within the 50.0 ms target") && fitted.contains("raise --max-time") && !fitted.contains("above"),
+                "\(fitted)")
     }
 
     @Test("the harvest estimate is the median of recent harvests: one slow harvest does not move it")
@@ -131,5 +136,98 @@ struct DowntimePredictorTests {
         var even = DowntimePredictor()
         even.recordHarvest(seconds: 0.001); even.recordHarvest(seconds: 0.003)
         #expect(abs(even.harvest - 0.002) < 1e-12)
+    }
+
+    // MARK: The paused round, the paused harvest, stopping the vCPUs (a model of the final round)
+
+    /// A 2-core host with no idle core: a guest taking `guestCores` of it, the migration's
+    /// threads sharing the rest. Paused, the guest's share goes to them: a page costs
+    /// `perPage` then, and `perPage / (1 − guestCores / 2)` while the guest runs.
+    private struct ContendedHost {
+        var cores = 2, guestCores = 0.5, overhead = 0.0004, perPage = 8e-6
+        var precopyPerPage: Double { perPage / (1 - guestCores / Double(cores)) }
+        func precopy(_ pages: Int) -> DowntimePredictor.Sample {
+            let seconds = overhead + Double(pages) * precopyPerPage
+            return .init(pages: pages, seconds: seconds, guestCPU: guestCores * seconds, hostIdle: 0)
+        }
+        func paused(_ pages: Int) -> Double { overhead + Double(pages) * perPage }
+    }
+
+    @Test("a host with no idle core: the paused round gets the guest's share, and is predicted so within 10 %")
+    func pausedRoundGetsTheGuestsShare() {
+        for host in [ContendedHost(), ContendedHost(guestCores: 0.2), ContendedHost(guestCores: 0.9)] {
+            var p = DowntimePredictor()
+            p.cores = host.cores
+            for pages in [40_000, 6_000, 2_500, 1_200, 900] {
+                let s = host.precopy(pages)
+                p.record(pages: s.pages, seconds: s.seconds, guestCPU: s.guestCPU, hostIdle: s.hostIdle)
+            }
+            #expect(abs(p.pausedPageFactor - (1 - host.guestCores / 2)) < 1e-9, "factor \(p.pausedPageFactor)")
+            for finalPages in [300, 1_000, 3_000] {
+                let predicted = p.predict(pages: finalPages).pagesSeconds, actual = host.paused(finalPages)
+                #expect(abs(predicted - actual) / actual < 0.10,
+                        "guest \(host.guestCores) cores, \(finalPages) pages: predicted \(predicted * 1000) ms, model \(actual * 1000) ms")
+                // Without the guest's CPU time the old rule holds: the pre-copy cost per page.
+                var blind = DowntimePredictor()
+                for pages in [40_000, 6_000, 2_500, 1_200, 900] { blind.record(pages: pages, seconds: host.precopy(pages).seconds) }
+                #expect(blind.pausedPageFactor == 1 && blind.predict(pages: finalPages).pagesSeconds > actual)
+            }
+        }
+    }
+
+    @Test("idle cores during the rounds: the guest did not hold them back, no discount; never below the floor")
+    func idleCoresOrAGreedyGuest() {
+        var p = DowntimePredictor()
+        p.cores = 2
+        // The rounds waited on the link: half of the host idle.
+        p.record(pages: 5_000, seconds: 0.1, guestCPU: 0.1, hostIdle: 0.1)
+        #expect(p.pausedPageFactor == 1)
+        var q = DowntimePredictor()
+        q.cores = 2
+        // A guest that (by the clock's granularity) took more than the whole host.
+        q.record(pages: 5_000, seconds: 0.1, guestCPU: 0.25, hostIdle: 0)
+        #expect(q.pausedPageFactor == DowntimePredictor.minimumPausedPageFactor)
+        // Invalid figures count as unknown.
+        var r = DowntimePredictor()
+        r.record(pages: 5_000, seconds: 0.1, guestCPU: .nan, hostIdle: -1)
+        #expect(r.samples.first?.guestCPU == nil && r.samples.first?.hostIdle == nil && r.pausedPageFactor == 1)
+    }
+
+    @Test("the paused harvest: KVM's log and the bitmap work as measured, the PV ring without its barrier")
+    func pausedHarvestFromItsSources() {
+        // Model: KVM's log over the slots 0.8 ms, merging bitmaps 0.3 ms, the PV drain 0.1 ms;
+        // with the guest running HARVEST_BARRIER adds 2–9 ms to the PV part. The paused
+        // harvest (no barrier) takes 0.8 + 0.3 + 0.1 = 1.2 ms.
+        var p = DowntimePredictor()
+        // Before the sweep KVM's log is off: harvests of the PV ring and bitmap work only.
+        for barrier in [0.004, 0.009] { p.recordHarvest(seconds: 0.0003 + 0.0001 + barrier, pv: 0.0001 + barrier) }
+        for (i, barrier) in [0.002, 0.006, 0.003, 0.0].enumerated() {
+            let kvm = 0.0008 + (i == 1 ? 0.004 : 0) // one ioctl preempted: the median ignores it
+            p.recordHarvest(seconds: kvm + 0.0003 + 0.0001 + barrier, kvm: kvm, pv: 0.0001 + barrier)
+        }
+        #expect(abs(p.harvest - 0.0012) < 1e-9, "paused harvest \(p.harvest * 1000) ms, model 1.2 ms")
+        #expect(p.harvests.count == DowntimePredictor.window)
+        #expect(p.predict(pages: 0).phases.harvest == p.harvest)
+        // A harvest recorded from RoundStats carries its parts.
+        var r = RoundStats(round: 3)
+        r.harvestSeconds = 0.002; r.harvestKVMSeconds = 0.0015; r.harvestPVSeconds = 0.0002
+        var q = DowntimePredictor()
+        q.recordHarvest(r)
+        #expect(q.harvestSamples == [.init(total: 0.002, kvm: 0.0015, pv: 0.0002)])
+        #expect(abs(q.harvest - 0.002) < 1e-12)
+    }
+
+    @Test("stopping the vCPUs: the median of the measured pauses, a phase of the prediction that sums to the pause")
+    func stopAndPhases() {
+        var p = predictor(LinkModel())
+        p.setStopLatencies([0.0002, 0.03, 0.0004])
+        #expect(p.stopVCPUs == 0.0004)
+        p.setStopLatencies([])
+        #expect(p.stopVCPUs == 0.0004, "no measurement leaves the estimate alone")
+        let prediction = p.predict(pages: 1_500)
+        let phases = prediction.phases
+        #expect(phases.stopVCPUs == 0.0004 && phases.harvest == 0.0002 && phases.stateSave == 0.001)
+        #expect(phases.commitToPrepared == 0.0003 && phases.goToDone == 0.0003 && phases.finalRound == prediction.pagesSeconds)
+        #expect(abs(phases.total - prediction.seconds) < 1e-12 && abs(prediction.fixedSeconds - (0.0004 + 0.0002 + 0.001 + 0.0006)) < 1e-12)
     }
 }

@@ -38,6 +38,11 @@ public struct DirtyRound: Sendable {
     public var kvmUntrustworthy = false
     /// Pages the guest has ballooned: never sent, so never in `pages` (protocol.md §2.5).
     public var ballooned = PageBitmap(pageCount: 0)
+    /// Wall-clock seconds each source's harvest took (KVM's ioctls, the PV ring's drain and
+    /// barrier), for the downtime model (issue 11: what of the paused harvest grows with memory).
+    public var sourceSeconds: [DirtySourceKind: Double] = [:]
+    /// Of those: KVM's dirty log (KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG per slot, or its ring).
+    public var kvmSeconds: Double { sourceSeconds.filter { $0.key.isKVM }.values.reduce(0, +) }
 }
 
 public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
@@ -121,7 +126,10 @@ public final class DirtyTracker: @unchecked Sendable {
         var round = DirtyRound(pages: PageBitmap(pageCount: memory.pageCount), host: PageBitmap(pageCount: memory.pageCount),
                                pvUntrustworthy: false)
         for source in sources {
+            let started = ContinuousClock.now
             let h = try source.harvest(vcpusPaused: vcpusPaused)
+            let spent = ContinuousClock.now - started
+            round.sourceSeconds[source.kind] = Double(spent.components.seconds) + Double(spent.components.attoseconds) / 1e18
             round.pages.formUnion(h.pages)
             switch source.kind {
             case .kvmBitmap, .kvmRing: round.kvm = h.pages; round.kvmUntrustworthy = h.untrustworthy

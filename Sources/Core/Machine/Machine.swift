@@ -243,6 +243,9 @@ public final class Machine: @unchecked Sendable {
         vcpus.forEach { $0.resume() }
     }
 
+    /// CPU seconds all vCPU threads have used so far (the guest's share of the host's cores).
+    public var vcpuCPUSeconds: Double { vcpus.reduce(0) { $0 + $1.cpuSeconds } }
+
     /// Runs `body` with every vCPU parked, resuming afterwards only those that were running
     /// (a VM paused by someone else stays paused).
     public func withVCPUsPaused<T>(_ body: () throws -> T) rethrows -> T {

@@ -75,6 +75,8 @@ public final class VCPUThread: @unchecked Sendable {
     private var stopRequested = false
     private var requests: [() -> Void] = []
     private var threadHandle: UInt?
+    /// The vCPU thread's CPU-time clock (pthread_getcpuclockid), set when the thread starts.
+    private var cpuClock: clockid_t?
     private var activityValue: Activity
     /// vCPU thread only: the last exit was I/O that KVM completes on the next KVM_RUN.
     private var ioPending = false
@@ -248,12 +250,24 @@ public final class VCPUThread: @unchecked Sendable {
         condition.broadcast()
     }
 
+    /// CPU seconds (user + system) the vCPU thread has used so far; 0 before it started.
+    /// Once the thread has ended its clock is gone (clock_gettime fails) and this is 0 too.
+    public var cpuSeconds: Double {
+        guard let clock = condition.withLock({ cpuClock }) else { return 0 }
+        var t = timespec()
+        guard clock_gettime(clock, &t) == 0 else { return 0 }
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
     // MARK: The vCPU thread
 
     private func loop() {
         _ = ckvm_unblock_kick_signal() // the mask is inherited: make sure kicks reach KVM_RUN
+        var clock = clockid_t()
+        let haveClock = pthread_getcpuclockid(pthread_self(), &clock) == 0
         condition.withLock {
             threadHandle = ckvm_current_thread()
+            if haveClock { cpuClock = clock }
             condition.broadcast()
         }
         let exit = runLoop()

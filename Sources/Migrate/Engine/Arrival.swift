@@ -39,6 +39,8 @@ public struct ReceiveStats: Sendable, Codable, Equatable {
     /// CPU seconds (user + system) of the session's threads, summed per thread (`CPUMeter`);
     /// the listener's accept and TLS handshake threads are not included.
     public var cpuSeconds = 0.0
+    /// The destination's share of the pause, step by step (absent from older records).
+    public var phases: DestinationPhases?
 
     /// CPU seconds per GiB of guest memory applied (pages applied × 4 KiB).
     public var cpuSecondsPerGiB: Double { MigrationStats.perGiB(cpuSeconds, pages: pagesApplied) }

@@ -1,22 +1,41 @@
+import Foundation
+
 /// Predicts how long the stop-and-copy pause will last, from what the pre-copy rounds measured
 /// on this link (issue 11, item 2). The source starts stop-and-copy only when the prediction
 /// fits the downtime target, and `MigrationStats` records the prediction next to the actual
 /// pause, so the model is checked against reality on every migration.
 ///
-/// The model of the pause:
+/// The model of the pause, phase by phase as `PausePhases` measures it:
 ///
-///     pause = roundOverhead + final pages × secondsPerPage      (sending the final round)
-///           + harvest + stateSave + 2 × roundTrip               (the fixed part)
+///     pause = stopVCPUs + harvest                                (the pause begins)
+///           + roundOverhead + final pages × secondsPerPage × pausedPageFactor   (the final round)
+///           + stateSave + 2 × roundTrip                          (state, commit)
 ///
 /// - `secondsPerPage` and `roundOverhead` come from a least-squares line through the recent
 ///   rounds' (pages, wall-clock seconds): the time a round really took on this link —
 ///   classification, encoding, compression, TLS and the socket — not bytes ÷ bandwidth. The
 ///   rounds ran with the guest running (competing for the cores), so on a loaded host the
 ///   fit is conservative for the paused final round.
-/// - `harvest`: the median of the recent harvests' measured times (the pause starts with
-///   one). The median, not the last: one harvest slowed by a preemption, or by switching
-///   KVM's log on for the sweep, moved the fixed part 1.6 → 11.5 ms between two runs of the
-///   same case (docs/benchmarks.md, "Where the pause goes").
+/// - `pausedPageFactor`: the pre-copy rounds ran beside the running guest; the paused round
+///   does not. On a host with no idle core during the rounds (/proc/stat), the cores are
+///   shared by every busy thread, and the guest's share (its vCPU threads' CPU time ÷ the
+///   rounds' time, `g` cores of `cores`) goes to the others once it is paused: the rounds'
+///   cost per page is scaled by `1 − g / cores` (at least `minimumPausedPageFactor`). With
+///   idle cores the guest did not hold the rounds back (they waited on the link) and the
+///   factor is 1.
+/// - `stopVCPUs`: parking the vCPUs, the median of measured pauses (`setStopLatencies`) — on
+///   a busy host the scheduler's wake-up latency, not a constant. The sender does not feed it
+///   yet: a migration measures one pause before the final one (the dirty tracker's start),
+///   and one sample of 1.9 s kept stop-and-copy from ever starting (docs/benchmarks.md);
+///   a robust estimate needs repeated samples without pausing the guest each time.
+/// - `harvest`: the paused harvest, from the pre-copy harvests split by source: KVM's log
+///   (the same ioctls over the same slots: the median of the harvests that read it) + the
+///   bitmap work (the harvest minus its sources: the median) + the PV ring's drain (the
+///   smallest PV part measured: with the guest running it also carries HARVEST_BARRIER,
+///   which a paused harvest skips). Harvests recorded by total only (`recordHarvest(seconds:)`)
+///   count as bitmap work. The median, not the last: one harvest slowed by a preemption
+///   moved the fixed part 1.6 → 11.5 ms between two runs (docs/benchmarks.md, "Where the
+///   pause goes").
 /// - `roundTrip`: the HELLO → HELLO_ACK exchange, measured at connect. The commit waits for
 ///   two acknowledgments: COMMIT → PREPARED and GO → DONE (protocol.md §3.6.3), each with
 ///   the destination's own work (digest check, state restore; the durable "started" record).
@@ -27,19 +46,39 @@
 /// pages (the memory digest no longer is: protocol.md §3.5 keeps it as a running sum) —
 /// that would show up as actual > predicted, and `MigrationStats` keeps both so it is seen.
 public struct DowntimePredictor: Sendable, Equatable {
-    /// One pre-copy round as measured.
+    /// One pre-copy round as measured: its pages and wall-clock time, and (when known) the
+    /// CPU time the guest's vCPUs took meanwhile and the host's idle CPU time.
     public struct Sample: Sendable, Equatable {
         public var pages: Int
         public var seconds: Double
-        public init(pages: Int, seconds: Double) { self.pages = pages; self.seconds = seconds }
+        public var guestCPU: Double?
+        public var hostIdle: Double?
+        public init(pages: Int, seconds: Double, guestCPU: Double? = nil, hostIdle: Double? = nil) {
+            self.pages = pages; self.seconds = seconds; self.guestCPU = guestCPU; self.hostIdle = hostIdle
+        }
     }
 
-    /// A prediction, split into its two parts.
+    /// One pre-copy harvest, split by source.
+    public struct HarvestSample: Sendable, Equatable {
+        public var total: Double
+        /// KVM's dirty log (0: not read).
+        public var kvm: Double
+        /// The guest's PV ring (0: not read).
+        public var pv: Double
+        public init(total: Double, kvm: Double = 0, pv: Double = 0) { self.total = total; self.kvm = kvm; self.pv = pv }
+        /// The rest: merging the sources' bitmaps, the balloon, the VMM's writes.
+        var bitmapWork: Double { max(0, total - kvm - pv) }
+    }
+
+    /// A prediction, split into its two parts and phase by phase.
     public struct Prediction: Sendable, Equatable {
         /// Sending the final round's pages (including the per-round overhead).
         public var pagesSeconds: Double
-        /// Harvest, state and commit round trip.
+        /// Stopping the vCPUs, harvest, state and commit round trips.
         public var fixedSeconds: Double
+        /// The same pause in the phases `PausePhases` measures (`finalRound` = `pagesSeconds`;
+        /// each commit round trip in `commitToPrepared` and `goToDone`).
+        public var phases: PausePhases
         public var seconds: Double { pagesSeconds + fixedSeconds }
     }
 
@@ -51,32 +90,79 @@ public struct DowntimePredictor: Sendable, Equatable {
     public static let defaultStateSave = 0.001
     /// Round trips on the control stream in the pause: COMMIT → PREPARED, GO → DONE.
     public static let commitRoundTrips = 2.0
+    /// The paused round is never predicted faster than this share of the pre-copy rounds' cost.
+    public static let minimumPausedPageFactor = 0.5
+    /// Host idle time (share of all cores over the rounds) above which the guest is taken not
+    /// to have held the rounds back.
+    public static let idleShare = 0.1
 
     public private(set) var samples: [Sample] = []
     public var roundTrip = 0.0
-    /// The harvest time the prediction uses: the median of `recordHarvest`'s recent ones.
+    /// The paused harvest's estimate (see the type's notes); `recordHarvest` updates it.
     public var harvest = 0.0
-    public private(set) var harvests: [Double] = []
+    public private(set) var harvestSamples: [HarvestSample] = []
+    /// The recent harvests' total durations.
+    public var harvests: [Double] { harvestSamples.map(\.total) }
     public var stateSave = DowntimePredictor.defaultStateSave
+    /// Parking the vCPUs at the start of the pause (`setStopLatencies`).
+    public var stopVCPUs = 0.0
+    /// The host's cores, for `pausedPageFactor`.
+    public var cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
     public init() {}
 
     /// Records a finished pre-copy round. Rounds of zero pages say nothing about the cost
     /// per page but still bound the per-round overhead.
-    public mutating func record(pages: Int, seconds: Double) {
+    public mutating func record(pages: Int, seconds: Double, guestCPU: Double? = nil, hostIdle: Double? = nil) {
         guard pages >= 0, seconds.isFinite, seconds >= 0 else { return }
-        samples.append(Sample(pages: pages, seconds: seconds))
+        let valid = { (x: Double?) in x.flatMap { $0.isFinite && $0 >= 0 ? $0 : nil } }
+        samples.append(Sample(pages: pages, seconds: seconds, guestCPU: valid(guestCPU), hostIdle: valid(hostIdle)))
         if samples.count > Self.window { samples.removeFirst(samples.count - Self.window) }
     }
 
-    /// Records a pre-copy harvest's duration; `harvest` becomes the median of the last
-    /// `window` of them.
-    public mutating func recordHarvest(seconds: Double) {
-        guard seconds.isFinite, seconds >= 0 else { return }
-        harvests.append(seconds)
-        if harvests.count > Self.window { harvests.removeFirst(harvests.count - Self.window) }
-        let sorted = harvests.sorted(), middle = sorted.count / 2
-        harvest = sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+    /// Records a round as the sender measured it (`RoundStats`).
+    public mutating func record(_ r: RoundStats) {
+        record(pages: r.pages, seconds: r.seconds, guestCPU: r.guestCPUSeconds, hostIdle: r.hostIdleSeconds)
+    }
+
+    /// Records a pre-copy harvest's duration, `kvm` and `pv` of it spent in those sources,
+    /// and updates `harvest`.
+    public mutating func recordHarvest(seconds: Double, kvm: Double = 0, pv: Double = 0) {
+        guard [seconds, kvm, pv].allSatisfy({ $0.isFinite && $0 >= 0 }) else { return }
+        harvestSamples.append(HarvestSample(total: seconds, kvm: kvm, pv: pv))
+        if harvestSamples.count > Self.window { harvestSamples.removeFirst(harvestSamples.count - Self.window) }
+        let kvmParts = harvestSamples.map(\.kvm).filter { $0 > 0 }, pvParts = harvestSamples.map(\.pv).filter { $0 > 0 }
+        harvest = Self.median(kvmParts) + Self.median(harvestSamples.map(\.bitmapWork)) + (pvParts.min() ?? 0)
+    }
+
+    /// Records the harvest that ended round `r` (its `harvest…Seconds`).
+    public mutating func recordHarvest(_ r: RoundStats) {
+        guard let total = r.harvestSeconds else { return }
+        recordHarvest(seconds: total, kvm: r.harvestKVMSeconds ?? 0, pv: r.harvestPVSeconds ?? 0)
+    }
+
+    /// Sets `stopVCPUs` to the median of measured pauses (seconds to park every vCPU); none: unchanged.
+    public mutating func setStopLatencies(_ latencies: [Double]) {
+        let valid = latencies.filter { $0.isFinite && $0 >= 0 }
+        if !valid.isEmpty { stopVCPUs = Self.median(valid) }
+    }
+
+    static func median(_ values: [Double]) -> Double {
+        guard !values.isEmpty else { return 0 }
+        let sorted = values.sorted(), middle = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+    }
+
+    /// How much of the pre-copy rounds' cost per page the paused round is expected to take
+    /// (see the type's notes): `1 − g / cores` when the host had no idle core, else 1.
+    public var pausedPageFactor: Double {
+        let measured = samples.filter { $0.seconds > 0 && $0.guestCPU != nil && $0.hostIdle != nil }
+        guard !measured.isEmpty else { return 1 }
+        let wall = measured.reduce(0) { $0 + $1.seconds }
+        let guest = measured.reduce(0) { $0 + $1.guestCPU! }, idle = measured.reduce(0) { $0 + $1.hostIdle! }
+        let capacity = wall * Double(cores)
+        if idle > Self.idleShare * capacity { return 1 }
+        return min(1, max(Self.minimumPausedPageFactor, 1 - guest / capacity))
     }
 
     /// The fitted line: seconds per page and seconds per round whatever its size. The fit
@@ -114,7 +200,14 @@ public struct DowntimePredictor: Sendable, Equatable {
     /// The pause a stop-and-copy of `pages` pages would cause now.
     public func predict(pages: Int) -> Prediction {
         let (perPage, overhead) = fit
-        return Prediction(pagesSeconds: overhead + Double(max(0, pages)) * perPage,
-                          fixedSeconds: harvest + stateSave + Self.commitRoundTrips * roundTrip)
+        var phases = PausePhases()
+        phases.stopVCPUs = stopVCPUs
+        phases.harvest = harvest
+        phases.finalRound = overhead + Double(max(0, pages)) * perPage * pausedPageFactor
+        phases.stateSave = stateSave
+        phases.commitToPrepared = roundTrip
+        phases.goToDone = (Self.commitRoundTrips - 1) * roundTrip
+        let fixed = phases.stopVCPUs + phases.harvest + phases.stateSave + phases.commitToPrepared + phases.goToDone
+        return Prediction(pagesSeconds: phases.finalRound, fixedSeconds: fixed, phases: phases)
     }
 }

@@ -131,6 +131,17 @@ public struct RoundStats: Sendable, Codable, Equatable {
     public var expectedDowntime = 0.0
     /// Guest throttle in force during the round: PV pages/s, or vCPU fraction × 1000.
     public var throttle: UInt32 = 0
+    /// The harvest that ended the round, and of it KVM's dirty log (absent in older records).
+    public var harvestSeconds: Double?
+    public var harvestKVMSeconds: Double?
+    /// Of the harvest: the guest's PV ring (its drain and, with the guest running, HARVEST_BARRIER).
+    public var harvestPVSeconds: Double?
+    /// CPU seconds the round's senders spent (stream workers and this thread), and the guest's
+    /// vCPUs meanwhile: how much the running guest competed with the round (`DowntimePredictor`).
+    public var cpuSeconds: Double?
+    public var guestCPUSeconds: Double?
+    /// Idle CPU time of the whole host during the round (all cores; /proc/stat).
+    public var hostIdleSeconds: Double?
 }
 
 /// The outcome of a migration: produced by the engine, printed by the CLI and the benchmarks.
@@ -149,6 +160,10 @@ public struct MigrationStats: Sendable, Codable, Equatable {
     public var predictedFinalPages = 0
     /// Time the final (paused) round took to send its pages: the rest of the pause is fixed cost.
     public var finalRoundSeconds = 0.0
+    /// The pause phase by phase as the source timed it (nil until a pause completed), and as
+    /// `DowntimePredictor` predicted it when stop-and-copy started.
+    public var pausePhases: PausePhases?
+    public var predictedPausePhases: PausePhases?
     public var wireBytes: UInt64 = 0
     public var rounds: [RoundStats] = []
     public var zeroPages = 0, rawPages = 0, deltaPages = 0

@@ -163,8 +163,10 @@ final class MigrationReceiver: @unchecked Sendable {
                 }
             }
         }
+        var clock = PhaseClock<DestinationPhases>()
         do {
             _ = try drain(control, into: machine, hashes: hashes, applied: applied, cpu: cpu, control: true)
+            clock = PhaseClock()
         } catch {
             failures.withLock { if $0 == nil { $0 = error } }
             dataStreams.forEach { $0.stream.close() }
@@ -172,6 +174,7 @@ final class MigrationReceiver: @unchecked Sendable {
             throw failures.value ?? error
         }
         group.wait()
+        clock.lap(\.streamsTail)
         if let e = failures.value { throw e }
         enter(.awaitState)
         progress.advanced()
@@ -186,6 +189,7 @@ final class MigrationReceiver: @unchecked Sendable {
         guard case let .commit(expected, _, expectedState) = try control.receive() else {
             throw .wire(.unexpected(frame: "a frame other than COMMIT", state: "awaiting COMMIT"))
         }
+        clock.lap(\.awaitCommit)
         // From here on the guest may start: the progress watchdog must not cut in.
         guard progress.disarm() else { throw .refused(.timeout, progress.reason ?? "no progress") }
         let stateDigest = StateDigest.compute(blob)
@@ -195,6 +199,7 @@ final class MigrationReceiver: @unchecked Sendable {
         if state.pv != nil, !granted.contains(.pvState) {
             throw .wire(.malformed(type: "STATE", reason: "a PV section (tag 4) although PV_STATE was not granted"))
         }
+        clock.lap(\.stateCheck)
         var ballooned: PageBitmap?
         if let words = state.pv?.balloonWords, words.count == (machine.memory.pageCount + 63) / 64 {
             var b = PageBitmap(pageCount: machine.memory.pageCount)
@@ -203,15 +208,18 @@ final class MigrationReceiver: @unchecked Sendable {
         }
         let digest = hashes.digest(excluding: ballooned)
         guard digest.digest == expected else { throw .digestMismatch(expected: expected, actual: digest.digest) }
+        clock.lap(\.memoryDigest)
         do { try machine.restore(state) } catch { throw .machine(error) }
-        try commit(machine, name: description.name)
+        clock.lap(\.restore)
+        try commit(machine, name: description.name, clock: &clock)
         control.stream.close()
         dataStreams.forEach { $0.stream.close() }
         let stats = ReceiveStats(seconds: (ContinuousClock.now - started).seconds, streams: streams,
                                  pagesApplied: applied.value,
                                  frames: control.framesReceived + dataStreams.reduce(0) { $0 + $1.framesReceived },
                                  digest: digest.digest,
-                                 cpuSeconds: cpu.seconds + CPUMeter.threadSeconds() - threadCPUAtStart)
+                                 cpuSeconds: cpu.seconds + CPUMeter.threadSeconds() - threadCPUAtStart,
+                                 phases: clock.phases)
         return ReceivedVM(machineDescription: description, machine: machine, peer: control.stream.peer,
                           console: console, stats: stats, notes: notes.release(), migrationID: id,
                           network: network.value)
@@ -219,15 +227,18 @@ final class MigrationReceiver: @unchecked Sendable {
 
     /// prepared → (GO) → started, or aborted (protocol.md §3.6.3). Returns with the guest
     /// running; throws with "aborted" recorded (the caller discards the VM).
-    private func commit(_ machine: Machine, name: String) throws(MigrationError) {
+    /// `clock` charges each step to its `DestinationPhases`.
+    private func commit(_ machine: Machine, name: String, clock: inout PhaseClock<DestinationPhases>) throws(MigrationError) {
         var commit = DestinationCommit(migrationID: id)
         _ = commit.handle(.verified)
         enter(ReceiverState(commit.phase))
         let frame: Frame
         do {
             try control.send(.prepared(migrationID: id))
+            clock.lap(\.prepared)
             control.stream.setTimeout(seconds: options.goDeadline)
             frame = try control.receive()
+            clock.lap(\.awaitGo)
         } catch {
             _ = commit.handle(.failed)
             _ = try? options.outcomes.decide(id, .aborted)
@@ -243,15 +254,18 @@ final class MigrationReceiver: @unchecked Sendable {
             _ = commit.handle(.failed)
             throw error
         }
+        clock.lap(\.record)
         guard commit.handle(.recorded(decided)) == .startAndSendDone else {
             throw .incompatible("GO came after this migration was resolved as \(decided) (the source asked with RESOLVE)")
         }
         enter(ReceiverState(commit.phase))
         machine.start()
+        clock.lap(\.start)
         do { try control.send(.done(migrationID: id)) } catch {
             // The guest runs here, as recorded; the source learns it with RESOLVE.
             notes.log("VM \(name) started, but DONE could not be sent (the source will ask): \(error)")
         }
+        clock.lap(\.done)
     }
 
     /// Admission of the memory first (protocol.md §3.1.1): nothing of the VM's size is

@@ -10,7 +10,7 @@ extension MigrationSender {
     /// will never run the guest and the caller resumes it here.
     /// `clock` charges the round trips to their `PausePhases`.
     func commit(_ channel: FrameChannel, _ target: UnresolvedMigration, _ commitFrame: Frame,
-                clock: inout PhaseClock) throws(MigrationError) {
+                clock: inout PhaseClock<PausePhases>) throws(MigrationError) {
         commitState.withLock { $0 = SourceCommit(migrationID: target.migrationID) }
         func step(_ event: SourceCommit.Event) -> SourceCommit.Action {
             commitState.withLock { $0!.handle(event) }

@@ -27,11 +27,19 @@ extension MigrationSender {
                                                               target: options.downtimeTarget))
             }
             var r = try rounds.send(pages: set, round: round, skipZero: round == 0)
-            let next: PageBitmap
+            let harvested: DirtyRound
             let harvestStarted = ContinuousClock.now
-            do { next = try tracker.harvest(vcpusPaused: false).pages } catch { throw .dirtyTracking(error) }
-            predictor.recordHarvest(seconds: (ContinuousClock.now - harvestStarted).seconds)
-            predictor.record(pages: r.pages, seconds: r.seconds)
+            do { harvested = try tracker.harvest(vcpusPaused: false) } catch { throw .dirtyTracking(error) }
+            let next = harvested.pages
+            r.harvestSeconds = (ContinuousClock.now - harvestStarted).seconds
+            r.harvestKVMSeconds = harvested.kvmSeconds
+            r.harvestPVSeconds = harvested.sourceSeconds[.pvRing] ?? 0
+            predictor.recordHarvest(r)
+            predictor.record(r)
+            // `predictor.stopVCPUs` is not fed: a migration pauses the vCPUs once before the
+            // final pause (the tracker's start), 0.1 ms to 1.9 s on a loaded host — fed with that
+            // one sample, the fixed part stayed above the target and 3 of 12 bench runs never
+            // converged (docs/benchmarks.md, "Predicted vs actual, phase by phase"). It stays 0.
             r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
             if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
             if bandwidth == 0 { bandwidth = max(r.bandwidth, 100e6) }
@@ -56,6 +64,7 @@ extension MigrationSender {
                 stats.predictedDowntimeSeconds = prediction.seconds
                 stats.predictedFixedSeconds = prediction.fixedSeconds
                 stats.predictedFinalPages = next.count
+                stats.predictedPausePhases = prediction.phases
                 return next
             }
             // Auto-converge: the guest dirties faster than the link or the sender drains.
@@ -141,8 +150,13 @@ extension MigrationSender {
         let perPage = predictor.fit.secondsPerPage
         func ms(_ s: Double) -> String { String(format: "%.1f ms", s * 1000) }
         var why = "after \(Int(elapsed)) s (--max-time) \(last.dirtyPages) pages were still dirty; the pause would have been "
-            + "\(ms(p.seconds)) (\(ms(p.pagesSeconds)) for the pages, \(ms(p.fixedSeconds)) fixed: harvest, state, commit round trips), "
-            + "above the \(ms(target)) target. "
+            + "\(ms(p.seconds)) (\(ms(p.pagesSeconds)) for the pages, \(ms(p.fixedSeconds)) fixed: stopping the vCPUs, harvest, "
+            + "state, commit round trips), "
+        if p.seconds <= target {
+            // It fitted, but the rounds before (round 0, the verification sweep) outlasted --max-time.
+            return why + "within the \(ms(target)) target, but the rounds before it took longer than --max-time: raise --max-time."
+        }
+        why += "above the \(ms(target)) target. "
         if p.fixedSeconds >= target {
             why += "The fixed part alone exceeds the target: raise --downtime-ms."
         } else {

@@ -77,7 +77,8 @@ public final class MigrationSender: @unchecked Sendable {
             let pausedAt = ContinuousClock.now
             machine.pause()
             paused = true
-            var clock = PhaseClock(startingAt: pausedAt)
+            var clock = PhaseClock<PausePhases>(startingAt: pausedAt)
+            clock.lap(\.stopVCPUs)
             let final: DirtyRound
             do { final = try tracker.harvest(vcpusPaused: true) } catch { throw MigrationError.dirtyTracking(error) }
             clock.lap(\.harvest)
@@ -99,7 +100,10 @@ public final class MigrationSender: @unchecked Sendable {
             try commit(channels[0], target, .commit(digest: digest.digest, pagesWithData: digest.pagesWithData,
                                                     stateDigest: StateDigest.compute(state)), clock: &clock)
             stats.downtimeSeconds = (ContinuousClock.now - pausedAt).seconds
-            pausePhases.withLock { $0 = clock.phases }
+            var phases = clock.phases
+            phases.harvestKVM = final.kvmSeconds
+            pausePhases.withLock { $0 = phases }
+            stats.pausePhases = phases
             stats.addFinal(last, digest: digest)
             stats.deltaHitRate = rounds.deltaHitRate
             stats.wireBytes = channels.reduce(0) { $0 + $1.bytesSent }

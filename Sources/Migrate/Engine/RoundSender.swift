@@ -56,6 +56,7 @@ final class RoundSender: @unchecked Sendable {
         var perStream = [[Int]](repeating: [], count: n)
         for index in pages.indices { perStream[index % n].append(index) }
         let started = ContinuousClock.now
+        let cpuAtStart = cpu.seconds, guestAtStart = machine.vcpuCPUSeconds, idleAtStart = HostCPU.idleSeconds()
         let results = Locked<[Result<StreamTotals, MigrationError>?]>(Array(repeating: nil, count: n))
         let group = DispatchGroup()
         let byteBudget = options.bandwidthLimit.map { $0 / Double(n) }
@@ -90,6 +91,9 @@ final class RoundSender: @unchecked Sendable {
         }
         stats.pages = stats.zeroPages + stats.rawPages + stats.deltaPages
         stats.seconds = (ContinuousClock.now - started).seconds
+        stats.cpuSeconds = cpu.seconds - cpuAtStart
+        stats.guestCPUSeconds = machine.vcpuCPUSeconds - guestAtStart
+        if let idleAtStart, let idle = HostCPU.idleSeconds() { stats.hostIdleSeconds = max(0, idle - idleAtStart) }
         do {
             try channels[0].send(.round(RoundReport(round: round, pages: UInt64(stats.pages), bytes: stats.wireBytes)))
         } catch { throw .transport(error) }
