@@ -83,6 +83,7 @@ let package = Package(
             "Core", "Migrate", "Control", "Config", "Operations", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Config", "Operations", "GuestImage", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Config", "Operations", "GuestImage", "NetBench",
+                                                          "TestSupport"]),
     ]
 )
