@@ -30,7 +30,7 @@ struct NetDevice {
     static let magicOffset = 0x000, versionOffset = 0x004, txRingOffset = 0x008, rxRingOffset = 0x010
     static let txEntriesOffset = 0x018, rxEntriesOffset = 0x01c
     static let macOffset = 0x040, hostStatusOffset = 0x048, txConsOffset = 0x050, rxProdOffset = 0x054
-    static let txEventOffset = 0x058
+    static let txEventOffset = 0x058, announceOffset = 0x05c
     static let txProdOffset = 0x080, rxAvailOffset = 0x084, rxEventOffset = 0x088
 
     let area: UInt64
@@ -40,6 +40,8 @@ struct NetDevice {
     var rxAvail: UInt32 = 0
     /// The MAC the host gave (low 48 bits, bytes in wire order from the lowest byte).
     var mac: UInt64 = 0
+    /// The host's `announce` when the guest last announced itself (§5.2, version 2).
+    var announced: UInt32 = 0
 
     init(area: UInt64, pv: PVInterface) {
         self.area = area
@@ -60,7 +62,7 @@ struct NetDevice {
     func prepare() {
         Layout.zero(gpa: area, words: (NetArea.txBuffers) / 8)
         store32(Self.magicOffset, Self.magic)
-        store32(Self.versionOffset, 1)
+        store32(Self.versionOffset, 2)  // version 2: the host publishes `announce`
         store64(Self.txRingOffset, area &+ NetArea.txRing)
         store64(Self.rxRingOffset, area &+ NetArea.rxRing)
         store32(Self.txEntriesOffset, NetArea.entries)
@@ -73,10 +75,20 @@ struct NetDevice {
         guard load32(Self.hostStatusOffset) == 1 else { return false }
         mac = pvg_load64(pointer(NetArea.netPage) + Self.macOffset) & 0xffff_ffff_ffff
         txProd = load32(Self.txConsOffset)
+        announced = load32(Self.announceOffset)
         if postBuffers {
             while rxAvail &- rxCons < NetArea.entries { post(rxAvail) }
             store32(Self.rxAvailOffset, rxAvail)
         }
+        return true
+    }
+
+    /// True once after each time the host bumped `announce` (the VM resumed on a new host
+    /// or from a snapshot, §5.2): the stack should announce itself again.
+    mutating func movedSinceAnnounced() -> Bool {
+        let now = load32(Self.announceOffset)
+        guard now != announced else { return false }
+        announced = now
         return true
     }
 

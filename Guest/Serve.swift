@@ -142,6 +142,8 @@ enum Serve {
         stack.announce()
         Console.log("serving udp 7070")
         while true {
+            // After a migration or a restore the bridge must learn the new port at once (§5.8).
+            if stack.device.movedSinceAnnounced() { stack.announce() }
             guard let (frame, length) = stack.device.peek() else {
                 stack.device.waitForFrames(milliseconds: 1000)
                 continue

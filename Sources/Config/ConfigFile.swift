@@ -189,6 +189,7 @@ public enum ListenConfig {
         "json": .flag,
         "max-streams": .integer,
         "accept": .string,
+        "net-bridge": .string,
         "control": .string,
         "metrics": .string,
         "log-format": .string,

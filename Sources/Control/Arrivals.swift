@@ -103,6 +103,7 @@ public final class Arrivals: ArrivalHandling, @unchecked Sendable {
         report(.arrived(arrival))
         Thread.detachNewThread { [self] in
             let end = arrival.host.waitUntilGone()
+            arrival.vm.network?.detach()
             condition.withLock { hosted[arrival.name] = nil }
             report(.gone(arrival, end, migratedTo: arrival.host.migratedTo))
             condition.withLock {
@@ -115,6 +116,7 @@ public final class Arrivals: ArrivalHandling, @unchecked Sendable {
     private func stop(_ vm: ReceivedVM) {
         vm.machine.stop()
         _ = vm.machine.waitForExit()
+        vm.network?.detach()
     }
 
     /// Waits for the first VM to arrive here; nil when a migration failed first or none came

@@ -37,7 +37,8 @@ extension VMHost {
                                    bandwidth: m.last?.bandwidth, dirtyRate: m.last?.dirtyRate,
                                    expectedDowntimeSeconds: m.last?.expectedDowntime)
             },
-            unresolved: state == .unresolved ? unresolved.map(unresolvedStatus) : nil)
+            unresolved: state == .unresolved ? unresolved.map(unresolvedStatus) : nil,
+            nic: machine.net.map(VMStatus.NIC.init))
     }
 
     private func execution() -> VMStatus.Execution {

@@ -112,11 +112,14 @@ public struct VMStatus: Codable, Sendable, Equatable {
     public var arrivedFrom: String?
     public var migration: Migration?
     public var unresolved: Unresolved?
+    /// The PV NIC, for a VM that has one (VMStatus+NIC.swift).
+    public var nic: NIC?
 
     public init(name: String, state: State, memoryBytes: UInt64, execution: Execution, uptimeSeconds: Double, pid: Int,
                 pv: PV, vcpus: [VCPU]? = nil, arrivedFrom: String? = nil, migration: Migration? = nil,
-                unresolved: Unresolved? = nil) {
+                unresolved: Unresolved? = nil, nic: NIC? = nil) {
         self.vcpus = vcpus
+        self.nic = nic
         self.name = name; self.state = state; self.memoryBytes = memoryBytes; self.execution = execution
         self.uptimeSeconds = uptimeSeconds; self.pid = pid; self.pv = pv; self.arrivedFrom = arrivedFrom
         self.migration = migration; self.unresolved = unresolved
@@ -124,7 +127,7 @@ public struct VMStatus: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, state, memoryBytes = "memory_bytes", execution, uptimeSeconds = "uptime_s", pid, pv, vcpus
-        case arrivedFrom = "arrived_from", migration, unresolved
+        case arrivedFrom = "arrived_from", migration, unresolved, nic
     }
 }
 

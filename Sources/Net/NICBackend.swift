@@ -16,6 +16,7 @@ public final class NICBackend: @unchecked Sendable {
     private let kick: FileDescriptor
     private let stopped = Locked(false)
     private let writeErrors = Locked(0)
+    private let heldAtStop = Locked(0)
     /// Frames the TAP refused (the guest's descriptor still completes as sent: like a wire, the
     /// NIC does not know what happens after the frame leaves).
     public var tapWriteErrors: Int { writeErrors.value }
@@ -57,26 +58,54 @@ public final class NICBackend: @unchecked Sendable {
         var fds = [pollfd(fd: tap.descriptor.rawValue, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: kick.rawValue, events: Int16(POLLIN), revents: 0)]
         // One batch each way per turn, so a flood in one direction (or a guest that keeps its TX
-        // ring full) cannot starve the other; block in poll only when both sides are idle.
-        var busy = false
+        // ring full) cannot starve the other; block in poll only when both sides are idle. The
+        // first turn looks at both rings without waiting: a restored guest may have queued
+        // frames (and kicked) before it left its source.
+        var busy = true
+        // Frames read from the TAP that the NIC did not take (it was quiesced: the VM paused,
+        // protocol.md §5.8): delivered first once it runs again; no more is read meanwhile.
+        var held: [UnsafeRawBufferPointer] = []
+        var tapGone = false
         while !stopped.value {
-            _ = retryingEINTR { poll(&fds, 2, busy ? 0 : -1) }
+            let quiesced = device.isQuiesced
+            // A quiesced NIC leaves frames in the TAP's kernel queue: do not poll it then.
+            fds[0].fd = tapGone || quiesced || !held.isEmpty ? -1 : tap.descriptor.rawValue
+            _ = retryingEINTR { poll(&fds, 2, busy && !quiesced ? 0 : -1) }
             if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
-                fds[0].fd = -1 // the TAP is gone (deleted under us): keep serving kicks, read nothing
+                tapGone = true // the TAP is gone (deleted under us): keep serving kicks, read nothing
             }
             if fds[1].revents != 0 {
                 var value: UInt64 = 0
                 _ = withUnsafeMutableBytes(of: &value) { read(kick.rawValue, $0.baseAddress, 8) }
             }
             if stopped.value { break }
-            let moreToReceive = fds[0].fd >= 0 && receive(buffers)
+            if device.isQuiesced { busy = false; continue }
+            if !held.isEmpty, device.deliver(held) { held = [] }
+            let moreToReceive = held.isEmpty && !tapGone && receive(buffers, held: &held)
             let moreToSend = transmit()
             busy = moreToReceive || moreToSend
         }
+        heldAtStop.withLock { $0 = held.count }
     }
 
-    /// TAP → guest: one batch of up to `batch` frames; true if the TAP may hold more.
-    private func receive(_ buffers: UnsafeMutableRawPointer) -> Bool {
+    /// Frames the I/O thread had read but the (quiesced) NIC had not taken when it stopped.
+    public var framesHeldAtStop: Int { heldAtStop.value }
+
+    /// Reads and discards what waits in the TAP's queue, returning how many frames: the
+    /// source of a VM that migrated away says how many frames arrived for it during the
+    /// hand-over and were not delivered (protocol.md §5.8). Call after `stop()`.
+    public func discardQueued() -> Int {
+        var buffer = [UInt8](repeating: 0, count: Self.bufferSize)
+        var count = 0
+        while buffer.withUnsafeMutableBytes({ read(tap.descriptor.rawValue, $0.baseAddress, Self.bufferSize) }) > 0 {
+            count += 1
+        }
+        return count
+    }
+
+    /// TAP → guest: one batch of up to `batch` frames; true if the TAP may hold more. Frames
+    /// the NIC refused (it was quiesced meanwhile) go to `held`.
+    private func receive(_ buffers: UnsafeMutableRawPointer, held: inout [UnsafeRawBufferPointer]) -> Bool {
         var frames: [UnsafeRawBufferPointer] = []
         while frames.count < Self.batch {
             // Sound: each slot is `bufferSize` bytes inside `buffers`.
@@ -85,7 +114,7 @@ public final class NICBackend: @unchecked Sendable {
             if n <= 0 { break } // EAGAIN: empty (other errors: try again at the next poll)
             frames.append(UnsafeRawBufferPointer(start: slot, count: n))
         }
-        if !frames.isEmpty { device.deliver(frames) }
+        if !frames.isEmpty, !device.deliver(frames) { held = frames }
         return frames.count == Self.batch
     }
 

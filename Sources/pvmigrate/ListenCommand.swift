@@ -4,6 +4,7 @@ import Core
 import Foundation
 import Logging
 import Migrate
+import Net
 import Operations
 
 /// `pvmigrate listen`: the receiving daemon. Every VM that arrives runs here under its own
@@ -32,7 +33,10 @@ struct Listen: ParsableCommand {
             listener's job list (`pvmigrate job --listener PATH`). Under systemd (Type=notify, \
             contrib/systemd) it reports READY/RELOADING/STOPPING. SIGHUP: read the TLS directory \
             again (a new certificate or CA) for the next handshakes; running VMs and migrations \
-            are not touched. SIGINT/SIGTERM: refuse new migrations, fence and fail those in \
+            are not touched. --net-bridge BR: an arriving VM with a PV network device gets a new \
+            TAP on bridge BR (made when the migration starts, used once the guest runs here; the \
+            guest then announces itself with a gratuitous ARP, docs/protocol.md §5.8); without \
+            it such a VM is refused and keeps running at its source. SIGINT/SIGTERM: refuse new migrations, fence and fail those in \
             progress (their sources keep the VMs), stop the VMs received here (they run in this \
             process), remove their sockets, exit 0 (docs/protocol.md §3.6.8).
             """)
@@ -102,7 +106,16 @@ struct Listen: ParsableCommand {
     @Option(name: .long, help: "Capabilities to grant, comma-separated: zstd, delta, pv-state, or none (default: all).")
     var accept = "zstd,delta,pv-state"
 
+    @Option(name: .customLong("net-bridge"),
+            help: ArgumentHelp("Give each arriving VM that has a PV network device a new TAP on this Linux bridge "
+                + "(needs /dev/net/tun and CAP_NET_ADMIN); without it such VMs are refused while they still run at the source.",
+                               valueName: "bridge"))
+    var netBridge: String?
+
     mutating func validate() throws {
+        if let netBridge {
+            do { try TapDevice.check(bridge: netBridge) } catch { throw ValidationError("--net-bridge: \(error)") }
+        }
         if insecure, tlsDirectory != nil { throw ValidationError("--insecure and --tls-dir exclude each other") }
         guard maxIncoming >= 1, maxPending >= 1 else { throw ValidationError("--max-incoming and --max-pending must be at least 1") }
         guard [handshakeTimeout, progressTimeout, commitTimeout].allSatisfy({ $0 > 0 && $0.isFinite }) else {
@@ -190,6 +203,7 @@ struct Listen: ParsableCommand {
         options.listener.handshakeTimeout = handshakeTimeout
         options.progressTimeout = progressTimeout
         options.goDeadline = commitTimeout
+        options.attachNetwork = netBridge.map { NetworkAttacher.bridge($0) }
         arrivals.configure(&options)
         // The commit decisions (protocol.md §3.6.4) outlive this process: a source that lost
         // the end of a migration asks for them with RESOLVE, also after a restart.

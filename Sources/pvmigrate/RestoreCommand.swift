@@ -3,6 +3,7 @@ import Control
 import Core
 import Foundation
 import Migrate
+import Net
 
 /// `pvmigrate restore FILE --name NAME`: run a VM from a snapshot file (docs/protocol.md §6).
 struct Restore: ParsableCommand {
@@ -15,6 +16,9 @@ struct Restore: ParsableCommand {
             restore does not grow with the guest's size; its pages are checked against the digest
             only with --verify. A compressed snapshot is read and always checked. The VM then runs
             like one started with `pvmigrate run --name` (status, console, send, save, stop).
+            A VM saved with a PV network device needs --net bridge=BR (a new TAP on bridge BR) or
+            --net tap=NAME; it keeps its saved MAC, and the guest announces itself with a
+            gratuitous ARP once it runs (docs/protocol.md §5.8). A snapshot without a NIC refuses --net.
             """)
 
     @Argument(help: "The snapshot file (pvmigrate save).")
@@ -32,8 +36,16 @@ struct Restore: ParsableCommand {
     @Flag(name: .long, help: "Check every memory page against the digest before resuming (always done for compressed files).")
     var verify = false
 
+    @Option(name: .long, help: "For a VM saved with a PV network device: bridge=BR (a new TAP on BR) or tap=NAME; the MAC is the saved one.")
+    var net: String?
+
     mutating func validate() throws {
         do { try RuntimeDirectory.validate(name: name) } catch { throw ValidationError("--name: \(error)") }
+        if let net {
+            let spec: NetSpec
+            do { spec = try NetSpec(parsing: net) } catch { throw ValidationError(error.description) }
+            if spec.mac != nil { throw ValidationError("--net: no mac= with restore: the VM keeps the MAC it was saved with") }
+        }
     }
 
     func run() throws {
@@ -41,6 +53,15 @@ struct Restore: ParsableCommand {
         let started = Date()
         let snapshot: SnapshotFile
         do { snapshot = try SnapshotFile(path: file) } catch { throw Diagnostics.fail(error) }
+        let spec = net.flatMap { try? NetSpec(parsing: $0) }
+        switch (snapshot.header.machine.hasNIC, spec) {
+        case (true, nil):
+            throw Diagnostics.fail(ValidationError("the VM in \(file) has a PV network device: restore it with "
+                + "--net bridge=BRIDGE (or --net tap=NAME)"))
+        case (false, _?):
+            throw Diagnostics.fail(ValidationError("the VM in \(file) has no PV network device: leave out --net"))
+        default: break
+        }
         if detach, !daemonChild {
             // A compressed snapshot is read (and checked) before the VM answers: allow for it.
             try Detacher(name: name, readySeconds: snapshot.header.layout == .compressed || verify ? 3600 : 60).start()
@@ -52,6 +73,13 @@ struct Restore: ParsableCommand {
                                                   console: ring, log: { Diagnostics.note($0) })
         let machine: Machine, report: SnapshotRestoreReport
         do { (machine, report) = try snapshot.restoreMachine(configuration, verify: verify) } catch { throw Diagnostics.fail(error) }
+        // The NIC stays quiesced until start(): frames wait in the TAP meanwhile (§5.8).
+        var network: NetworkAttachment?
+        if let spec, let device = machine.net {
+            do { network = try NetworkAttacher.attach(device, spec: spec) } catch { throw Diagnostics.fail(error) }
+            Diagnostics.note("PV NIC \(device.mac) on \(network!.description)")
+        }
+        defer { network?.detach() }
         let host: VMHost
         do {
             host = try VMHost(name: name, machine: machine, console: ring, runtime: try RuntimeDirectory(),

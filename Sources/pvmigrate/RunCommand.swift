@@ -24,8 +24,8 @@ struct Run: ParsableCommand {
             workload=dirty mib=N rate=PAGES_PER_S passes=N | workload=serve ip=192.0.2.2/24 (docs/protocol.md §1.7).
             With --net the VM gets a PV network device (docs/protocol.md §5) on a new TAP added to
             bridge BR (--net bridge=BR), or on an existing TAP (--net tap=NAME); add ,mac=52:54:00:..
-            to choose its MAC. Needs /dev/net/tun and root (CAP_NET_ADMIN). A VM with a NIC cannot
-            migrate yet.
+            to choose its MAC. Needs /dev/net/tun and root (CAP_NET_ADMIN). A VM with a NIC migrates
+            to a listener started with --net-bridge (docs/protocol.md §5.8).
             """)
 
     @Option(name: .long, help: "Name the VM (1–64 of A-Z a-z 0-9 . _ -): it gets a control socket.")
@@ -169,6 +169,13 @@ struct Run: ParsableCommand {
                 logger?.finish()
                 interrupt.cancel()
                 Diagnostics.note("VM \(host.name) migrated to \(host.migratedTo ?? "its destination"); it no longer runs here")
+                if let nic {
+                    // Frames that reached this TAP after the pause were never the guest's here (§5.8).
+                    nic.stop()
+                    let left = nic.framesHeldAtStop + nic.discardQueued()
+                    Diagnostics.note("PV NIC: \(left) frame(s) arrived here for the VM during the hand-over and were "
+                        + "discarded with this TAP")
+                }
                 return
             case let .exited(e): exit = e
             }

@@ -40,6 +40,12 @@ struct Status: ParsableCommand {
         if s.pv.rejected > 0 {
             lines.append(("rejected", "\(s.pv.rejected) invalid PV requests from the guest"))
         }
+        if let n = s.nic {
+            let rejected = n.rejected.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+            lines.append(("network", "PV NIC \(n.mac)\(n.attached ? "" : " (not attached by the guest)"): "
+                + "tx \(Format.count(n.txFrames)) frames, rx \(Format.count(n.rxFrames)) frames, rx dropped \(n.rxDropped); "
+                + "rejected: \(rejected.isEmpty ? "none" : rejected.joined(separator: ", "))"))
+        }
         if let u = s.unresolved {
             lines.append(("unresolved", "migration \(u.migrationID) to \(u.destination): "
                 + "the VM is PAUSED until the destination's decision is known; \(u.attempts) failed attempts to ask"

@@ -134,6 +134,6 @@ struct StateSavingTests {
         #expect(decoded.serial == nil && decoded.vcpus == [vcpu] && decoded.memorySize == 4 << 20)
         let withSerial = Array("PVMS".utf8) + [1, 0, 4, 0] + body + section(5, [0, 3, 0, 0, 1, 0, 0, 0])
         #expect(throws: StateCodingError.unknownSection(5)) { try MachineState(encoded: withSerial) }
-        #expect(throws: StateCodingError.unsupportedVersion(4)) { try MachineState(encoded: Array("PVMS".utf8) + [4, 0, 0, 0]) }
+        #expect(throws: StateCodingError.unsupportedVersion(5)) { try MachineState(encoded: Array("PVMS".utf8) + [5, 0, 0, 0]) }
     }
 }

@@ -287,11 +287,20 @@ struct FrameTests {
         #expect(payloadError(.machine, payload)?.caseName == "malformed")
     }
 
-    @Test("MACHINE with an unknown flags bit is rejected", arguments: [(12, UInt8(0x02)), (12, 0x81), (13, 0x01), (15, 0x80)])
+    @Test("MACHINE with an unknown flags bit is rejected", arguments: [(12, UInt8(0x04)), (12, 0x84), (13, 0x01), (15, 0x80)])
     func machineFlags(_ offset: Int, _ value: UInt8) {
         // flags are payload bytes 12–15 (after u64 memory_bytes, u32 vcpus).
         let payload = patched(Array(Golden.machine[16...]), offset, value)
         #expect(payloadError(.machine, payload)?.caseName == "reservedNotZero")
+    }
+
+    @Test("MACHINE flags bit 1 says the VM has a PV NIC (protocol.md §3.2, §5.8)")
+    func machineNICFlag() throws {
+        let payload = patched(Array(Golden.machine[16...]), 12, 0x03)
+        let frame = try Frame.decode(FrameHeader(type: .machine, length: payload.count), payload: payload)
+        guard case let .machine(m) = frame else { Issue.record("not MACHINE: \(frame)"); return }
+        #expect(m.hasNIC && m.inKernelIRQChip)
+        #expect(Array(frame.encoded()[16...]) == payload)
     }
 
     @Test("a MACHINE frame over 50 + 255 bytes is rejected by the header")

@@ -87,7 +87,7 @@ import Testing
         #expect(Self.field(Self.refusal(Self.with(100, 49, size: 4))) == "machine_length")
         #expect(Self.field(Self.refusal(Self.with(112, 3 << 20))) == "machine.memory_bytes")
         #expect(Self.field(Self.refusal(Self.with(120, 0, size: 4))) == "machine")         // 0 vCPUs
-        #expect(Self.field(Self.refusal(Self.with(124, 2, size: 4))) == "machine")         // unknown MACHINE flag
+        #expect(Self.field(Self.refusal(Self.with(124, 4, size: 4))) == "machine")         // unknown MACHINE flag
         var padded = Self.header().encoded()
         padded[4000] = 1
         #expect(Self.field(Self.refusal(padded)) == "header padding")

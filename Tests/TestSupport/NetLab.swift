@@ -28,8 +28,10 @@ public final class NetLab: @unchecked Sendable {
     public var clientNamespace: String { id + "c" }
     private var processes: [Process] = []
 
-    public init() throws {
-        id = "pvmt" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+    /// `prefix`: the start of the namespaces' names (a test line's own, e.g. "pvmt-nm"); with
+    /// the random part and the h/c suffix at most 15 characters.
+    public init(prefix: String = "pvmt") throws {
+        id = prefix + String(UInt32.random(in: 0...UInt32.max) >> 8, radix: 16)
         do {
             let h = hostNamespace, c = clientNamespace
             for ns in [h, c] {
@@ -74,11 +76,22 @@ public final class NetLab: @unchecked Sendable {
     }
 
     /// Starts `pvmigrate run --net bridge=pvmtbr …` in the host namespace.
-    public func startVM(_ arguments: [String]) throws -> LabProcess {
+    public func startVM(_ arguments: [String], environment: [String: String] = [:]) throws -> LabProcess {
+        try startPVMigrate(["run", "--net", "bridge=\(Self.bridge)"] + arguments, environment: environment)
+    }
+
+    /// Starts `pvmigrate arguments…` in the host namespace (e.g. `listen --net-bridge pvmtbr`),
+    /// with `environment` added (e.g. its own PVMIGRATE_RUNTIME_DIR); stopped by `close()`.
+    public func startPVMigrate(_ arguments: [String], environment: [String: String] = [:]) throws -> LabProcess {
         guard let binary = PVMigrateBinary.path else {
             throw CocoaError(.fileNoSuchFile, userInfo: [NSLocalizedDescriptionKey: "the pvmigrate binary was not found: run `swift build` first"])
         }
-        let p = LabProcess(["ip", "netns", "exec", hostNamespace, binary, "run", "--net", "bridge=\(Self.bridge)"] + arguments)
+        return try start(inHost: true, environment.map { "\($0.key)=\($0.value)" }.sorted() + [binary] + arguments)
+    }
+
+    /// Starts a command in the host (or client) namespace in the background; stopped by `close()`.
+    public func start(inHost: Bool, _ arguments: [String]) throws -> LabProcess {
+        let p = LabProcess(["ip", "netns", "exec", inHost ? hostNamespace : clientNamespace, "env"] + arguments)
         processes.append(p.process)
         try p.start()
         return p

@@ -165,9 +165,10 @@ def hello(min_v, max_v, streams, caps, mid):
     return struct.pack("<HHIQ", min_v, max_v, streams, caps) + mid
 
 
-def machine(memory_bytes, vcpus, irqchip, kernel_sha256, name):
+def machine(memory_bytes, vcpus, irqchip, kernel_sha256, name, nic=False):
     n = name.encode()
-    return struct.pack("<QII", memory_bytes, vcpus, 1 if irqchip else 0) + kernel_sha256 + struct.pack("<H", len(n)) + n
+    flags = (1 if irqchip else 0) | (2 if nic else 0)
+    return struct.pack("<QII", memory_bytes, vcpus, flags) + kernel_sha256 + struct.pack("<H", len(n)) + n
 
 
 def parse_machine(p):
@@ -177,9 +178,9 @@ def parse_machine(p):
     sha, (n,) = p[16:48], struct.unpack_from("<H", p, 48)
     if len(p) != 50 + n or n == 0 or n > 255:
         raise ProtocolError("MACHINE name length does not match the payload")
-    if flags & ~1:
+    if flags & ~3:
         raise ProtocolError("MACHINE flags has unknown bits")
-    return {"memory_bytes": memory_bytes, "vcpus": vcpus, "irqchip": bool(flags & 1),
+    return {"memory_bytes": memory_bytes, "vcpus": vcpus, "irqchip": bool(flags & 1), "nic": bool(flags & 2),
             "kernel_sha256": sha.hex(), "name": p[50:].decode("utf-8")}
 
 
@@ -333,7 +334,7 @@ def batch_decode(flags, payload, pages, allow_zstd, allow_delta, dctx):
 
 # --- STATE (§1.8): the container and its PV section ---------------------------------------
 
-STATE_VERSIONS = (1, 2, 3)  # §1.8: format 2 adds the serial section (tag 5), format 3 the vCPU count (tag 6)
+STATE_VERSIONS = (1, 2, 3, 4)  # §1.8: format 2 adds the serial section (tag 5), 3 the vCPU count (tag 6), 4 the NIC (tag 7)
 VCPU_TAGS = range(0x100, 0x200)  # §1.8: "vcpu i" is tag 0x100 + i
 
 
@@ -366,9 +367,39 @@ def state_sections(blob):
             raise ProtocolError(f"STATE vCPU count (tag 6) missing or not the {vcpus} vCPU sections", E_RESTORE)
     elif 6 in sections:
         raise ProtocolError(f"STATE format {version} with a vCPU count (tag 6)", E_RESTORE)
+    if version < 4 and 7 in sections:
+        raise ProtocolError(f"STATE format {version} with a NIC section (tag 7)", E_RESTORE)
+    if 7 in sections:
+        net_section(sections[7], vcpus)
     if any(0x100 + i not in sections for i in range(vcpus)):
         raise ProtocolError("STATE vCPU sections with a gap", E_RESTORE)
     return sections
+
+
+NET_SECTION = struct.Struct("<6sHQIIIIQQQQQ")  # §1.8 "net", §5.8: 72 bytes
+
+
+def net_section(payload, vcpus):
+    """The PV NIC's section (tag 7), checked as §5.8 says a reader must: size, reserved 0,
+    a unicast MAC other than zero, a page-aligned net page below 4 GiB, zero indices when
+    never attached, one of the VM's vCPUs."""
+    if len(payload) != NET_SECTION.size:
+        raise ProtocolError(f"NIC section of {len(payload)} bytes, expected {NET_SECTION.size}", E_RESTORE)
+    (mac, reserved, page, tx_cons, rx_prod, rx_vcpu, announce,
+     tx_frames, tx_bytes, rx_frames, rx_bytes, rx_dropped) = NET_SECTION.unpack(payload)
+    if reserved:
+        raise ProtocolError("NIC section: reserved field not zero", E_RESTORE)
+    if mac[0] & 1 or mac == bytes(6):
+        raise ProtocolError(f"NIC section: {mac.hex(':')} is not a unicast MAC", E_RESTORE)
+    if page % PAGE or page >= 1 << 32:
+        raise ProtocolError(f"NIC section: net page 0x{page:x}", E_RESTORE)
+    if page == 0 and (tx_cons or rx_prod):
+        raise ProtocolError("NIC section: ring indices of a NIC never attached", E_RESTORE)
+    if rx_vcpu >= vcpus:
+        raise ProtocolError(f"NIC section: vCPU {rx_vcpu} of {vcpus}", E_RESTORE)
+    return {"mac": mac.hex(":"), "net_page": page, "tx_cons": tx_cons, "rx_prod": rx_prod, "rx_vcpu": rx_vcpu,
+            "announce": announce, "tx_frames": tx_frames, "tx_bytes": tx_bytes, "rx_frames": rx_frames,
+            "rx_bytes": rx_bytes, "rx_dropped": rx_dropped}
 
 
 def balloon_pages(sections, pages):

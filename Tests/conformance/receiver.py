@@ -163,6 +163,8 @@ class Migration:
         sections = w.state_sections(state)
         if 4 in sections and not self.granted & w.CAP_PV_STATE:
             raise w.ProtocolError("STATE has a PV section although PV_STATE was not granted")
+        if (7 in sections) != self.machine["nic"]:
+            raise w.ProtocolError("STATE's NIC section (tag 7) does not match MACHINE flags bit 1")
         ballooned = w.balloon_pages(sections, self.pages)
         for i in ballooned:
             self.memory.pop(i, None)

@@ -28,6 +28,7 @@ against the same file by MigrateTests' ConformanceGoldenTests).
 """
 
 import argparse
+import struct
 import json
 import os
 import shutil
@@ -38,6 +39,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "golden", "stream-v2.bin")
+# The PV NIC's machine-state section (§1.8 "net", §5.8); CoreTests' NetStateTests checks the
+# Swift encoder against the same bytes.
+NET_GOLDEN = os.path.join(HERE, "golden", "net-section.bin")
 
 # (name, tls, send --streams, receiver.py --accept, receiver.py --max-streams,
 #  sender.py --offer, sender.py --streams, destination listener)
@@ -230,6 +234,41 @@ class Run:
             raise Failure(f"sender.py --golden differs from {GOLDEN} at byte {at} ({len(mine)} vs {len(theirs)} bytes)")
         return f"{len(mine)} bytes identical to golden/stream-v2.bin"
 
+    def nic_section(self):
+        """The NIC section read from the spec alone: golden/net-section.bin decodes to the
+        documented fields, a format-4 STATE carries it, and what §5.8 says a reader refuses
+        is refused (a receiver needs no TAP for this: the bytes are the contract)."""
+        sys.path.insert(0, HERE)
+        import pvwire as w
+        with open(NET_GOLDEN, "rb") as f:
+            golden = f.read()
+        got = w.net_section(golden, 2)
+        want = {"mac": "52:54:00:12:34:56", "net_page": 0x300000, "tx_cons": 0x10002, "rx_prod": 0xfffffffe,
+                "rx_vcpu": 1, "announce": 3, "tx_frames": 10, "tx_bytes": 1000, "rx_frames": 20, "rx_bytes": 2000,
+                "rx_dropped": 5}
+        if got != want:
+            raise Failure(f"net-section.bin decodes to {got}")
+
+        def container(version, sections):
+            body = b"".join(struct.pack("<HHI", t, 0, len(p)) + p for t, p in sections)
+            return b"PVMS" + struct.pack("<HH", version, len(sections)) + body
+
+        vcpus = [(6, struct.pack("<I", 2)), (0x100, b"v0"), (0x101, b"v1")]
+        w.state_sections(container(4, vcpus + [(7, golden)]))
+        bad = {"format 3 with tag 7": lambda: w.state_sections(container(3, vcpus + [(7, golden)])),
+               "rx_vcpu of a 1-vCPU VM": lambda: w.net_section(golden, 1),
+               "multicast MAC": lambda: w.net_section(b"\x53" + golden[1:], 2),
+               "reserved": lambda: w.net_section(golden[:6] + b"\x01\x00" + golden[8:], 2),
+               "misaligned net page": lambda: w.net_section(golden[:8] + b"\x08" + golden[9:], 2),
+               "71 bytes": lambda: w.net_section(golden[:71], 2)}
+        for what, check in bad.items():
+            try:
+                check()
+            except w.ProtocolError:
+                continue
+            raise Failure(f"pvwire accepted a NIC section with {what}")
+        return f"{len(golden)} bytes as §1.8 says; refused: " + ", ".join(bad)
+
     def close(self):
         for p in self.procs:
             if p.poll() is None:
@@ -264,7 +303,7 @@ def main():
     try:
         subprocess.run([binary, "certs", "init", "--dir", os.path.join(root, "pki"), "--hosts", "src", "dst=127.0.0.1", "py=127.0.0.1"],
                        check=True, capture_output=True, timeout=60)
-        tests = [("golden", run.golden), ("receiver-rejects", run.receiver_rejects)]
+        tests = [("golden", run.golden), ("nic-section", run.nic_section), ("receiver-rejects", run.receiver_rejects)]
         ports = {"plain": run.listen("dst-plain", False), "tls": run.listen("dst-tls", True),
                  "restricted": run.listen("dst-restricted", True, RESTRICTED)}
         tests += [(c[0], (lambda c=c: run.case(c, ports))) for c in CASES]

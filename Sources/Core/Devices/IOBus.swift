@@ -16,6 +16,9 @@ public enum IOAction: Sendable, Equatable {
     case sleep(milliseconds: UInt32)
     /// The guest asked to start another vCPU (PV VCPU_START, protocol.md §2.10).
     case startVCPU(VCPUStartRequest)
+    /// The guest attached its PV NIC (NET_ATTACH accepted, protocol.md §5.1): this vCPU is
+    /// the one to wake for received frames (§5.5).
+    case netAttached
 }
 
 /// A validated VCPU_START: vCPU `index` starts at `rip` with `rsp` and `rdi`, in the calling

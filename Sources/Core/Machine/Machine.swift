@@ -100,6 +100,8 @@ public final class Machine: @unchecked Sendable {
     /// memory has been filled (e.g. `memory.copyContents(from:)`).
     public convenience init(restoring configuration: Configuration) throws(MachineError) {
         try self.init(configuration: configuration, boot: false)
+        // Nothing moves frames into memory that is still arriving: the NIC waits for start().
+        net?.setQuiesced(true)
     }
 
     private init(configuration c: Configuration, boot: Bool) throws(MachineError) {
@@ -198,9 +200,16 @@ public final class Machine: @unchecked Sendable {
             }
             vcpus = threads
             peers.withLock { $0 = threads }
-            // Received frames end a PV SLEEP early when the guest asked (protocol.md §5.5).
-            let sleepers = threads
-            pv.net?.onWake { sleepers.forEach { $0.wake() } }
+            // Received frames end a PV SLEEP early when the guest asked (protocol.md §5.5):
+            // only on the vCPU that attached the NIC, the one that waits for them — the others
+            // (e.g. a throttled dirtying load) keep their sleeps.
+            if let nic = pv.net {
+                threads.forEach { $0.onNetAttached = { [weak nic] id in nic?.setRXVCPU(id) } }
+                nic.onWake { [weak nic] in
+                    guard let index = nic?.rxVCPU, threads.indices.contains(index) else { return }
+                    threads[index].wake()
+                }
+            }
         } catch let e as MachineError {
             throw e
         } catch let e as KVMError {
@@ -213,15 +222,23 @@ public final class Machine: @unchecked Sendable {
     // MARK: Lifecycle
 
     /// Starts every vCPU thread, the APs first: a VCPU_START from vCPU 0 finds them waiting.
-    public func start() { vcpus.reversed().forEach { $0.start() } }
+    public func start() {
+        net?.setQuiesced(false)
+        vcpus.reversed().forEach { $0.start() }
+    }
 
-    /// Parks every vCPU outside KVM_RUN with pending I/O completed, and flushes the console.
+    /// Parks every vCPU outside KVM_RUN with pending I/O completed, flushes the console and
+    /// quiesces the PV NIC: from here until `resume()` nothing writes guest memory (§5.8).
     public func pause() {
         vcpus.forEach { $0.pause() }
+        net?.setQuiesced(true)
         serial.flush()
     }
 
-    public func resume() { vcpus.forEach { $0.resume() } }
+    public func resume() {
+        net?.setQuiesced(false)
+        vcpus.forEach { $0.resume() }
+    }
 
     /// Runs `body` with every vCPU parked, resuming afterwards only those that were running
     /// (a VM paused by someone else stays paused).
@@ -283,19 +300,17 @@ public final class Machine: @unchecked Sendable {
     /// paused (or not started).
     public func saveState() throws(MachineError) -> MachineState {
         guard isQuiescent else { throw .notPaused("saving state") }
-        // The NIC's rings are not in the machine state yet (protocol.md §5.8): refuse rather
-        // than resume a guest whose device vanished.
-        if net?.isAttached == true {
-            throw .invalidConfiguration("this VM has an attached PV NIC, whose state cannot be saved or migrated yet")
-        }
+        // A NIC still moving frames would make its indices disagree with memory (§5.8).
+        if let net, !net.isQuiesced { throw .notPaused("saving the PV NIC's state") }
         return MachineState(memorySize: memory.size,
                             vcpus: try vcpus.map { (t) throws(MachineError) in try t.saveState() },
-                            platform: try vm.saveState(), pv: pv.saveState(), serial: serial.saveState())
+                            platform: try vm.saveState(), pv: pv.saveState(), serial: serial.saveState(),
+                            net: net?.saveState())
     }
 
     /// Loads a saved state (memory must already hold the guest's pages) into each component,
     /// in the order of protocol.md §1.8: the VM's irqchip and clock, the vCPUs, the PV
-    /// interface, the serial port. Returns the MSRs the kernel refused, for the caller to report.
+    /// interface, the serial port, the PV NIC. Returns the MSRs the kernel refused, for the caller to report.
     @discardableResult
     public func restore(_ state: MachineState) throws(MachineError) -> [UInt32] {
         guard isQuiescent else { throw .notPaused("restoring state") }
@@ -316,6 +331,17 @@ public final class Machine: @unchecked Sendable {
         }
         if let pvState = state.pv { try pv.restoreState(pvState) }
         serial.restoreState(state.serial ?? SerialPort.State())
+        switch (state.net, net) {
+        case let (saved?, nic?):
+            try nic.restoreState(saved)
+            // A guest paused just before SLEEP must not sleep through its announcement (§5.2).
+            if nic.isAttached { vcpus[nic.rxVCPU].wake() }
+        case (nil, nil): break
+        case (_?, nil):
+            throw .restoreMismatch("the saved VM has a PV network device and this one has none "
+                + "(restore needs --net; a listener needs --net-bridge)")
+        case (nil, _?): throw .restoreMismatch("the saved VM has no PV network device and this one has one")
+        }
         return refused
     }
 }

@@ -83,6 +83,8 @@ public final class VCPUThread: @unchecked Sendable {
     private let onDirtyRingFull: (@Sendable () -> Bool)?
     /// Starts another vCPU on the guest's request (VCPU_START); called on this vCPU's thread.
     private let onStartVCPU: (@Sendable (VCPUStartRequest, VCPU) -> Void)?
+    /// This vCPU attached the PV NIC (NET_ATTACH); called on this vCPU's thread.
+    var onNetAttached: (@Sendable (UInt32) -> Void)?
 
     /// What this vCPU's saved state holds (VCPUThread+State.swift).
     let stateLayout: VCPUState.Layout
@@ -315,6 +317,7 @@ public final class VCPUThread: @unchecked Sendable {
                 case let .exit(status): return .exitStatus(status)
                 case let .sleep(ms): sleep(milliseconds: ms)
                 case let .startVCPU(request): onStartVCPU?(request, vcpu)
+                case .netAttached: onNetAttached?(vcpu.id)
                 }
             }
             return nil

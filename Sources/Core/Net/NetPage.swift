@@ -4,7 +4,8 @@ import CKVM
 /// to its fields. A `NetPage` only exists for a page `PVNet` validated to lie in guest RAM.
 struct NetPage {
     static let magic: UInt32 = 0x544e_5650 // "PVNT"
-    static let version: UInt16 = 1
+    /// 1; 2 adds the host's `announce` (§5.2). The host accepts both.
+    static let versions: ClosedRange<UInt16> = 1...2
     /// Ring sizes the host accepts (entries, a power of two).
     static let entryLimits: ClosedRange<UInt32> = 8...1024
     static let descriptorSize: UInt64 = 16
@@ -15,6 +16,7 @@ struct NetPage {
         case txEntries = 0x018, rxEntries = 0x01c
         // host-written
         case mac = 0x040, hostStatus = 0x048, maxFrame = 0x04c, txCons = 0x050, rxProd = 0x054, txEvent = 0x058
+        case announce = 0x05c
         // guest-written indices
         case txProd = 0x080, rxAvail = 0x084, rxEvent = 0x088
     }
@@ -71,8 +73,7 @@ public struct MACAddress: Sendable, Hashable, CustomStringConvertible {
             guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
             bytes.append(b)
         }
-        guard bytes[0] & 1 == 0, bytes != [0, 0, 0, 0, 0, 0] else { return nil } // not multicast, not zero
-        self.bytes = bytes
+        self.init(bytes: bytes)
     }
 
     /// A random locally administered unicast address (`x2:…`, `x6:…`, `xa:…` or `xe:…`).
@@ -80,10 +81,14 @@ public struct MACAddress: Sendable, Hashable, CustomStringConvertible {
         var g = SystemRandomNumberGenerator()
         var b = (0..<6).map { _ in UInt8.random(in: 0...255, using: &g) }
         b[0] = (b[0] & 0xfc) | 0x02
-        return MACAddress(bytes: b)
+        return MACAddress(bytes: b)!
     }
 
-    private init(bytes: [UInt8]) { self.bytes = bytes }
+    /// Six bytes in wire order; nil unless a unicast address other than zero.
+    public init?(bytes: [UInt8]) {
+        guard bytes.count == 6, bytes[0] & 1 == 0, bytes != [0, 0, 0, 0, 0, 0] else { return nil }
+        self.bytes = bytes
+    }
 
     /// The address as the net page's u64 (bytes in order, two zero bytes after).
     var word: UInt64 { bytes.enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) } }

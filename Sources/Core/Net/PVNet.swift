@@ -33,71 +33,114 @@ public final class PVNet: @unchecked Sendable {
         public init() {}
     }
 
-    public let mac: MACAddress
     let memory: GuestMemory
-    private let lock = NSLock()
+    let lock = NSLock()
     // Guarded by `lock`:
-    private var counters = Counters()
-    private var page: NetPage?
-    private var tx: NetRing?, rx: NetRing?
-    private var txCons: UInt32 = 0, rxProd: UInt32 = 0
+    var counters = Counters()
+    var macValue: MACAddress
+    var page: NetPage?
+    var tx: NetRing?, rx: NetRing?
+    var txCons: UInt32 = 0, rxProd: UInt32 = 0
+    /// The vCPU that issued NET_ATTACH: the one a wake for received frames goes to (§5.5).
+    var rxVCPUValue: UInt32 = 0
+    /// The net page's `announce` (§5.2): bumped each time the VM resumes from saved state.
+    var announce: UInt32 = 0
+    /// While the VM is paused (or not yet resumed after a restore) the host touches neither
+    /// the rings nor guest memory: frames wait in the backend and the TAP (§5.8).
+    var quiesced = false
     /// Ranges no buffer may touch: the net page, both rings, and the PV control page and dirty ring.
-    private var protected: [GuestRange] = []
+    var protected: [GuestRange] = []
     private var kickHandler: (@Sendable () -> Void)?
     private var wakeHandler: (@Sendable () -> Void)?
 
+    /// The VM's vCPU count and the PV ranges no ring or buffer may overlap (the control
+    /// page, vCPU areas and dirty rings): set by the `PVInterface` that owns this NIC.
+    var vcpuCount = 1
+    var pvRanges: @Sendable () -> [GuestRange] = { [] }
+
     public init(memory: GuestMemory, mac: MACAddress) {
         self.memory = memory
-        self.mac = mac
+        self.macValue = mac
     }
 
+    /// The MAC the guest was given (after a restore: the one in the saved state).
+    public var mac: MACAddress { lock.withLock { macValue } }
     public var snapshot: Counters { lock.withLock { counters } }
     public var isAttached: Bool { lock.withLock { page != nil } }
+    /// The vCPU to wake for received frames: the one that attached the NIC (§5.5).
+    public var rxVCPU: Int { lock.withLock { Int(rxVCPUValue) } }
+    public var isQuiesced: Bool { lock.withLock { quiesced } }
+    /// Records the vCPU whose NET_ATTACH succeeded (its thread reports it, `IOAction.netAttached`).
+    func setRXVCPU(_ index: UInt32) { lock.withLock { rxVCPUValue = index } }
+
+    /// Stops (true) or restarts (false) all movement of frames: `Machine.pause()` and
+    /// `resume()` call it, so nothing writes guest memory between the final dirty harvest and
+    /// the saved state (§5.8). The backend is poked (its kick handler) to notice.
+    public func setQuiesced(_ value: Bool) {
+        let handler = lock.withLock { () -> (@Sendable () -> Void)? in
+            guard quiesced != value else { return nil }
+            quiesced = value
+            return kickHandler
+        }
+        handler?()
+    }
 
     /// Called (on the vCPU thread) when the guest kicks: the backend should transmit.
     public func onKick(_ handler: @escaping @Sendable () -> Void) { lock.withLock { kickHandler = handler } }
     /// Called (on the I/O thread) when the guest asked to be woken for received frames.
     public func onWake(_ handler: @escaping @Sendable () -> Void) { lock.withLock { wakeHandler = handler } }
 
-    private func reject(_ why: NetRejection) { counters.rejected[why, default: 0] += 1 } // lock held
+    func reject(_ why: NetRejection) { counters.rejected[why, default: 0] += 1 } // lock held
 
     // MARK: Hypercalls (§5.1), from PVInterface with its lock held
 
-    /// NET_ATTACH: validates the net page at `pfn` and its rings; `pvRanges` are the PV
-    /// control page and dirty ring, which no ring or buffer may overlap.
-    func attach(pfn: UInt64, pvRanges: [GuestRange]) {
+    /// NET_ATTACH: validates the net page at `pfn` and its rings; `pvRanges`
+    /// are the PV control page, vCPU areas and dirty rings, which no ring or buffer may
+    /// overlap. True when the NIC is now attached.
+    @discardableResult
+    func attach(pfn: UInt64, pvRanges: [GuestRange]) -> Bool {
         lock.lock()
         defer { lock.unlock() }
-        guard page == nil else { reject(.reAttach); return }
-        let pageSize = GuestPhysicalAddress.pageSize
-        guard let gpa = PageFrame(pfn).address, let pageRange = GuestRange(start: gpa, size: pageSize),
-              let bytes = try? memory.bytes(at: gpa, count: pageSize), let host = bytes.baseAddress else {
-            reject(.badNetPage); return
+        guard page == nil else { reject(.reAttach); return false }
+        guard let gpa = PageFrame(pfn).address, adoptLocked(gpa: gpa, pvRanges: pvRanges) else {
+            reject(.badNetPage); return false
         }
-        let p = NetPage(gpa: gpa, host: host)
-        guard p.u32(.magic) == NetPage.magic, UInt16(truncatingIfNeeded: p.u32(.version)) == NetPage.version,
-              p.u32(.version) >> 16 == 0,
-              let t = ring(gpa: p.u64(.txRingGPA), entries: p.u32(.txEntries)),
-              let r = ring(gpa: p.u64(.rxRingGPA), entries: p.u32(.rxEntries)) else {
-            reject(.badNetPage); return
-        }
-        let ranges = [pageRange, t.range, r.range] + pvRanges
-        for (i, a) in ranges.enumerated() where ranges[(i + 1)...].contains(where: { $0.overlaps(a) }) {
-            reject(.badNetPage); return
-        }
-        page = p; tx = t; rx = r; protected = ranges
-        txCons = p.u32(.txProd) // the guest starts with empty rings; anything else is its loss
+        txCons = page!.u32(.txProd) // the guest starts with empty rings; anything else is its loss
         rxProd = 0
-        hostStore(p, .txCons, txCons)
-        hostStore(p, .rxProd, 0)
-        hostStore(p, .txEvent, txCons)
-        p.set64(.mac, mac.word)
-        hostStore(p, .maxFrame, UInt32(Self.maxFrame))
-        hostStore(p, .hostStatus, 1)
+        publishLocked(txEvent: txCons)
         counters.attached = true
+        return true
     }
 
-    private func ring(gpa raw: UInt64, entries: UInt32) -> NetRing? {
+    /// Validates the net page at `gpa` and its rings (§5.2) and adopts them. Lock held.
+    func adoptLocked(gpa: GuestPhysicalAddress, pvRanges: [GuestRange]) -> Bool {
+        let pageSize = GuestPhysicalAddress.pageSize
+        guard gpa.isPageAligned, let pageRange = GuestRange(start: gpa, size: pageSize),
+              let bytes = try? memory.bytes(at: gpa, count: pageSize), let host = bytes.baseAddress else { return false }
+        let p = NetPage(gpa: gpa, host: host)
+        guard p.u32(.magic) == NetPage.magic, NetPage.versions.contains(UInt16(truncatingIfNeeded: p.u32(.version))),
+              p.u32(.version) >> 16 == 0,
+              let t = ring(gpa: p.u64(.txRingGPA), entries: p.u32(.txEntries)),
+              let r = ring(gpa: p.u64(.rxRingGPA), entries: p.u32(.rxEntries)) else { return false }
+        let ranges = [pageRange, t.range, r.range] + pvRanges
+        for (i, a) in ranges.enumerated() where ranges[(i + 1)...].contains(where: { $0.overlaps(a) }) { return false }
+        page = p; tx = t; rx = r; protected = ranges
+        return true
+    }
+
+    /// Writes the host's fields of the net page from its own copies (attach, restore). Lock held.
+    func publishLocked(txEvent: UInt32) {
+        guard let p = page else { return }
+        hostStore(p, .txCons, txCons)
+        hostStore(p, .rxProd, rxProd)
+        hostStore(p, .txEvent, txEvent)
+        hostStore(p, .announce, announce)
+        p.set64(.mac, macValue.word)
+        hostStore(p, .maxFrame, UInt32(Self.maxFrame))
+        hostStore(p, .hostStatus, 1)
+    }
+
+    func ring(gpa raw: UInt64, entries: UInt32) -> NetRing? {
         let gpa = GuestPhysicalAddress(raw)
         guard NetPage.entryLimits.contains(entries), entries.nonzeroBitCount == 1, gpa.isPageAligned,
               let bytes = try? memory.bytes(at: gpa, count: UInt64(entries) * NetPage.descriptorSize),
@@ -124,7 +167,7 @@ public final class PVNet: @unchecked Sendable {
     public func transmit(limit: Int, _ send: (UnsafeRawBufferPointer) -> Void) -> Int {
         lock.lock()
         defer { lock.unlock() }
-        guard let page, let tx else { return 0 }
+        guard !quiesced, let page, let tx else { return 0 }
         let prod = page.u32(.txProd)
         let queued = prod &- txCons
         guard queued <= tx.entries else {
@@ -163,7 +206,7 @@ public final class PVNet: @unchecked Sendable {
     public func armKick() -> Bool {
         lock.lock()
         defer { lock.unlock() }
-        guard let page else { return false }
+        guard !quiesced, let page else { return false }
         hostStore(page, .txEvent, txCons)
         ckvm_full_fence() // the store of tx_event before the load of tx_prod (§5.5)
         return page.u32(.txProd) != txCons
@@ -173,9 +216,15 @@ public final class PVNet: @unchecked Sendable {
 
     /// Copies frames into the guest's posted RX buffers, publishes `rx_prod`, and wakes the
     /// guest if it asked (§5.5). A frame that finds no buffer is dropped and counted.
-    public func deliver(_ frames: [UnsafeRawBufferPointer]) {
+    /// False, and nothing done, while the NIC is quiesced: the caller keeps the frames.
+    @discardableResult
+    public func deliver(_ frames: [UnsafeRawBufferPointer]) -> Bool {
         var wake: (@Sendable () -> Void)?
         lock.lock()
+        if quiesced {
+            lock.unlock()
+            return false
+        }
         if let page, let rx {
             let old = rxProd
             var avail = page.u32(.rxAvail)
@@ -221,6 +270,7 @@ public final class PVNet: @unchecked Sendable {
         }
         lock.unlock()
         wake?()
+        return true
     }
 
     // MARK: Helpers
@@ -239,7 +289,7 @@ public final class PVNet: @unchecked Sendable {
         return bytes
     }
 
-    private func hostStore(_ p: NetPage, _ field: NetPage.Field, _ value: UInt32) {
+    func hostStore(_ p: NetPage, _ field: NetPage.Field, _ value: UInt32) {
         p.set(field, value)
         memory.markHostWritten(p.gpa, count: GuestPhysicalAddress.pageSize)
     }

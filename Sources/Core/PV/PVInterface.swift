@@ -91,10 +91,12 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
         self.memory = memory
         self.vcpuCount = vcpuCount
         self.net = net
+        net?.vcpuCount = vcpuCount
         self.console = console
         self.log = log
         pending = PageBitmap(pageCount: memory.pageCount)
         balloon = PageBitmap(pageCount: memory.pageCount)
+        net?.pvRanges = { [weak self] in self?.netProtectedRanges() ?? [] }
     }
 
     public var snapshot: Counters { lock.withLock { counters } }
@@ -152,13 +154,9 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
             guard let control else { reject(.notRegistered); return .proceed }
             switch op {
             case .netAttach:
-                let pvRanges = [GuestRange(start: control.gpa, size: GuestPhysicalAddress.pageSize)!]
-                    // The other vCPUs' area pages and every vCPU's dirty ring (§2.10): the NIC may
-                    // overlap none (vCPU 0's area is the control page, already listed; the NIC
-                    // checks these ranges against each other too, so none may appear twice).
-                    + rings.filter { $0.area.gpa != control.gpa }.map { GuestRange(start: $0.area.gpa, size: GuestPhysicalAddress.pageSize)! }
-                    + rings.map(\.range)
-                net?.attach(pfn: UInt64(argument), pvRanges: pvRanges)
+                if net?.attach(pfn: UInt64(argument), pvRanges: netProtectedRangesLocked(control)) == true {
+                    return .netAttached
+                }
             case .netKick:
                 guard argument == 0 else { reject(.badArgument); break }
                 net?.kick()
@@ -175,6 +173,21 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
             }
         }
         return .proceed
+    }
+
+    /// The ranges the NIC's page, rings and buffers may not overlap (§5.2): the control page,
+    /// the other vCPUs' area pages and every vCPU's dirty ring (vCPU 0's area is the control
+    /// page, already listed; the NIC checks these ranges against each other too, so none may
+    /// appear twice). Lock held.
+    func netProtectedRangesLocked(_ control: ControlPage) -> [GuestRange] {
+        [GuestRange(start: control.gpa, size: GuestPhysicalAddress.pageSize)!]
+            + rings.filter { $0.area.gpa != control.gpa }.map { GuestRange(start: $0.area.gpa, size: GuestPhysicalAddress.pageSize)! }
+            + rings.map(\.range)
+    }
+
+    /// The same, for a NIC being restored (nothing while no control page is registered).
+    func netProtectedRanges() -> [GuestRange] {
+        lock.withLock { control.map { netProtectedRangesLocked($0) } ?? [] }
     }
 
     // MARK: Registration (§2.2)

@@ -21,6 +21,9 @@ public struct ReceivedVM: @unchecked Sendable {
     public let notes: [String]
     /// The id the source gave the migration in HELLO (protocol.md §3.2), for logs.
     public let migrationID: [UInt8]
+    /// The network its PV NIC was given here (`ReceiverOptions.attachNetwork`); the VM's
+    /// host detaches it when the VM is gone.
+    public var network: NetworkAttachment? = nil
 
     /// The name the VM had at the source.
     public var name: String { machineDescription.name }

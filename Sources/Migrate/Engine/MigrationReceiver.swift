@@ -31,6 +31,8 @@ final class MigrationReceiver: @unchecked Sendable {
     private let startedAt = ContinuousClock.now
     private let announced = Locked<MachineDescription?>(nil)
     private let appliedPages = Locked(0)
+    /// The arriving NIC's network, detached if the migration fails.
+    private let network = Locked<NetworkAttachment?>(nil)
 
     /// `ticket`: this migration's admission (counted by `MigrationListener` at HELLO).
     init(hello: Hello, control: FrameChannel, options: ReceiverOptions, admission: Admission, ticket: Admission.Ticket) {
@@ -110,6 +112,7 @@ final class MigrationReceiver: @unchecked Sendable {
             let error = progress.reason.map { MigrationError.refused(.timeout, $0) } ?? error
             if error.isReported { control.sendError(error.reportCode, error.reportReason) }
             abandon()
+            network.value?.detach()
             throw error
         }
     }
@@ -210,7 +213,8 @@ final class MigrationReceiver: @unchecked Sendable {
                                  digest: digest.digest,
                                  cpuSeconds: cpu.seconds + CPUMeter.threadSeconds() - threadCPUAtStart)
         return ReceivedVM(machineDescription: description, machine: machine, peer: control.stream.peer,
-                          console: console, stats: stats, notes: notes.release(), migrationID: id)
+                          console: console, stats: stats, notes: notes.release(), migrationID: id,
+                          network: network.value)
     }
 
     /// prepared → (GO) → started, or aborted (protocol.md §3.6.3). Returns with the guest
@@ -259,10 +263,28 @@ final class MigrationReceiver: @unchecked Sendable {
         guard d.kernelSHA256.count == 32, !d.name.isEmpty else { throw .wire(.malformed(type: "MACHINE", reason: "bad identity")) }
         try admission.claim(ticket, bytes: d.memoryBytes)
         let console = options.console(d.name)
+        // A NIC needs a network here: refused now, while the VM still runs at the source (§5.8).
+        if d.hasNIC, options.attachNetwork == nil {
+            throw .refused(.resources, "the VM has a PV network device and this listener has no network for it: "
+                + "start it with `pvmigrate listen --net-bridge BRIDGE`")
+        }
         var configuration = Machine.Configuration(memorySize: d.memoryBytes, kernel: [], inKernelIRQChip: d.inKernelIRQChip,
                                                   console: console, log: { [notes] in notes.log($0) })
         configuration.vcpuCount = Int(d.vcpus)
-        do { return (try Machine(restoring: configuration), console) } catch { throw .machine(error) }
+        // The MAC is the saved one (the `net` section); this one lasts until the state is restored.
+        if d.hasNIC { configuration.netMAC = MACAddress.random() }
+        let machine: Machine
+        do { machine = try Machine(restoring: configuration) } catch { throw .machine(error) }
+        if let nic = machine.net, let attach = options.attachNetwork {
+            do {
+                let attachment = try attach(nic, d.name)
+                network.withLock { $0 = attachment }
+                notes.log("PV NIC: \(attachment.description)")
+            } catch {
+                throw .refused(.resources, "cannot give the VM's PV network device a network here: \(error)")
+            }
+        }
+        return (machine, console)
     }
 
     private func waitForJoins() throws(MigrationError) -> [FrameChannel] {

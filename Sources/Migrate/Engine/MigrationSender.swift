@@ -50,11 +50,6 @@ public final class MigrationSender: @unchecked Sendable {
     public func migrate(to host: String, port: UInt16, tls: TLSMode,
                         progress: @escaping @Sendable (RoundStats) -> Void = { _ in }) throws(MigrationError) -> MigrationStats {
         try options.validate()
-        // The PV NIC's state cannot travel yet (protocol.md §5.8): refuse before any work, not
-        // when saving the state at the end (which would fail too, with the VM resumed here).
-        if machine.net?.isAttached == true {
-            throw .invalidOptions("this VM has a PV network device, which cannot migrate yet (issue 14, next part)")
-        }
         let started = ContinuousClock.now
         // This thread's CPU time plus every worker's (CPUMeter): the sender's cost.
         let cpu = CPUMeter(), threadCPUAtStart = CPUMeter.threadSeconds()
@@ -193,7 +188,7 @@ public final class MigrationSender: @unchecked Sendable {
                                open: () throws(MigrationError) -> FrameChannel) throws(MigrationError) -> [FrameChannel] {
         try sendControl(control, .machine(MachineDescription(
             memoryBytes: machine.memory.size, vcpus: UInt32(machine.vcpus.count),
-            inKernelIRQChip: machine.vm.irqChipCreated, kernelSHA256: kernelSHA256, name: name)))
+            inKernelIRQChip: machine.vm.irqChipCreated, hasNIC: machine.net != nil, kernelSHA256: kernelSHA256, name: name)))
         var channels = [control]
         for index in 1..<Int(ack.streams) {
             let c = try open()

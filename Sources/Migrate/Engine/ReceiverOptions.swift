@@ -39,5 +39,33 @@ public struct ReceiverOptions: Sendable {
     /// arrived machine logs later. What a machine logs while it is being received travels
     /// with its `ReceivedVM` or `ReceiveFailure` as `notes` instead.
     public var log: @Sendable (String) -> Void = { _ in }
+    /// Gives an arriving VM's PV NIC a network (pvmigrate: a new TAP on `listen --net-bridge`),
+    /// called with the NIC and the VM's source name as soon as MACHINE announces one — before
+    /// the source pauses. The NIC stays quiesced (frames wait in the TAP) until the guest
+    /// starts here. Nil: this host has no network for NICs, and a VM with one is refused
+    /// (`ERROR` 3) while it still runs at the source (protocol.md §5.8).
+    public var attachNetwork: (@Sendable (PVNet, String) throws -> NetworkAttachment)?
     public init() {}
+}
+
+/// A network an arriving VM's NIC was given (`ReceiverOptions.attachNetwork`): whoever owns
+/// the VM calls `detach()` once it is gone; a migration that fails does so itself.
+public final class NetworkAttachment: Sendable {
+    /// For logs, e.g. "TAP pvtap3 on bridge br0".
+    public let description: String
+    private let body: Locked<(@Sendable () -> Void)?>
+
+    public init(description: String, detach: @escaping @Sendable () -> Void) {
+        self.description = description
+        body = Locked(detach)
+    }
+
+    /// Stops the backend and releases the TAP; only the first call does anything.
+    public func detach() {
+        let b = body.withLock { (b: inout (@Sendable () -> Void)?) -> (@Sendable () -> Void)? in
+            defer { b = nil }
+            return b
+        }
+        b?()
+    }
 }

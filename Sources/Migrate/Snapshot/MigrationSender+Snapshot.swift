@@ -29,7 +29,7 @@ extension MigrationSender {
         let memory = machine.memory
         var header = SnapshotHeader(layout: layout, machine: MachineDescription(
             memoryBytes: memory.size, vcpus: UInt32(machine.vcpus.count), inKernelIRQChip: machine.vm.irqChipCreated,
-            kernelSHA256: kernelSHA256, name: name))
+            hasNIC: machine.net != nil, kernelSHA256: kernelSHA256, name: name))
         var fileOptions = options
         fileOptions.streams = 1
         fileOptions.adaptiveCompression = false // a file is no fast link: compress every batch

@@ -67,6 +67,8 @@ public final class SnapshotFile: @unchecked Sendable {
         c.memorySize = header.machine.memoryBytes
         c.vcpuCount = Int(header.machine.vcpus)
         c.inKernelIRQChip = header.machine.inKernelIRQChip
+        // The saved VM's NIC, with its own MAC (§1.8 `net`); the caller gives it a network.
+        c.netMAC = state.net?.mac
         c.memoryFile = header.layout == .mapped ? (file.rawValue, header.memoryOffset, index) : nil
     }
 

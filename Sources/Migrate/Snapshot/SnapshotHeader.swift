@@ -236,6 +236,9 @@ public struct SnapshotHeader: Equatable, Sendable {
         guard state.vcpus.allSatisfy({ $0.hasLAPIC == machine.inKernelIRQChip }) else {
             throw .malformed(field: "state", reason: "LAPIC sections do not match the machine's irqchip flag")
         }
+        guard (state.net != nil) == machine.hasNIC else {
+            throw .malformed(field: "state", reason: "the net section does not match the machine's NIC flag")
+        }
         return state
     }
 }

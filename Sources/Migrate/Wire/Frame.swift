@@ -131,13 +131,19 @@ public struct MachineDescription: Equatable, Sendable {
     public var memoryBytes: UInt64
     public var vcpus: UInt32
     public var inKernelIRQChip: Bool
+    /// Flags bit 1: the VM has a PV network device (protocol.md §5.8); STATE then holds its
+    /// `net` section and the destination must give it a network.
+    public var hasNIC: Bool
     public var kernelSHA256: [UInt8] // 32 bytes
     public var name: String
 
-    public init(memoryBytes: UInt64, vcpus: UInt32, inKernelIRQChip: Bool, kernelSHA256: [UInt8], name: String) {
-        self.memoryBytes = memoryBytes; self.vcpus = vcpus; self.inKernelIRQChip = inKernelIRQChip
+    public init(memoryBytes: UInt64, vcpus: UInt32, inKernelIRQChip: Bool, hasNIC: Bool = false, kernelSHA256: [UInt8],
+                name: String) {
+        self.memoryBytes = memoryBytes; self.vcpus = vcpus; self.inKernelIRQChip = inKernelIRQChip; self.hasNIC = hasNIC
         self.kernelSHA256 = kernelSHA256; self.name = name
     }
+
+    var flags: UInt32 { (inKernelIRQChip ? 1 : 0) | (hasNIC ? 2 : 0) }
 }
 
 public struct RoundReport: Equatable, Sendable {
@@ -230,7 +236,7 @@ public enum Frame: Equatable, Sendable {
             p.u16(a.version); p.u16(0); p.u32(a.streams); p.u64(a.capabilities.rawValue)
         case let .machine(m):
             let name = utf8Prefix(m.name, 255)
-            p.u64(m.memoryBytes); p.u32(m.vcpus); p.u32(m.inKernelIRQChip ? 1 : 0); p.raw(m.kernelSHA256)
+            p.u64(m.memoryBytes); p.u32(m.vcpus); p.u32(m.flags); p.raw(m.kernelSHA256)
             p.u16(UInt16(name.count)); p.raw(name)
         case let .join(id, index):
             p.raw(id); p.u32(index)
@@ -280,11 +286,11 @@ public enum Frame: Equatable, Sendable {
             guard payload.count >= 50 else { throw .malformed(type: name, reason: "\(payload.count) bytes") }
             let memory = try r.u64(), vcpus = try r.u32(), flags = try r.u32(), sha = try r.raw(32), nameLength = Int(try r.u16())
             try exact(50 + nameLength)
-            guard flags & ~1 == 0 else { throw .reservedNotZero("MACHINE flags") }
+            guard flags & ~3 == 0 else { throw .reservedNotZero("MACHINE flags") }
             guard let text = String(validating: try r.raw(nameLength), as: UTF8.self) else {
                 throw .malformed(type: name, reason: "the VM name is not UTF-8")
             }
-            return .machine(MachineDescription(memoryBytes: memory, vcpus: vcpus, inKernelIRQChip: flags & 1 != 0,
+            return .machine(MachineDescription(memoryBytes: memory, vcpus: vcpus, inKernelIRQChip: flags & 1 != 0, hasNIC: flags & 2 != 0,
                                                kernelSHA256: sha, name: text))
         case .join:
             try exact(20)

@@ -1,0 +1,24 @@
+import Core
+import Foundation
+import Migrate
+import Net
+
+/// Gives a VM's PV NIC a new TAP on a bridge and an I/O thread (protocol.md §5): for a VM
+/// that arrives (`listen --net-bridge`) or is restored from a snapshot (`restore --net`).
+enum NetworkAttacher {
+    /// `ReceiverOptions.attachNetwork` for `listen --net-bridge BRIDGE`.
+    static func bridge(_ bridge: String) -> @Sendable (PVNet, String) throws -> NetworkAttachment {
+        { device, _ in try attach(device, spec: NetSpec(attachment: .bridge(bridge))) }
+    }
+
+    /// Opens the TAP `spec` names, starts a `NICBackend` on it for `device`; `detach()` stops it
+    /// and closes the TAP (a TAP pvmigrate created disappears then).
+    static func attach(_ device: PVNet, spec: NetSpec) throws -> NetworkAttachment {
+        let tap = try spec.openTap()
+        let backend = try NICBackend(device: device, tap: tap)
+        backend.start()
+        var description = "TAP \(tap.name)"
+        if case let .bridge(b) = spec.attachment { description += " on bridge \(b)" }
+        return NetworkAttachment(description: description) { backend.stop() }
+    }
+}
