@@ -35,6 +35,19 @@ struct NetBenchOptions: ParsableArguments {
         guard (0.5...600).contains(seconds) else { throw ValidationError("--net-seconds must be 0.5–600") }
         guard (1...256).contains(window) else { throw ValidationError("--net-window must be 1–256") }
     }
+
+    var settings: NetBenchSettings {
+        NetBenchSettings(memory: memory.bytes, rate: rate, seconds: seconds, window: window, nicOnly: nicOnly)
+    }
+}
+
+/// What one `bench --net` (or `demo --net`) run does; the defaults are bench's.
+struct NetBenchSettings {
+    var memory: UInt64 = 256 << 20
+    var rate: Double = 2000
+    var seconds: Double = 3
+    var window = 16
+    var nicOnly = false
 }
 
 /// One `bench --net` run: the network, the serving guest, the clients, the migration, the
@@ -43,10 +56,12 @@ final class NetBenchRun: @unchecked Sendable {
     static let vmName = "nbvm"
     static let migrationPort: UInt16 = 42000
 
-    let options: NetBenchOptions
+    let options: NetBenchSettings
     let network: BenchNetwork
     let directory: String
     let plan: KVLoadPlan
+    /// How notes name the run: "bench --net" or "demo --net".
+    let label: String
     /// The socket of `clients()` kept out of the load, for single requests and the final reads.
     var spare: Int { plan.sockets }
     private(set) var report: NetBenchReport
@@ -54,11 +69,12 @@ final class NetBenchRun: @unchecked Sendable {
     private var destination: LoggedProcess?
     private var vmOut: LoggedProcess? // whichever process runs the VM now
 
-    init(options: NetBenchOptions) throws {
+    init(options: NetBenchSettings, label: String = "bench --net") throws {
+        self.label = label
         self.options = options
         plan = KVLoadPlan(rate: options.rate)
         report = NetBenchReport(date: ISO8601DateFormatter().string(from: Date()), loadAverage: NetBenchReport.loadAverage(),
-                                guestMemoryMiB: Int(options.memory.bytes >> 20), plan: plan)
+                                guestMemoryMiB: Int(options.memory >> 20), plan: plan)
         do { network = try BenchNetwork() } catch { throw Diagnostics.fail(error) }
         directory = NSTemporaryDirectory() + "pvmigrate-netbench-\(getpid())"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -67,15 +83,15 @@ final class NetBenchRun: @unchecked Sendable {
     /// Stops everything this run started and deletes the network; keeps the logs only when `keepLogs`.
     func cleanUp(keepLogs: Bool) {
         network.close()
-        if keepLogs { Diagnostics.note("bench --net: logs kept in \(directory)") } else { try? FileManager.default.removeItem(atPath: directory) }
+        if keepLogs { Diagnostics.note("\(label): logs kept in \(directory)") } else { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     static var binary: String { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0] }
 
     /// Boots the serving guest at the source and waits until it serves.
     func bootGuest() throws {
-        Diagnostics.note("bench --net: booting a \(options.memory.bytes >> 20) MiB serving guest in namespace \(network.hosts)…")
-        let vm = try network.start(in: network.hosts, [Self.binary, "run", "--name", Self.vmName, "--memory", "\(options.memory.bytes >> 20)M",
+        Diagnostics.note("\(label): booting a \(options.memory >> 20) MiB serving guest in namespace \(network.hosts)…")
+        let vm = try network.start(in: network.hosts, [Self.binary, "run", "--name", Self.vmName, "--memory", "\(options.memory >> 20)M",
                                                        "--net", "bridge=\(BenchNetwork.bridge)",
                                                        "--cmdline", "workload=serve ip=\(BenchNetwork.guestAddress)/24"],
                                    log: directory + "/source.log", environment: ["PVMIGRATE_RUNTIME_DIR": directory + "/src"])
@@ -83,6 +99,11 @@ final class NetBenchRun: @unchecked Sendable {
         vmOut = vm
         try vm.wait(for: "pvguest: serving udp 7070", what: "the serving guest")
     }
+
+    /// What the source process printed (its guest's console included).
+    var sourceLog: String { source?.text ?? "" }
+    /// Whether the source process has ended (after a migration: it let go of the VM).
+    var sourceEnded: Bool { source.map { !$0.process.isRunning } ?? false }
 
     /// The client sockets (load sockets plus the spare one) in the client namespace, once the
     /// guest answers (its ARP and store are up).
@@ -108,7 +129,7 @@ final class NetBenchRun: @unchecked Sendable {
     func measureNIC(_ clients: UDPClients) throws -> NICFigures {
         let offset = MonotonicClock.realtimeOffset()
         let pings = max(50, Int(options.seconds / 0.002))
-        Diagnostics.note("bench --net: NIC alone: \(pings) pings, then UDP at \(Int(plan.rate))/s and \(options.window) in flight, \(options.seconds) s each…")
+        Diagnostics.note("\(label): NIC alone: \(pings) pings, then UDP at \(Int(plan.rate))/s and \(options.window) in flight, \(options.seconds) s each…")
         let ping = try startPing(count: pings, name: "nic-ping")
         guard ping.waitForExit(timeout: options.seconds * 4 + 30) else { throw NetBenchError.run("ping did not finish: \(ping.text.suffix(300))") }
         let pingSummary = Self.ping(ping, window: PhaseWindow(), offset: offset)
@@ -125,9 +146,9 @@ final class NetBenchRun: @unchecked Sendable {
         return load.stop(drainSeconds: min(2, plan.reuseSeconds))
     }
 
-    /// The migration under load: ping and the UDP load run throughout; `before` seconds, the
-    /// migration, `after` seconds; then every key is read at the destination.
-    func measureMigration(_ clients: UDPClients) throws -> MigrationFigures {
+    /// Starts `pvmigrate listen --net-bridge` (mutual TLS, the source named src) in the hosts'
+    /// namespace and waits until it listens.
+    func startDestination() throws {
         try CertificateAuthority.initialize(directory: directory + "/pki", hosts: ["src", "dst=127.0.0.1"])
         let listen = try network.start(in: network.hosts, [Self.binary, "listen", "--address", "127.0.0.1:\(Self.migrationPort)",
                                                            "--tls-dir", directory + "/pki/dst", "--allow-source", "src",
@@ -135,32 +156,43 @@ final class NetBenchRun: @unchecked Sendable {
                                        log: directory + "/destination.log", environment: ["PVMIGRATE_RUNTIME_DIR": directory + "/dst"])
         destination = listen
         try listen.wait(for: "listening on", what: "pvmigrate listen --net-bridge (the destination)", timeout: 60)
+    }
 
+    /// Migrates the VM to the destination (as `pvmigrate send` asks its process to) and returns
+    /// the VMM's statistics; afterwards the destination's process runs the VM.
+    func migrate() throws -> MigrationStats {
+        let runtime = try RuntimeDirectory(environment: ["PVMIGRATE_RUNTIME_DIR": directory + "/src"])
+        let client = try ControlClient(name: Self.vmName, runtime: runtime)
+        let request = MigrateRequest(destination: Endpoint(host: "127.0.0.1", port: Self.migrationPort),
+                                     security: .tls(directory: directory + "/pki/src"))
+        let result: JSONValue
+        do { result = try client.request(.migrate(request)) } catch { throw NetBenchError.run("the migration failed: \(error)") }
+        guard let stats = try? result.decode(MigrationStats.self) else {
+            throw NetBenchError.run("the migration answered statistics this pvmigrate cannot read: \(result.jsonText)")
+        }
+        vmOut = destination
+        _ = source?.waitForExit(timeout: 30) // `run --name` ends once its VM migrated away
+        return stats
+    }
+
+    /// The migration under load: ping and the UDP load run throughout; `seconds` before, the
+    /// migration, `seconds` after; then every key is read at the destination.
+    func measureMigration(_ clients: UDPClients) throws -> MigrationFigures {
+        try startDestination()
         let offset = MonotonicClock.realtimeOffset()
         let ping = try startPing(count: nil, name: "migration-ping")
         let load = KVLoad(plan: plan, clients: clients)
         load.start()
         MonotonicClock.sleep(until: MonotonicClock.now() + UInt64(options.seconds * 1e9)) // load before the migration
-        Diagnostics.note("bench --net: migrating under load (\(Int(plan.rate)) UDP requests/s, ping every 2 ms)…")
+        Diagnostics.note("\(label): migrating under load (\(Int(plan.rate)) UDP requests/s, ping every 2 ms)…")
         var window = PhaseWindow(migrationStartNs: MonotonicClock.now())
         let stats: MigrationStats
-        do {
-            let runtime = try RuntimeDirectory(environment: ["PVMIGRATE_RUNTIME_DIR": directory + "/src"])
-            let client = try ControlClient(name: Self.vmName, runtime: runtime)
-            let request = MigrateRequest(destination: Endpoint(host: "127.0.0.1", port: Self.migrationPort),
-                                         security: .tls(directory: directory + "/pki/src"))
-            let result = try client.request(.migrate(request))
-            window.migrationEndNs = MonotonicClock.now()
-            guard let decoded = try? result.decode(MigrationStats.self) else {
-                throw NetBenchError.run("the migration answered statistics this pvmigrate cannot read: \(result.jsonText)")
-            }
-            stats = decoded
-        } catch {
+        do { stats = try migrate() } catch {
             _ = load.stop(drainSeconds: 0)
             ping.interrupt()
-            throw NetBenchError.run("the migration failed: \(error)")
+            throw error
         }
-        vmOut = listen
+        window.migrationEndNs = MonotonicClock.now()
         MonotonicClock.sleep(until: MonotonicClock.now() + UInt64(options.seconds * 1e9)) // load after the migration
         let (ledger, failures) = load.stop(drainSeconds: min(2, plan.reuseSeconds))
         ping.interrupt()
@@ -168,10 +200,16 @@ final class NetBenchRun: @unchecked Sendable {
         var finals: [Int: KVAnswer?] = [:]
         for key in 0..<plan.keys { finals[key] = KVLoad.get(key, on: clients, socket: spare) }
         KVConsistency.verifyFinal(ledger.records, plan: plan, finals: finals, into: &verdict)
-        _ = source?.waitForExit(timeout: 30) // `run --name` ends once its VM migrated away
         return MigrationFigures(vmmDowntimeMs: stats.downtimeSeconds * 1000, totalSeconds: stats.totalSeconds, rounds: stats.rounds.count,
                                 udp: ledger.summary(window: window), ping: Self.ping(ping, window: window, offset: offset),
                                 verdict: verdict, udpSendFailures: failures, udpStrayAnswers: ledger.stray)
+    }
+
+    /// Ends the VM (`run` and `listen` stop their VMs on SIGINT and print the NIC's counters)
+    /// and the destination.
+    func stopVM() {
+        vmOut?.interrupt()
+        destination?.interrupt()
     }
 
     /// The whole run; the report says what ran and what failed.
@@ -184,9 +222,7 @@ final class NetBenchRun: @unchecked Sendable {
         } catch {
             report.failure = "\(error)"
         }
-        // The VM's end: `run` and `listen` stop their VMs on SIGINT and print the NIC's counters.
-        vmOut?.interrupt()
-        destination?.interrupt()
+        stopVM()
         report.loadAverageEnd = NetBenchReport.loadAverage()
         return report
     }
@@ -195,7 +231,7 @@ final class NetBenchRun: @unchecked Sendable {
 extension Bench {
     /// `bench --net`: runs, prints the tables, writes --json, cleans up; fails unless every check passed.
     func runNet() throws {
-        let run = try NetBenchRun(options: netOptions)
+        let run = try NetBenchRun(options: netOptions.settings)
         let interrupt = SignalWatcher(SIGINT, SIGTERM) {
             run.cleanUp(keepLogs: true)
             Foundation.exit(130)
