@@ -76,6 +76,12 @@ public enum KVConsistency {
                 return false
             }
         case let .value(v):
+            if let id = plan.setID(of: v), id < plan.firstID, plan.key(of: id) == key {
+                // Written by an earlier load: fine only while no SET of this load was acknowledged.
+                guard let atLeast else { return true }
+                verdict.violation("\(what) \(name): the value of SET \(id) of an earlier load, after SET \(atLeast) was acknowledged")
+                return false
+            }
             guard let id = plan.setID(of: v), plan.key(of: id) == key,
                   let set = sets?.sets.first(where: { $0.id == id }) else {
                 verdict.violation("\(what) \(name): a value no SET of this key wrote (\(v.prefix(40)))")

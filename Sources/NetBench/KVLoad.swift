@@ -65,7 +65,7 @@ public final class KVLoad: @unchecked Sendable {
                     continue
                 }
             case let .window(window, giveUpMs):
-                if n >= window, !mayPass(n - window, giveUpNs: UInt64(giveUpMs) * 1_000_000) { continue }
+                if n >= window, !mayPass(plan.firstID + n - window, giveUpNs: UInt64(giveUpMs) * 1_000_000) { continue }
             }
             let id = ledger.withLock { $0.sent(at: MonotonicClock.now()) }
             if !clients.send(plan.socket(of: id), plan.message(id)) { sendFailures.withLock { $0 += 1 } }
@@ -75,7 +75,7 @@ public final class KVLoad: @unchecked Sendable {
 
     /// Whether request `id` is answered or given up on; waits briefly for a change if not.
     private func mayPass(_ id: Int, giveUpNs: UInt64) -> Bool {
-        let (answered, sent) = ledger.withLock { l in (l.records[id].replyNs != nil, l.records[id].sentNs) }
+        let (answered, sent) = ledger.withLock { l in (l.record(id).replyNs != nil, l.record(id).sentNs) }
         if answered || MonotonicClock.now() - sent > giveUpNs { return true }
         changed.lock()
         _ = changed.wait(until: Date(timeIntervalSinceNow: 0.005))

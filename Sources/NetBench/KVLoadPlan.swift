@@ -28,9 +28,13 @@ public struct KVLoadPlan: Codable, Sendable, Equatable {
     public var keys: Int
     /// Bytes of each SET's value (its id, then padding), 16–200.
     public var valueBytes: Int
+    /// The first request's id. Several loads against one guest continue each other's ids, so a
+    /// value names the one SET that wrote it, and one a load finds from an earlier load (id
+    /// below `firstID`) is told apart from its own.
+    public var firstID: Int
 
-    public init(rate: Double = 2000, sockets: Int = 32, keys: Int = 400, valueBytes: Int = 48) {
-        self.rate = rate; self.sockets = sockets; self.keys = keys; self.valueBytes = valueBytes
+    public init(rate: Double = 2000, sockets: Int = 32, keys: Int = 400, valueBytes: Int = 48, firstID: Int = 0) {
+        self.rate = rate; self.sockets = sockets; self.keys = keys; self.valueBytes = valueBytes; self.firstID = firstID
     }
 
     /// Nil when the plan is usable, else what is wrong.

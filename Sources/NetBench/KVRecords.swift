@@ -25,7 +25,7 @@ public struct KVLedger: Sendable {
     public private(set) var stray = 0
     /// ERR answers (they name no key: counted, not matched).
     public private(set) var errors: [String] = []
-    /// The last request id per identity, `socket * keys + key`.
+    /// The last request id per identity, `socket * keys + key` (-1: none yet).
     private var current: [Int]
 
     public init(plan: KVLoadPlan) {
@@ -33,9 +33,12 @@ public struct KVLedger: Sendable {
         current = Array(repeating: -1, count: plan.sockets * plan.keys)
     }
 
-    /// Records request `records.count` as sent at `sentNs` and returns its id.
+    /// The record of request `id` (ids start at `plan.firstID`).
+    public func record(_ id: Int) -> KVRecord { records[id - plan.firstID] }
+
+    /// Records the next request (id `plan.firstID + records.count`) as sent at `sentNs` and returns its id.
     public mutating func sent(at sentNs: UInt64) -> Int {
-        let id = records.count
+        let id = plan.firstID + records.count
         records.append(KVRecord(id: id, sentNs: sentNs))
         current[plan.socket(of: id) * plan.keys + plan.key(of: id)] = id
         return id
@@ -56,9 +59,9 @@ public struct KVLedger: Sendable {
         let id = current[socket * plan.keys + key]
         let expectsOK = plan.kind(of: max(id, 0)) == .set
         let isOK = answer == .ok
-        guard id >= 0, records[id].replyNs == nil, expectsOK == isOK else { stray += 1; return nil }
-        records[id].replyNs = ns
-        records[id].answer = answer
+        guard id >= 0, records[id - plan.firstID].replyNs == nil, expectsOK == isOK else { stray += 1; return nil }
+        records[id - plan.firstID].replyNs = ns
+        records[id - plan.firstID].answer = answer
         return id
     }
 

@@ -59,7 +59,8 @@ final class NetBenchRun: @unchecked Sendable {
     let options: NetBenchSettings
     let network: BenchNetwork
     let directory: String
-    let plan: KVLoadPlan
+    /// The load's plan; each load continues the ids of the one before (`KVLoadPlan.firstID`).
+    private(set) var plan: KVLoadPlan
     /// How notes name the run: "bench --net" or "demo --net".
     let label: String
     /// The socket of `clients()` kept out of the load, for single requests and the final reads.
@@ -143,7 +144,14 @@ final class NetBenchRun: @unchecked Sendable {
         let load = KVLoad(plan: plan, clients: clients)
         load.start(pacing: pacing)
         MonotonicClock.sleep(until: MonotonicClock.now() + UInt64(options.seconds * 1e9)) // the measure's length
-        return load.stop(drainSeconds: min(2, plan.reuseSeconds))
+        return finish(load)
+    }
+
+    /// Stops `load` once its answers are in (bounded) and moves the next load's first id past its ids.
+    private func finish(_ load: KVLoad) -> (ledger: KVLedger, sendFailures: Int) {
+        let result = load.stop(drainSeconds: min(2, plan.reuseSeconds))
+        plan.firstID += result.ledger.records.count
+        return result
     }
 
     /// Starts `pvmigrate listen --net-bridge` (mutual TLS, the source named src) in the hosts'
@@ -194,12 +202,12 @@ final class NetBenchRun: @unchecked Sendable {
         }
         window.migrationEndNs = MonotonicClock.now()
         MonotonicClock.sleep(until: MonotonicClock.now() + UInt64(options.seconds * 1e9)) // load after the migration
-        let (ledger, failures) = load.stop(drainSeconds: min(2, plan.reuseSeconds))
+        let (ledger, failures) = finish(load)
         ping.interrupt()
-        var verdict = KVConsistency.checkLoad(ledger.records, plan: plan)
+        var verdict = KVConsistency.checkLoad(ledger.records, plan: ledger.plan)
         var finals: [Int: KVAnswer?] = [:]
         for key in 0..<plan.keys { finals[key] = KVLoad.get(key, on: clients, socket: spare) }
-        KVConsistency.verifyFinal(ledger.records, plan: plan, finals: finals, into: &verdict)
+        KVConsistency.verifyFinal(ledger.records, plan: ledger.plan, finals: finals, into: &verdict)
         return MigrationFigures(vmmDowntimeMs: stats.downtimeSeconds * 1000, totalSeconds: stats.totalSeconds, rounds: stats.rounds.count,
                                 udp: ledger.summary(window: window), ping: Self.ping(ping, window: window, offset: offset),
                                 verdict: verdict, udpSendFailures: failures, udpStrayAnswers: ledger.stray)

@@ -54,4 +54,21 @@ import Testing
         KVConsistency.verifyFinal(records, plan: plan, finals: [:], into: &missing)
         #expect(missing.keysUnanswered == 1)
     }
+
+    @Test func aValueFromAnEarlierLoadCountsOnlyUntilThisLoadsFirstAcknowledgedSet() {
+        let later = KVLoadPlan(rate: 1000, sockets: 2, keys: 1, valueBytes: 16, firstID: 100)
+        let old = later.value(of: 50) // written by an earlier load (ids below 100)
+        let before = [KVRecord(id: 100, sentNs: 0, replyNs: nil), KVRecord(id: 101, sentNs: 1, replyNs: 5, answer: .value(old))]
+        #expect(KVConsistency.checkLoad(before, plan: later).passed)
+        var v = KVVerdict()
+        KVConsistency.verifyFinal(before, plan: later, finals: [0: .value(old)], into: &v)
+        #expect(v.passed, "no SET of this load was acknowledged: the earlier value stands")
+        let after = [KVRecord(id: 100, sentNs: 0, replyNs: 2, answer: .ok), KVRecord(id: 101, sentNs: 3, replyNs: 5, answer: .value(old))]
+        #expect(KVConsistency.checkLoad(after, plan: later).violations == 1)
+        var lost = KVVerdict()
+        KVConsistency.verifyFinal(after, plan: later, finals: [0: .value(old)], into: &lost)
+        #expect(lost.acknowledgedSetsLost == 1)
+        var ledger = KVLedger(plan: later)
+        #expect(ledger.sent(at: 0) == 100 && ledger.record(100).sentNs == 0)
+    }
 }
