@@ -126,14 +126,12 @@ public final class BenchNetwork: @unchecked Sendable {
         p.standardError = out
         p.standardInput = FileHandle.nullDevice
         do { try p.run() } catch { throw .command(arguments.joined(separator: " "), "\(error)") }
-        let ended = DispatchSemaphore(value: 0)
-        p.terminationHandler = { _ in ended.signal() }
+        // A command still running after `timeout` is killed, which also ends the read below.
+        let watchdog = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: watchdog)
         let data = out.fileHandleForReading.readDataToEndOfFile()
-        if ended.wait(timeout: .now() + timeout) == .timedOut {
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
-        }
         p.waitUntilExit()
+        watchdog.cancel()
         let text = String(decoding: data, as: UTF8.self)
         guard p.terminationReason == .exit, p.terminationStatus == 0 else {
             throw .command(arguments.joined(separator: " "), text)
