@@ -77,7 +77,10 @@ extension EndToEnd {
             let client = try lab.start(inHost: false, ["python3", "\(Self.tools)/kv_during.py", Self.guest, stop])
             #expect(client.wait(for: "kv-during: writing"), "the client got no answer before the migration: \(client.text)")
 
-            let sent = try sides.run(lab, "src", ["send", "127.0.0.1:41011", "nmvm", "--max-time", "60"] + tls("src"))
+            // A generous downtime target: the guarantee here is "no acknowledged SET lost", not the
+            // pause; on a loaded 2-core host the 50 ms default may never be predicted reachable.
+            let sent = try sides.run(lab, "src", ["send", "127.0.0.1:41011", "nmvm", "--max-time", "60", "--downtime-ms", "2000"]
+                + tls("src"))
             #expect(sent.status == 0, "send failed: \(sent.text)")
             #expect(listener.wait(for: "VM nmvm arrived"), "\(listener.text)")
             let destinationTap = try #require(Self.tap(in: listener.stdout, after: "PV NIC: TAP"), "\(listener.text)")

@@ -365,6 +365,9 @@ public final class VCPUThread: @unchecked Sendable {
         }
     }
 
+    /// A `wake()` came that no SLEEP has taken yet (tests: which vCPU an RX wake reached).
+    var hasPendingWake: Bool { condition.withLock { wakePending } }
+
     /// Ends the vCPU's current or next PV SLEEP (a device has work for the guest, §5.5).
     public func wake() {
         condition.withLock {
