@@ -44,6 +44,9 @@ let package = Package(
         .target(name: "Migrate", dependencies: ["Core", "Posix", "CZstd", "COpenSSL"]),
         // The PV NIC's host side: TAP devices, bridges and the per-NIC I/O thread (protocol.md §5).
         .target(name: "Net", dependencies: ["Core", "CKVM", "Posix"]),
+        // `bench --net` and `demo --net` (issue 14): the namespaces they run in, the UDP request
+        // generator, ping's output, and the client-side statistics (pure, tested without KVM).
+        .target(name: "NetBench", dependencies: ["Core", "CKVM", "Posix"]),
         // Named VMs: runtime directory, per-VM control sockets (protocol.md §4), console buffers.
         .target(name: "Control", dependencies: [
             "Core", "Migrate", "Posix",
@@ -62,7 +65,7 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "pvmigrate", dependencies: [
-            "Core", "Migrate", "Control", "Config", "Operations", "Net", "Posix", "GuestImage",
+            "Core", "Migrate", "Control", "Config", "Operations", "Net", "NetBench", "Posix", "GuestImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -72,12 +75,15 @@ let package = Package(
         .testTarget(name: "MigrateTests", dependencies: ["Core", "Migrate"]),
         // The PV NIC without KVM or TAP: net page and descriptor validation, event indices, --net.
         .testTarget(name: "NetTests", dependencies: ["Core", "Net"]),
+        // bench --net's statistics, request plan, consistency checks and ping parsing.
+        .testTarget(name: "NetBenchTests", dependencies: ["NetBench"]),
         // The control plane without VMs or sockets: request/response coding, option checks,
         // endpoints, arrival names (one test needs /dev/kvm and skips without it).
         .testTarget(name: "ControlTests", dependencies: [
             "Core", "Migrate", "Control", "Config", "Operations", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Config", "Operations", "GuestImage", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Config", "Operations", "GuestImage", "NetBench",
+                                                          "TestSupport"]),
     ]
 )

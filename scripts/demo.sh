@@ -9,7 +9,13 @@
 #   page counter) → its own self-check of every page it wrote ("0 bad") → the statistics.
 #
 # Exits 0 only if every check passed. Takes well under a minute once built.
-# Usage: scripts/demo.sh [pvmigrate demo options, e.g. --memory 1G --dirty-source pv]
+#
+# scripts/demo.sh --net (root): the network demo instead — network namespaces made and deleted
+# by the demo (TEST-NET-1 only), a guest serving its UDP key-value store answers ping, SET and
+# GET from a client namespace before and after it moves between `pvmigrate run` and
+# `pvmigrate listen --net-bridge`, whose TAPs share a bridge. The default demo needs no
+# network privileges.
+# Usage: scripts/demo.sh [--net] [pvmigrate demo options, e.g. --memory 1G --dirty-source pv]
 # Environment: SWIFTPM_FLAGS  extra flags for `swift build`, e.g. "--scratch-path .build-ci".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

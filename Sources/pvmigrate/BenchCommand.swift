@@ -31,6 +31,11 @@ struct Bench: ParsableCommand {
             predicted when stop-and-copy started, bytes on the wire, rounds, the guest's dirtying speed during \
             the migration relative to before it, page encodings, CPU-seconds per GiB of guest memory moved \
             (source/destination, per-thread getrusage), MB/s on the wire while sending.
+
+            --net (root): the PV NIC measured from outside the VM in network namespaces the run creates and \
+            deletes — round trips and packets/s of the NIC alone, then a migration under ping and a fixed-rate \
+            UDP load: client-observed blackout next to the VMM's downtime, lost requests, latency before/during/\
+            after, and a check that every acknowledged SET survived (BenchNet.swift; docs/benchmarks.md).
             """)
 
     static let defaultRuns = 3
@@ -63,7 +68,16 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("from-json"), help: "Run nothing: print the table (and --svg chart) of an earlier --json file.")
     var fromJSON: String?
 
+    @OptionGroup var netOptions: NetBenchOptions
+
     mutating func validate() throws {
+        if netOptions.enabled {
+            if quick || matrix || resident || !cases.isEmpty || list || runs != nil || svg != nil || fromJSON != nil {
+                throw ValidationError("--net runs its own measures: of the other options only --json applies")
+            }
+        } else if netOptions.nicOnly {
+            throw ValidationError("--nic-only is part of --net: add --net")
+        }
         if let runs, !(1...20).contains(runs) { throw ValidationError("--runs must be 1–20") }
         let known = Set((BenchCase.named).map(\.name))
         if resident && matrix { throw ValidationError("--resident and --matrix are separate sets: choose one") }
@@ -92,6 +106,7 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
+        if netOptions.enabled { return try runNet() }
         if list {
             for c in BenchCase.named {
                 print([c.name, "\(c.memory)", c.bandwidth.map { String(Int($0)) } ?? "-", c.cmdline].joined(separator: "\t"))

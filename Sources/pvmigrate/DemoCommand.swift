@@ -17,6 +17,10 @@ struct Demo: ParsableCommand {
             keeps dirtying memory, migrates it while it runs, shows it carrying on at the destination, \
             has it verify every page it wrote, prints the statistics and cleans up. Exit status 0 \
             only if every check passed.
+
+            --net (root): a second demo in network namespaces it creates and deletes — a guest serving \
+            the UDP key-value store (docs/protocol.md §5.7) answers ping, SET and GET from a client \
+            namespace before and after it moves between two pvmigrate processes whose TAPs share a bridge.
             """)
 
     @Option(name: .long, help: "Guest memory (256M–4G).")
@@ -31,6 +35,9 @@ struct Demo: ParsableCommand {
     @Option(name: .long, help: "Seconds to show the guest's console before and after the migration.")
     var show: Double = 2
 
+    @Flag(name: .long, help: "The network demo: a serving guest answers ping and its UDP store before and after the move (root).")
+    var net = false
+
     mutating func validate() throws {
         guard (256 << 20...4 << 30).contains(memory.bytes), memory.bytes % (2 << 20) == 0 else {
             throw ValidationError("--memory must be 256M–4G and a multiple of 2M")
@@ -40,6 +47,7 @@ struct Demo: ParsableCommand {
     }
 
     func run() throws {
+        if net { return try runNet() }
         let demo = try DemoRun(memory: memory.bytes, cmdline: cmdline, dirtySource: DirtySourceMode(rawValue: dirtySource) ?? MigrationOptions().dirtySource,
                                show: show)
         defer { demo.cleanUp() }

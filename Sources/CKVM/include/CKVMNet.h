@@ -1,5 +1,5 @@
 // CKVM networking helpers: the TAP and bridge ioctls, whose request macros (_IOW) and
-// `struct ifreq` unions Swift cannot use directly. Used by the Net target only.
+// `struct ifreq` unions Swift cannot use directly, and setns(2). Used by the Net and NetBench targets.
 // Every function returns a non-negative value on success or -errno on failure.
 #ifndef CKVM_NET_H
 #define CKVM_NET_H
@@ -19,5 +19,11 @@ int ckvm_bridge_add(const char *bridge, const char *name);
 
 /// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK). Returns the descriptor or -errno.
 int ckvm_eventfd(void);
+
+/// Moves the calling thread (only it) into the network namespace at `path`, e.g.
+/// /run/netns/NAME (`ip netns add`), with setns(2): sockets it creates afterwards belong to
+/// that namespace for their whole life, whichever thread uses them. Used by the NetBench
+/// target's clients. Returns 0 or -errno.
+int ckvm_enter_netns(const char *path);
 
 #endif

@@ -1,0 +1,51 @@
+import NetBench
+import Testing
+
+/// The client-side figures (blackout, lost, latency per phase) from timestamps alone.
+@Suite struct ClientStatisticsTests {
+    static let ms: UInt64 = 1_000_000
+
+    @Test func percentilesAreNearestRank() {
+        let s = LatencySummary(nanoseconds: (1...100).map { UInt64($0) * 1000 }.shuffled())
+        #expect(s.count == 100 && s.p50Us == 50 && s.p99Us == 99 && s.maxUs == 100)
+        let one = LatencySummary(nanoseconds: [7000])
+        #expect(one.p50Us == 7 && one.p99Us == 7)
+        #expect(LatencySummary(nanoseconds: []).p99Us == 0)
+    }
+
+    @Test func phasesFollowTheMigrationWindow() {
+        let w = PhaseWindow(migrationStartNs: 100, migrationEndNs: 200)
+        #expect([99, 100, 199, 200].map { w.phase(of: $0) } == [.before, .during, .during, .after])
+        #expect(PhaseWindow().phase(of: 1_000) == .before)
+        #expect(PhaseWindow(migrationStartNs: 10).phase(of: 1_000) == .during)
+    }
+
+    @Test func blackoutIsTheLongestGapBetweenAnswersAndPlacedAgainstTheMigration() {
+        let w = PhaseWindow(migrationStartNs: 1000 * Self.ms)
+        let answers = [0, 1, 2, 3, 1010, 1011].map { UInt64($0) * Self.ms }
+        let b = Blackout(replies: answers.shuffled(), loadEndNs: 1011 * Self.ms, window: w)
+        #expect(b.milliseconds == 1007)
+        #expect(b.startsAfterMigrationMs == -997)
+        // No answer after the last one until the load ended: that silence counts.
+        let trailing = Blackout(replies: [0, 1].map { $0 * Self.ms }, loadEndNs: 50 * Self.ms, window: PhaseWindow())
+        #expect(trailing.milliseconds == 49 && trailing.startsAfterMigrationMs == nil)
+    }
+
+    @Test func summaryCountsLostAndSplitsLatencyByPhase() {
+        let w = PhaseWindow(migrationStartNs: 10 * Self.ms, migrationEndNs: 20 * Self.ms)
+        var requests: [(sent: UInt64, answered: UInt64?)] = []
+        for t in 0..<30 {
+            let sent = UInt64(t) * Self.ms
+            // Lost during the migration's last 4 ms; slower answers (2 ms) while it runs.
+            let answered: UInt64? = (16..<20).contains(t) ? nil : sent + ((10..<20).contains(t) ? 2 : 1) * Self.ms / 10
+            requests.append((sent, answered))
+        }
+        let s = ClientSummary(requests: requests, window: w)
+        #expect(s.sent == 30 && s.answered == 26 && s.lost == 4)
+        #expect(s.latency(.before)?.count == 10 && s.latency(.before)?.p50Us == 100)
+        #expect(s.latency(.during)?.count == 6 && s.latency(.during)?.p99Us == 200)
+        #expect(s.latency(.after)?.count == 10)
+        #expect(abs(s.blackout.milliseconds - 4.9) < 1e-9, "15.2 ms → 20.1 ms")
+        #expect(abs(s.blackout.startsAfterMigrationMs! - 5.2) < 1e-9)
+    }
+}
