@@ -70,7 +70,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
-        .target(name: "TestSupport", dependencies: ["Core"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Core", "NetBench"], path: "Tests/TestSupport"),
         .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "Posix", "TestSupport"]),
         .testTarget(name: "MigrateTests", dependencies: ["Core", "Migrate"]),
         // The PV NIC without KVM or TAP: net page and descriptor validation, event indices, --net.

@@ -50,23 +50,32 @@ public final class BenchNetwork: @unchecked Sendable {
         hosts = Self.prefix + tag + "h"
         clients = Self.prefix + tag + "c"
         do {
-            for ns in [hosts, clients] {
-                try Self.ip(["netns", "add", ns])
-                try Self.ip(["-n", ns, "link", "set", "lo", "up"])
-                try Self.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                              "net.ipv6.conf.default.disable_ipv6=1"])
-            }
-            try Self.ip(["-n", hosts, "link", "add", Self.bridge, "type", "bridge"])
-            try Self.ip(["-n", hosts, "link", "set", Self.bridge, "up"])
-            try Self.ip(["-n", hosts, "link", "add", "pvmt-nbv", "type", "veth", "peer", "name", Self.clientInterface,
-                         "netns", clients])
-            try Self.ip(["-n", hosts, "link", "set", "pvmt-nbv", "master", Self.bridge, "up"])
-            try Self.ip(["-n", clients, "addr", "add", Self.clientAddress + "/24", "dev", Self.clientInterface])
-            try Self.ip(["-n", clients, "link", "set", Self.clientInterface, "up"])
+            try Self.makeTopology(hosts: hosts, clients: clients, bridge: Self.bridge, hostVeth: "pvmt-nbv",
+                                  clientInterface: Self.clientInterface, clientAddress: Self.clientAddress)
         } catch {
             close()
             throw error
         }
+    }
+
+    /// Creates namespaces `hosts` and `clients` (loopback up, IPv6 off), a bridge in `hosts`
+    /// and a veth pair from it (`hostVeth`, a bridge port) to `clients` (`clientInterface`
+    /// with `clientAddress`/24). Shared with the tests' NetLab; the caller deletes both
+    /// namespaces on a failure.
+    public static func makeTopology(hosts: String, clients: String, bridge: String, hostVeth: String,
+                                    clientInterface: String, clientAddress: String) throws(NetBenchError) {
+        for ns in [hosts, clients] {
+            try ip(["netns", "add", ns])
+            try ip(["-n", ns, "link", "set", "lo", "up"])
+            try run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                     "net.ipv6.conf.default.disable_ipv6=1"])
+        }
+        try ip(["-n", hosts, "link", "add", bridge, "type", "bridge"])
+        try ip(["-n", hosts, "link", "set", bridge, "up"])
+        try ip(["-n", hosts, "link", "add", hostVeth, "type", "veth", "peer", "name", clientInterface, "netns", clients])
+        try ip(["-n", hosts, "link", "set", hostVeth, "master", bridge, "up"])
+        try ip(["-n", clients, "addr", "add", clientAddress + "/24", "dev", clientInterface])
+        try ip(["-n", clients, "link", "set", clientInterface, "up"])
     }
 
     deinit { close() }

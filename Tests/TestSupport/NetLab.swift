@@ -1,11 +1,12 @@
 import Foundation
+import NetBench
 
 /// A private network on this machine for PV NIC tests (protocol.md §5): two network
 /// namespaces the lab creates and deletes — `<id>h` (the "host": a bridge `pvmtbr` and the
 /// pvmigrate process, whose TAP joins the bridge) and `<id>c` (the client: a veth into the
 /// bridge with 192.0.2.1/24). Names start with `pvmt` plus a random part, so parallel runs
 /// never collide; only TEST-NET-1 addresses are used; IPv6 is off in both, so the only
-/// traffic is the test's own. Needs root, /dev/net/tun and iproute2.
+/// traffic is the test's own. The topology is `bench --net`'s (`BenchNetwork.makeTopology`). Needs root, /dev/net/tun and iproute2.
 public final class NetLab: @unchecked Sendable {
     public static let clientAddress = "192.0.2.1"
     public static let guestAddress = "192.0.2.2"
@@ -33,19 +34,9 @@ public final class NetLab: @unchecked Sendable {
     public init(prefix: String = "pvmt") throws {
         id = prefix + String(UInt32.random(in: 0...UInt32.max) >> 8, radix: 16)
         do {
-            let h = hostNamespace, c = clientNamespace
-            for ns in [h, c] {
-                try Self.ip(["netns", "add", ns])
-                try Self.ip(["-n", ns, "link", "set", "lo", "up"])
-                try Self.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                              "net.ipv6.conf.default.disable_ipv6=1"])
-            }
-            try Self.ip(["-n", h, "link", "add", Self.bridge, "type", "bridge"])
-            try Self.ip(["-n", h, "link", "set", Self.bridge, "up"])
-            try Self.ip(["-n", h, "link", "add", "pvmtv", "type", "veth", "peer", "name", Self.clientInterface, "netns", c])
-            try Self.ip(["-n", h, "link", "set", "pvmtv", "master", Self.bridge, "up"])
-            try Self.ip(["-n", c, "addr", "add", Self.clientAddress + "/24", "dev", Self.clientInterface])
-            try Self.ip(["-n", c, "link", "set", Self.clientInterface, "up"])
+            try BenchNetwork.makeTopology(hosts: hostNamespace, clients: clientNamespace, bridge: Self.bridge,
+                                          hostVeth: "pvmtv", clientInterface: Self.clientInterface,
+                                          clientAddress: Self.clientAddress)
         } catch {
             close()
             throw error
