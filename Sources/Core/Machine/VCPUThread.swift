@@ -69,6 +69,11 @@ public final class VCPUThread: @unchecked Sendable {
     private let mmio: MMIOBus
     private let condition = NSCondition()
     private var wakePending = false // guarded by `condition`
+    /// `waitForExit()` waits here, not on `condition`: a waiter that stays for the VM's whole
+    /// life would otherwise be woken (and take the lock) at every broadcast of the run loop,
+    /// a PV wake-up or a kick — a thread ping-pong on every NIC round trip.
+    private let exitCondition = NSCondition()
+    private var exitValue: VMExit? // guarded by `exitCondition`
     // Guarded by `condition`:
     private var runState: RunState = .created
     private var pauseRequested = false
@@ -203,23 +208,33 @@ public final class VCPUThread: @unchecked Sendable {
         let neverStarted = condition.withLock { () -> Bool in
             if case .created = runState {
                 runState = .exited(.stopped)
-                condition.broadcast() // wake anyone already in waitForExit()
+                condition.broadcast()
                 return true
             }
             stopRequested = true
             kickLocked()
             return false
         }
-        if neverStarted { onExit(.stopped) }
+        if neverStarted {
+            onExit(.stopped)
+            publishExit(.stopped) // wake anyone already in waitForExit()
+        }
     }
 
     /// Blocks until the vCPU has exited.
     public func waitForExit() -> VMExit {
-        condition.withLock {
+        exitCondition.withLock {
             while true {
-                if case let .exited(e) = runState { return e }
-                condition.wait()
+                if let exitValue { return exitValue }
+                exitCondition.wait()
             }
+        }
+    }
+
+    private func publishExit(_ exit: VMExit) {
+        exitCondition.withLock {
+            exitValue = exit
+            exitCondition.broadcast()
         }
     }
 
@@ -279,6 +294,7 @@ public final class VCPUThread: @unchecked Sendable {
         condition.unlock()
         pending.forEach { $0() } // queued before the exit: serve them, the fd is idle now
         condition.withLock { condition.broadcast() }
+        publishExit(exit)
     }
 
     private func runLoop() -> VMExit {
@@ -310,8 +326,10 @@ public final class VCPUThread: @unchecked Sendable {
                 }
                 break
             }
-            runState = .running
-            condition.broadcast()
+            if runState != .running { // only a change has waiters (resume): not every exit
+                runState = .running
+                condition.broadcast()
+            }
             vcpu.setImmediateExit(false)
             condition.unlock()
 
