@@ -177,18 +177,22 @@ public final class Machine: @unchecked Sendable {
                 ringFull = { ring.ringFull(memory: memory, vm: vm) }
             }
             // The first vCPU to end decides the VM's exit and stops the others (protocol.md §1.4).
-            let onExit: @Sendable (VMExit) -> Void = { exit in
+            // The vCPU threads' closures (and the NIC's wake-up below) hold `peers` weakly: it
+            // holds the threads, so a strong capture would be a cycle that keeps every vCPU, the
+            // devices and the guest's memory alive after the Machine is gone (a listener hosting
+            // one VM after another, or `bench` running case after case, ran out of memory).
+            let onExit: @Sendable (VMExit) -> Void = { [weak peers] exit in
                 serial.flush()
                 let first = exitState.withLock { (e: inout VMExit?) -> Bool in
                     guard e == nil else { return false }
                     e = exit
                     return true
                 }
-                if first { peers.value.forEach { $0.stop() } }
+                if first { peers?.value.forEach { $0.stop() } }
             }
             let heldByKVM = vm.irqChipCreated
-            let onStart: @Sendable (VCPUStartRequest, VCPU) -> Void = { request, caller in
-                if !Self.startAP(request, caller: caller, threads: peers.value, heldByKVM: heldByKVM) {
+            let onStart: @Sendable (VCPUStartRequest, VCPU) -> Void = { [weak peers] request, caller in
+                if !Self.startAP(request, caller: caller, threads: peers?.value ?? [], heldByKVM: heldByKVM) {
                     pv.rejectVCPUStart()
                 }
             }
@@ -208,8 +212,8 @@ public final class Machine: @unchecked Sendable {
             // (e.g. a throttled dirtying load) keep their sleeps.
             if let nic = pv.net {
                 threads.forEach { $0.onNetAttached = { [weak nic] id in nic?.setRXVCPU(id) } }
-                nic.onWake { [weak nic] in
-                    guard let index = nic?.rxVCPU, threads.indices.contains(index) else { return }
+                nic.onWake { [weak nic, weak peers] in
+                    guard let index = nic?.rxVCPU, let threads = peers?.value, threads.indices.contains(index) else { return }
                     threads[index].wake()
                 }
             }
