@@ -26,10 +26,14 @@
 # on the same /dev/kvm, where a guest that is not PVM-aware is emulated anyway) — with the same
 # fill and the same fixed dirty rate, so the engines are compared, not the guests. For them the
 # script also reports MB/s on the wire and CPU-seconds: pvmigrate's from its per-thread meters,
-# QEMU's from /proc/<pid>/task/*/stat (utime + stime) of the source and destination processes over
-# the migration, without their vCPU threads ("CPU n/KVM"), since pvmigrate's exclude the vCPU too.
+# QEMU's from /proc (utime + stime) of the source and destination processes over the migration,
+# without their vCPU threads ("CPU n/KVM", /proc/<pid>/task/*/stat), since pvmigrate's exclude the vCPU too.
 #
-# Bulk case (bulk-1g): CPU-seconds per GiB when there is a lot to move. The emulated guest cannot
+# Bulk case (bulk-1g): CPU-seconds per GiB when there is a lot to move. QEMU runs it twice per
+# run: with its defaults (one stream, no compression) and with its fastest bulk configuration,
+# multifd + zstd on 2 channels (the `multifd` capability and `multifd-channels`/`multifd-compression`
+# set on both ends over QMP before the migration; with TLS, every channel uses the same
+# tls-creds-x509 object). The emulated guest cannot
 # write 1 GiB in useful time, so neither guest writes it during the comparison: a native pvmigrate
 # guest `fill`s 1 GiB of a 2 GiB guest once (mixed content) and is saved to a mapped snapshot
 # (protocol.md §6); its memory section is cut out as a raw file. pvmigrate then `restore`s the
@@ -39,7 +43,8 @@
 # a file (QEMU 7.2 has no `offset=`, hence the copy) — and migrates it with TLS to a QEMU with a
 # `memory-backend-ram` of the same id. Both move the same 1 GiB of data pages from the page cache.
 # CPU-seconds: pvmigrate's per-thread meters (`send --json`, the listener's `arrived` record); QEMU's
-# non-vCPU threads as above. Per GiB = per GiB of pages with data moved (QEMU: `normal` pages).
+# non-vCPU threads as above (the process's total minus its vCPU threads', so that threads which ended
+# — multifd's channels — still count). Per GiB = per GiB of pages with data moved (QEMU: `normal` pages).
 #
 # Usage: scripts/compare-qemu.sh
 # Environment: RUNS (runs per case and VMM, median shown; default 1), CASES (default: the four
@@ -275,16 +280,20 @@ def free_port():
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+def cpu_ticks(path):
+    fields = open(path).read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
+
 def engine_cpu(pid):
-    """utime + stime (seconds) of a QEMU process's threads other than its vCPUs ("CPU n/KVM")."""
-    total = 0
+    """utime + stime (seconds) of a QEMU process without its vCPU threads ("CPU n/KVM"): the
+    process's total — which keeps the time of threads that have ended, such as multifd's
+    channel threads, joined when the migration completes — minus the vCPU threads' own."""
+    total = cpu_ticks(f"/proc/{pid}/stat")
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            if "/KVM" in open(f"/proc/{pid}/task/{tid}/comm").read(): continue
-            fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            if "/KVM" in open(f"/proc/{pid}/task/{tid}/comm").read(): total -= cpu_ticks(f"/proc/{pid}/task/{tid}/stat")
         except OSError:
             continue  # the thread ended meanwhile
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
     return total / CLK_TCK
 
 def guest_rate(path):
@@ -294,7 +303,10 @@ def guest_rate(path):
     rates = re.findall(r"pvguest: progress (\d+) pages/s", text)
     return int(rates[-1]) if rates else 0
 
-def run_qemu_case(name, tls):
+def run_qemu_case(name, tls, multifd=False):
+    """multifd: QEMU's fastest configuration for bulk transfer — the multifd capability with
+    2 channels (pvmigrate's default stream count) and zstd compression (level 1, QEMU's default),
+    set on both ends before the migration as QEMU documents (docs/devel/migration.rst, "Multifd")."""
     bulk = name == "bulk-1g"
     memory, bandwidth, cmdline = (2 << 30, None, "workload=idle") if bulk else cases[name]
     # The same workload, reporting its own speed once a second (the figure the caveat is about).
@@ -305,6 +317,7 @@ def run_qemu_case(name, tls):
     try:
         dst, dq, _ = start_qemu("dst", memory, cmdline, ["-incoming", "defer"] + tls_dst, "ram" if bulk else None)
         if tls: dq.cmd("migrate-set-parameters", **{"tls-creds": "tls0"})
+        if multifd: set_multifd(dq)
         dq.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
         src, sq, serial = start_qemu("src", memory, cmdline, tls_src, "file" if bulk else None)
         # Let the (emulated) guest boot and start its workload before migrating.
@@ -320,6 +333,7 @@ def run_qemu_case(name, tls):
         params = {"downtime-limit": 50, "max-bandwidth": bandwidth if bandwidth else 100 << 30}
         if tls: params.update({"tls-creds": "tls0", "tls-hostname": "dst"})
         sq.cmd("migrate-set-parameters", **params)
+        if multifd: set_multifd(sq)
         cpu_src, cpu_dst = engine_cpu(src.pid), engine_cpu(dst.pid)
         sq.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
         end = time.time() + case_timeout
@@ -343,10 +357,17 @@ def run_qemu_case(name, tls):
         if not running: raise RuntimeError("the destination QEMU is not running the guest after the migration")
         ram = info.get("ram", {})
         return {"total": info["total-time"] / 1000, "downtime": info.get("downtime", 0) / 1000,
-                "bytes": ram.get("transferred", 0), "dirty": rate, "tls": tls,
-                "pages": ram.get("normal", 0) + (0 if bulk else ram.get("duplicate", 0)), "cpu_src": cpu_src, "cpu_dst": cpu_dst}
+                "dirty": rate, "tls": tls,
+                "pages": ram.get("normal", 0) + (0 if bulk else ram.get("duplicate", 0)), "cpu_src": cpu_src, "cpu_dst": cpu_dst,
+                # QEMU 7.2 counts a multifd page as 4 KiB in `transferred` whatever zstd made of it
+                # (and its sockets' sendmsg is not in /proc/<pid>/io): no wire figure then.
+                "bytes": None if multifd else ram.get("transferred", 0)}
     finally:
         kill_all()
+
+def set_multifd(q):
+    q.cmd("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
+    q.cmd("migrate-set-parameters", **{"multifd-channels": 2, "multifd-compression": "zstd"})
 
 pv = {}
 for r in json.load(open(os.path.join(work, "pvmigrate.json"))):
@@ -381,6 +402,12 @@ for name in wanted:
                 except Exception as e2:
                     e = e2
             print(f"compare-qemu: QEMU {name} run {run + 1} failed: {e}", file=sys.stderr)
+        if name == "bulk-1g":  # and QEMU's best bulk configuration, run after the default one
+            print(f"compare-qemu: QEMU bulk-1g multifd run {run + 1} ({'TLS' if use_tls else 'plaintext'})…", file=sys.stderr, flush=True)
+            try:
+                qemu.setdefault("bulk-1g multifd", []).append(run_qemu_case(name, use_tls, multifd=True))
+            except Exception as e:
+                print(f"compare-qemu: QEMU bulk-1g multifd run {run + 1} failed: {e}", file=sys.stderr)
 
 def med(rows, key):
     return statistics.median(r[key] for r in rows) if rows else None
@@ -427,18 +454,28 @@ if like:
     print("wire / total time; CPU-s = the migration's CPU time without the vCPU (pvmigrate: per-thread meters; QEMU: its")
     print("processes' other threads, /proc/<pid>/task/*/stat); per GiB of guest pages moved (each engine's own count,")
     print("zero pages included: QEMU normal + duplicate, pvmigrate zero + raw + delta; bulk-1g: pages with data only,")
-    print("QEMU normal, pvmigrate raw + delta).")
-    print("| case | VMM | total | downtime | wire MiB | wire MB/s | pages moved | CPU-s src | CPU-s dst | CPU-s/GiB src | dst | src+dst |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("QEMU normal, pvmigrate raw + delta). Guest MB/s = pages moved x 4 KiB / total time. QEMU multifd's wire bytes")
+    print("are not measured: QEMU 7.2 counts multifd pages uncompressed in `transferred`.")
+    print("| case | VMM | total | downtime | wire MiB | wire MB/s | guest MB/s | pages moved | CPU-s src | CPU-s dst | CPU-s/GiB src | dst | src+dst |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in like:
-        for vmm, rows in (("QEMU", qemu.get(name, [])), ("pvmigrate", pv.get(name, []))):
+        variants = [("QEMU", qemu.get(name, []))]
+        if name == "bulk-1g":
+            multifd = qemu.get("bulk-1g multifd", [])
+            for r in multifd:
+                if not r.get("pages") and qemu.get(name): r["pages"] = med(qemu[name], "pages")  # the same memory
+            variants.append(("QEMU multifd+zstd, 2 channels", multifd))
+        for vmm, rows in variants + [("pvmigrate", pv.get(name, []))]:
             if not rows:
-                print(f"| {name} | {vmm} | failed | | | | | | | | | |"); continue
+                print(f"| {name} | {vmm} | failed | | | | | | | | | | |"); continue
             for r in rows: r["both"] = r["cpu_src"] + r["cpu_dst"]
-            print(f"| {name} | {vmm} | {med(rows, 'total'):.2f} s | {med(rows, 'downtime') * 1000:.1f} ms "
-                  f"| {med(rows, 'bytes') / 1048576:.1f} | {statistics.median(r['bytes'] / r['total'] for r in rows) / 1e6:.1f} "
+            wire = ("| not measured | not measured " if any(r["bytes"] is None for r in rows) else
+                    f"| {med(rows, 'bytes') / 1048576:.1f} | {statistics.median(r['bytes'] / r['total'] for r in rows) / 1e6:.1f} ")
+            print(f"| {name} | {vmm} | {med(rows, 'total'):.2f} s | {med(rows, 'downtime') * 1000:.1f} ms " + wire
+                  + f"| {statistics.median(r['pages'] * 4096 / r['total'] for r in rows) / 1e6:.1f} "
                   f"| {med(rows, 'pages'):,.0f} | {med(rows, 'cpu_src'):.3f} | {med(rows, 'cpu_dst'):.3f} "
                   f"| {per_gib(rows, 'cpu_src')} | {per_gib(rows, 'cpu_dst')} | {per_gib(rows, 'both')} |")
-missing = [n for n in wanted if not qemu.get(n) or not pv.get(n)]
+missing = [n for n in wanted if not qemu.get(n) or not pv.get(n)] + (
+    ["bulk-1g multifd"] if "bulk-1g" in wanted and not qemu.get("bulk-1g multifd") else [])
 sys.exit(1 if missing else 0)
 PY

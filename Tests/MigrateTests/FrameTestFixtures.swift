@@ -332,3 +332,13 @@ func migrationError(_ body: () throws -> Void) -> MigrationError? {
         Issue.record("expected a MigrationError, got \(error)"); return nil
     }
 }
+
+/// A PAGES frame sealed in a `FrameBuffer` with `payload` as it is (no encoder): how a
+/// sending stream hands frames to `FrameChannel.send(_:)`.
+func sealedFrame(flags: UInt16, payload: [UInt8]) -> FrameBuffer {
+    let buffer = FrameBuffer(maxPages: PageBatchLayout.maximumCount, compressing: false)
+    let area = buffer.plain
+    payload.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: area[FrameHeader.size...]).copyMemory(from: $0) }
+    buffer.seal(area: area, flags: flags, payloadBytes: payload.count)
+    return buffer
+}

@@ -322,8 +322,8 @@ struct FrameTests {
         let sender = FrameChannel(pipe)
         try sender.send(Golden.helloFrame)
         try sender.send(Golden.machineFrame)
-        try sender.sendPages(flags: 0, payload: Golden.pagesPayload)
-        try sender.sendPages(flags: FrameHeader.flagZstd, payload: Golden.zstdPayload)
+        try sender.send(sealedFrame(flags: 0, payload: Golden.pagesPayload))
+        try sender.send(sealedFrame(flags: FrameHeader.flagZstd, payload: Golden.zstdPayload))
         try sender.send(Golden.roundFrame)
         try sender.send(Golden.streamEndFrame)
         try sender.send(Golden.stateFrame)
@@ -355,10 +355,10 @@ struct FrameTests {
         #expect(receiver.framesReceived == 9)
     }
 
-    @Test("sendPages writes the same bytes as send(.pages)")
+    @Test("a frame sealed in a FrameBuffer goes out as the same bytes as send(.pages)")
     func sendPagesMatchesSend() throws {
         let a = FrameTestPipe(), b = FrameTestPipe()
-        try FrameChannel(a).sendPages(flags: 1, payload: Golden.zstdPayload)
+        try FrameChannel(a).send(sealedFrame(flags: 1, payload: Golden.zstdPayload))
         try FrameChannel(b).send(.pages(flags: 1, payload: Golden.zstdPayload))
         #expect(a.written == Golden.pagesZstd)
         #expect(b.written == Golden.pagesZstd)

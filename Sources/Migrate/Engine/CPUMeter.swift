@@ -22,6 +22,11 @@ final class CPUMeter: Sendable {
         return try body()
     }
 
+    /// Adds `seconds` a thread measured itself (`threadSeconds` differences).
+    func add(_ seconds: Double) {
+        total.withLock { $0 += max(0, seconds) }
+    }
+
     /// RUSAGE_THREAD (Linux, getrusage(2)): a GNU-only macro Swift does not import.
     private static let rusageThread: Int32 = 1
 

@@ -14,8 +14,14 @@ final class RoundSender: @unchecked Sendable {
     private let policies: [CompressionPolicy]
     private let cpu: CPUMeter
     /// One thread per stream for the whole migration: rounds hand them work, none is
-    /// created per round (the final round's overhead is part of the pause).
+    /// created per round (the final round's overhead is part of the pause). Each encodes its
+    /// stream's batches and hands them to the stream's `SendPipeline`.
     private let workers: [StreamWorker]
+    /// Per stream: the send stage (a thread of its own where that pays, `SendPipeline.pays`)
+    /// and its reused frame buffers.
+    private let pipelines: [SendPipeline<OutgoingFrame>]
+    /// Per stream: the `--bandwidth` token bucket, run by the send stage.
+    private let pacers: [Pacer]
     /// The hash of every page as last sent (§3.5): the source's incremental digest, and
     /// what the verification sweep (§3.5.2) compares memory with.
     let sentHashes: PageHashTable
@@ -30,7 +36,8 @@ final class RoundSender: @unchecked Sendable {
         let caches = options.delta ? channels.map { _ in DeltaCache(capacityBytes: perStreamCache) } : []
         self.caches = caches
         let cap = options.bandwidthLimit.map { $0 / Double(max(1, channels.count)) }
-        policies = channels.map { _ in CompressionPolicy(adaptive: options.adaptiveCompression, linkCap: cap) }
+        let policies = channels.map { _ in CompressionPolicy(adaptive: options.adaptiveCompression, linkCap: cap) }
+        self.policies = policies
         workers = channels.map { _ in StreamWorker() }
         let sentHashes = PageHashTable(pageCount: machine.memory.pageCount)
         self.sentHashes = sentHashes
@@ -40,9 +47,35 @@ final class RoundSender: @unchecked Sendable {
             encoder.sentHashes = sentHashes
             return encoder
         }
+        let pacers = channels.map { _ in Pacer(bytesPerSecond: cap) }
+        self.pacers = pacers
+        let threaded = SendPipeline<OutgoingFrame>.pays(streams: channels.count)
+        pipelines = channels.indices.map { i in
+            Self.sendStage(channels[i], policy: policies[i], pacer: pacers[i], options: options, threaded: threaded, cpu: cpu)
+        }
     }
 
-    deinit { workers.forEach { $0.stop() } }
+    /// A stream's send stage: writes each finished frame from its buffer, tells the compression
+    /// policy how long the link took, and paces to `--bandwidth`.
+    private static func sendStage(_ channel: FrameChannel, policy: CompressionPolicy, pacer: Pacer, options: MigrationOptions,
+                                  threaded: Bool, cpu: CPUMeter) -> SendPipeline<OutgoingFrame> {
+        let buffers = (0..<(threaded ? 2 : 1)).map { _ in
+            OutgoingFrame(FrameBuffer(maxPages: options.batchPages, compressing: options.compressionLevel != nil))
+        }
+        return SendPipeline(buffers: buffers, threaded: threaded, cpu: cpu) { out throws(MigrationError) in
+            let t0 = ContinuousClock.now
+            do throws(TransportError) { try channel.send(out.buffer) } catch { throw .transport(error) }
+            policy.record(compressed: out.compressionTried, plainBytes: out.stats.uncompressedBytes,
+                          payloadBytes: out.stats.payloadBytes, encodeSeconds: out.encodeSeconds,
+                          sendSeconds: (ContinuousClock.now - t0).seconds)
+            pacer.sent(bytes: out.buffer.frame.count)
+        }
+    }
+
+    deinit {
+        workers.forEach { $0.stop() }
+        pipelines.forEach { $0.stop() }
+    }
 
     var deltaHitRate: Double {
         let lookups = caches.reduce(0) { $0 + $1.lookups }
@@ -59,7 +92,6 @@ final class RoundSender: @unchecked Sendable {
         let cpuAtStart = cpu.seconds, guestAtStart = machine.vcpuCPUSeconds, idleAtStart = HostCPU.idleSeconds()
         let results = Locked<[Result<StreamTotals, MigrationError>?]>(Array(repeating: nil, count: n))
         let group = DispatchGroup()
-        let byteBudget = options.bandwidthLimit.map { $0 / Double(n) }
         for s in 0..<n {
             group.enter()
             let indices = perStream[s]
@@ -67,7 +99,7 @@ final class RoundSender: @unchecked Sendable {
                 let r: Result<StreamTotals, MigrationError>
                 do throws(MigrationError) {
                     r = .success(try cpu.measure { () throws(MigrationError) in
-                        try sendStream(s, indices: indices, round: round, skipZero: skipZero, budget: byteBudget)
+                        try sendStream(s, indices: indices, round: round, skipZero: skipZero)
                     })
                 } catch { r = .failure(error) }
                 results.withLock { $0[s] = r }
@@ -107,41 +139,80 @@ final class RoundSender: @unchecked Sendable {
         }
     }
 
-    private func sendStream(_ s: Int, indices: [Int], round: UInt32, skipZero: Bool,
-                            budget: Double?) throws(MigrationError) -> StreamTotals {
-        let encoder = encoders[s], channel = channels[s], memory = machine.memory, policy = policies[s]
+    /// Encodes stream `s`'s pages of the round into frame buffers and hands each full one to
+    /// the stream's send stage; returns once the last has been sent.
+    private func sendStream(_ s: Int, indices: [Int], round: UInt32, skipZero: Bool) throws(MigrationError) -> StreamTotals {
+        let encoder = encoders[s], memory = machine.memory, policy = policies[s], pipeline = pipelines[s]
         var total = StreamTotals()
-        let started = ContinuousClock.now
-        var sentBytes = 0.0
-        func flush() throws(MigrationError) {
-            guard encoder.count > 0 else { return }
-            encoder.compressNext = policy.shouldCompress()
+        var filling: OutgoingFrame?  // acquired from the pipeline, being filled by the encoder
+        /// Seals the batch being filled; returns its buffer, ready to send.
+        func seal() -> OutgoingFrame? {
+            guard let out = filling else { return nil }
+            filling = nil
+            out.compressionTried = policy.shouldCompress()
+            encoder.compressNext = out.compressionTried
             let t0 = ContinuousClock.now
-            let (flags, payload, b) = encoder.finish()
-            let t1 = ContinuousClock.now
-            do { try channel.sendPages(flags: flags, payload: payload) } catch { throw .transport(error) }
-            policy.record(compressed: encoder.compressNext, plainBytes: b.uncompressedBytes, payloadBytes: b.payloadBytes,
-                          encodeSeconds: (t1 - t0).seconds, sendSeconds: (ContinuousClock.now - t1).seconds)
+            let b = encoder.finishFrame()
+            out.encodeSeconds = (ContinuousClock.now - t0).seconds
+            out.stats = b
             total.zero += b.zero; total.raw += b.raw; total.delta += b.delta
             total.payloadBytes += b.payloadBytes; total.frames += 1
-            encoder.begin(round: round)
-            if let budget { // token bucket: stay under the cap on average
-                sentBytes += Double(payload.count + FrameHeader.size)
-                let ahead = sentBytes / budget - (ContinuousClock.now - started).seconds
-                if ahead > 0 { Thread.sleep(forTimeInterval: ahead) }
+            return out
+        }
+        pacers[s].begin()  // the send stage is idle between rounds (drained below)
+        do throws(MigrationError) {
+            for index in indices {
+                if cancelled.value { throw .cancelled }
+                guard let page = memory.page(atIndex: index) else { continue }
+                let bytes = UnsafeRawBufferPointer(page)
+                if skipZero, PageKind.classify(bytes) == .zero { continue }
+                if filling == nil {
+                    let out = try pipeline.acquire()
+                    encoder.begin(round: round, into: out.buffer)
+                    filling = out
+                }
+                _ = encoder.add(pageIndex: UInt64(index), page: bytes)
+                if encoder.isFull, let full = seal() { try pipeline.submit(full) }
             }
+            try pipeline.finish(last: seal())
+        } catch {
+            throw pipeline.abandon(error)
         }
-        encoder.begin(round: round)
-        for index in indices {
-            if cancelled.value { throw .cancelled }
-            guard let page = memory.page(atIndex: index) else { continue }
-            let bytes = UnsafeRawBufferPointer(page)
-            if skipZero, PageKind.classify(bytes) == .zero { continue }
-            _ = encoder.add(pageIndex: UInt64(index), page: bytes)
-            if encoder.isFull { try flush() }
-        }
-        try flush()
         return total
+    }
+}
+
+/// A frame buffer on its way through a stream's `SendPipeline`, with what the send stage
+/// reports to the compression policy.
+final class OutgoingFrame {
+    let buffer: FrameBuffer
+    var compressionTried = false
+    var encodeSeconds = 0.0
+    var stats = BatchStats()
+    init(_ buffer: FrameBuffer) { self.buffer = buffer }
+}
+
+/// One stream's share of `--bandwidth`: a token bucket over a round — after each frame, the
+/// send stage sleeps for as long as it is ahead of the budget (the encode stage then waits for
+/// a free buffer). nil budget: never sleeps.
+final class Pacer: @unchecked Sendable {
+    private let budget: Double?
+    // Used by the send stage; `begin` runs while it is idle (between rounds), ordered by the pipeline's lock.
+    private var started = ContinuousClock.now
+    private var sentBytes = 0.0
+
+    init(bytesPerSecond: Double?) { budget = bytesPerSecond }
+
+    func begin() {
+        started = ContinuousClock.now
+        sentBytes = 0
+    }
+
+    func sent(bytes: Int) {
+        guard let budget else { return }
+        sentBytes += Double(bytes)
+        let ahead = sentBytes / budget - (ContinuousClock.now - started).seconds
+        if ahead > 0 { Thread.sleep(forTimeInterval: ahead) }
     }
 }
 

@@ -15,13 +15,13 @@ public final class FrameChannel: @unchecked Sendable {
         bytesSent += UInt64(bytes.count)
     }
 
-    /// A PAGES frame without copying the payload into a second buffer.
-    public func sendPages(flags: UInt16, payload: [UInt8]) throws(TransportError) {
-        let header = FrameHeader(type: .pages, flags: flags, length: payload.count).encoded()
-        try stream.write(header)
-        try stream.write(payload)
+    /// A PAGES frame sealed in `buffer` (header and payload together), in one write from the
+    /// buffer itself: no copy, and over TLS no record for the header alone.
+    public func send(_ buffer: FrameBuffer) throws(TransportError) {
+        precondition(!buffer.frame.isEmpty, "a frame buffer is sent only after its batch is finished")
+        try stream.writeAll(buffer.frame)
         framesSent += 1
-        bytesSent += UInt64(header.count + payload.count)
+        bytesSent += UInt64(buffer.frame.count)
     }
 
     /// The next frame, validated. A failure of the stream is handed to `transport`, a frame

@@ -59,8 +59,10 @@ public enum PageBatchLayout {
 
 // MARK: - Encoding
 
-/// Builds one PAGES payload at a time. Its buffers are allocated once and
-/// reused by every batch; only the returned payload is new.
+/// Builds one PAGES payload at a time, in a `FrameBuffer` (allocated once, reused for every
+/// batch): `begin(round:into:)` + `finishFrame()` leave the whole frame, header included, ready
+/// to be sent from that buffer; `begin(round:)` + `finish()` use a buffer of the encoder's own
+/// and return the payload as a new array.
 ///
 /// Pages are read from live guest memory, which the guest may be writing:
 /// each page is copied once (the snapshot) and everything — the delta, the
@@ -78,10 +80,12 @@ public final class PageBatchEncoder {
     public let deltaCache: DeltaCache?
     private let compressor: ZstdCompressor?
 
-    /// Header, table (room for `maxPages` entries), then the data area.
-    private let buffer: UnsafeMutableRawBufferPointer
-    /// Where `compressor` writes; compressBound of the largest payload.
-    private let compressed: UnsafeMutableRawBufferPointer
+    /// The frame buffer of the batch being built (`begin`).
+    private var target: FrameBuffer?
+    /// The buffer `begin(round:)` builds in, made on first use.
+    private var own: FrameBuffer?
+    /// The target's plain payload area: header, table (room for `maxPages` entries), then the data area.
+    private var buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     /// A delta being built (at most 4095 bytes).
     private let deltaScratch: UnsafeMutableRawBufferPointer
 
@@ -106,7 +110,6 @@ public final class PageBatchEncoder {
                      "a batch holds 1–\(PageBatchLayout.maximumCount) pages, not \(maxPages)")
         self.maxPages = maxPages
         self.deltaCache = deltaCache
-        let payloadCapacity = PageBatchLayout.maximumPayload(count: maxPages)
         if let compressionLevel {
             precondition(ZstdCompressor.supportedLevels.contains(Int(compressionLevel)),
                          "zstd level \(compressionLevel) is outside \(ZstdCompressor.supportedLevels)")
@@ -116,21 +119,18 @@ public final class PageBatchEncoder {
                 // The level was checked, so only allocation can fail: out of memory.
                 fatalError("\(error)")
             }
-            compressed = .allocate(byteCount: ZstdCompressor.maximumCompressedSize(inputBytes: payloadCapacity),
-                                   alignment: 16)
         } else {
             compressor = nil
-            compressed = .allocate(byteCount: 0, alignment: 16)
         }
-        buffer = .allocate(byteCount: payloadCapacity, alignment: 64)
         deltaScratch = .allocate(byteCount: PageBatchLayout.pageSize, alignment: 16)
     }
 
     deinit {
-        buffer.deallocate()
-        compressed.deallocate()
         deltaScratch.deallocate()
     }
+
+    /// Whether this encoder may compress: its frame buffers need room for zstd's output.
+    public var compresses: Bool { compressor != nil }
 
     public var isFull: Bool { count == maxPages }
 
@@ -142,8 +142,22 @@ public final class PageBatchEncoder {
     /// digest), from the same snapshot that is sent; nil records nothing.
     public var sentHashes: PageHashTable?
 
-    /// Starts a batch of round `round`, discarding any unfinished one.
+    /// Starts a batch of round `round` in the encoder's own buffer, discarding any unfinished one.
     public func begin(round: UInt32) {
+        if own == nil { own = FrameBuffer(maxPages: maxPages, compressing: compressor != nil) }
+        begin(round: round, into: own!)
+    }
+
+    /// Starts a batch of round `round` in `frame` (made for at least `maxPages` pages, and for
+    /// compression if this encoder compresses), discarding any unfinished one. The encoder
+    /// writes `frame` until `finishFrame()`; the caller must not send or reuse it before then.
+    public func begin(round: UInt32, into frame: FrameBuffer) {
+        precondition(frame.maxPages >= maxPages, "a frame buffer for \(frame.maxPages) pages cannot hold a batch of \(maxPages)")
+        precondition(compressor == nil || !frame.packed.isEmpty, "a compressing encoder needs a frame buffer with room for zstd")
+        frame.clear()
+        target = frame
+        // Sound: `plain` holds the frame header, then a payload of up to maximumPayload(maxPages).
+        buffer = UnsafeMutableRawBufferPointer(rebasing: frame.plain[FrameHeader.size...])
         self.round = round
         started = true
         count = 0
@@ -207,12 +221,19 @@ public final class PageBatchEncoder {
         return encoding
     }
 
-    /// Ends the batch (it must hold at least one page) and returns the frame
-    /// flags and the payload: one zstd frame with the ZSTD flag when
-    /// compression is on and makes the payload smaller, else the plain
-    /// payload with flags 0.
+    /// Ends the batch (see `finishFrame`) and returns the frame flags and a copy of the payload.
     public func finish() -> (flags: UInt16, payload: [UInt8], stats: BatchStats) {
+        let stats = finishFrame()
+        return (target!.flags, Array(target!.payload), stats)
+    }
+
+    /// Ends the batch (it must hold at least one page) and seals the frame in the buffer it
+    /// was begun in, header first: one zstd frame with the ZSTD flag when compression is on
+    /// and makes the payload smaller, else the plain payload with flags 0.
+    @discardableResult
+    public func finishFrame() -> BatchStats {
         precondition(started && count > 0, "a batch holds 1–\(maxPages) pages; add at least one before finish")
+        let frame = target!
         started = false
         // Sound: the buffer holds at least the 16-byte header.
         buffer.storeBytes(of: round.littleEndian, toByteOffset: 0, as: UInt32.self)
@@ -227,13 +248,18 @@ public final class PageBatchEncoder {
         let plain = UnsafeRawBufferPointer(rebasing: buffer[0..<total])
         stats.uncompressedBytes = total
 
-        if compressNext, let compressor, let written = try? compressor.compress(plain, into: compressed), written < total {
+        // Sound: `packed` is non-empty whenever there is a compressor (checked in `begin`).
+        if compressNext, let compressor,
+           let written = try? compressor.compress(plain, into: UnsafeMutableRawBufferPointer(rebasing: frame.packed[FrameHeader.size...])),
+           written < total {
             stats.payloadBytes = written
-            return (FrameHeader.flagZstd, Array(UnsafeRawBufferPointer(rebasing: compressed[0..<written])), stats)
+            frame.seal(area: frame.packed, flags: FrameHeader.flagZstd, payloadBytes: written)
+            return stats
         }
         // Not compressing, not smaller, or libzstd failed: the plain payload is always valid.
         stats.payloadBytes = total
-        return (0, Array(plain), stats)
+        frame.seal(area: frame.plain, flags: 0, payloadBytes: total)
+        return stats
     }
 }
 
