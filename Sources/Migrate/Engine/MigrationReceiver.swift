@@ -202,9 +202,7 @@ final class MigrationReceiver: @unchecked Sendable {
         clock.lap(\.stateCheck)
         var ballooned: PageBitmap?
         if let words = state.pv?.balloonWords, words.count == (machine.memory.pageCount + 63) / 64 {
-            var b = PageBitmap(pageCount: machine.memory.pageCount)
-            b.merge(words: words, atPage: 0)
-            ballooned = b
+            ballooned = PageBitmap(pageCount: machine.memory.pageCount, words: words)
         }
         let digest = hashes.digest(excluding: ballooned)
         guard digest.digest == expected else { throw .digestMismatch(expected: expected, actual: digest.digest) }
