@@ -39,8 +39,9 @@ extension MigrationSender {
             r.harvestKVMSeconds = harvested.kvmSeconds
             r.harvestPVSeconds = harvested.sourceSeconds[.pvRing] ?? 0
             predictor.recordHarvest(r)
-            if let probeRoundTrip {
-                // The commit's round trip as it is now, not only at connect (`RoundTripEstimate`).
+            if let probeRoundTrip, r.wireBytes <= RoundTripEstimate.quietRoundBytes {
+                // The commit's round trip as it is now, not only at connect (`RoundTripEstimate`);
+                // after small rounds only: the PONG waits for the destination to drain the round.
                 roundTrips.record(try probeRoundTrip(UInt64(round)))
                 predictor.roundTrip = roundTrips.seconds
             }
