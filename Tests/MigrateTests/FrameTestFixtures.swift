@@ -72,7 +72,7 @@ enum Golden {
 
     // HELLO: min 1, max 3, streams 256, capabilities ZSTD|DELTA|PV_STATE, id a0…af.
     static let helloFrame = Frame.hello(Hello(minVersion: 1, maxVersion: 3, streams: 256,
-                                              capabilities: .all, migrationID: migrationID))
+                                              capabilities: [.zstd, .delta, .pvState], migrationID: migrationID))
     static let hello: [UInt8] = [
         0x50, 0x56, 0x4d, 0x47, 0x01, 0x00, 0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
         0x01, 0x00,                                     // min_version 1
@@ -212,6 +212,15 @@ enum Golden {
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     ]
 
+    // PING (17) and PONG (18): the nonce 0x0102030405060708.
+    static let pingFrame = Frame.ping(nonce: 0x0102_0304_0506_0708)
+    static let ping: [UInt8] = [
+        0x50, 0x56, 0x4d, 0x47, 0x11, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,
+    ]
+    static let pongFrame = Frame.pong(nonce: 0x0102_0304_0506_0708)
+    static let pong: [UInt8] = ping.enumerated().map { $0.offset == 4 ? 0x12 : $0.element } // type 18, same nonce
+
     // COMMIT_ACK: status 0 (resumed).
     static let commitAckFrame = Frame.commitAck(status: 0)
     static let commitAck: [UInt8] = [
@@ -274,6 +283,8 @@ enum Golden {
         ("RESOLVE", resolveFrame, resolve),
         ("OUTCOME", outcomeFrame, outcome),
         ("OUTCOME (unknown)", outcomeUnknownFrame, outcomeUnknown),
+        ("PING", pingFrame, ping),
+        ("PONG", pongFrame, pong),
     ]
 }
 

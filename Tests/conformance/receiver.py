@@ -36,6 +36,7 @@ class Migration:
         self.seen = {"zstd_frames": 0, "plain_frames": 0, "zero": 0, "raw": 0, "delta": 0}
         self.by_round = {}        # round -> [pages, bytes] actually received on all streams
         self.reported = {}        # round -> (pages, bytes) from ROUND frames
+        self.pings = 0            # PINGs answered (capability PING, §3.2)
 
     # Frames on any stream until STREAM_END (§3.4). `index` is the stream's index.
     def drain(self, ch, index, control):
@@ -68,6 +69,9 @@ class Migration:
                 if zero or rnd in self.reported:
                     raise w.ProtocolError(f"ROUND {rnd} repeated or with reserved bytes set")
                 self.reported[rnd] = (pages, nbytes)
+            elif t == w.PING and control and self.granted & w.CAP_PING:
+                ch.send(w.PONG, w.expect((t, flags, p), w.PING, 8))  # the nonce, echoed at once
+                self.pings += 1
             elif t == w.STREAM_END:
                 (n,) = struct.unpack("<Q", w.expect((t, flags, p), w.STREAM_END, 8))
                 if n != before:
@@ -173,7 +177,7 @@ class Migration:
                   "commit_digest": f"{expected:016x}", "pages_with_data": n,
                   "commit_pages_with_data": pages_with_data, "granted": w.caps_text(self.granted),
                   "offered": w.caps_text(self.hello[3]), "streams": self.streams, "asked_streams": self.hello[2],
-                  "rounds": len(self.reported), "ballooned": len(ballooned), "name": self.machine["name"], **self.seen}
+                  "rounds": len(self.reported), "ballooned": len(ballooned), "name": self.machine["name"], "pings": self.pings, **self.seen}
         if not result["ok"]:
             control.send_error(w.E_DIGEST, f"digest {digest:016x} ({n} pages), COMMIT says {expected:016x} ({pages_with_data})")
             return result, state

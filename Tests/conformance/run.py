@@ -47,9 +47,9 @@ NET_GOLDEN = os.path.join(HERE, "golden", "net-section.bin")
 #  sender.py --offer, sender.py --streams, destination listener)
 CASES = [
     ("plain-none", False, 2, "pv-state", 64, "zstd,delta,pv-state", 2, "default"),
-    ("tls-zstd-lowered", True, 3, "zstd,pv-state", 1, "zstd,pv-state", 1, "default"),
+    ("tls-zstd-lowered", True, 3, "zstd,pv-state,ping", 1, "zstd,pv-state,ping", 1, "default"),
     ("plain-delta-lowered", False, 3, "delta,pv-state", 2, "delta,pv-state", 3, "default"),
-    ("tls-all", True, 2, "zstd,delta,pv-state", 64, "zstd,delta,pv-state", 3, "restricted"),
+    ("tls-all", True, 2, "zstd,delta,pv-state,ping", 64, "zstd,delta,pv-state,ping", 3, "restricted"),
     ("plain-all-one", False, 2, "zstd,delta,pv-state", 1, "pv-state", 1, "default"),
     ("tls-none-lowered", True, 4, "pv-state", 3, "zstd,delta,pv-state", 4, "default"),
 ]
@@ -155,6 +155,7 @@ class Run:
         checks = [(res["streams"] == min(send_streams, max_streams), f"streams {res['streams']}"),
                   ("zstd" in granted or res["zstd_frames"] == 0, f"{res['zstd_frames']} zstd frames, ZSTD not granted"),
                   ("delta" in granted or res["delta"] == 0, f"{res['delta']} deltas, DELTA not granted"),
+                  (("ping" in granted) == (res["pings"] > 0), f"{res['pings']} PINGs answered, PING granted: {'ping' in granted}"),
                   (res["rounds"] >= 1 and res["pages_with_data"] > 0, "no rounds or no pages")]
         for ok, why in checks:
             if not ok:

@@ -147,6 +147,10 @@ class Sender:
         for t in threads:
             t.join()
         channels[0].send(w.ROUND, struct.pack("<IIQQ", rnd, 0, len(entries), sum(totals)))
+        if self.granted & w.CAP_PING:  # §3.2: PONG echoes the nonce, before any other frame
+            channels[0].send(w.PING, struct.pack("<Q", rnd))
+            if w.expect(channels[0].receive(), w.PONG, 8) != struct.pack("<Q", rnd):
+                raise w.ProtocolError("PONG does not echo the PING's nonce")
 
     def rounds(self, channels):
         data = sorted(self.memory)

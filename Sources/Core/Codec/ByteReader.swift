@@ -60,6 +60,36 @@ public struct ByteReader<Bytes: RandomAccessCollection> where Bytes.Element == U
     @inlinable public mutating func u32() -> UInt32? { integer(UInt32.self) }
     @inlinable public mutating func u64() -> UInt64? { integer(UInt64.self) }
 
+    /// The next `count` little-endian u64s, copied in one go where the storage is contiguous
+    /// (the saved state's balloon map); nil when fewer remain.
+    @inlinable
+    public mutating func u64s(_ count: Int) -> [UInt64]? {
+        guard count >= 0, count <= remaining / 8 else { return nil }
+        let at = offset
+        let copied = bytes.withContiguousStorageIfAvailable { buffer in
+            [UInt64](unsafeUninitializedCapacity: count) { words, initialized in
+                // Sound: [at, at + 8 × count) lies inside `buffer` (checked above), `words` has
+                // room for `count` u64s, and every bit pattern is a valid UInt64.
+                UnsafeMutableRawBufferPointer(words).copyMemory(
+                    from: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[at..<(at + 8 * count)]))
+                initialized = count
+            }
+        }
+        var words: [UInt64]
+        if let copied {
+            words = copied
+            #if !_endian(little)
+            for i in words.indices { words[i] = UInt64(littleEndian: words[i]) }
+            #endif
+            position += 8 * count
+        } else {
+            words = []
+            words.reserveCapacity(count)
+            for _ in 0..<count { words.append(u64()!) } // sound: `remaining` was checked above
+        }
+        return words
+    }
+
     /// `count` bytes at `at` (from the start), copied; nil when they do not fit. Does not
     /// move the reader.
     @inlinable

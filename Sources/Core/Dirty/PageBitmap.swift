@@ -10,6 +10,20 @@ public struct PageBitmap: Equatable, Sendable {
         words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
     }
 
+    /// The bitmap of `words` (LSB first, page 0 = bit 0 of word 0), taken as they are — no
+    /// per-word work — when there are exactly as many as `pageCount` needs; otherwise the
+    /// words that fit. Bits past `pageCount` are cleared.
+    public init(pageCount: Int, words bits: [UInt64]) {
+        self.pageCount = pageCount
+        let needed = (pageCount + 63) / 64
+        if bits.count == needed {
+            words = bits
+        } else {
+            words = Array(bits.prefix(needed)) + [UInt64](repeating: 0, count: max(0, needed - bits.count))
+        }
+        trimTail()
+    }
+
     public static func full(pageCount: Int) -> PageBitmap {
         var b = PageBitmap(pageCount: pageCount)
         b.insertAll()

@@ -23,7 +23,7 @@ extension PVInterface {
             w.u32(guestVersion)
             w.u32(0)
             w.u64(controlPage)
-            balloonWords.forEach { w.u64($0) }
+            w.u64s(balloonWords)
             return w.bytes
         }
 
@@ -40,9 +40,7 @@ extension PVInterface {
             guard reserved == 0 else { throw .reservedNotZero("section pv") }
             guestVersion = version
             controlPage = page
-            var words: [UInt64] = []
-            while let word = r.u64() { words.append(word) }
-            balloonWords = words
+            balloonWords = r.u64s(r.remaining / 8) ?? []
         }
     }
 

@@ -117,8 +117,7 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
     var snapshotLocked: Counters { counters }
     var balloonLocked: PageBitmap { balloon }
     func setBalloonLocked(words: [UInt64]) {
-        balloon = PageBitmap(pageCount: memory.pageCount)
-        balloon.merge(words: words, atPage: 0)
+        balloon = PageBitmap(pageCount: memory.pageCount, words: words)
     }
     func setGuestVersionLocked(_ v: UInt32?) { counters.guestVersion = v }
 

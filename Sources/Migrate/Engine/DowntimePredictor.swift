@@ -36,7 +36,8 @@ import Foundation
 ///   count as bitmap work. The median, not the last: one harvest slowed by a preemption
 ///   moved the fixed part 1.6 → 11.5 ms between two runs (docs/benchmarks.md, "Where the
 ///   pause goes").
-/// - `roundTrip`: the HELLO → HELLO_ACK exchange, measured at connect. The commit waits for
+/// - `roundTrip`: the control stream's round trip, `RoundTripEstimate`'s median of the HELLO →
+///   HELLO_ACK exchange and a PING → PONG after each pre-copy round. The commit waits for
 ///   two acknowledgments: COMMIT → PREPARED and GO → DONE (protocol.md §3.6.3), each with
 ///   the destination's own work (digest check, state restore; the durable "started" record).
 /// - `stateSave`: saving and encoding the vCPU/device state, an estimate (it needs the

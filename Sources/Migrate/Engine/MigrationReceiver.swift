@@ -202,9 +202,7 @@ final class MigrationReceiver: @unchecked Sendable {
         clock.lap(\.stateCheck)
         var ballooned: PageBitmap?
         if let words = state.pv?.balloonWords, words.count == (machine.memory.pageCount + 63) / 64 {
-            var b = PageBitmap(pageCount: machine.memory.pageCount)
-            b.merge(words: words, atPage: 0)
-            ballooned = b
+            ballooned = PageBitmap(pageCount: machine.memory.pageCount, words: words)
         }
         let digest = hashes.digest(excluding: ballooned)
         guard digest.digest == expected else { throw .digestMismatch(expected: expected, actual: digest.digest) }
@@ -312,7 +310,8 @@ final class MigrationReceiver: @unchecked Sendable {
     }
 
     /// Reads frames until STREAM_END; a `PageApplyWorker` decodes and applies the pages
-    /// meanwhile, in order. The control stream also carries ROUND frames.
+    /// meanwhile, in order. The control stream also carries ROUND frames, and PING (answered
+    /// with PONG, protocol.md §3.2).
     private func drain(_ channel: FrameChannel, into machine: Machine, hashes: PageHashTable, applied: Locked<Int>,
                        cpu: CPUMeter, control isControl: Bool) throws(MigrationError) -> Int {
         let worker = PageApplyWorker(
@@ -339,6 +338,9 @@ final class MigrationReceiver: @unchecked Sendable {
                     try worker.submit(flags: flags, payload: payload)
             case .round where isControl:
                 continue
+            case let .ping(nonce) where isControl && granted.contains(.ping):
+                // Answered at once, from this thread (the control stream's only writer while receiving).
+                do { try channel.send(.pong(nonce: nonce)) } catch { throw MigrationError.transport(error) }
             case let .streamEnd(frames):
                 guard frames == before else {
                         throw MigrationError.wire(.malformed(type: "STREAM_END",

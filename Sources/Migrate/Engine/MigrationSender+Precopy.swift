@@ -2,13 +2,15 @@ import Core
 import Foundation
 
 extension MigrationSender {
-    /// Pre-copy rounds until the remaining set fits the downtime target. Returns the pages
+    /// Pre-copy rounds until the remaining set fits the downtime target and no longer shrinks
+    /// (`FloorPolicy`). Returns the pages
     /// still dirty, which the stop-and-copy round must send together with whatever the
     /// paused harvest adds.
     /// Stop-and-copy starts when the `DowntimePredictor`'s pause for the remaining set fits the
     /// target; the prediction is kept in `stats` to be set against the actual pause.
     func precopy(tracker: DirtyTracker, rounds: some PageRoundSink, stats: inout MigrationStats, started: ContinuousClock.Instant,
-                 roundTrip: Double, progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
+                 roundTrip: Double, probeRoundTrip: ((UInt64) throws(MigrationError) -> Double)? = nil,
+                 progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
         do { try tracker.start() } catch { throw .dirtyTracking(error) }
         let memory = machine.memory
         // Round 0: every page that can hold data — resident on this host, not ballooned.
@@ -16,8 +18,10 @@ extension MigrationSender {
         var bandwidth = 0.0, bytesPerPage = 4096.0, throttleLevel = 0, throttle: UInt32 = 0
         var round: UInt32 = 0
         var verified = false
+        var floor = FloorPolicy()
         var predictor = DowntimePredictor()
-        predictor.roundTrip = roundTrip
+        var roundTrips = RoundTripEstimate(roundTrip)
+        predictor.roundTrip = roundTrips.seconds
         stats.downtimeTargetSeconds = options.downtimeTarget
         while true {
             if isCancelled { throw .cancelled }
@@ -35,6 +39,12 @@ extension MigrationSender {
             r.harvestKVMSeconds = harvested.kvmSeconds
             r.harvestPVSeconds = harvested.sourceSeconds[.pvRing] ?? 0
             predictor.recordHarvest(r)
+            if let probeRoundTrip, r.wireBytes <= RoundTripEstimate.quietRoundBytes {
+                // The commit's round trip as it is now, not only at connect (`RoundTripEstimate`);
+                // after small rounds only: the PONG waits for the destination to drain the round.
+                roundTrips.record(try probeRoundTrip(UInt64(round)))
+                predictor.roundTrip = roundTrips.seconds
+            }
             predictor.record(r)
             // `predictor.stopVCPUs` is not fed: a migration pauses the vCPUs once before the
             // final pause (the tracker's start), 0.1 ms to 1.9 s on a loaded host — fed with that
@@ -61,6 +71,13 @@ extension MigrationSender {
                 continue
             }
             if next.isEmpty || prediction.seconds <= options.downtimeTarget {
+                // It fits: go on to the floor while rounds still shrink the set (`FloorPolicy`).
+                if floor.decide(sent: set.count, dirty: next.count, roundSeconds: r.seconds,
+                                elapsed: (ContinuousClock.now - started).seconds, maxTime: options.maxTime) == .anotherRound {
+                    set = next
+                    round += 1
+                    continue
+                }
                 stats.predictedDowntimeSeconds = prediction.seconds
                 stats.predictedFixedSeconds = prediction.fixedSeconds
                 stats.predictedFinalPages = next.count

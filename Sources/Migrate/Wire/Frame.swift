@@ -31,6 +31,8 @@ public enum FrameType: UInt16, Sendable, CaseIterable {
     case hello = 1, helloAck, machine, join, pages, round, state, commit, commitAck, error, streamEnd
     // Protocol version 2: the commit protocol (protocol.md §3.6) and its resolution.
     case prepared, go, done, resolve, outcome
+    // Capability PING (protocol.md §3.2): the commit round trip, re-measured during pre-copy.
+    case ping, pong
 
     /// The protocol's name for the type (protocol.md §3.2), e.g. HELLO_ACK.
     public var name: String {
@@ -55,6 +57,7 @@ public enum FrameType: UInt16, Sendable, CaseIterable {
         case .commitAck: 8
         case .prepared, .go, .done, .resolve: 16
         case .outcome: 8
+        case .ping, .pong: 8
         case .error: 8 + ErrorReport.reasonLimit
         case .streamEnd: 8
         }
@@ -102,7 +105,9 @@ public struct Capabilities: OptionSet, Sendable, Equatable {
     public static let zstd = Capabilities(rawValue: 1 << 0)
     public static let delta = Capabilities(rawValue: 1 << 1)
     public static let pvState = Capabilities(rawValue: 1 << 2)
-    public static let all: Capabilities = [.zstd, .delta, .pvState]
+    /// PING / PONG on the control stream during pre-copy (protocol.md §3.2).
+    public static let ping = Capabilities(rawValue: 1 << 3)
+    public static let all: Capabilities = [.zstd, .delta, .pvState, .ping]
 }
 
 public struct Hello: Equatable, Sendable {
@@ -201,6 +206,8 @@ public enum Frame: Equatable, Sendable {
     case done(migrationID: [UInt8])
     case resolve(migrationID: [UInt8])
     case outcome(CommitOutcome)
+    case ping(nonce: UInt64)
+    case pong(nonce: UInt64)
 
     public var type: FrameType {
         switch self {
@@ -220,6 +227,8 @@ public enum Frame: Equatable, Sendable {
         case .done: .done
         case .resolve: .resolve
         case .outcome: .outcome
+        case .ping: .ping
+        case .pong: .pong
         }
     }
 
@@ -258,6 +267,8 @@ public enum Frame: Equatable, Sendable {
             p.raw(id)
         case let .outcome(o):
             p.u32(o.rawValue); p.u32(0)
+        case let .ping(nonce), let .pong(nonce):
+            p.u64(nonce)
         }
         return FrameHeader(type: type, flags: flags, length: p.bytes.count).encoded() + p.bytes
     }
@@ -338,6 +349,10 @@ public enum Frame: Equatable, Sendable {
             guard try r.u32() == 0 else { throw .reservedNotZero("OUTCOME") }
             guard let o = CommitOutcome(rawValue: raw) else { throw .malformed(type: name, reason: "outcome \(raw)") }
             return .outcome(o)
+        case .ping, .pong:
+            try exact(8)
+            let nonce = try r.u64()
+            return header.type == .ping ? .ping(nonce: nonce) : .pong(nonce: nonce)
         }
     }
 }
