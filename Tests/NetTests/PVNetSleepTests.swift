@@ -77,7 +77,7 @@ extension PVNetTests {
         let total = 3_000
         let sent = Locked<[UInt32]>([])
         let done = Locked(false)
-        func drain() {
+        @Sendable func drain() {
             while !done.value {
                 let n = net.transmit(limit: 4) { f in sent.withLock { $0.append(f.loadUnaligned(as: UInt32.self)) } }
                 if n == 0 { sched_yield() } // share the cores with the guest thread
