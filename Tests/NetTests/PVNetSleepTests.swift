@@ -74,7 +74,7 @@ extension PVNetTests {
     /// the same time while the guest keeps queueing: every frame leaves exactly once, in order.
     @Test func vcpuAndIOThreadTransmitConcurrentlyWithoutLosingOrRepeating() throws {
         let (_, net) = attached()
-        let total = 3_000
+        let total = 1_500
         let sent = Locked<[UInt32]>([])
         let done = Locked(false)
         @Sendable func drain() {
