@@ -51,6 +51,7 @@ struct BootOptions {
     var exitVCPU: UInt64 = 0    // for tests: this AP ends the VM (status 1) once vCPU 0 writes, 0 = none
     var sharePages = false      // dirty: every vCPU writes every page, each its own slot (§2.9)
     var apStartBySIPI = false   // start the other vCPUs by INIT/SIPI even where VCPU_START exists
+    var netSleep = true         // serve: use NET_SLEEP where the host offers it (0: kick, as net page v2)
     private var quiet = false
 
     /// Numeric values above this are rejected as malformed (keeps all
@@ -152,6 +153,10 @@ struct BootOptions {
             var flag: UInt64 = sharePages ? 1 : 0
             setNumber(&flag, key, value, minimum: 0, maximum: 1)
             sharePages = flag == 1
+        } else if key == "netsleep" {
+            var flag: UInt64 = netSleep ? 1 : 0
+            setNumber(&flag, key, value, minimum: 0, maximum: 1)
+            netSleep = flag == 1
         } else if key == "selfcheck" {
             var flag: UInt64 = selfcheck ? 1 : 0
             setNumber(&flag, key, value, minimum: 0, maximum: 1)

@@ -89,8 +89,10 @@ enum NetChaos {
         let pv = kernel.pv
         var nic = NetDevice(area: layout.netArea, pv: pv)
         let pfn = UInt32(truncatingIfNeeded: layout.netArea >> 12)
-        // 1. NET_KICK before NET_ATTACH: notAttached.
+        // 1. NET_KICK before NET_ATTACH: notAttached; with NET_SLEEP offered, a NET_SLEEP
+        //    before NET_ATTACH too (notAttached; served as a plain SLEEP).
         nic.kick()
+        if pv.features & NetDevice.featureNetSleep != 0 { pv.perform(NetDevice.opSleep, 1) }
         // 2. NET_ATTACH of a net page with a wrong magic, then of one whose TX ring is the
         //    control page: badNetPage ×2.
         nic.prepare()
@@ -112,10 +114,14 @@ enum NetChaos {
         nic.setDescriptor(ring: NetArea.txRing, first &+ 3, gpa: 0xffff_ffff_ffff_ffc0, length: 100)
         nic.setDescriptor(ring: NetArea.txRing, first &+ 4, gpa: layout.controlPage, length: 60)
         nic.publishTx(first &+ 5)
+        // With net page version 3 the host validates them on the NET_SLEEP path (§5.5).
+        if nic.sleepFlush { nic.waitForFrames(milliseconds: 1) }
+        nic.flushKick()
         waitForHost(kernel, "the TX descriptors") { nic.txCons == first &+ 5 }
         // 5. tx_prod more than a ring ahead of tx_cons: badTxIndex (the host resynchronises).
         let far = nic.txProd &+ NetArea.entries &+ 5
         nic.publishTx(far)
+        nic.flushKick()
         waitForHost(kernel, "tx_prod beyond the ring") { nic.txCons == far }
         // 6. RX: a buffer shorter than a frame, one on the net page, then a good one:
         //    badRxLength and badRxAddress when the next frame arrives.

@@ -23,6 +23,8 @@ struct NetDevice {
     static let featureNet: UInt32 = 1 << 8
     static let opAttach: UInt32 = 0x020
     static let opKick: UInt32 = 0x021
+    static let opSleep: UInt32 = 0x022
+    static let featureNetSleep: UInt32 = 1 << 9
     static let maxFrame = 1514
     static let statusDone: UInt32 = 1
 
@@ -42,6 +44,11 @@ struct NetDevice {
     var mac: UInt64 = 0
     /// The host's `announce` when the guest last announced itself (§5.2, version 2).
     var announced: UInt32 = 0
+    /// Net page version 3 (§5.5): NET_SLEEP transmits, so a kick due is deferred to the next
+    /// sleep (or to the next frame, or a full TX ring) instead of costing an exit of its own.
+    var sleepFlush = false
+    /// tx_prod passed tx_event and no kick or NET_SLEEP has told the host yet.
+    var kickPending = false
 
     init(area: UInt64, pv: PVInterface) {
         self.area = area
@@ -58,11 +65,13 @@ struct NetDevice {
 
     var available: Bool { pv.present && pv.features & Self.featureNet != 0 }
 
-    /// Writes the net page's header and empty rings (no NET_ATTACH yet).
-    func prepare() {
+    /// Writes the net page's header and empty rings (no NET_ATTACH yet). Version 3 (NET_SLEEP)
+    /// when the host offers it and `netSleep` allows, else 2 (the host publishes `announce`).
+    mutating func prepare(netSleep: Bool = true) {
+        sleepFlush = netSleep && pv.features & Self.featureNetSleep != 0
         Layout.zero(gpa: area, words: (NetArea.txBuffers) / 8)
         store32(Self.magicOffset, Self.magic)
-        store32(Self.versionOffset, 2)  // version 2: the host publishes `announce`
+        store32(Self.versionOffset, sleepFlush ? 3 : 2)
         store64(Self.txRingOffset, area &+ NetArea.txRing)
         store64(Self.rxRingOffset, area &+ NetArea.rxRing)
         store32(Self.txEntriesOffset, NetArea.entries)
@@ -119,6 +128,7 @@ struct NetDevice {
 
     /// The buffer for the next frame, once its slot is free again (the host completed it).
     mutating func nextTxBuffer() -> UnsafeMutablePointer<UInt8> {
+        if txProd &- txCons >= NetArea.entries { flushKick() } // a full ring waits for the host
         while txProd &- txCons >= NetArea.entries { CPU.pause() }
         let gpa = area &+ NetArea.txBuffers &+ UInt64(txProd % NetArea.entries) &* NetArea.bufferSize
         return pointer(gpa &- area).assumingMemoryBound(to: UInt8.self)
@@ -137,10 +147,19 @@ struct NetDevice {
         txProd = new
         store32(Self.txProdOffset, new)
         CPU.memoryFence()  // tx_prod visible before tx_event is read
-        if Self.needsEvent(load32(Self.txEventOffset), new: new, old: old) { kick() }
+        if Self.needsEvent(load32(Self.txEventOffset), new: new, old: old) {
+            if sleepFlush { kickPending = true } else { kick() }
+        }
     }
 
     func kick() { pv.perform(Self.opKick, 0) }
+
+    /// Issues a deferred kick now (before the guest turns to other work).
+    mutating func flushKick() {
+        guard kickPending else { return }
+        kickPending = false
+        kick()
+    }
 
     static func needsEvent(_ event: UInt32, new: UInt32, old: UInt32) -> Bool {
         new &- event &- 1 < new &- old
@@ -168,11 +187,14 @@ struct NetDevice {
     }
 
     /// Waits for frames: asks the host to wake it (rx_event), checks once more, then sleeps
-    /// at most `milliseconds` (§5.5).
-    func waitForFrames(milliseconds: UInt32) {
+    /// at most `milliseconds` (§5.5) — with NET_SLEEP when a kick is due, so the host sends
+    /// the queued frames and sleeps in one exit.
+    mutating func waitForFrames(milliseconds: UInt32) {
         store32(Self.rxEventOffset, rxCons)
         CPU.memoryFence()  // rx_event visible before rx_prod is read again
         if rxProd != rxCons { return }
-        pv.sleep(milliseconds: milliseconds)
+        guard kickPending else { return pv.sleep(milliseconds: milliseconds) }
+        kickPending = false
+        pv.perform(Self.opSleep, milliseconds == 0 ? 1 : min(milliseconds, PVInterface.maximumArgument))
     }
 }

@@ -122,7 +122,7 @@ enum Serve {
         guard kernel.registered else { panic("serve: needs the PV interface (registered)") }
         var device = NetDevice(area: kernel.layout.netArea, pv: kernel.pv)
         guard device.available else { panic("serve: the host offers no PV NIC (run with --net)") }
-        device.prepare()
+        device.prepare(netSleep: kernel.options.netSleep)
         guard device.attach() else { panic("serve: the host refused NET_ATTACH") }
         let store = KVStore(base: device.pointer(NetArea.store).assumingMemoryBound(to: UInt8.self))
         store.clear()
@@ -141,13 +141,17 @@ enum Serve {
         line.emit()
         stack.announce()
         Console.log("serving udp 7070")
+        var announcer = Announcer(clock: kernel.clock)
         while true {
-            // After a migration or a restore the bridge must learn the new port at once (§5.8).
-            if stack.device.movedSinceAnnounced() { stack.announce() }
+            // After a migration or a restore the bridge must learn the new port at once (§5.8),
+            // and again a few times in case the first one is lost (as QEMU's announce-self).
+            if stack.device.movedSinceAnnounced() { announcer.start() }
+            if announcer.due() { stack.announce() }
             guard let (frame, length) = stack.device.peek() else {
-                stack.device.waitForFrames(milliseconds: 1000)
+                stack.device.waitForFrames(milliseconds: announcer.millisecondsToNext(orAtMost: 1000))
                 continue
             }
+            stack.device.flushKick() // the last frame's reply goes out before this one is handled
             if length > 0 {
                 stack.handle(frame, length) { port, request, requestLength, reply in
                     port == KVStore.port ? store.answer(request, requestLength, reply) : nil
@@ -155,6 +159,38 @@ enum Serve {
             }
             stack.device.consume()
         }
+    }
+}
+
+/// The gratuitous ARPs after a move (§5.8): one at once, then after 50, 150, 250 and 350 ms
+/// more (QEMU's announce-self defaults: 5 rounds, 50 ms initial, +100 ms per round).
+struct Announcer {
+    static let rounds: UInt64 = 5
+    let clock: Clock
+    var left: UInt64 = 0
+    var next: UInt64 = 0
+
+    mutating func start() {
+        left = Self.rounds
+        next = clock.now()
+    }
+
+    /// True when an announcement is due now (and counts it).
+    mutating func due() -> Bool {
+        guard left > 0, clock.now() >= next else { return false }
+        left -= 1
+        let gapMilliseconds = 50 &+ 100 &* (Self.rounds &- 1 &- left)
+        next = clock.now() &+ gapMilliseconds &* clock.ticksPerMillisecond
+        return true
+    }
+
+    /// How long the receive loop may sleep before the next announcement (1 … `limit` ms).
+    func millisecondsToNext(orAtMost limit: UInt32) -> UInt32 {
+        guard left > 0 else { return limit }
+        let now = clock.now()
+        guard next > now, clock.ticksPerMillisecond > 0 else { return 1 }
+        let ms = (next &- now) / clock.ticksPerMillisecond &+ 1
+        return ms < UInt64(limit) ? UInt32(ms) : limit
     }
 }
 

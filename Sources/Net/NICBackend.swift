@@ -30,7 +30,21 @@ public final class NICBackend: @unchecked Sendable {
         self.device = device
         self.tap = tap
         device.onKick { [kick] in Self.signal(kick) }
+        // NET_SLEEP (protocol.md §5.5): the sleeping vCPU's thread writes the guest's frames to
+        // the TAP itself — the guest is idle then, and the I/O thread need not be woken. The
+        // device's lock keeps one owner of the TX ring at a time. A ring still not drained after
+        // a few batches is left to the I/O thread. (Weak: the device holds this closure.)
+        device.onSleepFlush { [weak device, tap, writeErrors, kick] in
+            guard let device else { return }
+            for _ in 0..<Self.sleepFlushBatches {
+                if !Self.transmit(device, tap: tap, writeErrors: writeErrors) { return } // drained, kick armed
+            }
+            Self.signal(kick)
+        }
     }
+
+    /// At most this many TX batches on a NET_SLEEP's vCPU thread before the I/O thread takes over.
+    static let sleepFlushBatches = 4
 
     public func start() {
         let t = Thread { [self] in run() }
@@ -120,13 +134,15 @@ public final class NICBackend: @unchecked Sendable {
 
     /// Guest → TAP: one batch of what the guest queued; when the ring is drained, ask for a
     /// kick (protocol.md §5.5). True if more is (or slipped in) queued: go again, no kick comes.
-    private func transmit() -> Bool {
+    private func transmit() -> Bool { Self.transmit(device, tap: tap, writeErrors: writeErrors) }
+
+    private static func transmit(_ device: PVNet, tap: TapDevice, writeErrors: Locked<Int>) -> Bool {
         let fd = tap.descriptor.rawValue
         var failed = 0
-        let sent = device.transmit(limit: Self.batch) { frame in
+        let sent = device.transmit(limit: batch) { frame in
             if write(fd, frame.baseAddress, frame.count) != frame.count { failed += 1 }
         }
         if failed > 0 { writeErrors.withLock { $0 += failed } }
-        return sent == Self.batch || device.armKick()
+        return sent == batch || device.armKick()
     }
 }

@@ -2,6 +2,7 @@ import Core
 import Foundation
 import Migrate
 import Net
+import Operations
 
 /// Gives a VM's PV NIC a new TAP on a bridge and an I/O thread (protocol.md §5): for a VM
 /// that arrives (`listen --net-bridge`) or is restored from a snapshot (`restore --net`).
@@ -19,6 +20,14 @@ enum NetworkAttacher {
         backend.start()
         var description = "TAP \(tap.name)"
         if case let .bridge(b) = spec.attachment { description += " on bridge \(b)" }
-        return NetworkAttachment(description: description) { backend.stop() }
+        return NetworkAttachment(description: description) {
+            // As `run` does for its own TAP: what arrived here for the VM and never reached it
+            // (after it left, or while a failed arrival was paused) goes with the TAP (§5.8).
+            backend.stop()
+            let left = backend.framesHeldAtStop + backend.discardQueued()
+            ListenLog.event("nic_discarded", ["frames": "\(left)", "tap": "\(tap.name)"],
+                            text: "PV NIC: \(left) frame(s) that arrived for the VM were discarded with TAP \(tap.name)",
+                            to: Log.vm)
+        }
     }
 }

@@ -208,7 +208,7 @@ extension Run {
     static func describe(_ c: PVNet.Counters) -> String {
         let rejected = NetRejection.allCases.compactMap { r in c.rejected[r].map { "\(r.rawValue) \($0)" } }
         return "PV NIC: tx \(c.txFrames) frames, rx \(c.rxFrames) frames, rx dropped \(c.rxDropped), "
-            + "kicks \(c.kicks), wakes \(c.wakes); rejected: " + (rejected.isEmpty ? "none" : rejected.joined(separator: ", "))
+            + "kicks \(c.kicks), sleep flushes \(c.sleepFlushes), wakes \(c.wakes); rejected: " + (rejected.isEmpty ? "none" : rejected.joined(separator: ", "))
     }
 }
 

@@ -55,6 +55,36 @@ extension EndToEnd {
             #expect(vm.stderr.contains("rejected: none"), "a well-behaved guest was rejected: \(vm.stderr)")
         }
 
+        /// The host's NIC counters from `run`'s last line (`kicks K, sleep flushes S, wakes W`).
+        static func nicCounter(_ name: String, in stderr: String) -> Int? {
+            guard let r = stderr.range(of: name + " ") else { return nil }
+            return Int(stderr[r.upperBound...].prefix { $0.isNumber })
+        }
+
+        /// NET_SLEEP (protocol.md §5.5): the built-in guest with `netsleep=0` speaks net page
+        /// version 2 and kicks for every answer, as before; by default it speaks version 3 and
+        /// the sleep that follows an answer transmits it — no kick. Both answer every ping.
+        @Test func aGuestThatKicksAndOneThatSleepFlushesBothAnswer() throws {
+            let lab = try NetLab(prefix: "pvmt-nic")
+            defer { lab.close() }
+            for netSleep in [false, true] {
+                let vm = try lab.startVM(["--memory", "64M", "--cmdline",
+                                          "workload=serve ip=\(NetLab.guestAddress)/24 netsleep=\(netSleep ? 1 : 0)"])
+                #expect(vm.wait(for: "pvguest: serving udp 7070"), "the guest did not start serving: \(vm.text)")
+                let ping = try lab.client(["ping", "-c", "40", "-i", "0.01", "-W", "5", NetLab.guestAddress])
+                #expect(ping.stdout.contains("40 received"), "netsleep=\(netSleep): \(ping.text)")
+                vm.interrupt() // it prints its NIC counters as it ends
+                let kicks = Self.nicCounter("kicks", in: vm.stderr), flushes = Self.nicCounter("sleep flushes", in: vm.stderr)
+                if netSleep {
+                    // Each answer leaves on the sleep after it (a kick only if the next frame was already there).
+                    #expect((flushes ?? 0) >= 20 && (kicks ?? .max) < 20, "kicks \(kicks ?? -1), flushes \(flushes ?? -1): \(vm.stderr)")
+                } else {
+                    #expect(flushes == 0 && (kicks ?? 0) >= 40, "kicks \(kicks ?? -1), flushes \(flushes ?? -1): \(vm.stderr)")
+                }
+                #expect(vm.stderr.contains("rejected: none"), "a well-behaved guest was rejected: \(vm.stderr)")
+            }
+        }
+
         /// A hostile guest (workload=chaos with a NIC): every bad net page, index, length and
         /// address is rejected and counted by reason, the guest goes on and exits 0, and the
         /// host then serves a fresh VM on the same bridge.
@@ -71,7 +101,7 @@ extension EndToEnd {
             }, "\(chaos.text)")
             #expect(chaos.waitForExit(timeout: 60))
             #expect(chaos.process.terminationStatus == 0, "\(chaos.text)")
-            #expect(chaos.stderr.contains("rejected: badNetPage 2, reAttach 1, notAttached 1, badTxIndex 1, "
+            #expect(chaos.stderr.contains("rejected: badNetPage 2, reAttach 1, notAttached 2, badTxIndex 1, "
                 + "badTxLength 2, badTxAddress 3, badRxLength 1, badRxAddress 1"), "\(chaos.stderr)")
 
             let vm = try lab.startVM(Self.serve)

@@ -90,7 +90,7 @@ import Testing
         var pfn = UInt32(netGPA >> 12)
         switch flaw {
         case "magic": prepareNetPage(magic: 0x1234)
-        case "version": prepareNetPage(); put32(netGPA + 4, 3)
+        case "version": prepareNetPage(); put32(netGPA + 4, 4)
         case "entries": prepareNetPage(txEntries: 12)
         case "misaligned": prepareNetPage(tx: txGPA + 8)
         case "beyondRAM": prepareNetPage(tx: 16 << 20)

@@ -14,6 +14,8 @@ public enum IOAction: Sendable, Equatable {
     case exit(status: UInt32)
     /// The vCPU should sleep on the host before re-entering (PV SLEEP).
     case sleep(milliseconds: UInt32)
+    /// PV NET_SLEEP (protocol.md §5.5): transmit what the guest queued, then sleep as `sleep`.
+    case netSleep(milliseconds: UInt32)
     /// The guest asked to start another vCPU (PV VCPU_START, protocol.md §2.10).
     case startVCPU(VCPUStartRequest)
     /// The guest attached its PV NIC (NET_ATTACH accepted, protocol.md §5.1): this vCPU is

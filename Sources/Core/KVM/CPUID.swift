@@ -22,6 +22,9 @@ public enum CPUIDTable {
         public static let harvestBarrier = Features(rawValue: 1 << 1)
         /// The VM has a PV network device: NET_ATTACH and NET_KICK work (§5).
         public static let pvNet = Features(rawValue: 1 << 8)
+        /// With `pvNet`: NET_SLEEP (§5.5) transmits the TX ring and sleeps in one hypercall;
+        /// the host accepts a net page of version 3.
+        public static let pvNetSleep = Features(rawValue: 1 << 9)
     }
 
     /// The supported table with pvmigrate's leaves added and per-vCPU APIC IDs set.

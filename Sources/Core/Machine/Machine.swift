@@ -145,7 +145,7 @@ public final class Machine: @unchecked Sendable {
             let tscKHz = vcpu.tscKHz() ?? 0
             var features: CPUIDTable.Features = isPVMHost && c.allowNativeExecution ? .pvmNative : []
             if HarvestBarrier.isAvailable { features.insert(.harvestBarrier) }
-            if c.netMAC != nil { features.insert(.pvNet) }
+            if c.netMAC != nil { features.formUnion([.pvNet, .pvNetSleep]) }
             let supported = try hypervisor.supportedCPUID()
             for v in kvmVCPUs {
                 try v.setCPUID(CPUIDTable.build(supported: supported, vcpuID: v.id, vcpuCount: UInt32(c.vcpuCount),
@@ -211,7 +211,10 @@ public final class Machine: @unchecked Sendable {
             // only on the vCPU that attached the NIC, the one that waits for them — the others
             // (e.g. a throttled dirtying load) keep their sleeps.
             if let nic = pv.net {
-                threads.forEach { $0.onNetAttached = { [weak nic] id in nic?.setRXVCPU(id) } }
+                threads.forEach {
+                    $0.onNetAttached = { [weak nic] id in nic?.setRXVCPU(id) }
+                    $0.onNetSleep = { [weak nic] in nic?.flushBeforeSleep() }
+                }
                 nic.onWake { [weak nic, weak peers] in
                     guard let index = nic?.rxVCPU, let threads = peers?.value, threads.indices.contains(index) else { return }
                     threads[index].wake()

@@ -92,6 +92,8 @@ public final class VCPUThread: @unchecked Sendable {
     private let onStartVCPU: (@Sendable (VCPUStartRequest, VCPU) -> Void)?
     /// This vCPU attached the PV NIC (NET_ATTACH); called on this vCPU's thread.
     var onNetAttached: (@Sendable (UInt32) -> Void)?
+    /// The guest issued NET_SLEEP: transmit its TX ring before sleeping (§5.5); this vCPU's thread.
+    var onNetSleep: (@Sendable () -> Void)?
 
     /// What this vCPU's saved state holds (VCPUThread+State.swift).
     let stateLayout: VCPUState.Layout
@@ -369,6 +371,9 @@ public final class VCPUThread: @unchecked Sendable {
                 case .proceed: break
                 case let .exit(status): return .exitStatus(status)
                 case let .sleep(ms): sleep(milliseconds: ms)
+                case let .netSleep(ms):
+                    onNetSleep?()
+                    sleep(milliseconds: ms)
                 case let .startVCPU(request): onStartVCPU?(request, vcpu)
                 case .netAttached: onNetAttached?(vcpu.id)
                 }

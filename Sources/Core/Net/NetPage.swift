@@ -4,8 +4,9 @@ import CKVM
 /// to its fields. A `NetPage` only exists for a page `PVNet` validated to lie in guest RAM.
 struct NetPage {
     static let magic: UInt32 = 0x544e_5650 // "PVNT"
-    /// 1; 2 adds the host's `announce` (§5.2). The host accepts both.
-    static let versions: ClosedRange<UInt16> = 1...2
+    /// 1; 2 adds the host's `announce` (§5.2); 3 says the guest uses NET_SLEEP (§5.5). The host
+    /// accepts all three (a host without NET_SLEEP refuses 3, so such a guest cannot move there).
+    static let versions: ClosedRange<UInt16> = 1...3
     /// Ring sizes the host accepts (entries, a power of two).
     static let entryLimits: ClosedRange<UInt32> = 8...1024
     static let descriptorSize: UInt64 = 16

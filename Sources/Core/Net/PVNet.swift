@@ -25,6 +25,8 @@ public final class PVNet: @unchecked Sendable {
     public struct Counters: Sendable, Equatable {
         public var attached = false
         public var kicks = 0, wakes = 0
+        /// NET_SLEEPs (§5.5): sleeps that transmitted the TX ring first, in place of a kick.
+        public var sleepFlushes = 0
         public var txFrames = 0, txBytes = 0, rxFrames = 0, rxBytes = 0
         /// Frames from the backend that found no RX buffer (or only a too-long frame): dropped.
         public var rxDropped = 0
@@ -52,6 +54,7 @@ public final class PVNet: @unchecked Sendable {
     var protected: [GuestRange] = []
     private var kickHandler: (@Sendable () -> Void)?
     private var wakeHandler: (@Sendable () -> Void)?
+    private var sleepFlushHandler: (@Sendable () -> Void)?
 
     /// The VM's vCPU count and the PV ranges no ring or buffer may overlap (the control
     /// page, vCPU areas and dirty rings): set by the `PVInterface` that owns this NIC.
@@ -87,6 +90,10 @@ public final class PVNet: @unchecked Sendable {
 
     /// Called (on the vCPU thread) when the guest kicks: the backend should transmit.
     public func onKick(_ handler: @escaping @Sendable () -> Void) { lock.withLock { kickHandler = handler } }
+    /// Called on the vCPU thread when the guest issues NET_SLEEP (§5.5), before it sleeps: the
+    /// backend transmits the TX ring there and then (no thread hop). Without one, NET_SLEEP
+    /// calls the kick handler instead.
+    public func onSleepFlush(_ handler: @escaping @Sendable () -> Void) { lock.withLock { sleepFlushHandler = handler } }
     /// Called (on the I/O thread) when the guest asked to be woken for received frames.
     public func onWake(_ handler: @escaping @Sendable () -> Void) { lock.withLock { wakeHandler = handler } }
 
@@ -158,7 +165,25 @@ public final class PVNet: @unchecked Sendable {
         handler?()
     }
 
-    // MARK: Transmit (§5.4), on the I/O thread
+    /// NET_SLEEP (§5.5), from `PVInterface` with its lock held: true if the NIC is attached (the
+    /// vCPU thread then calls `flushBeforeSleep()`); else counted and served as a plain SLEEP.
+    func sleepRequested() -> Bool {
+        lock.withLock {
+            guard page != nil else { reject(.notAttached); return false }
+            counters.sleepFlushes += 1
+            return true
+        }
+    }
+
+    /// On the vCPU thread, between NET_SLEEP's exit and its sleep: transmits what the guest
+    /// queued (the backend's sleep-flush handler, else its kick handler). The ring itself is
+    /// guarded by the lock in `transmit`, so the I/O thread may transmit at the same time.
+    public func flushBeforeSleep() {
+        let handler = lock.withLock { sleepFlushHandler ?? kickHandler }
+        handler?()
+    }
+
+    // MARK: Transmit (§5.4), on the I/O thread or (NET_SLEEP) the vCPU thread
 
     /// Takes up to `limit` frames the guest queued, handing each to `send` (valid only during
     /// the call), completes their descriptors and publishes `tx_cons`. Returns how many

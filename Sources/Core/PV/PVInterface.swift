@@ -31,7 +31,7 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
     enum Operation: UInt32 {
         case hello = 0x001, sleep = 0x002, register = 0x003, ringFull = 0x004
         case balloonInflate = 0x005, balloonDeflate = 0x006, console = 0x007, vcpuStart = 0x008
-        case netAttach = 0x020, netKick = 0x021 // the PV NIC, protocol.md §5.1
+        case netAttach = 0x020, netKick = 0x021, netSleep = 0x022 // the PV NIC, protocol.md §5.1
     }
     /// "PVAP": the magic of a VCPU_START block (§2.10).
     static let startBlockMagic: UInt32 = 0x5041_5650
@@ -148,8 +148,8 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
             guard control == nil else { reject(.reRegistration); return .proceed }
             registerControlPage(pfn: UInt64(argument))
             if let control { hostStore(control, .hostStatus, 1) }
-        case .ringFull, .balloonInflate, .balloonDeflate, .console, .netAttach, .netKick:
-            guard op != .netAttach && op != .netKick || net != nil else { reject(.unknownOperation); return .proceed }
+        case .ringFull, .balloonInflate, .balloonDeflate, .console, .netAttach, .netKick, .netSleep:
+            guard ![.netAttach, .netKick, .netSleep].contains(op) || net != nil else { reject(.unknownOperation); return .proceed }
             guard let control else { reject(.notRegistered); return .proceed }
             switch op {
             case .netAttach:
@@ -159,6 +159,11 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
             case .netKick:
                 guard argument == 0 else { reject(.badArgument); break }
                 net?.kick()
+            case .netSleep:
+                // SLEEP's argument rules (§2.1); the vCPU thread transmits before it sleeps (§5.5).
+                guard argument >= 1, argument <= Self.maximumSleepMilliseconds else { reject(.badArgument); break }
+                counters.sleeps += 1
+                return net?.sleepRequested() == true ? .netSleep(milliseconds: argument) : .sleep(milliseconds: argument)
             case .ringFull:
                 counters.ringFullExits += 1
                 drainLocked()
