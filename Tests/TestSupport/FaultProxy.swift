@@ -121,6 +121,11 @@ public final class FaultProxy: @unchecked Sendable {
         return a
     }
 
+    private static func noDelay(_ fd: Int32) {
+        var one: Int32 = 1
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     private func acceptLoop() {
         defer { Glibc.close(listenFD) }
         while !lock.withLock({ closed }) {
@@ -141,6 +146,11 @@ public final class FaultProxy: @unchecked Sendable {
                 return accepted - 1
             }
             guard connected == 0, let index else { Glibc.close(client); Glibc.close(server); continue }
+            // Forward each write at once, as pvmigrate's own sockets do (TCP_NODELAY): with Nagle
+            // a small frame written while the previous one is unacknowledged waits for the
+            // delayed ACK (up to 40 ms), which the source's PING samples would take for the
+            // commit's round trip and never converge.
+            Self.noDelay(client); Self.noDelay(server)
             let pair = Pair(client: client, server: server) { [weak self] in
                 self?.lock.withLock { self?.open.removeAll { $0 == client || $0 == server } }
             }

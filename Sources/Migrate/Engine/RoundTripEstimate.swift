@@ -5,12 +5,13 @@
 /// it caught the destination busy (another migration's TLS handshake, a build's burst) and
 /// stayed inflated for the whole migration — 20–30 ms, so an idle guest's two round trips
 /// alone overran a 50 ms target and it never converged. Now every pre-copy round adds a
-/// PING → PONG sample (protocol.md §3.2, capability PING) and the estimate is the **minimum**
-/// of the most recent `window` samples. A sample only ever errs upwards — the PONG queues
-/// behind the round's pages at the destination, a thread is preempted — so the smallest recent
-/// one is the round trip without those delays, and it follows the host as it is near the
-/// pause. (The median was tried first: through the tests' `FaultProxy` at load 7–9 every PONG
-/// also timed the proxy relaying the round, ~40 ms, and ~100 dirty pages never fitted 50 ms.)
+/// PING → PONG sample (protocol.md §3.2, capability PING) and the estimate is the **median**
+/// (the lower one for an even count) of the most recent `window` samples: one sample that
+/// queued behind a round's pages or a preempted thread does not move it, and it follows the
+/// host as it is near the pause. The minimum was tried too: it under-predicts the commit
+/// (a pause that overruns its target is the failure this estimate exists to prevent), and it
+/// was only needed while the tests' `FaultProxy` lacked TCP_NODELAY — every relayed PONG then
+/// waited for a delayed ACK (~40 ms), which no pvmigrate socket does (they all set it).
 struct RoundTripEstimate: Sendable, Equatable {
     /// Samples the median looks back on.
     static let window = 5
@@ -33,6 +34,10 @@ struct RoundTripEstimate: Sendable, Equatable {
         if samples.count > Self.window { samples.removeFirst(samples.count - Self.window) }
     }
 
-    /// The smallest of the recent samples (0 before any).
-    var seconds: Double { samples.min() ?? 0 }
+    /// The median of the recent samples, the lower one of the middle two for an even count
+    /// (0 before any).
+    var seconds: Double {
+        guard !samples.isEmpty else { return 0 }
+        return samples.sorted()[(samples.count - 1) / 2]
+    }
 }
