@@ -57,16 +57,25 @@ public struct Blackout: Codable, Sendable, Equatable {
     public var milliseconds: Double
     /// When the gap began, in ms after the migration started (negative: before it); nil without a migration.
     public var startsAfterMigrationMs: Double?
+    /// The longest gap that overlaps the migration (from the request to `send` returning): the
+    /// blackout the migration caused, which the longest gap of the whole run is not when the
+    /// host stalled the guest at some other moment; nil without a migration window.
+    public var overMigrationMs: Double?
 
     /// The longest gap between consecutive answers (`replies`, any order), counting the time
     /// from the last answer to `loadEndNs` (the last request sent) when no answer came after it.
     public init(replies: [UInt64], loadEndNs: UInt64, window: PhaseWindow) {
         let sorted = replies.sorted()
-        var best: (start: UInt64, length: UInt64) = (sorted.first ?? loadEndNs, 0)
-        for (a, b) in zip(sorted, sorted.dropFirst()) where b - a > best.length { best = (a, b - a) }
-        if let last = sorted.last, loadEndNs > last, loadEndNs - last > best.length { best = (last, loadEndNs - last) }
-        milliseconds = Double(best.length) / 1e6
+        var gaps = zip(sorted, sorted.dropFirst()).map { (start: $0, end: $1) }
+        if let last = sorted.last, loadEndNs > last { gaps.append((last, loadEndNs)) }
+        let longest = { (gaps: [(start: UInt64, end: UInt64)]) in gaps.max { $0.end - $0.start < $1.end - $1.start } }
+        let best = longest(gaps) ?? (sorted.first ?? loadEndNs, sorted.first ?? loadEndNs)
+        milliseconds = Double(best.end - best.start) / 1e6
         startsAfterMigrationMs = window.migrationStartNs.map { (Double(best.start) - Double($0)) / 1e6 }
+        if let from = window.migrationStartNs {
+            let to = window.migrationEndNs ?? UInt64.max
+            overMigrationMs = longest(gaps.filter { $0.end > from && $0.start < to }).map { Double($0.end - $0.start) / 1e6 } ?? 0
+        }
     }
 }
 

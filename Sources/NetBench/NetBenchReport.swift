@@ -75,15 +75,16 @@ public struct NetBenchReport: Codable, Sendable, Equatable {
         if let m = migration {
             lines += ["", String(format: "Migration under load: VMM downtime %.1f ms, total %.2f s, %d rounds", m.vmmDowntimeMs,
                                  m.totalSeconds, m.rounds), "",
-                      "| client | sent | lost | blackout ms | blackout / downtime | starts at ms | p50/p99 µs before | during | after |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "| client | sent | lost | blackout over the migration ms | ÷ downtime | longest gap of the run ms | it starts at ms | p50/p99 µs before | during | after |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for (name, s) in [("UDP \(Int(plan.rate))/s", m.udp), ("ping -i 0.002", m.ping)] {
-                let ratio = m.vmmDowntimeMs > 0 ? String(format: "%.1f×", s.blackout.milliseconds / m.vmmDowntimeMs) : "-"
+                let over = s.blackout.overMigrationMs ?? s.blackout.milliseconds
+                let ratio = m.vmmDowntimeMs > 0 ? String(format: "%.1f×", over / m.vmmDowntimeMs) : "-"
                 let phases = LoadPhase.allCases.map { p in
                     s.latency(p).map { String(format: "%.0f/%.0f", $0.p50Us, $0.p99Us) } ?? "-"
                 }
-                lines.append(String(format: "| %@ | %d | %d | %.1f | %@ | %@ | %@ | %@ | %@ |", name, s.sent, s.lost,
-                                    s.blackout.milliseconds, ratio,
+                lines.append(String(format: "| %@ | %d | %d | %.1f | %@ | %.1f | %@ | %@ | %@ | %@ |", name, s.sent, s.lost,
+                                    over, ratio, s.blackout.milliseconds,
                                     s.blackout.startsAfterMigrationMs.map { String(format: "%+.0f", $0) } ?? "-",
                                     phases[0], phases[1], phases[2]))
             }

@@ -31,6 +31,25 @@ import Testing
         #expect(trailing.milliseconds == 49 && trailing.startsAfterMigrationMs == nil)
     }
 
+    /// A stall long before the migration (the first bench --net run of 2026-11-30 14:00: 25 ms,
+    /// 2.2 s before it) is the run's longest gap, but not the blackout the migration caused.
+    @Test func theMigrationsBlackoutIsTheLongestGapOverlappingItsWindow() {
+        let w = PhaseWindow(migrationStartNs: 100 * Self.ms, migrationEndNs: 140 * Self.ms)
+        // Gaps: 10→35 (25 ms, before), 112→120 and 120→128 (8 ms, in the migration), 5 ms after.
+        let answers = [0, 10, 35, 45, 55, 65, 75, 85, 95, 100, 105, 112, 120, 128, 133, 140, 145, 150, 155]
+            .map { UInt64($0) * Self.ms }
+        let b = Blackout(replies: answers.shuffled(), loadEndNs: 155 * Self.ms, window: w)
+        #expect(b.milliseconds == 25 && b.startsAfterMigrationMs == -90)
+        #expect(b.overMigrationMs == 8, "\(String(describing: b.overMigrationMs))")
+        // A gap that straddles the start counts as the migration's, as one that outlasts its end does.
+        let straddle = Blackout(replies: [0, 95, 112, 200].map { $0 * Self.ms }, loadEndNs: 200 * Self.ms, window: w)
+        #expect(straddle.overMigrationMs == 88 && straddle.milliseconds == 95)
+        // The load ended silent while the migration ran: that silence counts too.
+        let silent = Blackout(replies: [0, 99].map { $0 * Self.ms }, loadEndNs: 130 * Self.ms, window: w)
+        #expect(silent.overMigrationMs == 31)
+        #expect(Blackout(replies: answers, loadEndNs: 155 * Self.ms, window: PhaseWindow()).overMigrationMs == nil)
+    }
+
     @Test func summaryCountsLostAndSplitsLatencyByPhase() {
         let w = PhaseWindow(migrationStartNs: 10 * Self.ms, migrationEndNs: 20 * Self.ms)
         var requests: [(sent: UInt64, answered: UInt64?)] = []
