@@ -82,6 +82,7 @@ let package = Package(
         .testTarget(name: "ControlTests", dependencies: [
             "Core", "Migrate", "Control", "Config", "Operations", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: ["Core", "Migrate", "Control", "Config", "Operations", "GuestImage", "NetBench",
                                                           "TestSupport"]),

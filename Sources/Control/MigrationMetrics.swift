@@ -30,6 +30,22 @@ public enum MigrationMetrics {
     public static let downtime = "pvmigrate_migration_downtime_seconds"
     public static let totalTime = "pvmigrate_migration_total_seconds"
 
+    /// One line of help per name, emitted as the exposition's `# HELP` lines (swift-metrics
+    /// carries none); the longer meanings are docs/operations.md "Metrics".
+    public static let help: [String: String] = [
+        migrations: "Migrations that ended, by direction and result.",
+        memoryBytes: "Guest memory of the migrations that succeeded.",
+        wireBytes: "Bytes the source sent on the wire (after compression and deltas), failed migrations included.",
+        pages: "Pages moved by successful migrations, all rounds, by encoding.",
+        active: "Migrations in progress now.",
+        hosted: "VMs running on this host.",
+        refusals: "Connections and migrations a limit of this listener turned away, by reason.",
+        handshakeFailures: "Incoming connections whose TLS handshake failed, by reason.",
+        rounds: "Pre-copy rounds per successful migration, the paused one included.",
+        downtime: "How long the guest was paused, per successful migration.",
+        totalTime: "The whole migration, per successful migration.",
+    ]
+
     /// The histograms' upper bounds (a Prometheus backend needs them before the first value).
     public static let buckets: [String: [Double]] = [
         rounds: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],

@@ -2,6 +2,7 @@
 import Foundation
 import Migrate
 @testable import Operations
+import Prometheus
 import Testing
 
 /// The /metrics responder over real loopback sockets, and the bounded metric labels.
@@ -44,5 +45,29 @@ import Testing
         #expect(M.refusalReason("migration from p refused: 2 migrations are already arriving at this host (its limit, `listen --max-incoming 2`)") == "max_incoming")
         #expect(M.refusalReason("migration from p refused: the VM has 128 MiB, more than this host accepts in total (`listen --max-memory` 64 MiB)") == "max_memory")
         #expect(M.refusalReason("migration from p dropped: no progress") == "no_progress")
+    }
+
+    @Test func everyMetricHasAHelpLineBeforeItsTypeLine() {
+        typealias M = MigrationMetrics
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)  // the production path: no help
+        factory.valueHistogramBuckets = M.buckets
+        factory.makeCounter(label: M.migrations, dimensions: [("direction", "out"), ("result", "success")]).increment(by: 1)
+        factory.makeMeter(label: M.hosted, dimensions: []).set(2.0)
+        factory.makeRecorder(label: M.downtime, dimensions: [("direction", "out")], aggregate: true).record(0.004)
+        var raw: [UInt8] = []
+        registry.emit(into: &raw)
+        let text = String(decoding: MetricsExport.withHelp(raw, M.help), as: UTF8.self)
+        let lines = text.split(separator: "\n").map(String.init)
+        for name in [M.migrations, M.hosted, M.downtime] {
+            let type = lines.firstIndex { $0.hasPrefix("# TYPE \(name) ") }
+            #expect(type != nil && type! > 0 && lines[type! - 1] == "# HELP \(name) \(M.help[name]!)", "\(text)")
+        }
+        #expect(text.filter { $0 == "\n" }.count == String(decoding: raw, as: UTF8.self).filter { $0 == "\n" }.count + 3,
+                "one line added per metric, nothing else changed: \(text)")
+        #expect(M.help.count == 11 && M.help.values.allSatisfy { !$0.isEmpty && !$0.contains("\n") })
+        let odd = String(decoding: MetricsExport.withHelp(Array("# TYPE x counter\nx 1\n".utf8), ["x": "a\\b\nc"]), as: UTF8.self)
+        #expect(odd == "# HELP x a\\\\b\\nc\n# TYPE x counter\nx 1\n", "\(odd)")
+        #expect(MetricsExport.withHelp([], M.help).isEmpty)
     }
 }
