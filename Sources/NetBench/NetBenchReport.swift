@@ -20,6 +20,10 @@ public struct NICFigures: Codable, Sendable, Equatable {
 public struct MigrationFigures: Codable, Sendable, Equatable {
     /// The VMM's own figure: guest paused at the source → running at the destination.
     public var vmmDowntimeMs: Double
+    /// What the VMM predicted when stop-and-copy started, and where its pause went, phase by
+    /// phase in ms (the source's `PausePhases`, by name). Absent in files of older runs.
+    public var vmmPredictedDowntimeMs: Double?
+    public var vmmPausePhasesMs: [String: Double]?
     public var totalSeconds: Double
     public var rounds: Int
     public var udp: ClientSummary
@@ -73,8 +77,14 @@ public struct NetBenchReport: Codable, Sendable, Equatable {
             lines.append("(each answered request is one frame into the guest and one out: frames/s = 2 × answers/s)")
         }
         if let m = migration {
-            lines += ["", String(format: "Migration under load: VMM downtime %.1f ms, total %.2f s, %d rounds", m.vmmDowntimeMs,
-                                 m.totalSeconds, m.rounds), "",
+            lines += ["", String(format: "Migration under load: VMM downtime %.1f ms%@, total %.2f s, %d rounds", m.vmmDowntimeMs,
+                                 m.vmmPredictedDowntimeMs.map { String(format: " (predicted %.1f ms)", $0) } ?? "",
+                                 m.totalSeconds, m.rounds)]
+            if let phases = m.vmmPausePhasesMs, !phases.isEmpty {
+                lines.append("VMM pause, ms: " + phases.filter { $0.value >= 0.05 }.sorted { $0.value > $1.value }
+                    .map { String(format: "%@ %.1f", $0.key, $0.value) }.joined(separator: ", "))
+            }
+            lines += ["",
                       "| client | sent | lost | blackout over the migration ms | ÷ downtime | longest gap of the run ms | it starts at ms | p50/p99 µs before | during | after |",
                       "|---|---|---|---|---|---|---|---|---|---|"]
             for (name, s) in [("UDP \(Int(plan.rate))/s", m.udp), ("ping -i 0.002", m.ping)] {

@@ -87,6 +87,13 @@ final class NetBenchRun: @unchecked Sendable {
         if keepLogs { Diagnostics.note("\(label): logs kept in \(directory)") } else { try? FileManager.default.removeItem(atPath: directory) }
     }
 
+    /// The pause's phases by name in ms (their Codable names: what bench --json also writes).
+    static func milliseconds(_ phases: PausePhases) -> [String: Double]? {
+        guard let data = try? JSONEncoder().encode(phases),
+              let seconds = try? JSONDecoder().decode([String: Double].self, from: data) else { return nil }
+        return seconds.mapValues { $0 * 1000 }
+    }
+
     static var binary: String { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0] }
 
     /// Boots the serving guest at the source and waits until it serves.
@@ -208,9 +215,12 @@ final class NetBenchRun: @unchecked Sendable {
         var finals: [Int: KVAnswer?] = [:]
         for key in 0..<plan.keys { finals[key] = KVLoad.get(key, on: clients, socket: spare) }
         KVConsistency.verifyFinal(ledger.records, plan: ledger.plan, finals: finals, into: &verdict)
-        return MigrationFigures(vmmDowntimeMs: stats.downtimeSeconds * 1000, totalSeconds: stats.totalSeconds, rounds: stats.rounds.count,
-                                udp: ledger.summary(window: window), ping: Self.ping(ping, window: window, offset: offset),
-                                verdict: verdict, udpSendFailures: failures, udpStrayAnswers: ledger.stray)
+        var figures = MigrationFigures(vmmDowntimeMs: stats.downtimeSeconds * 1000, totalSeconds: stats.totalSeconds, rounds: stats.rounds.count,
+                                       udp: ledger.summary(window: window), ping: Self.ping(ping, window: window, offset: offset),
+                                       verdict: verdict, udpSendFailures: failures, udpStrayAnswers: ledger.stray)
+        figures.vmmPredictedDowntimeMs = stats.predictedDowntimeSeconds * 1000
+        figures.vmmPausePhasesMs = stats.pausePhases.flatMap(Self.milliseconds)
+        return figures
     }
 
     /// Ends the VM (`run` and `listen` stop their VMs on SIGINT and print the NIC's counters)

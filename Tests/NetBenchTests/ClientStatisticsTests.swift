@@ -1,3 +1,4 @@
+import Foundation
 import NetBench
 import Testing
 
@@ -66,5 +67,41 @@ import Testing
         #expect(s.latency(.after)?.count == 10)
         #expect(abs(s.blackout.milliseconds - 4.9) < 1e-9, "15.2 ms → 20.1 ms")
         #expect(abs(s.blackout.startsAfterMigrationMs! - 5.2) < 1e-9)
+    }
+}
+
+/// The report shows the VMM's prediction and pause phases next to the clients' figures, and
+/// reads the files of runs that had neither.
+@Suite struct NetBenchReportTests {
+    func figures() -> MigrationFigures {
+        let window = PhaseWindow(migrationStartNs: 10_000_000, migrationEndNs: 20_000_000)
+        let summary = ClientSummary(requests: [(1_000_000, 1_100_000), (30_000_000, 30_100_000)], window: window)
+        return MigrationFigures(vmmDowntimeMs: 9.5, totalSeconds: 0.05, rounds: 3, udp: summary, ping: summary,
+                                verdict: KVVerdict(), udpSendFailures: 0, udpStrayAnswers: 0)
+    }
+
+    @Test func theTableShowsThePredictionAndWhereThePauseWent() {
+        var m = figures()
+        m.vmmPredictedDowntimeMs = 4.5
+        m.vmmPausePhasesMs = ["goToDone": 6.0, "finalRound": 2.5, "handOver": 0.01]
+        let table = Self.tableOf(m)
+        #expect(table.contains("VMM downtime 9.5 ms (predicted 4.5 ms)"), "\(table)")
+        #expect(table.contains("VMM pause, ms: goToDone 6.0, finalRound 2.5\n"), "largest first, tiny phases left out: \(table)")
+    }
+
+    @Test func aReportWithoutThePauseFiguresStillReads() throws {
+        var old = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(figures())) as? [String: Any])
+        old["vmmPredictedDowntimeMs"] = nil
+        old["vmmPausePhasesMs"] = nil
+        let decoded = try JSONDecoder().decode(MigrationFigures.self, from: JSONSerialization.data(withJSONObject: old))
+        #expect(decoded.vmmPredictedDowntimeMs == nil && decoded.vmmPausePhasesMs == nil && decoded.vmmDowntimeMs == 9.5)
+        #expect(!NetBenchReportTests.tableOf(decoded).contains("VMM pause"))
+    }
+
+    static func tableOf(_ m: MigrationFigures) -> String {
+        var report = NetBenchReport(date: "d", loadAverage: [1, 1, 1], guestMemoryMiB: 256,
+                                    plan: KVLoadPlan(rate: 2000, sockets: 2, keys: 1, valueBytes: 16))
+        report.migration = m
+        return report.table
     }
 }
