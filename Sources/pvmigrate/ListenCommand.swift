@@ -32,8 +32,9 @@ struct Listen: ParsableCommand {
             (max-incoming = 4); flags on the command line win. --control PATH serves the \
             listener's job list (`pvmigrate job --listener PATH`). Under systemd (Type=notify, \
             contrib/systemd) it reports READY/RELOADING/STOPPING. SIGHUP: read the TLS directory \
-            again (a new certificate or CA) for the next handshakes; running VMs and migrations \
-            are not touched. --net-bridge BR: an arriving VM with a PV network device gets a new \
+            again (a new certificate or CA) for the next handshakes and, with --config, the file: \
+            allow-source, max-incoming, max-memory and log-level change at once, other keys need a \
+            restart; running VMs and migrations are not touched. --net-bridge BR: an arriving VM with a PV network device gets a new \
             TAP on bridge BR (made when the migration starts, used once the guest runs here; the \
             guest then announces itself with a gratuitous ARP, docs/protocol.md §5.8); without \
             it such a VM is refused and keeps running at its source. SIGINT/SIGTERM: refuse new migrations, fence and fail those in \
@@ -222,13 +223,10 @@ struct Listen: ParsableCommand {
         let endpoint = try metrics.map { try Self.serveMetrics($0, listener: listener, arrivals: arrivals) }
         let finished = DispatchSemaphore(value: 0)
         let signals = SignalWatcher(SIGINT, SIGTERM) { finished.signal() }
-        service.onReload { [self] in
-            guard !insecure else { return "plaintext (--insecure): no certificates to read again" }
-            let directory = tlsDirectory ?? runtime.defaultTLSDirectory
-            try listener.reloadTLS(.mutual(try TLSFiles(directory: directory,
-                                                        peerNames: PeerNames(clients: allowSource.isEmpty ? nil : allowSource))))
-            return "certificates read again from \(directory); the next handshakes use them"
-        } log: { ListenLog.event("reload", ["result": "\($0)"], text: "reload: \($0)") }
+        var settings = self
+        settings.logging = logging
+        let reload = ListenReload(settings, listener: listener, runtime: runtime)
+        service.onReload { try reload() } log: { ListenLog.event("reload", ["result": "\($0)"], text: "reload: \($0)") }
         listener.serve(arrivals)
         let shown = Endpoint(host: address.host, port: listener.port)
         ListenLog.event("listening", ["address": "\(shown)", "tls": insecure ? "off" : "mutual",

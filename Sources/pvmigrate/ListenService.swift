@@ -18,7 +18,7 @@ final class ListenService: Sendable {
             guard let (body, log) = reload.value else { return } // not listening yet: nothing to reload
             Self.send(notifier, .reloading)
             let result: String
-            do { result = try body() } catch { result = "failed, the previous certificates stay in use: \(error)" }
+            do { result = try body() } catch { result = "failed, every setting stays as it was: \(error)" }
             log(result)
             Self.send(notifier, .ready, .status("reloaded: \(result)"))
         }

@@ -95,6 +95,52 @@ extension EndToEnd {
             #expect(notify.receive(until: "STOPPING=1") != nil, "no STOPPING=1: \(listener.text)")
         }
 
+        /// SIGHUP with `--config` (docs/operations.md "Reload"): the allowed sources and the
+        /// memory limit change for the next migration, a restart-only key is named and kept,
+        /// and a file that no longer parses changes nothing.
+        @Test func reloadReadsTheConfigAgainAndAppliesTheLiveLimitsOnly() throws {
+            let hosts = try Hosts()
+            try hosts.certs("pki", hosts: ["src", "dst=127.0.0.1"])
+            let config = "\(hosts.root)/listen.toml"
+            func write(_ text: String) throws { try text.write(toFile: config, atomically: true, encoding: .utf8) }
+            try write("allow-source = [\"other\"]\nmax-streams = 4\n")
+            let (listener, port) = try hosts.listen(tlsDir: "pki/dst", ["--config", config])
+            var reloads = 0
+            func reload() -> String {
+                reloads += 1
+                kill(listener.process.processIdentifier, SIGHUP)
+                let lines = { listener.stdout.split(separator: "\n").filter { $0.contains("reload: ") } }
+                #expect(Wait.until { lines().count >= reloads }, "reload \(reloads) was not logged: \(listener.text)")
+                return lines().count >= reloads ? String(lines()[reloads - 1]) : ""
+            }
+            func refusedAndKept(_ why: String) throws {
+                let r = try hosts.send("r", port: port, tlsDir: "pki/src", Self.relaxed)
+                #expect(r.status != 0 && r.text.contains(why), "send should be refused (\(why)): \(r.text)")
+                #expect(try hosts.status("src", "r")?["state"]?.string == "running", "the source lost VM r")
+            }
+            try hosts.startVM("r")
+            try refusedAndKept("src") // its certificate's name is not allowed
+
+            try write("allow-source = [\"src\"]\nmax-memory = \"64M\"\nmax-streams = 8\n")
+            let applied = reload()
+            #expect(applied.contains("now allow-source src, max-memory 64") && applied.contains("kept until a restart: max-streams"),
+                    "\(applied)")
+            try refusedAndKept("--max-memory") // the name passes now; the 128 MiB VM is over the new limit
+
+            try write("allow-source = [\"src\"]\nmax-memory = \"64M\"\nmax-incoming = \"two\"\n")
+            let failed = reload()
+            #expect(failed.contains("failed, every setting stays as it was") && failed.contains("line 3"), "\(failed)")
+            try refusedAndKept("--max-memory")
+
+            try write("allow-source = [\"src\"]\nmax-streams = 4\n")
+            let restored = reload()
+            #expect(restored.contains("max-memory this host's memory") && !restored.contains("restart"), "\(restored)")
+            let moved = try hosts.send("r", port: port, tlsDir: "pki/src", Self.relaxed)
+            #expect(moved.status == 0, "send after the reloads failed: \(moved.text)")
+            #expect(try hosts.psNames("dst") == ["r"], "\(listener.text)")
+            #expect(listener.terminate() == 0, "\(listener.text)")
+        }
+
         @Test func jobStateFollowsASendAndSigtermFailsTheArrivalWhileTheSourceKeepsTheVM() throws {
             let hosts = try Hosts()
             try hosts.certs("pki", hosts: ["src", "dst=127.0.0.1"])

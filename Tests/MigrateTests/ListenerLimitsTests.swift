@@ -88,6 +88,23 @@ struct ListenerLimitsTests {
         #expect(Self.refusalReason { try admission.claim(c, bytes: 1) } != nil, "the double release freed memory twice")
     }
 
+    @Test("limits changed by a reload apply to the next admissions; those admitted keep their place and memory")
+    func admissionLimitsChangeForTheNextMigrations() throws {
+        let admission = Admission(options: Self.options(memory: 1 << 30, incoming: 2, hosted: 0))
+        let a = try admission.admit()
+        try admission.claim(a, bytes: 768 << 20)
+        admission.setLimits(maximumIncoming: 1, maximumMemory: 512 << 20)
+        #expect(Self.refusalReason { _ = try admission.admit() }?.contains("--max-incoming 1") == true,
+                "a lowered limit still admitted a second migration")
+        admission.setLimits(maximumIncoming: 3, maximumMemory: 512 << 20)
+        let b = try admission.admit()
+        #expect(Self.refusalReason { try admission.claim(b, bytes: 1 << 20) }?.contains("--max-memory` 512 MiB") == true,
+                "768 MiB already claimed exceed the lowered 512 MiB: nothing more fits")
+        admission.release(a) // the first migration ends: its memory comes back under the new limit
+        try admission.claim(b, bytes: 512 << 20)
+        #expect(Self.refusalReason { try admission.claim(b, bytes: 1) } != nil)
+    }
+
     /// Waits for the watchdog's verdict: the reason, or nil when it did not fire within `timeout`.
     static func stall(_ watchdog: ProgressWatchdog, timeout: Double, while feeding: (() -> Void)? = nil) -> String? {
         let fired = DispatchSemaphore(value: 0)

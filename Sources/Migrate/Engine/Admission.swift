@@ -13,8 +13,22 @@ final class Admission: @unchecked Sendable {
     private let lock = NSLock()
     private var incoming = 0 // guarded by `lock`
     private var claimed: UInt64 = 0 // guarded by `lock`
+    /// The limits, from `options` at first; `setLimits` changes them (`listen` on SIGHUP).
+    private var maximumIncoming: Int // guarded by `lock`
+    private var maximumMemory: UInt64 // guarded by `lock`
 
-    init(options: ReceiverOptions) { self.options = options }
+    init(options: ReceiverOptions) {
+        self.options = options
+        maximumIncoming = options.maximumIncoming
+        maximumMemory = options.maximumMemory
+    }
+
+    /// New limits for the migrations admitted from now on. Migrations already admitted keep
+    /// their place and their memory, even when that now exceeds a lowered limit: the limits
+    /// then refuse new ones until enough of them have ended.
+    func setLimits(maximumIncoming: Int, maximumMemory: UInt64) {
+        lock.withLock { (self.maximumIncoming, self.maximumMemory) = (maximumIncoming, maximumMemory) }
+    }
 
     /// One admitted migration's hold on the limits.
     final class Ticket: @unchecked Sendable {
@@ -24,11 +38,10 @@ final class Admission: @unchecked Sendable {
 
     /// Counts a new migration, or refuses it when `maximumIncoming` are already arriving.
     func admit() throws(MigrationError) -> Ticket {
-        let limit = options.maximumIncoming
-        let admitted = lock.withLock { () -> Bool in
-            guard incoming < limit else { return false }
+        let (admitted, limit) = lock.withLock { () -> (Bool, Int) in
+            guard incoming < maximumIncoming else { return (false, maximumIncoming) }
             incoming += 1
-            return true
+            return (true, maximumIncoming)
         }
         guard admitted else {
             throw .refused(.resources, "\(limit) migration\(limit == 1 ? " is" : "s are") already arriving at this host "
@@ -39,7 +52,7 @@ final class Admission: @unchecked Sendable {
 
     /// Claims `bytes` of guest memory for the ticket's migration, or refuses.
     func claim(_ ticket: Ticket, bytes: UInt64) throws(MigrationError) {
-        let limit = options.maximumMemory
+        let limit = lock.withLock { maximumMemory }
         let mib = { (b: UInt64) in "\(b >> 20) MiB" }
         guard bytes <= limit else {
             throw .refused(.resources, "the VM has \(mib(bytes)), more than this host accepts in total "

@@ -73,6 +73,13 @@ public final class MigrationListener: @unchecked Sendable {
         do { try listener.reload(tls) } catch { throw .transport(error) }
     }
 
+    /// New admission limits (`--max-incoming`, `--max-memory`) for the migrations that arrive
+    /// from now on (`pvmigrate listen` re-reads its configuration on SIGHUP); migrations in
+    /// progress keep what they were admitted with.
+    public func setLimits(maximumIncoming: Int, maximumMemory: UInt64) {
+        admission.setLimits(maximumIncoming: maximumIncoming, maximumMemory: maximumMemory)
+    }
+
     /// The migrations arriving now, then the last ones that ended (oldest first).
     public var jobs: [ArrivalJob] {
         let running = sessions.withLock { Array($0.values) }.map { $0.job() }
