@@ -154,7 +154,7 @@ struct FrameTests {
         #expect(headerError([UInt8](repeating: 0, count: 16)) == .badMagic(0))
     }
 
-    @Test("an unknown type is rejected", arguments: [UInt16(0), 19, 0x100, 0xffff])
+    @Test("an unknown type is rejected", arguments: [UInt16(0), 20, 0x100, 0xffff])
     func unknownType(_ type: UInt16) {
         #expect(headerError(rawHeader(type: type, length: 0)) == .unknownType(type))
     }

@@ -20,7 +20,6 @@ import socket
 import struct
 import sys
 import threading
-import time
 
 import zstandard
 
@@ -39,7 +38,6 @@ class Migration:
         self.reported = {}        # round -> (pages, bytes) from ROUND frames
         self.pings = 0            # PINGs answered (capability PING, §3.2)
         self.pong_works = 0       # of them with PONG_WORK (capability COMMIT_WORK)
-        self.prepare_us = 0       # the commit work PONG_WORK reports (its last digest's time)
 
     # Frames on any stream until STREAM_END (§3.4). `index` is the stream's index.
     def drain(self, ch, index, control):
@@ -74,14 +72,12 @@ class Migration:
                 self.reported[rnd] = (pages, nbytes)
             elif t == w.PING and control and self.granted & w.CAP_PING:
                 nonce = w.expect((t, flags, p), w.PING, 8)
-                if self.granted & w.CAP_COMMIT_WORK:  # the nonce and this peer's own commit work, µs
-                    ch.send(w.PONG_WORK, nonce + struct.pack("<II", self.prepare_us, 0))
+                if self.granted & w.CAP_COMMIT_WORK:
+                    # The nonce and this peer's own commit work in µs: 0, "not known" (§3.2). Its
+                    # real work, a digest over the memory in Python, takes longer than the cases'
+                    # downtime target: reported, it would keep pvmigrate from ever stopping.
+                    ch.send(w.PONG_WORK, nonce + struct.pack("<II", 0, 0))
                     self.pong_works += 1
-                    # This peer's work before PREPARED is its digest over the memory: timed after
-                    # the answer, for the next one.
-                    began = time.monotonic()
-                    w.digest(self.memory)
-                    self.prepare_us = min(0xFFFFFFFF, int((time.monotonic() - began) * 1e6) + 1)
                 else:
                     ch.send(w.PONG, nonce)  # the nonce, echoed at once
                 self.pings += 1
