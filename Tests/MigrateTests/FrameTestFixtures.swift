@@ -220,6 +220,14 @@ enum Golden {
     ]
     static let pongFrame = Frame.pong(nonce: 0x0102_0304_0506_0708)
     static let pong: [UInt8] = ping.enumerated().map { $0.offset == 4 ? 0x12 : $0.element } // type 18, same nonce
+    // PONG_WORK (19): the same nonce, 1,500 µs to PREPARED, 70,000 µs to DONE.
+    static let pongWorkFrame = Frame.pongWork(nonce: 0x0102_0304_0506_0708, prepareMicros: 1_500, startMicros: 70_000)
+    static let pongWork: [UInt8] = [
+        0x50, 0x56, 0x4d, 0x47, 0x13, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, // nonce
+        0xdc, 0x05, 0x00, 0x00,                         // 1,500 µs
+        0x70, 0x11, 0x01, 0x00,                         // 70,000 µs
+    ]
 
     // COMMIT_ACK: status 0 (resumed).
     static let commitAckFrame = Frame.commitAck(status: 0)
@@ -285,6 +293,7 @@ enum Golden {
         ("OUTCOME (unknown)", outcomeUnknownFrame, outcomeUnknown),
         ("PING", pingFrame, ping),
         ("PONG", pongFrame, pong),
+        ("PONG_WORK", pongWorkFrame, pongWork),
     ]
 }
 

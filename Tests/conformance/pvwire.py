@@ -24,18 +24,20 @@ ZSTD_MAX_WINDOW = 8 << 20  # the largest window a receiver must accept (§3.3)
 HELLO, HELLO_ACK, MACHINE, JOIN, PAGES, ROUND, STATE, COMMIT, COMMIT_ACK, ERROR, STREAM_END = range(1, 12)
 PREPARED, GO, DONE, RESOLVE, OUTCOME = range(12, 17)  # version 2: the commit protocol (§3.6)
 PING, PONG = 17, 18  # capability PING (§3.2): round trips on the control stream during pre-copy
+PONG_WORK = 19  # capability COMMIT_WORK (§3.2): PONG with the destination's own commit work
 NAMES = {1: "HELLO", 2: "HELLO_ACK", 3: "MACHINE", 4: "JOIN", 5: "PAGES", 6: "ROUND", 7: "STATE",
          8: "COMMIT", 9: "COMMIT_ACK", 10: "ERROR", 11: "STREAM_END", 12: "PREPARED", 13: "GO",
-         14: "DONE", 15: "RESOLVE", 16: "OUTCOME", 17: "PING", 18: "PONG"}
+         14: "DONE", 15: "RESOLVE", 16: "OUTCOME", 17: "PING", 18: "PONG", 19: "PONG_WORK"}
 VERSION = 2  # the only version this peer speaks (§3.6.6)
 # The largest payload of each type (§3.2).
 LIMITS = {HELLO: 32, HELLO_ACK: 16, MACHINE: 50 + 255, JOIN: 20, PAGES: MAX_PAYLOAD, ROUND: 24,
           STATE: MAX_PAYLOAD, COMMIT: 24, COMMIT_ACK: 8, ERROR: 8 + 4096, STREAM_END: 8,
-          PREPARED: 16, GO: 16, DONE: 16, RESOLVE: 16, OUTCOME: 8, PING: 8, PONG: 8}
+          PREPARED: 16, GO: 16, DONE: 16, RESOLVE: 16, OUTCOME: 8, PING: 8, PONG: 8, PONG_WORK: 16}
 
-CAP_ZSTD, CAP_DELTA, CAP_PV_STATE, CAP_PING = 1, 2, 4, 8
-CAPS_ALL = CAP_ZSTD | CAP_DELTA | CAP_PV_STATE | CAP_PING
-CAP_NAMES = {"zstd": CAP_ZSTD, "delta": CAP_DELTA, "pv-state": CAP_PV_STATE, "ping": CAP_PING}
+CAP_ZSTD, CAP_DELTA, CAP_PV_STATE, CAP_PING, CAP_COMMIT_WORK = 1, 2, 4, 8, 16
+CAPS_ALL = CAP_ZSTD | CAP_DELTA | CAP_PV_STATE | CAP_PING | CAP_COMMIT_WORK
+CAP_NAMES = {"zstd": CAP_ZSTD, "delta": CAP_DELTA, "pv-state": CAP_PV_STATE, "ping": CAP_PING,
+             "commit-work": CAP_COMMIT_WORK}
 
 ENC_ZERO, ENC_RAW, ENC_DELTA = 0, 1, 2
 

@@ -37,6 +37,7 @@ class Migration:
         self.by_round = {}        # round -> [pages, bytes] actually received on all streams
         self.reported = {}        # round -> (pages, bytes) from ROUND frames
         self.pings = 0            # PINGs answered (capability PING, §3.2)
+        self.pong_works = 0       # of them with PONG_WORK (capability COMMIT_WORK)
 
     # Frames on any stream until STREAM_END (§3.4). `index` is the stream's index.
     def drain(self, ch, index, control):
@@ -70,7 +71,15 @@ class Migration:
                     raise w.ProtocolError(f"ROUND {rnd} repeated or with reserved bytes set")
                 self.reported[rnd] = (pages, nbytes)
             elif t == w.PING and control and self.granted & w.CAP_PING:
-                ch.send(w.PONG, w.expect((t, flags, p), w.PING, 8))  # the nonce, echoed at once
+                nonce = w.expect((t, flags, p), w.PING, 8)
+                if self.granted & w.CAP_COMMIT_WORK:
+                    # The nonce and this peer's own commit work in µs: 0, "not known" (§3.2). Its
+                    # real work, a digest over the memory in Python, takes longer than the cases'
+                    # downtime target: reported, it would keep pvmigrate from ever stopping.
+                    ch.send(w.PONG_WORK, nonce + struct.pack("<II", 0, 0))
+                    self.pong_works += 1
+                else:
+                    ch.send(w.PONG, nonce)  # the nonce, echoed at once
                 self.pings += 1
             elif t == w.STREAM_END:
                 (n,) = struct.unpack("<Q", w.expect((t, flags, p), w.STREAM_END, 8))
@@ -177,7 +186,7 @@ class Migration:
                   "commit_digest": f"{expected:016x}", "pages_with_data": n,
                   "commit_pages_with_data": pages_with_data, "granted": w.caps_text(self.granted),
                   "offered": w.caps_text(self.hello[3]), "streams": self.streams, "asked_streams": self.hello[2],
-                  "rounds": len(self.reported), "ballooned": len(ballooned), "name": self.machine["name"], "pings": self.pings, **self.seen}
+                  "rounds": len(self.reported), "ballooned": len(ballooned), "name": self.machine["name"], "pings": self.pings, "pong_works": self.pong_works, **self.seen}
         if not result["ok"]:
             control.send_error(w.E_DIGEST, f"digest {digest:016x} ({n} pages), COMMIT says {expected:016x} ({pages_with_data})")
             return result, state

@@ -48,8 +48,8 @@ NET_GOLDEN = os.path.join(HERE, "golden", "net-section.bin")
 CASES = [
     ("plain-none", False, 2, "pv-state", 64, "zstd,delta,pv-state", 2, "default"),
     ("tls-zstd-lowered", True, 3, "zstd,pv-state,ping", 1, "zstd,pv-state,ping", 1, "default"),
-    ("plain-delta-lowered", False, 3, "delta,pv-state", 2, "delta,pv-state", 3, "default"),
-    ("tls-all", True, 2, "zstd,delta,pv-state,ping", 64, "zstd,delta,pv-state,ping", 3, "restricted"),
+    ("plain-delta-lowered", False, 3, "delta,pv-state,ping", 2, "delta,pv-state,ping,commit-work", 3, "default"),
+    ("tls-all", True, 2, "zstd,delta,pv-state,ping,commit-work", 64, "zstd,delta,pv-state,ping,commit-work", 3, "restricted"),
     ("plain-all-one", False, 2, "zstd,delta,pv-state", 1, "pv-state", 1, "default"),
     ("tls-none-lowered", True, 4, "pv-state", 3, "zstd,delta,pv-state", 4, "default"),
 ]
@@ -156,6 +156,8 @@ class Run:
                   ("zstd" in granted or res["zstd_frames"] == 0, f"{res['zstd_frames']} zstd frames, ZSTD not granted"),
                   ("delta" in granted or res["delta"] == 0, f"{res['delta']} deltas, DELTA not granted"),
                   (("ping" in granted) == (res["pings"] > 0), f"{res['pings']} PINGs answered, PING granted: {'ping' in granted}"),
+                  (res["pong_works"] == (res["pings"] if "commit-work" in granted else 0),
+                   f"{res['pong_works']} of {res['pings']} PINGs answered with PONG_WORK, COMMIT_WORK granted: {'commit-work' in granted}"),
                   (res["rounds"] >= 1 and res["pages_with_data"] > 0, "no rounds or no pages")]
         for ok, why in checks:
             if not ok:
@@ -173,6 +175,10 @@ class Run:
         sent = json.loads(r.stdout.strip().splitlines()[-1])
         if sent["digest"] != res["digest"]:
             raise Failure(f"sender.py's digest {sent['digest']} != receiver.py's {res['digest']}")
+        # pvmigrate's PONG_WORK reports its rehearsed work: a thread start at least before DONE.
+        if ("commit-work" in sent["granted"].split(",")) != bool(sent["commit_work"]) \
+                or any(start == 0 for _, start in sent["commit_work"]):
+            raise Failure(f"sender.py: granted {sent['granted']}, PONG_WORK answers {sent['commit_work']}")
         self.wait_status(dst_host, vm)
         check = self.pv(dst_host, "selfcheck", vm, "--json")
         verdict = json.loads(check.stdout)

@@ -89,6 +89,7 @@ class Sender:
         self.offer, self.asked, self.mid = offer, streams, mid
         self.zstd = None
         self.violate = violate  # a deliberate protocol violation (VIOLATIONS), to test receivers
+        self.commit_work = []   # (prepare µs, start µs) from each PONG_WORK (capability COMMIT_WORK)
 
     def handshake(self, connect):
         control = connect()
@@ -149,7 +150,13 @@ class Sender:
         channels[0].send(w.ROUND, struct.pack("<IIQQ", rnd, 0, len(entries), sum(totals)))
         if self.granted & w.CAP_PING:  # §3.2: PONG echoes the nonce, before any other frame
             channels[0].send(w.PING, struct.pack("<Q", rnd))
-            if w.expect(channels[0].receive(), w.PONG, 8) != struct.pack("<Q", rnd):
+            if self.granted & w.CAP_COMMIT_WORK:  # PONG_WORK: the nonce, then the destination's work in µs
+                answer = w.expect(channels[0].receive(), w.PONG_WORK, 16)
+                self.commit_work.append(struct.unpack("<II", answer[8:]))
+                answer = answer[:8]
+            else:
+                answer = w.expect(channels[0].receive(), w.PONG, 8)
+            if answer != struct.pack("<Q", rnd):
                 raise w.ProtocolError("PONG does not echo the PING's nonce")
 
     def rounds(self, channels):
@@ -235,7 +242,7 @@ def main():
         s.rounds(channels)
         d, n = s.commit(channels[0])
         print(json.dumps({"ok": True, "digest": f"{d:016x}", "pages_with_data": n, "streams": s.streams,
-                          "granted": w.caps_text(s.granted)}))
+                          "granted": w.caps_text(s.granted), "commit_work": s.commit_work}))
     except (w.ProtocolError, w.PeerError, OSError) as e:
         if channels and isinstance(e, w.ProtocolError):
             channels[0].send_error(e.code, str(e))

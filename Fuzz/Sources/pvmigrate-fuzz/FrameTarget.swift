@@ -59,6 +59,7 @@ enum FrameTarget: FuzzTarget {
             .streamEnd(frames: 42),
             .prepared(migrationID: id), .go(migrationID: id), .done(migrationID: id), .resolve(migrationID: id),
             .outcome(.started),
+            .ping(nonce: 7), .pong(nonce: 7), .pongWork(nonce: 7, prepareMicros: 1_500, startMicros: 300),
         ]
         // Each frame alone, and one stream of all of them.
         return frames.map { $0.encoded() } + [frames.flatMap { $0.encoded() }]

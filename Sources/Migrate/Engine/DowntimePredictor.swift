@@ -24,10 +24,10 @@ import Foundation
 ///   idle cores the guest did not hold the rounds back (they waited on the link) and the
 ///   factor is 1.
 /// - `stopVCPUs`: parking the vCPUs, the median of measured pauses (`setStopLatencies`) — on
-///   a busy host the scheduler's wake-up latency, not a constant. The sender does not feed it
-///   yet: a migration measures one pause before the final one (the dirty tracker's start),
-///   and one sample of 1.9 s kept stop-and-copy from ever starting (docs/benchmarks.md);
-///   a robust estimate needs repeated samples without pausing the guest each time.
+///   a busy host the scheduler's wake-up latency, not a constant. The sender parks the vCPUs
+///   for a moment after each small pre-copy round (where it also PINGs) and feeds the fastest
+///   of the last 5 stops: one sample (the dirty tracker's start, once 1.9 s) had kept
+///   stop-and-copy from ever starting (docs/benchmarks.md).
 /// - `harvest`: the paused harvest, from the pre-copy harvests split by source: KVM's log
 ///   (the same ioctls over the same slots: the median of the harvests that read it) + the
 ///   bitmap work (the harvest minus its sources: the median) + the PV ring's drain (the
@@ -39,7 +39,10 @@ import Foundation
 /// - `roundTrip`: the control stream's round trip, `RoundTripEstimate`'s median of the HELLO →
 ///   HELLO_ACK exchange and a PING → PONG after each pre-copy round. The commit waits for
 ///   two acknowledgments: COMMIT → PREPARED and GO → DONE (protocol.md §3.6.3), each with
-///   the destination's own work (digest check, state restore; the durable "started" record).
+///   the destination's own work (digest check, state restore; the durable "started" record,
+///   starting the vCPUs): `destinationPrepare` and `destinationStart`, the destination's own
+///   estimate (`CommitWorkEstimate`, reported in PONG_WORK; 0 from a destination without
+///   `COMMIT_WORK`, which then is under-predicted by that work as before).
 /// - `stateSave`: saving and encoding the vCPU/device state, an estimate (it needs the
 ///   guest paused, so it cannot be measured before the pause).
 ///
@@ -107,6 +110,10 @@ public struct DowntimePredictor: Sendable, Equatable {
     public var stateSave = DowntimePredictor.defaultStateSave
     /// Parking the vCPUs at the start of the pause (`setStopLatencies`).
     public var stopVCPUs = 0.0
+    /// The destination's own work from COMMIT read to PREPARED sent, and from GO read to DONE
+    /// sent, as it reported it (PONG_WORK); 0 when it did not.
+    public var destinationPrepare = 0.0
+    public var destinationStart = 0.0
     /// The host's cores, for `pausedPageFactor`.
     public var cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
@@ -206,8 +213,8 @@ public struct DowntimePredictor: Sendable, Equatable {
         phases.harvest = harvest
         phases.finalRound = overhead + Double(max(0, pages)) * perPage * pausedPageFactor
         phases.stateSave = stateSave
-        phases.commitToPrepared = roundTrip
-        phases.goToDone = (Self.commitRoundTrips - 1) * roundTrip
+        phases.commitToPrepared = roundTrip + destinationPrepare
+        phases.goToDone = (Self.commitRoundTrips - 1) * roundTrip + destinationStart
         let fixed = phases.stopVCPUs + phases.harvest + phases.stateSave + phases.commitToPrepared + phases.goToDone
         return Prediction(pagesSeconds: phases.finalRound, fixedSeconds: fixed, phases: phases)
     }

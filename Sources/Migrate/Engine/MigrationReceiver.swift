@@ -31,6 +31,8 @@ final class MigrationReceiver: @unchecked Sendable {
     private let startedAt = ContinuousClock.now
     private let announced = Locked<MachineDescription?>(nil)
     private let appliedPages = Locked(0)
+    /// The commit work this destination expects (PONG_WORK); the control thread's only.
+    private var commitWork = CommitWorkEstimate()
     /// The arriving NIC's network, detached if the migration fails.
     private let network = Locked<NetworkAttachment?>(nil)
 
@@ -145,6 +147,7 @@ final class MigrationReceiver: @unchecked Sendable {
         // Receiving: every stream applies its own pages (disjoint: index mod streams), and
         // records each page's hash for the digest as it lands.
         let hashes = PageHashTable(pageCount: machine.memory.pageCount)
+        if granted.contains(.commitWork) { rehearseCommit(machine, hashes) }
         // The first failure is the one to report: the others are its follow-on closes.
         let failures = Locked<MigrationError?>(nil)
         let applied = appliedPages
@@ -309,6 +312,14 @@ final class MigrationReceiver: @unchecked Sendable {
         return (1..<streams).compactMap { joined[$0] }
     }
 
+    /// One rehearsal of this destination's commit work for PONG_WORK (`CommitWorkEstimate`).
+    private func rehearseCommit(_ machine: Machine, _ hashes: PageHashTable) {
+        let r = CommitWorkEstimate.rehearse(machine: machine, hashes: hashes)
+        commitWork.record(prepare: r.prepare, threadStart: r.threadStart)
+        commitWork.record = options.outcomes.recentWriteSeconds
+        commitWork.vcpus = machine.vcpus.count
+    }
+
     /// Reads frames until STREAM_END; a `PageApplyWorker` decodes and applies the pages
     /// meanwhile, in order. The control stream also carries ROUND frames, and PING (answered
     /// with PONG, protocol.md §3.2).
@@ -339,8 +350,13 @@ final class MigrationReceiver: @unchecked Sendable {
             case .round where isControl:
                 continue
             case let .ping(nonce) where isControl && granted.contains(.ping):
-                // Answered at once, from this thread (the control stream's only writer while receiving).
-                do { try channel.send(.pong(nonce: nonce)) } catch { throw MigrationError.transport(error) }
+                // Answered at once, from this thread (the control stream's only writer while receiving);
+                // the next rehearsal of the commit only after the answer, so the round trip is not in it.
+                let work = commitWork.micros
+                let answer: Frame = granted.contains(.commitWork)
+                    ? .pongWork(nonce: nonce, prepareMicros: work.prepare, startMicros: work.start) : .pong(nonce: nonce)
+                do { try channel.send(answer) } catch { throw MigrationError.transport(error) }
+                if granted.contains(.commitWork) { rehearseCommit(machine, hashes) }
             case let .streamEnd(frames):
                 guard frames == before else {
                         throw MigrationError.wire(.malformed(type: "STREAM_END",

@@ -1,18 +1,41 @@
 extension MigrationSender {
-    /// One PING → PONG on the control stream (protocol.md §3.2, capability PING): the commit's
-    /// round trip as it is now, for `RoundTripEstimate`. Sent by the request thread between
-    /// rounds, after the round's ROUND frame — the stream workers have finished writing then,
-    /// so the control stream has one writer and one reader, as at the commit.
-    func pingRoundTrip(_ control: FrameChannel, nonce: UInt64) throws(MigrationError) -> Double {
+    /// What one PING told: the round trip, and with `COMMIT_WORK` granted the destination's
+    /// estimate of its own commit work (PONG_WORK; nil from a destination that sent PONG).
+    struct PingSample: Sendable, Equatable {
+        var roundTrip: Double
+        var destinationPrepare: Double?
+        var destinationStart: Double?
+    }
+
+    /// One PING → PONG (or PONG_WORK) on the control stream (protocol.md §3.2, capabilities
+    /// PING and COMMIT_WORK): the commit's round trip as it is now, for `RoundTripEstimate`.
+    /// Sent by the request thread between rounds, after the round's ROUND frame — the stream
+    /// workers have finished writing then, so the control stream has one writer and one
+    /// reader, as at the commit. `work`: COMMIT_WORK was granted, so the answer must be PONG_WORK.
+    func pingRoundTrip(_ control: FrameChannel, nonce: UInt64, work: Bool) throws(MigrationError) -> PingSample {
         let sent = ContinuousClock.now
         try sendControl(control, .ping(nonce: nonce))
         let frame = try control.receive()
+        let roundTrip = (ContinuousClock.now - sent).seconds
         switch frame {
-        case let .pong(echoed) where echoed == nonce: return (ContinuousClock.now - sent).seconds
+        case let .pong(echoed) where echoed == nonce && !work: return PingSample(roundTrip: roundTrip)
+        case let .pongWork(echoed, prepare, start) where echoed == nonce && work:
+            return PingSample(roundTrip: roundTrip, destinationPrepare: Double(prepare) / 1e6, destinationStart: Double(start) / 1e6)
         case let .error(report): throw .peer(report)
-        case let .pong(echoed):
-            throw .wire(.malformed(type: "PONG", reason: "nonce \(echoed), PING \(nonce) awaited"))
+        case let .pong(echoed), let .pongWork(echoed, _, _):
+            guard (frame.type == .pongWork) == work else {
+                throw .wire(.unexpected(frame: frame.name, state: "awaiting \(work ? "PONG_WORK" : "PONG")"))
+            }
+            throw .wire(.malformed(type: frame.name, reason: "nonce \(echoed), PING \(nonce) awaited"))
         default: throw .wire(.unexpected(frame: frame.name, state: "awaiting PONG"))
         }
+    }
+
+    /// Parks every running vCPU and lets it go again, as the pause begins (`Machine.pause`'s
+    /// kick and wait): how long stopping them takes now, for `DowntimePredictor.stopVCPUs`.
+    /// The guest loses that moment (~0.1 ms on a quiet host) once per small pre-copy round.
+    func stopLatency() -> Double {
+        let began = ContinuousClock.now
+        return machine.withVCPUsPaused { (ContinuousClock.now - began).seconds }
     }
 }

@@ -9,7 +9,7 @@ extension MigrationSender {
     /// Stop-and-copy starts when the `DowntimePredictor`'s pause for the remaining set fits the
     /// target; the prediction is kept in `stats` to be set against the actual pause.
     func precopy(tracker: DirtyTracker, rounds: some PageRoundSink, stats: inout MigrationStats, started: ContinuousClock.Instant,
-                 roundTrip: Double, probeRoundTrip: ((UInt64) throws(MigrationError) -> Double)? = nil,
+                 roundTrip: Double, probeRoundTrip: ((UInt64) throws(MigrationError) -> PingSample)? = nil,
                  progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
         do { try tracker.start() } catch { throw .dirtyTracking(error) }
         let memory = machine.memory
@@ -21,6 +21,7 @@ extension MigrationSender {
         var floor = FloorPolicy()
         var predictor = DowntimePredictor()
         var roundTrips = RoundTripEstimate(roundTrip)
+        var stops: [Double] = [] // the recent vCPU stops (`stopLatency`)
         predictor.roundTrip = roundTrips.seconds
         stats.downtimeTargetSeconds = options.downtimeTarget
         while true {
@@ -42,14 +43,25 @@ extension MigrationSender {
             if let probeRoundTrip, r.wireBytes <= RoundTripEstimate.quietRoundBytes {
                 // The commit's round trip as it is now, not only at connect (`RoundTripEstimate`);
                 // after small rounds only: the PONG waits for the destination to drain the round.
-                roundTrips.record(try probeRoundTrip(UInt64(round)))
+                let sample = try probeRoundTrip(UInt64(round))
+                roundTrips.record(sample.roundTrip)
                 predictor.roundTrip = roundTrips.seconds
+                // The destination's own commit work (PONG_WORK, its median of recent rehearsals).
+                if let prepare = sample.destinationPrepare, let start = sample.destinationStart {
+                    predictor.destinationPrepare = prepare
+                    predictor.destinationStart = start
+                }
             }
             predictor.record(r)
-            // `predictor.stopVCPUs` is not fed: a migration pauses the vCPUs once before the
-            // final pause (the tracker's start), 0.1 ms to 1.9 s on a loaded host — fed with that
-            // one sample, the fixed part stayed above the target and 3 of 12 bench runs never
-            // converged (docs/benchmarks.md, "Predicted vs actual, phase by phase"). It stays 0.
+            if r.wireBytes <= RoundTripEstimate.quietRoundBytes {
+                // Stopping the vCPUs, measured as the pause will do it: the fastest of the last
+                // 5 stops (`DowntimePredictor.stopVCPUs`) — scheduler latency, and one sample was
+                // 0.1 ms to 1.9 s on a loaded host (it kept 3 of 12 bench runs from converging,
+                // docs/benchmarks.md "Predicted vs actual, phase by phase"). Small rounds only,
+                // like PING: the guest loses the moment the stop takes.
+                stops = Array((stops + [stopLatency()]).suffix(5))
+                predictor.setStopLatencies([stops.min()!])
+            }
             r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
             if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
             if bandwidth == 0 { bandwidth = max(r.bandwidth, 100e6) }

@@ -72,7 +72,7 @@ public final class MigrationSender: @unchecked Sendable {
             let pending = try precopy(tracker: tracker, rounds: rounds, stats: &stats, started: started,
                                       roundTrip: handshakeRoundTrip.value,
                                       probeRoundTrip: granted.contains(.ping) ? { [self] nonce throws(MigrationError) in
-                                          try pingRoundTrip(channels[0], nonce: nonce) } : nil,
+                                          try pingRoundTrip(channels[0], nonce: nonce, work: granted.contains(.commitWork)) } : nil,
                                       progress: progress)
 
             // Stop-and-copy: from here the guest is paused until the destination resumes it.
@@ -160,7 +160,7 @@ public final class MigrationSender: @unchecked Sendable {
         let control = try open()
         var id = [UInt8](repeating: 0, count: 16)
         for i in id.indices { id[i] = UInt8.random(in: 0...255) }
-        var capabilities: Capabilities = [.pvState, .ping]
+        var capabilities: Capabilities = [.pvState, .ping, .commitWork]
         if options.compressionLevel != nil { capabilities.insert(.zstd) }
         if options.delta { capabilities.insert(.delta) }
         // Version 2 only: a v1 destination starts the guest before the source has let go of it

@@ -35,6 +35,7 @@ public final class OutcomeTable: @unchecked Sendable {
     private let lock = NSLock()
     private var decisions: [[UInt8]: (outcome: CommitOutcome, time: Double)] = [:] // guarded by `lock`
     private var sincePrune = 0 // guarded by `lock`
+    private var writeSeconds: [Double] = [] // guarded by `lock`: the last few decisions' writes
     private let clock: @Sendable () -> Double
 
     /// `path` nil: in memory only (a test, or a listener without a runtime directory).
@@ -69,6 +70,13 @@ public final class OutcomeTable: @unchecked Sendable {
         try prune(force: !canonical) // no other thread knows `self` yet: no lock needed
     }
 
+    /// The median of the last few decisions' writes (seconds; an fsync each with a file, 0
+    /// before the first): the destination's estimate of its "started" record in the commit
+    /// (`CommitWorkEstimate`).
+    public var recentWriteSeconds: Double {
+        lock.withLock { writeSeconds.isEmpty ? 0 : writeSeconds.sorted()[(writeSeconds.count - 1) / 2] }
+    }
+
     /// The number of decisions remembered.
     public var count: Int { lock.withLock { decisions.count } }
 
@@ -86,9 +94,11 @@ public final class OutcomeTable: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let existing = decisions[id] { return existing.outcome }
-        let now = clock()
+        let now = clock(), began = ContinuousClock.now
         do {
             try append(Self.line(id, outcome, now))
+            writeSeconds.append((ContinuousClock.now - began).seconds)
+            if writeSeconds.count > 5 { writeSeconds.removeFirst() }
         } catch {
             decisions[id] = (.aborted, now)
             if outcome == .started { throw error }

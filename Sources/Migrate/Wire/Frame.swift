@@ -33,6 +33,8 @@ public enum FrameType: UInt16, Sendable, CaseIterable {
     case prepared, go, done, resolve, outcome
     // Capability PING (protocol.md §3.2): the commit round trip, re-measured during pre-copy.
     case ping, pong
+    // Capability COMMIT_WORK (protocol.md §3.2): PONG with the destination's commit work.
+    case pongWork
 
     /// The protocol's name for the type (protocol.md §3.2), e.g. HELLO_ACK.
     public var name: String {
@@ -40,6 +42,7 @@ public enum FrameType: UInt16, Sendable, CaseIterable {
         case .helloAck: "HELLO_ACK"
         case .commitAck: "COMMIT_ACK"
         case .streamEnd: "STREAM_END"
+        case .pongWork: "PONG_WORK"
         default: "\(self)".uppercased()
         }
     }
@@ -58,6 +61,7 @@ public enum FrameType: UInt16, Sendable, CaseIterable {
         case .prepared, .go, .done, .resolve: 16
         case .outcome: 8
         case .ping, .pong: 8
+        case .pongWork: 16
         case .error: 8 + ErrorReport.reasonLimit
         case .streamEnd: 8
         }
@@ -107,7 +111,9 @@ public struct Capabilities: OptionSet, Sendable, Equatable {
     public static let pvState = Capabilities(rawValue: 1 << 2)
     /// PING / PONG on the control stream during pre-copy (protocol.md §3.2).
     public static let ping = Capabilities(rawValue: 1 << 3)
-    public static let all: Capabilities = [.zstd, .delta, .pvState, .ping]
+    /// PING is answered with PONG_WORK: the destination's estimate of its own commit work.
+    public static let commitWork = Capabilities(rawValue: 1 << 4)
+    public static let all: Capabilities = [.zstd, .delta, .pvState, .ping, .commitWork]
 }
 
 public struct Hello: Equatable, Sendable {
@@ -208,6 +214,9 @@ public enum Frame: Equatable, Sendable {
     case outcome(CommitOutcome)
     case ping(nonce: UInt64)
     case pong(nonce: UInt64)
+    /// PONG with the destination's estimate of its own work in the commit, in µs: from COMMIT
+    /// read to PREPARED sent, and from GO read to DONE sent (protocol.md §3.2).
+    case pongWork(nonce: UInt64, prepareMicros: UInt32, startMicros: UInt32)
 
     public var type: FrameType {
         switch self {
@@ -229,6 +238,7 @@ public enum Frame: Equatable, Sendable {
         case .outcome: .outcome
         case .ping: .ping
         case .pong: .pong
+        case .pongWork: .pongWork
         }
     }
 
@@ -269,6 +279,8 @@ public enum Frame: Equatable, Sendable {
             p.u32(o.rawValue); p.u32(0)
         case let .ping(nonce), let .pong(nonce):
             p.u64(nonce)
+        case let .pongWork(nonce, prepare, start):
+            p.u64(nonce); p.u32(prepare); p.u32(start)
         }
         return FrameHeader(type: type, flags: flags, length: p.bytes.count).encoded() + p.bytes
     }
@@ -353,6 +365,9 @@ public enum Frame: Equatable, Sendable {
             try exact(8)
             let nonce = try r.u64()
             return header.type == .ping ? .ping(nonce: nonce) : .pong(nonce: nonce)
+        case .pongWork:
+            try exact(16)
+            return .pongWork(nonce: try r.u64(), prepareMicros: try r.u32(), startMicros: try r.u32())
         }
     }
 }
