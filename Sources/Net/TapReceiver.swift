@@ -136,10 +136,12 @@ final class TapReceiver: @unchecked Sendable {
             return .unavailable
         }
         if fds[0].revents & Int16(POLLIN) != 0 {
+            if NetTrace.enabled { NetTrace.mark(.tapReadable) }
             lock.withLock {
                 let (read, _) = receiveLocked() // more than a batch: the I/O thread reads the rest
                 readByVCPU += read
             }
+            if NetTrace.enabled { NetTrace.mark(.delivered) }
         }
         return .served
     }

@@ -353,6 +353,7 @@ public final class VCPUThread: @unchecked Sendable {
             vcpu.setImmediateExit(false)
             condition.unlock()
 
+            if NetTrace.enabled { NetTrace.mark(.runEntered) }
             let exited: Bool
             do { exited = try vcpu.runOnce() } catch { return .runFailed(error) }
             if !exited { continue } // kicked: look at the requests
@@ -390,7 +391,9 @@ public final class VCPUThread: @unchecked Sendable {
                 case let .exit(status): return .exitStatus(status)
                 case let .sleep(ms): sleep(milliseconds: ms)
                 case let .netSleep(ms):
+                    if NetTrace.enabled { NetTrace.mark(.sleepExit) }
                     onNetSleep?()
+                    if NetTrace.enabled { NetTrace.mark(.tapWritten) }
                     netSleep(milliseconds: ms)
                 case let .startVCPU(request): onStartVCPU?(request, vcpu)
                 case .netAttached: onNetAttached?(vcpu.id)
