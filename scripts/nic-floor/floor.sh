@@ -10,7 +10,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 H=pvmt-nfh C=pvmt-nfc BR=pvmt-nfbr
 work=$(mktemp -d)
 cleanup() {
-    [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    set +e # delete everything even if a step fails (the responder's wait reports its SIGTERM)
+    if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
     ip netns del $H 2>/dev/null || true
     ip netns del $C 2>/dev/null || true
     rm -rf "$work"
@@ -31,7 +32,7 @@ ip -n $C addr add 192.0.2.1/24 dev pvmt-nfc
 ip -n $C link set pvmt-nfc up
 ip netns exec $H "$work/tapecho" pvmt-nft > "$work/log" &
 pid=$!
-until grep -q ready "$work/log"; do sleep 0.05; done # the TAP exists once it says so
+until grep -qs ready "$work/log"; do sleep 0.05; done # the TAP exists once it says so
 ip -n $H link set pvmt-nft master $BR up
 percentiles() {
     grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n |
