@@ -74,7 +74,7 @@ let package = Package(
         .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "Posix", "TestSupport"]),
         .testTarget(name: "MigrateTests", dependencies: ["Core", "Migrate"]),
         // The PV NIC without KVM or TAP: net page and descriptor validation, event indices, --net.
-        .testTarget(name: "NetTests", dependencies: ["Core", "Net"]),
+        .testTarget(name: "NetTests", dependencies: ["Core", "CKVM", "Net", "Posix", "TestSupport"]),
         // bench --net's statistics, request plan, consistency checks and ping parsing.
         .testTarget(name: "NetBenchTests", dependencies: ["NetBench"]),
         // The control plane without VMs or sockets: request/response coding, option checks,

@@ -8,6 +8,7 @@
 #include <linux/sockios.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -80,4 +81,27 @@ int ckvm_bridge_add(const char *bridge, const char *name) {
 int ckvm_eventfd(void) {
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     return fd < 0 ? -errno : fd;
+}
+
+int ckvm_epoll_create(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int ckvm_epoll_watch(int epfd, int fd, int watch, unsigned int tag) {
+    struct epoll_event e = { .events = EPOLLIN, .data.u32 = tag };
+    int r = epoll_ctl(epfd, watch ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, fd, &e);
+    return r < 0 ? -errno : 0;
+}
+
+int ckvm_epoll_wait(int epfd, unsigned int *tags, unsigned int *events, int max, int timeout_ms) {
+    struct epoll_event ready[8];
+    if (max > 8) max = 8;
+    int n = epoll_wait(epfd, ready, max, timeout_ms);
+    if (n < 0) return -errno;
+    for (int i = 0; i < n; i++) {
+        tags[i] = ready[i].data.u32;
+        events[i] = ((ready[i].events & EPOLLIN) ? 1u : 0u) | ((ready[i].events & (EPOLLERR | EPOLLHUP)) ? 2u : 0u);
+    }
+    return n;
 }

@@ -4,9 +4,12 @@ import Foundation
 import Posix
 
 /// Moves frames between a TAP and a VM's PV NIC (protocol.md §5.4) on one I/O thread: it
-/// waits in poll(2) for the TAP (frames for the guest) and for the guest's kick (an eventfd
+/// waits in epoll for the TAP (frames for the guest) and for the guest's kick (an eventfd
 /// the NET_KICK hypercall writes), then moves whatever is there in batches — up to
 /// `batch` frames read from the TAP per delivery, up to `batch` TX descriptors per pass.
+/// While the guest sleeps in NET_SLEEP, its vCPU thread reads the TAP instead (`TapReceiver`)
+/// and writes the guest's answers itself (the sleep flush), so a request and its answer pass
+/// through one host thread.
 public final class NICBackend: @unchecked Sendable {
     public static let batch = 64
     private static let bufferSize = 2048
@@ -20,7 +23,11 @@ public final class NICBackend: @unchecked Sendable {
     /// Frames the TAP refused (the guest's descriptor still completes as sent: like a wire, the
     /// NIC does not know what happens after the frame leaves).
     public var tapWriteErrors: Int { writeErrors.value }
+    /// Frames the vCPU thread read from the TAP itself while its guest slept in NET_SLEEP.
+    public var framesReadByVCPUThread: Int { receiver.counts.vcpu }
     private let finished = DispatchSemaphore(value: 0)
+    /// The TAP's one reader at a time: this I/O thread, or the NIC's vCPU thread in NET_SLEEP.
+    let receiver: TapReceiver
     private var thread: Thread?
 
     public init(device: PVNet, tap: TapDevice) throws(NetError) {
@@ -30,6 +37,14 @@ public final class NICBackend: @unchecked Sendable {
         self.device = device
         self.tap = tap
         device.onKick { [kick] in Self.signal(kick) }
+        let receiver = try TapReceiver(device: device, tap: tap.descriptor.rawValue, kick: fd)
+        self.receiver = receiver
+        // While the guest sleeps in NET_SLEEP, the vCPU thread that waits for the NIC reads the
+        // TAP itself (TapReceiver): no I/O thread hop for a received frame. (Weak: the device
+        // holds this closure and the receiver holds the device.)
+        device.onSleepWait { [weak receiver] timeout, interrupt in
+            receiver?.vcpuWait(timeoutMilliseconds: timeout, interrupt: interrupt) == .served
+        }
         // NET_SLEEP (protocol.md §5.5): the sleeping vCPU's thread writes the guest's frames to
         // the TAP itself — the guest is idle then, and the I/O thread need not be woken. The
         // device's lock keeps one owner of the TX ring at a time. A ring still not drained after
@@ -55,51 +70,49 @@ public final class NICBackend: @unchecked Sendable {
 
     /// Stops the I/O thread and waits for it; the TAP stays open until this object goes.
     public func stop() {
+        receiver.retire() // no vCPU thread reads the TAP after this returns
         guard thread != nil, !stopped.withLock({ s in defer { s = true }; return s }) else { return }
         Self.signal(kick)
         finished.wait()
     }
 
-    private static func signal(_ fd: FileDescriptor) {
+    private static func signal(_ fd: FileDescriptor) { signal(fd.rawValue) }
+
+    /// Adds 1 to the eventfd `fd` (its reader wakes).
+    static func signal(_ fd: Int32) {
         var one: UInt64 = 1
-        _ = withUnsafeBytes(of: &one) { write(fd.rawValue, $0.baseAddress, 8) }
+        _ = withUnsafeBytes(of: &one) { write(fd, $0.baseAddress, 8) }
     }
 
     private func run() {
         defer { finished.signal() }
-        let buffers = UnsafeMutableRawPointer.allocate(byteCount: Self.batch * Self.bufferSize, alignment: 64)
-        defer { buffers.deallocate() }
-        var fds = [pollfd(fd: tap.descriptor.rawValue, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: kick.rawValue, events: Int16(POLLIN), revents: 0)]
+        var tags: [UInt32] = [0, 0], events: [UInt32] = [0, 0]
         // One batch each way per turn, so a flood in one direction (or a guest that keeps its TX
-        // ring full) cannot starve the other; block in poll only when both sides are idle. The
-        // first turn looks at both rings without waiting: a restored guest may have queued
-        // frames (and kicked) before it left its source.
+        // ring full) cannot starve the other; block only when both sides are idle. The first
+        // turn looks at both rings without waiting: a restored guest may have queued frames
+        // (and kicked) before it left its source. The TAP is in the wait set only while this
+        // thread may read it (TapReceiver): not while the NIC is quiesced (frames wait in the
+        // TAP's kernel queue, protocol.md §5.8), and not while a vCPU thread in NET_SLEEP has it.
         var busy = true
-        // Frames read from the TAP that the NIC did not take (it was quiesced: the VM paused,
-        // protocol.md §5.8): delivered first once it runs again; no more is read meanwhile.
-        var held: [UnsafeRawBufferPointer] = []
-        var tapGone = false
         while !stopped.value {
             let quiesced = device.isQuiesced
-            // A quiesced NIC leaves frames in the TAP's kernel queue: do not poll it then.
-            fds[0].fd = tapGone || quiesced || !held.isEmpty ? -1 : tap.descriptor.rawValue
-            _ = retryingEINTR { poll(&fds, 2, busy && !quiesced ? 0 : -1) }
-            if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
-                tapGone = true // the TAP is gone (deleted under us): keep serving kicks, read nothing
-            }
-            if fds[1].revents != 0 {
-                var value: UInt64 = 0
-                _ = withUnsafeMutableBytes(of: &value) { read(kick.rawValue, $0.baseAddress, 8) }
+            receiver.prepareIOWait(quiesced: quiesced)
+            let n = retryingEINTR { ckvm_epoll_wait(receiver.epoll.rawValue, &tags, &events, 2, busy && !quiesced ? 0 : -1) }
+            for i in 0..<max(Int(n), 0) {
+                if tags[i] == TapReceiver.kickTag {
+                    var value: UInt64 = 0
+                    _ = withUnsafeMutableBytes(of: &value) { read(kick.rawValue, $0.baseAddress, 8) }
+                } else if events[i] & 2 != 0 {
+                    receiver.markGone() // the TAP is gone (deleted under us): keep serving kicks, read nothing
+                }
             }
             if stopped.value { break }
             if device.isQuiesced { busy = false; continue }
-            if !held.isEmpty, device.deliver(held) { held = [] }
-            let moreToReceive = held.isEmpty && !tapGone && receive(buffers, held: &held)
+            let moreToReceive = receiver.ioReceive()
             let moreToSend = transmit()
             busy = moreToReceive || moreToSend
         }
-        heldAtStop.withLock { $0 = held.count }
+        heldAtStop.withLock { $0 = receiver.heldCount }
     }
 
     /// Frames the I/O thread had read but the (quiesced) NIC had not taken when it stopped.
@@ -108,29 +121,7 @@ public final class NICBackend: @unchecked Sendable {
     /// Reads and discards what waits in the TAP's queue, returning how many frames: the
     /// source of a VM that migrated away says how many frames arrived for it during the
     /// hand-over and were not delivered (protocol.md §5.8). Call after `stop()`.
-    public func discardQueued() -> Int {
-        var buffer = [UInt8](repeating: 0, count: Self.bufferSize)
-        var count = 0
-        while buffer.withUnsafeMutableBytes({ read(tap.descriptor.rawValue, $0.baseAddress, Self.bufferSize) }) > 0 {
-            count += 1
-        }
-        return count
-    }
-
-    /// TAP → guest: one batch of up to `batch` frames; true if the TAP may hold more. Frames
-    /// the NIC refused (it was quiesced meanwhile) go to `held`.
-    private func receive(_ buffers: UnsafeMutableRawPointer, held: inout [UnsafeRawBufferPointer]) -> Bool {
-        var frames: [UnsafeRawBufferPointer] = []
-        while frames.count < Self.batch {
-            // Sound: each slot is `bufferSize` bytes inside `buffers`.
-            let slot = buffers + frames.count * Self.bufferSize
-            let n = read(tap.descriptor.rawValue, slot, Self.bufferSize)
-            if n <= 0 { break } // EAGAIN: empty (other errors: try again at the next poll)
-            frames.append(UnsafeRawBufferPointer(start: slot, count: n))
-        }
-        if !frames.isEmpty, !device.deliver(frames) { held = frames }
-        return frames.count == Self.batch
-    }
+    public func discardQueued() -> Int { receiver.discardQueued() }
 
     /// Guest → TAP: one batch of what the guest queued; when the ring is drained, ask for a
     /// kick (protocol.md §5.5). True if more is (or slipped in) queued: go again, no kick comes.

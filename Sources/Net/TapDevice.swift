@@ -32,6 +32,13 @@ public final class TapDevice: Sendable {
         descriptor = fd
     }
 
+    /// Wraps an open non-blocking descriptor that carries one frame per read and write, for
+    /// tests: one end of a SOCK_SEQPACKET socket pair stands in for the TAP's kernel queue.
+    init(frameDescriptor: FileDescriptor, name: String) {
+        self.name = name
+        descriptor = frameDescriptor
+    }
+
     /// Adds this TAP to `bridge` and sets it up.
     public func attach(toBridge bridge: String) throws(NetError) {
         try Self.check(bridge: bridge)

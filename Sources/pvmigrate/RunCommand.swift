@@ -191,7 +191,9 @@ struct Run: ParsableCommand {
         interrupt.cancel()
         nic?.stop()
         if let device = machine.net {
-            Diagnostics.note(Self.describe(device.snapshot) + (nic.map { $0.tapWriteErrors > 0 ? "; TAP write errors \($0.tapWriteErrors)" : "" } ?? ""))
+            Diagnostics.note(Self.describe(device.snapshot) + (nic.map { "; rx read on the vCPU thread \($0.framesReadByVCPUThread)"
+                + ($0.tapWriteErrors > 0 ? "; TAP write errors \($0.tapWriteErrors)" : "") } ?? ""))
+            if NetTrace.enabled, let trace = NetTrace.summary() { Diagnostics.note(trace) }
         }
         Diagnostics.note("VM ended: \(exit)")
         switch exit {

@@ -20,6 +20,19 @@ int ckvm_bridge_add(const char *bridge, const char *name);
 /// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK). Returns the descriptor or -errno.
 int ckvm_eventfd(void);
 
+/// epoll_create1(EPOLL_CLOEXEC). Returns the descriptor or -errno. (struct epoll_event is
+/// packed on x86-64: these three keep it out of Swift.)
+int ckvm_epoll_create(void);
+
+/// Adds (`watch` != 0; EPOLLIN, level-triggered, `tag` in the event's data) or removes
+/// (`watch` == 0) `fd` in the epoll set `epfd`. Another thread may do this while one waits
+/// in ckvm_epoll_wait. Returns 0 or -errno.
+int ckvm_epoll_watch(int epfd, int fd, int watch, unsigned int tag);
+
+/// epoll_wait for at most `max` (≤ 8) events: their tags go to `tags`, and to `events` 1 if
+/// readable, | 2 on an error or hang-up. Returns how many, or -errno (-EINTR included).
+int ckvm_epoll_wait(int epfd, unsigned int *tags, unsigned int *events, int max, int timeout_ms);
+
 /// Moves the calling thread (only it) into the network namespace at `path`, e.g.
 /// /run/netns/NAME (`ip netns add`), with setns(2): sockets it creates afterwards belong to
 /// that namespace for their whole life, whichever thread uses them. Used by the NetBench

@@ -214,6 +214,9 @@ public final class Machine: @unchecked Sendable {
                 threads.forEach {
                     $0.onNetAttached = { [weak nic] id in nic?.setRXVCPU(id) }
                     $0.onNetSleep = { [weak nic] in nic?.flushBeforeSleep() }
+                    $0.onNetWait = { [weak nic, id = $0.vcpu.id] ms, interrupt in
+                        nic?.waitForFrames(vcpu: id, milliseconds: ms, interrupt: interrupt) ?? false
+                    }
                 }
                 nic.onWake { [weak nic, weak peers] in
                     guard let index = nic?.rxVCPU, let threads = peers?.value, threads.indices.contains(index) else { return }

@@ -1,5 +1,6 @@
 import CKVM
 import Foundation
+import Posix
 
 /// Why a VM stopped running.
 public enum VMExit: Equatable, Sendable, CustomStringConvertible {
@@ -94,6 +95,15 @@ public final class VCPUThread: @unchecked Sendable {
     var onNetAttached: (@Sendable (UInt32) -> Void)?
     /// The guest issued NET_SLEEP: transmit its TX ring before sleeping (§5.5); this vCPU's thread.
     var onNetSleep: (@Sendable () -> Void)?
+    /// The guest sleeps in NET_SLEEP: wait for frames on the host's NIC backend for up to the
+    /// given milliseconds or until the given eventfd (this thread's `interrupt`) is readable;
+    /// false if it did not wait (then the thread sleeps on its condition). This vCPU's thread.
+    var onNetWait: (@Sendable (Int32, Int32) -> Bool)?
+    /// Readable when something needs this thread while it waits in `onNetWait`: a request,
+    /// pause, stop or wake (`kickLocked`, `wake`). Created at the first such wait.
+    private var interrupt: FileDescriptor?
+    /// The thread waits in `onNetWait`: kicks and wakes write `interrupt`. Guarded by `condition`.
+    private var inNetWait = false
 
     /// What this vCPU's saved state holds (VCPUThread+State.swift).
     let stateLayout: VCPUState.Layout
@@ -265,6 +275,14 @@ public final class VCPUThread: @unchecked Sendable {
         vcpu.setImmediateExit(true)
         if let threadHandle { _ = ckvm_kick_thread(threadHandle) }
         condition.broadcast()
+        interruptNetWaitLocked()
+    }
+
+    /// Ends a wait in `onNetWait` (another thread wants this one). Lock held.
+    private func interruptNetWaitLocked() {
+        guard inNetWait, let interrupt else { return }
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { write(interrupt.rawValue, $0.baseAddress, 8) }
     }
 
     /// CPU seconds (user + system) the vCPU thread has used so far; 0 before it started.
@@ -335,6 +353,7 @@ public final class VCPUThread: @unchecked Sendable {
             vcpu.setImmediateExit(false)
             condition.unlock()
 
+            if NetTrace.enabled { NetTrace.mark(.runEntered) }
             let exited: Bool
             do { exited = try vcpu.runOnce() } catch { return .runFailed(error) }
             if !exited { continue } // kicked: look at the requests
@@ -372,8 +391,10 @@ public final class VCPUThread: @unchecked Sendable {
                 case let .exit(status): return .exitStatus(status)
                 case let .sleep(ms): sleep(milliseconds: ms)
                 case let .netSleep(ms):
+                    if NetTrace.enabled { NetTrace.mark(.sleepExit) }
                     onNetSleep?()
-                    sleep(milliseconds: ms)
+                    if NetTrace.enabled { NetTrace.mark(.tapWritten) }
+                    netSleep(milliseconds: ms)
                 case let .startVCPU(request): onStartVCPU?(request, vcpu)
                 case .netAttached: onNetAttached?(vcpu.id)
                 }
@@ -423,6 +444,46 @@ public final class VCPUThread: @unchecked Sendable {
         }
     }
 
+    /// NET_SLEEP (§5.5): like `sleep`, but the vCPU that waits for the NIC waits on the NIC's
+    /// TAP itself (`onNetWait`) and delivers frames on this thread. Each wait returns on frames,
+    /// the interrupt eventfd, a signal or the deadline; then the same conditions as `sleep`'s
+    /// decide whether the guest runs again. Falls back to `sleep` when the backend cannot wait.
+    private func netSleep(milliseconds: UInt32) {
+        guard let onNetWait, let interrupt = interruptDescriptor() else { return sleep(milliseconds: milliseconds) }
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(milliseconds) * 1_000_000
+        while true {
+            let remaining = condition.withLock { () -> Int32? in
+                let now = DispatchTime.now().uptimeNanoseconds
+                guard requests.isEmpty, !pauseRequested, !stopRequested, !wakePending, now < deadline else {
+                    wakePending = false
+                    return nil
+                }
+                inNetWait = true
+                return Int32(clamping: (deadline - now + 999_999) / 1_000_000)
+            }
+            guard let remaining else { return }
+            let waited = onNetWait(remaining, interrupt.rawValue)
+            condition.withLock { inNetWait = false }
+            var value: UInt64 = 0 // a kick after this point finds inNetWait false: none is left behind
+            _ = withUnsafeMutableBytes(of: &value) { read(interrupt.rawValue, $0.baseAddress, 8) }
+            if !waited {
+                let now = DispatchTime.now().uptimeNanoseconds
+                return sleep(milliseconds: UInt32(clamping: now < deadline ? (deadline - now + 999_999) / 1_000_000 : 0))
+            }
+        }
+    }
+
+    /// This thread's interrupt eventfd, created at its first NET_SLEEP wait (nil if that fails:
+    /// then it sleeps on the condition as before).
+    private func interruptDescriptor() -> FileDescriptor? {
+        if let interrupt { return interrupt }
+        let fd = ckvm_eventfd()
+        guard fd >= 0 else { return nil }
+        let made = FileDescriptor(owning: fd)
+        condition.withLock { interrupt = made }
+        return made
+    }
+
     /// A `wake()` came that no SLEEP has taken yet (tests: which vCPU an RX wake reached).
     var hasPendingWake: Bool { condition.withLock { wakePending } }
 
@@ -431,6 +492,8 @@ public final class VCPUThread: @unchecked Sendable {
         condition.withLock {
             wakePending = true
             condition.broadcast()
+            // From the waiting thread itself (it delivered the frames): it sees wakePending next.
+            if ckvm_current_thread() != threadHandle { interruptNetWaitLocked() }
         }
     }
 }

@@ -55,6 +55,7 @@ public final class PVNet: @unchecked Sendable {
     private var kickHandler: (@Sendable () -> Void)?
     private var wakeHandler: (@Sendable () -> Void)?
     private var sleepFlushHandler: (@Sendable () -> Void)?
+    private var sleepWaitHandler: (@Sendable (Int32, Int32) -> Bool)?
 
     /// The VM's vCPU count and the PV ranges no ring or buffer may overlap (the control
     /// page, vCPU areas and dirty rings): set by the `PVInterface` that owns this NIC.
@@ -94,6 +95,11 @@ public final class PVNet: @unchecked Sendable {
     /// backend transmits the TX ring there and then (no thread hop). Without one, NET_SLEEP
     /// calls the kick handler instead.
     public func onSleepFlush(_ handler: @escaping @Sendable () -> Void) { lock.withLock { sleepFlushHandler = handler } }
+    /// Called on the NIC's vCPU thread (the one that attached it) while its guest sleeps in
+    /// NET_SLEEP (§5.5): the backend waits there for frames, up to the given milliseconds or
+    /// until the given eventfd is readable, and delivers what arrives. False: it cannot wait
+    /// (nothing done), the thread sleeps as without it.
+    public func onSleepWait(_ handler: @escaping @Sendable (Int32, Int32) -> Bool) { lock.withLock { sleepWaitHandler = handler } }
     /// Called (on the I/O thread) when the guest asked to be woken for received frames.
     public func onWake(_ handler: @escaping @Sendable () -> Void) { lock.withLock { wakeHandler = handler } }
 
@@ -181,6 +187,13 @@ public final class PVNet: @unchecked Sendable {
     public func flushBeforeSleep() {
         let handler = lock.withLock { sleepFlushHandler ?? kickHandler }
         handler?()
+    }
+
+    /// On vCPU `index`'s thread, in NET_SLEEP: waits for frames through the backend's
+    /// sleep-wait handler if this vCPU is the one that attached the NIC. False: not waited.
+    public func waitForFrames(vcpu index: UInt32, milliseconds: Int32, interrupt: Int32) -> Bool {
+        let handler = lock.withLock { page != nil && index == rxVCPUValue ? sleepWaitHandler : nil }
+        return handler?(milliseconds, interrupt) ?? false
     }
 
     // MARK: Transmit (§5.4), on the I/O thread or (NET_SLEEP) the vCPU thread

@@ -1,0 +1,45 @@
+#!/bin/bash
+# The kernel's share of the PV NIC round trip (docs/benchmarks.md, "where the round trip goes"):
+# the topology of `bench --net` (a bridge in one namespace, the client on a veth from another;
+# TEST-NET-1 only, nothing reachable from outside) with, in place of the VM,
+#   1. a userspace responder on a TAP (tapecho.c: one blocking read per frame), then
+#   2. the kernel itself answering (an address on the bridge).
+# Prints ping's p50/p99/min for each. Root; needs a C compiler (CC, default: cc, else clang).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+H=pvmt-nfh C=pvmt-nfc BR=pvmt-nfbr
+work=$(mktemp -d)
+cleanup() {
+    set +e # delete everything even if a step fails (the responder's wait reports its SIGTERM)
+    if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
+    ip netns del $H 2>/dev/null || true
+    ip netns del $C 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+cc=${CC:-$(command -v cc || command -v clang)}
+"$cc" -O2 -o "$work/tapecho" "$here/tapecho.c"
+for ns in $H $C; do
+    ip netns add $ns
+    ip -n $ns link set lo up
+    ip netns exec $ns sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+done
+ip -n $H link add $BR type bridge
+ip -n $H link set $BR up
+ip -n $H link add pvmt-nfv type veth peer name pvmt-nfc netns $C
+ip -n $H link set pvmt-nfv master $BR up
+ip -n $C addr add 192.0.2.1/24 dev pvmt-nfc
+ip -n $C link set pvmt-nfc up
+ip netns exec $H "$work/tapecho" pvmt-nft > "$work/log" &
+pid=$!
+until grep -qs ready "$work/log"; do sleep 0.05; done # the TAP exists once it says so
+ip -n $H link set pvmt-nft master $BR up
+percentiles() {
+    grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n |
+        awk '{a[NR]=$1} END {printf "n=%d p50=%.0f us p99=%.0f us min=%.0f us\n", NR, a[int(NR*0.5)]*1000, a[int(NR*0.99)]*1000, a[1]*1000}'
+}
+echo -n "TAP + userspace responder: "
+ip netns exec $C ping -c 1500 -i 0.002 192.0.2.2 | percentiles
+ip -n $H addr add 192.0.2.3/24 dev $BR
+echo -n "the kernel answers (an address on the bridge): "
+ip netns exec $C ping -c 1500 -i 0.002 192.0.2.3 | percentiles
