@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Migrate
+import Posix
 
 // A migration whose outcome the source does not know (protocol.md §3.6.5): the VM stays
 // paused here, `status` says "unresolved", and the host asks the destination (RESOLVE)
@@ -17,12 +18,23 @@ extension VMHost {
     /// process is gone.
     var handOverPath: String { runtime.vmsDirectory + "/\(name).handover" }
 
+    /// Written while the guest is paused (between PREPARED and GO), so it is cheap: a temporary
+    /// file and a rename, which a crashed process cannot leave half-written, and no fsync — the
+    /// record is for this host's operator after the process is gone, and a host that goes down
+    /// takes the paused VM with it. (Foundation's `createFile` took 1.8–3.5 ms of 6–10 ms pauses.)
     func writeHandOverRecord(_ u: UnresolvedMigration) throws {
         let record: JSONValue = ["destination": .string(u.destination), "migration_id": .string(u.migrationIDHex),
                                  "since": .double(Date().timeIntervalSince1970)]
-        let data = Data((record.jsonText + "\n").utf8)
-        guard FileManager.default.createFile(atPath: handOverPath, contents: data, attributes: [.posixPermissions: 0o600]) else {
-            throw ControlError(.runtimeDirectory, "cannot write \(handOverPath)")
+        let partial = handOverPath + ".partial"
+        do {
+            let file = try FileDescriptor.open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o600)
+            defer { file.close() }
+            try file.writeAll(Array((record.jsonText + "\n").utf8))
+        } catch { throw ControlError(.runtimeDirectory, "cannot write \(partial): \(error)") }
+        guard rename(partial, handOverPath) == 0 else {
+            let why = Errno(errno)
+            unlink(partial)
+            throw ControlError(.runtimeDirectory, "cannot rename \(partial) to \(handOverPath): \(why)")
         }
     }
 
