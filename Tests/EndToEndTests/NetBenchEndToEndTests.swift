@@ -11,9 +11,16 @@ extension EndToEnd {
     /// loudly without root, /dev/net/tun, /dev/kvm, ip or ping.
     @Suite(.serialized, .enabled(if: BenchNetwork.unavailable == nil, "bench --net: needs \(BenchNetwork.unavailable ?? "")"))
     struct NetBenchEndToEndTests {
+        /// The bench namespaces (`<prefix><hex pid>h|c`) whose process has ended: what a finished
+        /// run left behind. Those of a `bench --net` still running elsewhere on the host are not.
         static func leftovers() throws -> [String] {
             let list = try String(decoding: Data(contentsOf: URL(fileURLWithPath: "/proc/self/mounts")), as: UTF8.self)
-            return list.split(separator: "\n").filter { $0.contains("/run/netns/\(BenchNetwork.prefix)") }.map(String.init)
+            return list.split(separator: "\n").map(String.init).filter { line in
+                guard let range = line.range(of: "/run/netns/\(BenchNetwork.prefix)") else { return false }
+                let name = line[range.upperBound...].prefix { !$0.isWhitespace }
+                guard let pid = Int32(name.dropLast(), radix: 16) else { return true }
+                return kill(pid, 0) != 0 && errno == ESRCH
+            }
         }
 
         @Test func benchNetMeasuresTheNICAndAMigrationLosingNoAcknowledgedSet() throws {
