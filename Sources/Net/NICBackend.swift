@@ -30,14 +30,16 @@ public final class NICBackend: @unchecked Sendable {
     let receiver: TapReceiver
     private var thread: Thread?
 
-    public init(device: PVNet, tap: TapDevice) throws(NetError) {
+    /// `pollMicroseconds`: how long the NIC's vCPU thread busy-polls the TAP when its guest
+    /// sleeps (`NetSpec.pollMicroseconds`, `TapReceiver.pollNanoseconds`); 0: it sleeps at once.
+    public init(device: PVNet, tap: TapDevice, pollMicroseconds: Int = 0) throws(NetError) {
         let fd = ckvm_eventfd()
         guard fd >= 0 else { throw .system("create an eventfd", Errno(-fd)) }
         kick = FileDescriptor(owning: fd)
         self.device = device
         self.tap = tap
         device.onKick { [kick] in Self.signal(kick) }
-        let receiver = try TapReceiver(device: device, tap: tap.descriptor.rawValue, kick: fd)
+        let receiver = try TapReceiver(device: device, tap: tap.descriptor.rawValue, kick: fd, pollMicroseconds: pollMicroseconds)
         self.receiver = receiver
         // While the guest sleeps in NET_SLEEP, the vCPU thread that waits for the NIC reads the
         // TAP itself (TapReceiver): no I/O thread hop for a received frame. (Weak: the device

@@ -53,7 +53,14 @@ final class TapReceiver: @unchecked Sendable {
     /// Frames read by each owner (tests and tracing).
     private(set) var readByIOThread = 0, readByVCPU = 0
 
-    init(device: PVNet, tap: Int32, kick: Int32) throws(NetError) {
+    /// How long the vCPU thread busy-polls the TAP (and its interrupt) at the start of a
+    /// NET_SLEEP before it sleeps in poll(2): `--net …,poll-us=N`, 0 (never) by default. Like
+    /// QEMU's `-netdev tap,poll-us=`: it trades a core's time for the wake-up of a sleeping
+    /// thread, which on a nested host with idle cores costs ~30 µs (docs/benchmarks.md).
+    let pollNanoseconds: UInt64
+
+    init(device: PVNet, tap: Int32, kick: Int32, pollMicroseconds: Int = 0) throws(NetError) {
+        pollNanoseconds = UInt64(max(0, pollMicroseconds)) * 1_000
         let fd = ckvm_epoll_create()
         guard fd >= 0 else { throw .system("create an epoll set", Errno(-fd)) }
         epoll = FileDescriptor(owning: fd)
@@ -130,7 +137,9 @@ final class TapReceiver: @unchecked Sendable {
         }
         var fds = [pollfd(fd: tap, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0)]
-        guard poll(&fds, 2, timeoutMilliseconds) > 0 else { return .served } // timeout, or a signal (a kick)
+        var ready = Self.spin(&fds, nanoseconds: pollNanoseconds)
+        if ready == 0 { ready = poll(&fds, 2, timeoutMilliseconds) }
+        guard ready > 0 else { return .served } // timeout, or a signal (a kick)
         if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
             lock.withLock { tapGone = true }
             return .unavailable
@@ -144,6 +153,18 @@ final class TapReceiver: @unchecked Sendable {
             if NetTrace.enabled { NetTrace.mark(.delivered) }
         }
         return .served
+    }
+
+    /// poll(2) without sleeping, again and again for up to `nanoseconds`: what poll returned
+    /// first that was not 0 (ready, or -1 for a signal), or 0 when the time ran out.
+    static func spin(_ fds: inout [pollfd], nanoseconds: UInt64) -> Int32 {
+        guard nanoseconds > 0 else { return 0 }
+        let end = DispatchTime.now().uptimeNanoseconds + nanoseconds
+        repeat {
+            let n = poll(&fds, nfds_t(fds.count), 0)
+            if n != 0 { return n }
+        } while DispatchTime.now().uptimeNanoseconds < end
+        return 0
     }
 
     /// The backend stops: from when this returns no vCPU thread reads the TAP — one waiting on

@@ -48,6 +48,8 @@ public struct NetBenchReport: Codable, Sendable, Equatable {
     public var loadAverageEnd: [Double] = []
     public var guestMemoryMiB: Int
     public var plan: KVLoadPlan
+    /// The serving VM's `--net …,poll-us=` when it busy-polled (nil: it did not).
+    public var pollMicroseconds: Int?
     public var nic: NICFigures?
     public var migration: MigrationFigures?
     /// Why the run stopped early, if it did.
@@ -63,7 +65,8 @@ public struct NetBenchReport: Codable, Sendable, Equatable {
     /// The human tables (markdown, as docs/benchmarks.md shows them).
     public var table: String {
         var lines = ["bench --net, \(date), \(guestMemoryMiB) MiB guest, UDP load \(Int(plan.rate)) requests/s, "
-            + "load average \(Self.load(loadAverageStart)) → \(Self.load(loadAverageEnd))"]
+            + "load average \(Self.load(loadAverageStart)) → \(Self.load(loadAverageEnd))"
+            + (pollMicroseconds.map { ", the VM busy-polls its TAP for up to \($0) µs (--net-poll-us)" } ?? "")]
         if let nic {
             lines += ["", "PV NIC alone (client namespace ↔ guest, no migration):", "",
                       "| client | requests | answered | lost | answers/s | RTT p50 µs | p99 µs | max µs |",

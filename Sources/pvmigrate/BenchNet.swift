@@ -2,6 +2,7 @@ import ArgumentParser
 import Control
 import Foundation
 import Migrate
+import Net
 import NetBench
 
 /// `bench --net`'s options (the rest of `bench`'s are for the loopback cases).
@@ -27,6 +28,10 @@ struct NetBenchOptions: ParsableArguments {
     @Option(name: .customLong("net-window"), help: "With --net: UDP requests in flight for the NIC's packets/s.")
     var window: Int = 16
 
+    @Option(name: .customLong("net-poll-us"),
+            help: "With --net: the serving VM's --net poll-us= (its vCPU thread busy-polls the TAP for up to N µs when the guest sleeps; default 0, off).")
+    var pollMicroseconds: Int = 0
+
     func validate() throws {
         guard (64 << 20...4 << 30).contains(memory.bytes), memory.bytes % (2 << 20) == 0 else {
             throw ValidationError("--net-memory must be 64M–4G and a multiple of 2M")
@@ -34,10 +39,14 @@ struct NetBenchOptions: ParsableArguments {
         if let problem = KVLoadPlan(rate: rate).problem { throw ValidationError("--net-rate: \(problem)") }
         guard (0.5...600).contains(seconds) else { throw ValidationError("--net-seconds must be 0.5–600") }
         guard (1...256).contains(window) else { throw ValidationError("--net-window must be 1–256") }
+        guard (0...NetSpec.maximumPollMicroseconds).contains(pollMicroseconds) else {
+            throw ValidationError("--net-poll-us must be 0–\(NetSpec.maximumPollMicroseconds)")
+        }
     }
 
     var settings: NetBenchSettings {
-        NetBenchSettings(memory: memory.bytes, rate: rate, seconds: seconds, window: window, nicOnly: nicOnly)
+        NetBenchSettings(memory: memory.bytes, rate: rate, seconds: seconds, window: window, nicOnly: nicOnly,
+                         pollMicroseconds: pollMicroseconds)
     }
 }
 
@@ -48,6 +57,8 @@ struct NetBenchSettings {
     var seconds: Double = 3
     var window = 16
     var nicOnly = false
+    /// The serving VM's `--net …,poll-us=` (0: the default, no busy-polling).
+    var pollMicroseconds = 0
 }
 
 /// One `bench --net` run: the network, the serving guest, the clients, the migration, the
@@ -76,6 +87,7 @@ final class NetBenchRun: @unchecked Sendable {
         plan = KVLoadPlan(rate: options.rate)
         report = NetBenchReport(date: ISO8601DateFormatter().string(from: Date()), loadAverage: NetBenchReport.loadAverage(),
                                 guestMemoryMiB: Int(options.memory >> 20), plan: plan)
+        if options.pollMicroseconds > 0 { report.pollMicroseconds = options.pollMicroseconds }
         do { network = try BenchNetwork() } catch { throw Diagnostics.fail(error) }
         directory = NSTemporaryDirectory() + "pvmigrate-netbench-\(getpid())"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -100,7 +112,8 @@ final class NetBenchRun: @unchecked Sendable {
     func bootGuest() throws {
         Diagnostics.note("\(label): booting a \(options.memory >> 20) MiB serving guest in namespace \(network.hosts)…")
         let vm = try network.start(in: network.hosts, [Self.binary, "run", "--name", Self.vmName, "--memory", "\(options.memory >> 20)M",
-                                                       "--net", "bridge=\(BenchNetwork.bridge)",
+                                                       "--net", "bridge=\(BenchNetwork.bridge)"
+                                                           + (options.pollMicroseconds > 0 ? ",poll-us=\(options.pollMicroseconds)" : ""),
                                                        "--cmdline", "workload=serve ip=\(BenchNetwork.guestAddress)/24"],
                                    log: directory + "/source.log", environment: ["PVMIGRATE_RUNTIME_DIR": directory + "/src"])
         source = vm

@@ -24,7 +24,9 @@ struct Run: ParsableCommand {
             workload=dirty mib=N rate=PAGES_PER_S passes=N | workload=serve ip=192.0.2.2/24 (docs/protocol.md §1.7).
             With --net the VM gets a PV network device (docs/protocol.md §5) on a new TAP added to
             bridge BR (--net bridge=BR), or on an existing TAP (--net tap=NAME); add ,mac=52:54:00:..
-            to choose its MAC. Needs /dev/net/tun and root (CAP_NET_ADMIN). A VM with a NIC migrates
+            to choose its MAC, and ,poll-us=N to have its vCPU thread busy-poll the TAP for up to N µs
+            whenever the guest sleeps (lower round trips for a core's time; default 0, off; like QEMU's
+            -netdev tap,poll-us). Needs /dev/net/tun and root (CAP_NET_ADMIN). A VM with a NIC migrates
             to a listener started with --net-bridge (docs/protocol.md §5.8).
             """)
 
@@ -57,7 +59,7 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Give the VM KVM's in-kernel PIC, IOAPIC and LAPIC (kernels that need interrupts or start vCPUs by INIT/SIPI; docs/protocol.md §2.10).")
     var irqchip = false
 
-    @Option(name: .long, help: "A PV network device: bridge=BR[,mac=MAC] or tap=NAME[,mac=MAC].")
+    @Option(name: .long, help: "A PV network device: bridge=BR[,mac=MAC][,poll-us=N] or tap=NAME[,mac=MAC][,poll-us=N].")
     var net: String?
     /// `--net`, checked by `validate()`.
     private var netSpec: NetSpec? { net.flatMap { try? NetSpec(parsing: $0) } }
@@ -131,7 +133,7 @@ struct Run: ParsableCommand {
         do { machine = try Machine(configuration: configuration) } catch { throw Diagnostics.fail(error) }
         var nic: NICBackend?
         if let tap, let device = machine.net {
-            do { nic = try NICBackend(device: device, tap: tap) } catch { throw Diagnostics.fail(error) }
+            do { nic = try NICBackend(device: device, tap: tap, pollMicroseconds: net?.pollMicroseconds ?? 0) } catch { throw Diagnostics.fail(error) }
             Diagnostics.note("PV NIC \(device.mac) on TAP \(tap.name)"
                 + (net.flatMap { if case let .bridge(b) = $0.attachment { " (bridge \(b))" } else { nil } } ?? ""))
             nic?.start()

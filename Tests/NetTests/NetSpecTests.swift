@@ -9,11 +9,15 @@ import Testing
         #expect(try NetSpec(parsing: "tap=pvmt0,mac=52:54:00:00:00:01")
             == NetSpec(attachment: .tap("pvmt0"), mac: MACAddress("52:54:00:00:00:01")))
         #expect(try NetSpec(parsing: "mac=52:54:00:00:00:01,bridge=br0").mac != nil)
+        #expect(try NetSpec(parsing: "bridge=br0").pollMicroseconds == 0)
+        #expect(try NetSpec(parsing: "bridge=br0,poll-us=2500") == NetSpec(attachment: .bridge("br0"), pollMicroseconds: 2500))
+        #expect(try NetSpec(parsing: "poll-us=0,tap=pvmt0").pollMicroseconds == 0)
     }
 
     @Test(arguments: ["", "bridge", "bridge=", "bridge=br0,tap=t0", "mac=52:54:00:00:00:01",
                       "bridge=br0,mac=ff:ff:ff:ff:ff:ff", "bridge=a/b", "bridge=0123456789abcdef", "br=x",
-                      "bridge=br0,mac=52:54:00:00:00:01,mac=52:54:00:00:00:02"])
+                      "bridge=br0,mac=52:54:00:00:00:01,mac=52:54:00:00:00:02", "bridge=br0,poll-us=-1",
+                      "bridge=br0,poll-us=100001", "bridge=br0,poll-us=fast", "bridge=br0,poll-us=1,poll-us=2"])
     func rejects(_ text: String) {
         #expect(throws: NetSpecError.self) { try NetSpec(parsing: text) }
     }

@@ -113,6 +113,37 @@ extension PVNetTests {
         #expect(!net.waitForFrames(vcpu: 1, milliseconds: 1, interrupt: interrupt.rawValue))
     }
 
+    @Test func aPollingWaitDeliversAFrameAndStillEndsOnItsInterrupt() throws {
+        let (_, net) = attached()
+        post(4)
+        var fds: [Int32] = [0, 0]
+        let type = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        try #require(socketpair(AF_UNIX, type, 0, &fds) == 0, "socketpair: errno \(errno)")
+        let tap = TapDevice(frameDescriptor: FileDescriptor(owning: fds[0]), name: "pvmt-rxw-poll")
+        let peer = FileDescriptor(owning: fds[1])
+        let backend = try NICBackend(device: net, tap: tap, pollMicroseconds: NetSpec.maximumPollMicroseconds)
+        backend.start()
+        defer { backend.stop() }
+        #expect(backend.receiver.pollNanoseconds == 100_000_000)
+        let interrupt = try eventfd()
+        // A frame that waits already: the first poll of the spin finds it.
+        try send(3, to: peer)
+        #expect(net.waitForFrames(vcpu: 0, milliseconds: 120_000, interrupt: interrupt.rawValue))
+        try #require(Wait.until { net.snapshot.rxFrames == 1 }, "the polling wait did not deliver the frame")
+        #expect(u32(buffers) == 3 && backend.receiver.counts.vcpu == 1)
+        // While it spins (0.1 s at most, then it sleeps), an interrupt still ends the wait.
+        let returned = Locked<Bool?>(nil)
+        Thread { returned.withLock { $0 = net.waitForFrames(vcpu: 0, milliseconds: 120_000, interrupt: interrupt.rawValue) } }.start()
+        try #require(Wait.until { backend.receiver.currentOwner == .vcpu }, "the vCPU thread never took the TAP")
+        NICBackend.signal(interrupt.rawValue)
+        try #require(Wait.until { returned.value != nil }, "the polling wait did not end on its interrupt")
+        #expect(returned.value == true && backend.receiver.currentOwner == .ioThread)
+        // Spinning alone: 0 when the time runs out, the ready count when something is readable.
+        var idle = [pollfd(fd: peer.rawValue, events: Int16(POLLPRI), revents: 0)]
+        #expect(TapReceiver.spin(&idle, nanoseconds: 1_000_000) == 0)
+        #expect(TapReceiver.spin(&idle, nanoseconds: 0) == 0)
+    }
+
     @Test func stoppingTheBackendTakesTheTapBackFromAWaitingVCPU() throws {
         let (_, net) = attached()
         let (backend, peer, interrupt, returned) = try backendWithAWaitingVCPU(net)

@@ -2,7 +2,8 @@
 # The kernel's share of the PV NIC round trip (docs/benchmarks.md, "where the round trip goes"):
 # the topology of `bench --net` (a bridge in one namespace, the client on a veth from another;
 # TEST-NET-1 only, nothing reachable from outside) with, in place of the VM,
-#   1. a userspace responder on a TAP (tapecho.c: one blocking read per frame), then
+#   1. a userspace responder on a TAP (tapecho.c: one blocking read per frame; with SPIN=1 it
+#      spins on non-blocking reads instead, the floor of a busy-polling VMM), then
 #   2. the kernel itself answering (an address on the bridge).
 # Prints ping's p50/p99/min for each. Root; needs a C compiler (CC, default: cc, else clang).
 set -eu
@@ -18,7 +19,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cc=${CC:-$(command -v cc || command -v clang)}
-"$cc" -O2 -o "$work/tapecho" "$here/tapecho.c"
+"$cc" -O2 ${SPIN:+-DSPIN} -o "$work/tapecho" "$here/tapecho.c" # SPIN=1: the responder never sleeps
 for ns in $H $C; do
     ip netns add $ns
     ip -n $ns link set lo up

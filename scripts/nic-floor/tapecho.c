@@ -1,5 +1,6 @@
 // The kernel's share of the PV NIC round trip: a userspace responder on a TAP, no KVM.
-// Answers ARP for 192.0.2.2 and ICMP echo to it, one blocking read() per frame, on one thread.
+// Answers ARP for 192.0.2.2 and ICMP echo to it, one blocking read() per frame, on one thread
+// (built with -DSPIN: non-blocking reads in a loop that never sleeps).
 // Usage (inside the hosts namespace): tapecho TAPNAME   (creates the TAP; the caller bridges it).
 // Built and run by scripts/nic-floor/floor.sh; see docs/benchmarks.md.
 #include <arpa/inet.h>
@@ -29,6 +30,9 @@ int main(int argc, char **argv) {
     ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
     strncpy(ifr.ifr_name, argc > 1 ? argv[1] : "pvmt-rxwt", IFNAMSIZ - 1);
     if (fd < 0 || ioctl(fd, TUNSETIFF, &ifr) < 0) { perror("tap"); return 1; }
+#ifdef SPIN
+    fcntl(fd, F_SETFL, O_NONBLOCK); // read() returns at once: the loop spins instead of sleeping
+#endif
     printf("ready %s\n", ifr.ifr_name);
     fflush(stdout);
     uint8_t f[2048];
