@@ -190,6 +190,7 @@ public enum ListenConfig {
         "max-streams": .integer,
         "accept": .string,
         "net-bridge": .string,
+        "net-poll-us": .integer,
         "control": .string,
         "metrics": .string,
         "log-format": .string,

@@ -180,7 +180,7 @@ final class NetBenchRun: @unchecked Sendable {
         try CertificateAuthority.initialize(directory: directory + "/pki", hosts: ["src", "dst=127.0.0.1"])
         let listen = try network.start(in: network.hosts, [Self.binary, "listen", "--address", "127.0.0.1:\(Self.migrationPort)",
                                                            "--tls-dir", directory + "/pki/dst", "--allow-source", "src",
-                                                           "--net-bridge", BenchNetwork.bridge],
+                                                           "--net-bridge", BenchNetwork.bridge, "--net-poll-us", "\(options.pollMicroseconds)"],
                                        log: directory + "/destination.log", environment: ["PVMIGRATE_RUNTIME_DIR": directory + "/dst"])
         destination = listen
         try listen.wait(for: "listening on", what: "pvmigrate listen --net-bridge (the destination)", timeout: 60)

@@ -7,16 +7,16 @@ import Operations
 /// Gives a VM's PV NIC a new TAP on a bridge and an I/O thread (protocol.md §5): for a VM
 /// that arrives (`listen --net-bridge`) or is restored from a snapshot (`restore --net`).
 enum NetworkAttacher {
-    /// `ReceiverOptions.attachNetwork` for `listen --net-bridge BRIDGE`.
-    static func bridge(_ bridge: String) -> @Sendable (PVNet, String) throws -> NetworkAttachment {
-        { device, _ in try attach(device, spec: NetSpec(attachment: .bridge(bridge))) }
+    /// `ReceiverOptions.attachNetwork` for `listen --net-bridge BRIDGE [--net-poll-us N]`.
+    static func bridge(_ bridge: String, pollMicroseconds: Int = 0) -> @Sendable (PVNet, String) throws -> NetworkAttachment {
+        { device, _ in try attach(device, spec: NetSpec(attachment: .bridge(bridge), pollMicroseconds: pollMicroseconds)) }
     }
 
     /// Opens the TAP `spec` names, starts a `NICBackend` on it for `device`; `detach()` stops it
     /// and closes the TAP (a TAP pvmigrate created disappears then).
     static func attach(_ device: PVNet, spec: NetSpec) throws -> NetworkAttachment {
         let tap = try spec.openTap()
-        let backend = try NICBackend(device: device, tap: tap)
+        let backend = try NICBackend(device: device, tap: tap, pollMicroseconds: spec.pollMicroseconds)
         backend.start()
         var description = "TAP \(tap.name)"
         if case let .bridge(b) = spec.attachment { description += " on bridge \(b)" }
