@@ -162,9 +162,14 @@ extension EndToEnd {
             #expect(abs(predicted.total - stats.predictedDowntimeSeconds) < 1e-9, "\(predicted)")
             let destination = try #require(vm.stats.phases, "no destination phases in \(vm.stats)")
             #expect(destination.work > 0 && destination.work < stats.downtimeSeconds, "\(destination)")
-            // The stop is predicted from stops measured in pre-copy, the commit with the
-            // destination's own work (PONG_WORK: a thread start at least, before DONE).
-            #expect(predicted.stopVCPUs > 0 && predicted.goToDone > 0, "\(predicted)")
+            // The commit is predicted with the destination's own work (PONG_WORK: a thread start
+            // at least, before DONE); the stop from stops measured after small pre-copy rounds
+            // (≤ 1 MiB on the wire, where the source also PINGs) — when there was one: a round
+            // that is small only on a fast machine must not decide this test.
+            #expect(predicted.goToDone > 0, "\(predicted)")
+            if stats.rounds.dropLast().contains(where: { $0.wireBytes <= 1 << 20 }) {
+                #expect(predicted.stopVCPUs > 0, "small pre-copy rounds, but no stop measured: \(predicted) \(stats.rounds)")
+            }
             #expect(stats.rounds.first?.harvestSeconds != nil && stats.rounds.allSatisfy { $0.guestCPUSeconds != nil },
                     "rounds without their harvest or guest CPU time: \(stats.rounds)")
             // The guest carries on where it was, and its own check finds every page intact.
