@@ -53,7 +53,8 @@ struct ListenReload: Sendable {
             LogOutput.shared.configure { $0.level = live.logging.level }
             done.append("now " + applied.joined(separator: ", "))
         }
-        let restart = Self.restartOnly(old).filter { key, value in Self.restartOnly(next)[key] != value }.keys.sorted()
+        let wanted = Self.restartOnly(next)
+        let restart = Self.restartOnly(old).filter { key, value in wanted[key] != value }.keys.sorted()
         if !restart.isEmpty { done.append("changed but kept until a restart: " + restart.joined(separator: ", ")) }
         current.withLock { $0 = live }
         return done.joined(separator: "; ")
