@@ -78,13 +78,7 @@ public final class NICBackend: @unchecked Sendable {
         finished.wait()
     }
 
-    private static func signal(_ fd: FileDescriptor) { signal(fd.rawValue) }
-
-    /// Adds 1 to the eventfd `fd` (its reader wakes).
-    static func signal(_ fd: Int32) {
-        var one: UInt64 = 1
-        _ = withUnsafeBytes(of: &one) { write(fd, $0.baseAddress, 8) }
-    }
+    private static func signal(_ fd: FileDescriptor) { EventCounter.signal(fd.rawValue) }
 
     private func run() {
         defer { finished.signal() }
@@ -102,8 +96,7 @@ public final class NICBackend: @unchecked Sendable {
             let n = retryingEINTR { ckvm_epoll_wait(receiver.epoll.rawValue, &tags, &events, 2, busy && !quiesced ? 0 : -1) }
             for i in 0..<max(Int(n), 0) {
                 if tags[i] == TapReceiver.kickTag {
-                    var value: UInt64 = 0
-                    _ = withUnsafeMutableBytes(of: &value) { read(kick.rawValue, $0.baseAddress, 8) }
+                    EventCounter.reset(kick.rawValue)
                 } else if events[i] & 2 != 0 {
                     receiver.markGone() // the TAP is gone (deleted under us): keep serving kicks, read nothing
                 }

@@ -172,7 +172,7 @@ final class TapReceiver: @unchecked Sendable {
     func retire() {
         lock.withLock {
             retired = true
-            if owner == .vcpu { NICBackend.signal(waiterInterrupt) }
+            if owner == .vcpu { EventCounter.signal(waiterInterrupt) }
             while owner == .vcpu { lock.wait() }
         }
     }

@@ -103,7 +103,7 @@ extension PVNetTests {
         post(4)
         let (backend, peer, interrupt, returned) = try backendWithAWaitingVCPU(net)
         defer { backend.stop() }
-        NICBackend.signal(interrupt.rawValue) // what a pause, stop, request or wake does
+        EventCounter.signal(interrupt.rawValue) // what a pause, stop, request or wake does
         try #require(Wait.until { returned.value != nil }, "the wait did not end on its interrupt")
         #expect(returned.value == true && backend.receiver.currentOwner == .ioThread)
         try send(7, to: peer)
@@ -135,7 +135,7 @@ extension PVNetTests {
         let returned = Locked<Bool?>(nil)
         Thread { returned.withLock { $0 = net.waitForFrames(vcpu: 0, milliseconds: 120_000, interrupt: interrupt.rawValue) } }.start()
         try #require(Wait.until { backend.receiver.currentOwner == .vcpu }, "the vCPU thread never took the TAP")
-        NICBackend.signal(interrupt.rawValue)
+        EventCounter.signal(interrupt.rawValue)
         try #require(Wait.until { returned.value != nil }, "the polling wait did not end on its interrupt")
         #expect(returned.value == true && backend.receiver.currentOwner == .ioThread)
         // Spinning alone: 0 when the time runs out, the ready count when something is readable.

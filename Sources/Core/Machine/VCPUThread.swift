@@ -281,8 +281,7 @@ public final class VCPUThread: @unchecked Sendable {
     /// Ends a wait in `onNetWait` (another thread wants this one). Lock held.
     private func interruptNetWaitLocked() {
         guard inNetWait, let interrupt else { return }
-        var one: UInt64 = 1
-        _ = withUnsafeBytes(of: &one) { write(interrupt.rawValue, $0.baseAddress, 8) }
+        EventCounter.signal(interrupt.rawValue)
     }
 
     /// CPU seconds (user + system) the vCPU thread has used so far; 0 before it started.
@@ -464,8 +463,7 @@ public final class VCPUThread: @unchecked Sendable {
             guard let remaining else { return }
             let waited = onNetWait(remaining, interrupt.rawValue)
             condition.withLock { inNetWait = false }
-            var value: UInt64 = 0 // a kick after this point finds inNetWait false: none is left behind
-            _ = withUnsafeMutableBytes(of: &value) { read(interrupt.rawValue, $0.baseAddress, 8) }
+            EventCounter.reset(interrupt.rawValue) // a kick after this point finds inNetWait false: none is left behind
             if !waited {
                 let now = DispatchTime.now().uptimeNanoseconds
                 return sleep(milliseconds: UInt32(clamping: now < deadline ? (deadline - now + 999_999) / 1_000_000 : 0))
