@@ -92,6 +92,13 @@ public final class BenchNetwork: @unchecked Sendable {
         for ns in [hosts, clients] { _ = try? Self.ip(["netns", "del", ns]) }
     }
 
+    /// A namespace of this harness (`<prefix><hex pid>[hc]`) whose run's process has ended.
+    public static func isStale(_ name: String) -> Bool {
+        guard name.hasPrefix(prefix), name.count > prefix.count + 1, "hc".contains(name.last!),
+              let pid = Int32(name.dropFirst(prefix.count).dropLast(), radix: 16) else { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
+    }
+
     /// Deletes namespaces named `<prefix><hex pid>[hc]` whose pid no longer runs (a run that was
     /// killed before it could clean up), after ending the processes that run was running in them
     /// (`ip netns pids`: its VMs and pings, which outlive a killed parent).
@@ -99,9 +106,7 @@ public final class BenchNetwork: @unchecked Sendable {
         guard let list = try? run(["ip", "netns", "list"]) else { return }
         for line in list.split(separator: "\n") {
             let name = String(line.split(separator: " ").first ?? "")
-            guard name.hasPrefix(prefix), name.count > prefix.count + 1, "hc".contains(name.last!),
-                  let pid = Int32(name.dropFirst(prefix.count).dropLast(), radix: 16) else { continue }
-            guard kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            guard isStale(name) else { continue }
             let inside = (try? run(["ip", "netns", "pids", name]))?.split(separator: "\n").compactMap { Int32($0) } ?? []
             for orphan in inside { kill(orphan, SIGKILL) }
             _ = try? ip(["netns", "del", name])

@@ -16,10 +16,8 @@ extension EndToEnd {
         static func leftovers() throws -> [String] {
             let list = try String(decoding: Data(contentsOf: URL(fileURLWithPath: "/proc/self/mounts")), as: UTF8.self)
             return list.split(separator: "\n").map(String.init).filter { line in
-                guard let range = line.range(of: "/run/netns/\(BenchNetwork.prefix)") else { return false }
-                let name = line[range.upperBound...].prefix { !$0.isWhitespace }
-                guard let pid = Int32(name.dropLast(), radix: 16) else { return true }
-                return kill(pid, 0) != 0 && errno == ESRCH
+                guard let range = line.range(of: "/run/netns/") else { return false }
+                return BenchNetwork.isStale(String(line[range.upperBound...].prefix { !$0.isWhitespace }))
             }
         }
 
