@@ -118,18 +118,18 @@ final class TapReceiver: @unchecked Sendable {
     /// thread's eventfd: pause, stop, requests, wakes) to become readable, delivering what
     /// arrives; the TAP goes back to the I/O thread before it returns.
     func vcpuWait(timeoutMilliseconds: Int32, interrupt: Int32) -> WaitResult {
-        let (done, window) = lock.withLock { () -> (WaitResult?, UInt64) in
-            guard owner == .ioThread, !retired, !tapGone, !device.isQuiesced else { return (.unavailable, 0) }
+        let (done, sleepFirst, window) = lock.withLock { () -> (WaitResult?, UInt64, UInt64) in
+            guard owner == .ioThread, !retired, !tapGone, !device.isQuiesced else { return (.unavailable, 0, 0) }
             if !held.isEmpty { // deliver those first (the guest may be woken by them): no wait
-                guard device.deliver(held) else { return (.unavailable, 0) }
+                guard device.deliver(held) else { return (.unavailable, 0, 0) }
                 held = []
                 syncWatchLocked()
-                return (.served, 0)
+                return (.served, 0, 0)
             }
             owner = .vcpu
             waiterInterrupt = interrupt
             syncWatchLocked()
-            return (nil, polling.window)
+            return (nil, polling.sleepFirst, polling.window)
         }
         if let done { return done }
         var outcome = AdaptivePoll.Outcome.interrupted
@@ -145,7 +145,12 @@ final class TapReceiver: @unchecked Sendable {
         var fds = [pollfd(fd: tap, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0)]
         let began = DispatchTime.now().uptimeNanoseconds
-        var ready = Self.spin(&fds, nanoseconds: window)
+        // Sleep until shortly before the frame the last ones predict, poll to the window's end, then sleep.
+        var ready = sleepFirst > 0 ? ckvm_poll_ns(&fds, 2, Int64(sleepFirst)) : 0
+        if ready == 0 {
+            let spent = DispatchTime.now().uptimeNanoseconds - began
+            ready = Self.spin(&fds, nanoseconds: window > spent ? window - spent : 0)
+        }
         if ready == 0 { ready = poll(&fds, 2, timeoutMilliseconds) }
         if ready == 0 { outcome = .timedOut }
         guard ready > 0 else { return .served } // timeout, or a signal (a kick)

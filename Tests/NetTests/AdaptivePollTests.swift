@@ -54,3 +54,26 @@ import Testing
         #expect(p.window == 0)
     }
 }
+
+extension AdaptivePollTests {
+    @Test func aSteadyFlowSleepsUntilShortlyBeforeItsNextFrame() {
+        var p = AdaptivePoll(limitNanoseconds: 2_500 * us)
+        #expect(p.sleepFirst == 0, "nothing known: no sleep before polling")
+        for _ in 0..<3 { p.record(.frame(afterNanoseconds: 1_930 * us)) }
+        #expect(p.window == 40 * us && p.sleepFirst == 0, "fewer than \(AdaptivePoll.history) frames known")
+        for _ in 0..<6 { p.record(.frame(afterNanoseconds: 1_930 * us)) }
+        #expect(p.window == 2_500 * us)
+        #expect(p.sleepFirst == 1_930 * us - AdaptivePoll.wakeMargin, "it polls from the margin before the frame")
+        // One early frame (it ended the sleep) brings the next sleep forward, to the soonest of the last four.
+        p.record(.frame(afterNanoseconds: 1_000 * us))
+        #expect(p.sleepFirst == 1_000 * us - AdaptivePoll.wakeMargin)
+        for _ in 0..<AdaptivePoll.history { p.record(.frame(afterNanoseconds: 1_930 * us)) }
+        #expect(p.sleepFirst == 1_930 * us - AdaptivePoll.wakeMargin, "the early one is forgotten after \(AdaptivePoll.history) more")
+        // Frames sooner than the margin: no sleep first; and never a sleep without a window.
+        for _ in 0..<AdaptivePoll.history { p.record(.frame(afterNanoseconds: 100 * us)) }
+        #expect(p.sleepFirst == 0)
+        var quiet = AdaptivePoll(limitNanoseconds: 0)
+        for _ in 0..<8 { quiet.record(.frame(afterNanoseconds: 1_930 * us)) }
+        #expect(quiet.window == 0 && quiet.sleepFirst == 0)
+    }
+}
