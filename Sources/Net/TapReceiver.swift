@@ -146,6 +146,7 @@ final class TapReceiver: @unchecked Sendable {
                    pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0)]
         let began = DispatchTime.now().uptimeNanoseconds
         // Sleep until shortly before the frame the last ones predict, poll to the window's end, then sleep.
+        // Sound: `fds` is an array of exactly the two `pollfd` ppoll is told of, alive for the call.
         var ready = sleepFirst > 0 ? ckvm_poll_ns(&fds, 2, Int64(sleepFirst)) : 0
         if ready == 0 {
             let spent = DispatchTime.now().uptimeNanoseconds - began
