@@ -1,4 +1,5 @@
 // See include/CKVMNet.h.
+#define _GNU_SOURCE // ppoll
 #include "CKVMNet.h"
 
 #include <errno.h>
@@ -11,6 +12,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <poll.h>
+#include <time.h>
 #include <unistd.h>
 
 // if_nametoindex without <net/if.h> (which clashes with <linux/if.h>).
@@ -104,4 +107,11 @@ int ckvm_epoll_wait(int epfd, unsigned int *tags, unsigned int *events, int max,
         events[i] = ((ready[i].events & EPOLLIN) ? 1u : 0u) | ((ready[i].events & (EPOLLERR | EPOLLHUP)) ? 2u : 0u);
     }
     return n;
+}
+
+int ckvm_poll_ns(void *fds, unsigned int count, long long nanoseconds) {
+    if (nanoseconds < 0) nanoseconds = 0;
+    struct timespec t = { .tv_sec = nanoseconds / 1000000000LL, .tv_nsec = nanoseconds % 1000000000LL };
+    int n = ppoll((struct pollfd *)fds, count, &t, NULL);
+    return n < 0 ? -errno : n;
 }

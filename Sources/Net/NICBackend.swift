@@ -30,8 +30,9 @@ public final class NICBackend: @unchecked Sendable {
     let receiver: TapReceiver
     private var thread: Thread?
 
-    /// `pollMicroseconds`: how long the NIC's vCPU thread busy-polls the TAP when its guest
-    /// sleeps (`NetSpec.pollMicroseconds`, `TapReceiver.pollNanoseconds`); 0: it sleeps at once.
+    /// `pollMicroseconds`: the most the NIC's vCPU thread busy-polls the TAP when its guest
+    /// sleeps (`NetSpec.pollMicroseconds`; how long it does adapts, `AdaptivePoll`); 0 (tests'
+    /// default): it sleeps at once.
     public init(device: PVNet, tap: TapDevice, pollMicroseconds: Int = 0) throws(NetError) {
         let fd = ckvm_eventfd()
         guard fd >= 0 else { throw .system("create an eventfd", Errno(-fd)) }

@@ -11,12 +11,16 @@ public struct NetSpec: Sendable, Equatable {
 
     public var attachment: Attachment
     public var mac: MACAddress?
-    /// `poll-us=N`: while the guest sleeps (NET_SLEEP), its vCPU thread busy-polls the TAP for
-    /// up to N µs before it sleeps — lower round trips for a core's time (0, the default: never).
-    public var pollMicroseconds = 0
+    /// `poll-us=N`: while the guest sleeps (NET_SLEEP), its vCPU thread may busy-poll the TAP for
+    /// up to N µs before it sleeps — lower round trips for a core's time. How long it polls
+    /// adapts to the traffic (`AdaptivePoll`: 0 while the NIC is quiet); N is the most, 0 never.
+    public var pollMicroseconds = NetSpec.defaultPollMicroseconds
     public static let maximumPollMicroseconds = 100_000
+    /// The default most: a little over the 2 ms between `ping -i 0.002`'s requests, so a steady
+    /// flow of 500 requests/s or more is polled for (docs/benchmarks.md).
+    public static let defaultPollMicroseconds = 2_500
 
-    public init(attachment: Attachment, mac: MACAddress? = nil, pollMicroseconds: Int = 0) {
+    public init(attachment: Attachment, mac: MACAddress? = nil, pollMicroseconds: Int = NetSpec.defaultPollMicroseconds) {
         self.attachment = attachment
         self.mac = mac
         self.pollMicroseconds = pollMicroseconds
@@ -53,7 +57,7 @@ public struct NetSpec: Sendable, Equatable {
             }
         }
         guard let attachment else { throw NetSpecError("say where the NIC goes: bridge=BR or tap=NAME") }
-        self.init(attachment: attachment, mac: mac, pollMicroseconds: poll ?? 0)
+        self.init(attachment: attachment, mac: mac, pollMicroseconds: poll ?? Self.defaultPollMicroseconds)
     }
 
     /// Opens the TAP this spec names (and adds it to the bridge), ready for a `NICBackend`.

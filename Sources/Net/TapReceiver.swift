@@ -53,14 +53,17 @@ final class TapReceiver: @unchecked Sendable {
     /// Frames read by each owner (tests and tracing).
     private(set) var readByIOThread = 0, readByVCPU = 0
 
-    /// How long the vCPU thread busy-polls the TAP (and its interrupt) at the start of a
-    /// NET_SLEEP before it sleeps in poll(2): `--net …,poll-us=N`, 0 (never) by default. Like
+    /// The most the vCPU thread busy-polls the TAP (and its interrupt) at the start of a
+    /// NET_SLEEP before it sleeps in poll(2): `--net …,poll-us=N` (`NetSpec`), 0 never. Like
     /// QEMU's `-netdev tap,poll-us=`: it trades a core's time for the wake-up of a sleeping
-    /// thread, which on a nested host with idle cores costs ~30 µs (docs/benchmarks.md).
+    /// thread, which on a nested host with idle cores costs ~30 µs (docs/benchmarks.md). How
+    /// long it actually polls adapts to the traffic (`AdaptivePoll`); guarded by `lock`.
     let pollNanoseconds: UInt64
+    private var polling: AdaptivePoll
 
     init(device: PVNet, tap: Int32, kick: Int32, pollMicroseconds: Int = 0) throws(NetError) {
         pollNanoseconds = UInt64(max(0, pollMicroseconds)) * 1_000
+        polling = AdaptivePoll(limitNanoseconds: pollNanoseconds)
         let fd = ckvm_epoll_create()
         guard fd >= 0 else { throw .system("create an epoll set", Errno(-fd)) }
         epoll = FileDescriptor(owning: fd)
@@ -76,6 +79,8 @@ final class TapReceiver: @unchecked Sendable {
 
     var heldCount: Int { lock.withLock { held.count } }
     var currentOwner: Owner { lock.withLock { owner } }
+    /// How long the next NET_SLEEP wait busy-polls, in nanoseconds (tests).
+    var pollWindow: UInt64 { lock.withLock { polling.window } }
     var counts: (ioThread: Int, vcpu: Int) { lock.withLock { (readByIOThread, readByVCPU) } }
 
     // MARK: The I/O thread
@@ -113,22 +118,24 @@ final class TapReceiver: @unchecked Sendable {
     /// thread's eventfd: pause, stop, requests, wakes) to become readable, delivering what
     /// arrives; the TAP goes back to the I/O thread before it returns.
     func vcpuWait(timeoutMilliseconds: Int32, interrupt: Int32) -> WaitResult {
-        let start = lock.withLock { () -> WaitResult? in
-            guard owner == .ioThread, !retired, !tapGone, !device.isQuiesced else { return .unavailable }
+        let (done, sleepFirst, window) = lock.withLock { () -> (WaitResult?, UInt64, UInt64) in
+            guard owner == .ioThread, !retired, !tapGone, !device.isQuiesced else { return (.unavailable, 0, 0) }
             if !held.isEmpty { // deliver those first (the guest may be woken by them): no wait
-                guard device.deliver(held) else { return .unavailable }
+                guard device.deliver(held) else { return (.unavailable, 0, 0) }
                 held = []
                 syncWatchLocked()
-                return .served
+                return (.served, 0, 0)
             }
             owner = .vcpu
             waiterInterrupt = interrupt
             syncWatchLocked()
-            return nil
+            return (nil, polling.sleepFirst, polling.window)
         }
-        if let start { return start }
+        if let done { return done }
+        var outcome = AdaptivePoll.Outcome.interrupted
         defer {
             lock.withLock {
+                polling.record(outcome)
                 owner = .ioThread
                 waiterInterrupt = -1
                 syncWatchLocked()
@@ -137,14 +144,23 @@ final class TapReceiver: @unchecked Sendable {
         }
         var fds = [pollfd(fd: tap, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0)]
-        var ready = Self.spin(&fds, nanoseconds: pollNanoseconds)
+        let began = DispatchTime.now().uptimeNanoseconds
+        // Sleep until shortly before the frame the last ones predict, poll to the window's end, then sleep.
+        // Sound: `fds` is an array of exactly the two `pollfd` ppoll is told of, alive for the call.
+        var ready = sleepFirst > 0 ? ckvm_poll_ns(&fds, 2, Int64(sleepFirst)) : 0
+        if ready == 0 {
+            let spent = DispatchTime.now().uptimeNanoseconds - began
+            ready = Self.spin(&fds, nanoseconds: window > spent ? window - spent : 0)
+        }
         if ready == 0 { ready = poll(&fds, 2, timeoutMilliseconds) }
+        if ready == 0 { outcome = .timedOut }
         guard ready > 0 else { return .served } // timeout, or a signal (a kick)
         if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
             lock.withLock { tapGone = true }
             return .unavailable
         }
         if fds[0].revents & Int16(POLLIN) != 0 {
+            outcome = .frame(afterNanoseconds: DispatchTime.now().uptimeNanoseconds - began)
             if NetTrace.enabled { NetTrace.mark(.tapReadable) }
             lock.withLock {
                 let (read, _) = receiveLocked() // more than a batch: the I/O thread reads the rest

@@ -48,7 +48,8 @@ public struct NetBenchReport: Codable, Sendable, Equatable {
     public var loadAverageEnd: [Double] = []
     public var guestMemoryMiB: Int
     public var plan: KVLoadPlan
-    /// The serving VM's `--net …,poll-us=` when it busy-polled (nil: it did not).
+    /// The serving VM's `--net …,poll-us=`: the most its vCPU thread polls the TAP, adaptively
+    /// (nil: a report from before adaptive polling, when absent meant none).
     public var pollMicroseconds: Int?
     public var nic: NICFigures?
     public var migration: MigrationFigures?
@@ -66,7 +67,7 @@ public struct NetBenchReport: Codable, Sendable, Equatable {
     public var table: String {
         var lines = ["bench --net, \(date), \(guestMemoryMiB) MiB guest, UDP load \(Int(plan.rate)) requests/s, "
             + "load average \(Self.load(loadAverageStart)) → \(Self.load(loadAverageEnd))"
-            + (pollMicroseconds.map { ", the VM busy-polls its TAP for up to \($0) µs (--net-poll-us)" } ?? "")]
+            + (pollMicroseconds.map { $0 > 0 ? ", the VM polls its TAP adaptively, up to \($0) µs (--net-poll-us)" : ", no TAP polling (--net-poll-us 0)" } ?? "")]
         if let nic {
             lines += ["", "PV NIC alone (client namespace ↔ guest, no migration):", "",
                       "| client | requests | answered | lost | answers/s | RTT p50 µs | p99 µs | max µs |",

@@ -29,8 +29,8 @@ struct NetBenchOptions: ParsableArguments {
     var window: Int = 16
 
     @Option(name: .customLong("net-poll-us"),
-            help: "With --net: the serving VM's --net poll-us= (its vCPU thread busy-polls the TAP for up to N µs when the guest sleeps; default 0, off).")
-    var pollMicroseconds: Int = 0
+            help: "With --net: the serving VM's --net poll-us= (the most its vCPU thread busy-polls the TAP when the guest sleeps, adapting to the traffic; default 2500, 0 never).")
+    var pollMicroseconds: Int = NetSpec.defaultPollMicroseconds
 
     func validate() throws {
         guard (64 << 20...4 << 30).contains(memory.bytes), memory.bytes % (2 << 20) == 0 else {
@@ -57,8 +57,8 @@ struct NetBenchSettings {
     var seconds: Double = 3
     var window = 16
     var nicOnly = false
-    /// The serving VM's `--net …,poll-us=` (0: the default, no busy-polling).
-    var pollMicroseconds = 0
+    /// The serving VM's `--net …,poll-us=` (0: no busy-polling).
+    var pollMicroseconds = NetSpec.defaultPollMicroseconds
 }
 
 /// One `bench --net` run: the network, the serving guest, the clients, the migration, the
@@ -87,7 +87,7 @@ final class NetBenchRun: @unchecked Sendable {
         plan = KVLoadPlan(rate: options.rate)
         report = NetBenchReport(date: ISO8601DateFormatter().string(from: Date()), loadAverage: NetBenchReport.loadAverage(),
                                 guestMemoryMiB: Int(options.memory >> 20), plan: plan)
-        if options.pollMicroseconds > 0 { report.pollMicroseconds = options.pollMicroseconds }
+        report.pollMicroseconds = options.pollMicroseconds
         do { network = try BenchNetwork() } catch { throw Diagnostics.fail(error) }
         directory = NSTemporaryDirectory() + "pvmigrate-netbench-\(getpid())"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -112,8 +112,7 @@ final class NetBenchRun: @unchecked Sendable {
     func bootGuest() throws {
         Diagnostics.note("\(label): booting a \(options.memory >> 20) MiB serving guest in namespace \(network.hosts)…")
         let vm = try network.start(in: network.hosts, [Self.binary, "run", "--name", Self.vmName, "--memory", "\(options.memory >> 20)M",
-                                                       "--net", "bridge=\(BenchNetwork.bridge)"
-                                                           + (options.pollMicroseconds > 0 ? ",poll-us=\(options.pollMicroseconds)" : ""),
+                                                       "--net", "bridge=\(BenchNetwork.bridge),poll-us=\(options.pollMicroseconds)",
                                                        "--cmdline", "workload=serve ip=\(BenchNetwork.guestAddress)/24"],
                                    log: directory + "/source.log", environment: ["PVMIGRATE_RUNTIME_DIR": directory + "/src"])
         source = vm

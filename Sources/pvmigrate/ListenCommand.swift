@@ -114,9 +114,9 @@ struct Listen: ParsableCommand {
     var netBridge: String?
 
     @Option(name: .customLong("net-poll-us"),
-            help: ArgumentHelp("With --net-bridge: an arriving VM's vCPU thread busy-polls its TAP for up to N µs whenever the guest sleeps "
-                + "(as `run --net …,poll-us=N`; lower round trips for a core's time; default 0, off).", valueName: "n"))
-    var netPollMicroseconds = 0
+            help: ArgumentHelp("With --net-bridge: the most an arriving VM's vCPU thread busy-polls its TAP whenever the guest sleeps "
+                + "(as `run --net …,poll-us=N`: adapts to the traffic, 0 while the NIC is quiet; default 2500, 0 never).", valueName: "n"))
+    var netPollMicroseconds: Int?
 
     mutating func validate() throws {
         if let netBridge {
@@ -128,10 +128,12 @@ struct Listen: ParsableCommand {
             throw ValidationError("--handshake-timeout, --progress-timeout and --commit-timeout must be positive numbers of seconds")
         }
         guard (1...64).contains(maxStreams) else { throw ValidationError("--max-streams must be 1–64") }
-        guard (0...NetSpec.maximumPollMicroseconds).contains(netPollMicroseconds) else {
-            throw ValidationError("--net-poll-us must be 0–\(NetSpec.maximumPollMicroseconds)")
+        if let netPollMicroseconds {
+            guard (0...NetSpec.maximumPollMicroseconds).contains(netPollMicroseconds) else {
+                throw ValidationError("--net-poll-us must be 0–\(NetSpec.maximumPollMicroseconds)")
+            }
+            guard netBridge != nil else { throw ValidationError("--net-poll-us needs --net-bridge") }
         }
-        if netPollMicroseconds > 0, netBridge == nil { throw ValidationError("--net-poll-us needs --net-bridge") }
         _ = try Self.capabilities(accept)
         allowSource = allowSource.flatMap { $0.split(separator: ",").map(String.init) }
         if insecure, !allowSource.isEmpty {
@@ -215,7 +217,8 @@ struct Listen: ParsableCommand {
         options.listener.handshakeTimeout = handshakeTimeout
         options.progressTimeout = progressTimeout
         options.goDeadline = commitTimeout
-        options.attachNetwork = netBridge.map { [netPollMicroseconds] in NetworkAttacher.bridge($0, pollMicroseconds: netPollMicroseconds) }
+        let poll = netPollMicroseconds ?? NetSpec.defaultPollMicroseconds
+        options.attachNetwork = netBridge.map { NetworkAttacher.bridge($0, pollMicroseconds: poll) }
         arrivals.configure(&options)
         // The commit decisions (protocol.md §3.6.4) outlive this process: a source that lost
         // the end of a migration asks for them with RESOLVE, also after a restart.

@@ -90,7 +90,7 @@ struct ListenReload: Sendable {
         ["address": "\(l.address)", "tls-dir": l.tlsDirectory ?? "", "insecure": "\(l.insecure)",
          "max-pending": "\(l.maxPending)", "handshake-timeout": "\(l.handshakeTimeout)",
          "progress-timeout": "\(l.progressTimeout)", "commit-timeout": "\(l.commitTimeout)",
-         "max-streams": "\(l.maxStreams)", "accept": l.accept, "net-bridge": l.netBridge ?? "", "net-poll-us": "\(l.netPollMicroseconds)",
+         "max-streams": "\(l.maxStreams)", "accept": l.accept, "net-bridge": l.netBridge ?? "", "net-poll-us": l.netPollMicroseconds.map { "\($0)" } ?? "",
          "control": l.control ?? "", "metrics": l.metrics.map { "\($0)" } ?? "",
          "log-format": "\(l.json ? .json : l.logging.format)"]
     }

@@ -8,7 +8,7 @@ import Operations
 /// that arrives (`listen --net-bridge`) or is restored from a snapshot (`restore --net`).
 enum NetworkAttacher {
     /// `ReceiverOptions.attachNetwork` for `listen --net-bridge BRIDGE [--net-poll-us N]`.
-    static func bridge(_ bridge: String, pollMicroseconds: Int = 0) -> @Sendable (PVNet, String) throws -> NetworkAttachment {
+    static func bridge(_ bridge: String, pollMicroseconds: Int = NetSpec.defaultPollMicroseconds) -> @Sendable (PVNet, String) throws -> NetworkAttachment {
         { device, _ in try attach(device, spec: NetSpec(attachment: .bridge(bridge), pollMicroseconds: pollMicroseconds)) }
     }
 

@@ -24,9 +24,9 @@ struct Run: ParsableCommand {
             workload=dirty mib=N rate=PAGES_PER_S passes=N | workload=serve ip=192.0.2.2/24 (docs/protocol.md §1.7).
             With --net the VM gets a PV network device (docs/protocol.md §5) on a new TAP added to
             bridge BR (--net bridge=BR), or on an existing TAP (--net tap=NAME); add ,mac=52:54:00:..
-            to choose its MAC, and ,poll-us=N to have its vCPU thread busy-poll the TAP for up to N µs
-            whenever the guest sleeps (lower round trips for a core's time; default 0, off; like QEMU's
-            -netdev tap,poll-us). Needs /dev/net/tun and root (CAP_NET_ADMIN). A VM with a NIC migrates
+            to choose its MAC, and ,poll-us=N for the most its vCPU thread busy-polls the TAP whenever
+            the guest sleeps (lower round trips for a core's time; the time adapts to the traffic and is
+            0 while the NIC is quiet; default 2500, 0 never polls; like QEMU's -netdev tap,poll-us). Needs /dev/net/tun and root (CAP_NET_ADMIN). A VM with a NIC migrates
             to a listener started with --net-bridge (docs/protocol.md §5.8).
             """)
 
@@ -133,7 +133,7 @@ struct Run: ParsableCommand {
         do { machine = try Machine(configuration: configuration) } catch { throw Diagnostics.fail(error) }
         var nic: NICBackend?
         if let tap, let device = machine.net {
-            do { nic = try NICBackend(device: device, tap: tap, pollMicroseconds: net?.pollMicroseconds ?? 0) } catch { throw Diagnostics.fail(error) }
+            do { nic = try NICBackend(device: device, tap: tap, pollMicroseconds: net?.pollMicroseconds ?? NetSpec.defaultPollMicroseconds) } catch { throw Diagnostics.fail(error) }
             Diagnostics.note("PV NIC \(device.mac) on TAP \(tap.name)"
                 + (net.flatMap { if case let .bridge(b) = $0.attachment { " (bridge \(b))" } else { nil } } ?? ""))
             nic?.start()

@@ -9,8 +9,8 @@ import Testing
         #expect(try NetSpec(parsing: "tap=pvmt0,mac=52:54:00:00:00:01")
             == NetSpec(attachment: .tap("pvmt0"), mac: MACAddress("52:54:00:00:00:01")))
         #expect(try NetSpec(parsing: "mac=52:54:00:00:00:01,bridge=br0").mac != nil)
-        #expect(try NetSpec(parsing: "bridge=br0").pollMicroseconds == 0)
-        #expect(try NetSpec(parsing: "bridge=br0,poll-us=2500") == NetSpec(attachment: .bridge("br0"), pollMicroseconds: 2500))
+        #expect(try NetSpec(parsing: "bridge=br0").pollMicroseconds == NetSpec.defaultPollMicroseconds)
+        #expect(try NetSpec(parsing: "bridge=br0,poll-us=700") == NetSpec(attachment: .bridge("br0"), pollMicroseconds: 700))
         #expect(try NetSpec(parsing: "poll-us=0,tap=pvmt0").pollMicroseconds == 0)
     }
 

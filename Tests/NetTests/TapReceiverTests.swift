@@ -14,12 +14,12 @@ import TestSupport
 /// vCPU thread (no /dev/kvm, no TAP device needed).
 extension PVNetTests {
     /// A backend over a socket pair: the backend reads frames from one end, the test writes the other.
-    func socketBackend(_ net: PVNet) throws -> (NICBackend, FileDescriptor) {
+    func socketBackend(_ net: PVNet, pollMicroseconds: Int = 0) throws -> (NICBackend, FileDescriptor) {
         var fds: [Int32] = [0, 0]
         let type = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         try #require(socketpair(AF_UNIX, type, 0, &fds) == 0, "socketpair: errno \(errno)")
         let tap = TapDevice(frameDescriptor: FileDescriptor(owning: fds[0]), name: "pvmt-rxw-test")
-        return (try NICBackend(device: net, tap: tap), FileDescriptor(owning: fds[1]))
+        return (try NICBackend(device: net, tap: tap, pollMicroseconds: pollMicroseconds), FileDescriptor(owning: fds[1]))
     }
 
     /// A 60-byte frame whose first four bytes carry `k`.
@@ -126,12 +126,16 @@ extension PVNetTests {
         defer { backend.stop() }
         #expect(backend.receiver.pollNanoseconds == 100_000_000)
         let interrupt = try eventfd()
-        // A frame that waits already: the first poll of the spin finds it.
+        // A frame sent once the vCPU thread waits (sent before, the I/O thread could read it first).
+        let delivered = Locked<Bool?>(nil)
+        Thread { delivered.withLock { $0 = net.waitForFrames(vcpu: 0, milliseconds: 120_000, interrupt: interrupt.rawValue) } }.start()
+        try #require(Wait.until { backend.receiver.currentOwner == .vcpu }, "the vCPU thread never took the TAP")
         try send(3, to: peer)
-        #expect(net.waitForFrames(vcpu: 0, milliseconds: 120_000, interrupt: interrupt.rawValue))
-        try #require(Wait.until { net.snapshot.rxFrames == 1 }, "the polling wait did not deliver the frame")
+        try #require(Wait.until { delivered.value != nil }, "the polling wait did not end on the frame")
+        #expect(delivered.value == true && net.snapshot.rxFrames == 1)
         #expect(u32(buffers) == 3 && backend.receiver.counts.vcpu == 1)
-        // While it spins (0.1 s at most, then it sleeps), an interrupt still ends the wait.
+        #expect(backend.receiver.pollWindow > 0, "a frame that came while it slept did not open a poll window")
+        // While it spins (the window adapts, 0.1 s at most, then it sleeps), an interrupt still ends the wait.
         let returned = Locked<Bool?>(nil)
         Thread { returned.withLock { $0 = net.waitForFrames(vcpu: 0, milliseconds: 120_000, interrupt: interrupt.rawValue) } }.start()
         try #require(Wait.until { backend.receiver.currentOwner == .vcpu }, "the vCPU thread never took the TAP")

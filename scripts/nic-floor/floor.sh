@@ -20,17 +20,8 @@ cleanup() {
 trap cleanup EXIT
 cc=${CC:-$(command -v cc || command -v clang)}
 "$cc" -O2 ${SPIN:+-DSPIN} -o "$work/tapecho" "$here/tapecho.c" # SPIN=1: the responder never sleeps
-for ns in $H $C; do
-    ip netns add $ns
-    ip -n $ns link set lo up
-    ip netns exec $ns sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-done
-ip -n $H link add $BR type bridge
-ip -n $H link set $BR up
-ip -n $H link add pvmt-nfv type veth peer name pvmt-nfc netns $C
-ip -n $H link set pvmt-nfv master $BR up
-ip -n $C addr add 192.0.2.1/24 dev pvmt-nfc
-ip -n $C link set pvmt-nfc up
+. "$here/topology.sh"
+make_topology pvmt-nfv
 ip netns exec $H "$work/tapecho" pvmt-nft > "$work/log" &
 pid=$!
 until grep -qs ready "$work/log"; do sleep 0.05; done # the TAP exists once it says so

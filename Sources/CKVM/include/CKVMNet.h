@@ -33,6 +33,11 @@ int ckvm_epoll_watch(int epfd, int fd, int watch, unsigned int tag);
 /// readable, | 2 on an error or hang-up. Returns how many, or -errno (-EINTR included).
 int ckvm_epoll_wait(int epfd, unsigned int *tags, unsigned int *events, int max, int timeout_ms);
 
+/// ppoll(2) on the `count` `struct pollfd` at `fds` for at most `nanoseconds` (poll's timeout
+/// is whole milliseconds). Returns how many are ready, 0 when the time ran out, or -errno
+/// (-EINTR included).
+int ckvm_poll_ns(void *fds, unsigned int count, long long nanoseconds);
+
 /// Moves the calling thread (only it) into the network namespace at `path`, e.g.
 /// /run/netns/NAME (`ip netns add`), with setns(2): sockets it creates afterwards belong to
 /// that namespace for their whole life, whichever thread uses them. Used by the NetBench
