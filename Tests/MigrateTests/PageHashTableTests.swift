@@ -1,3 +1,4 @@
+import Foundation
 import Core
 import Migrate
 import Testing
@@ -60,6 +61,45 @@ import Testing
         ballooned.insert(range: 10, count: 5)
         let expected = MemoryDigest.compute(memory: memory, candidates: .full(pageCount: memory.pageCount), excluding: ballooned)
         #expect(table.digest(excluding: ballooned) == expected && expected.pagesWithData == 94)
+    }
+
+    /// The exclusion visits only excluded pages that hold data (`PageHashTable`'s data bits):
+    /// it must still subtract every such page — one that went to zero and back, ones at word
+    /// edges, ones recorded by two threads into the same 64-page word — and none without data.
+    @Test func exclusionFollowsPagesThatGainAndLoseData() throws {
+        let memory = try GuestMemory(size: 4 << 20)
+        let table = PageHashTable(pageCount: memory.pageCount)
+        func stamp(_ index: Int, _ value: UInt64) throws {
+            let page = try #require(memory.page(atIndex: index))
+            page.storeBytes(of: value, toByteOffset: 8 * (index % 512), as: UInt64.self)
+            table.record(index, UnsafeRawBufferPointer(page))
+        }
+        // Two threads fill interleaved pages of the same words (streams own index mod 2).
+        DispatchQueue.concurrentPerform(iterations: 2) { stream in
+            for index in stride(from: stream, to: 512, by: 2) {
+                let page = memory.page(atIndex: index)!
+                page.storeBytes(of: UInt64(index) | 1 << 40, toByteOffset: 0, as: UInt64.self)
+                table.record(index, UnsafeRawBufferPointer(page))
+            }
+        }
+        for index in [63, 64, 127, memory.pageCount - 1] { try stamp(index, 0xfeed) }
+        // Data, then zero (the data bit clears), then data again (it must be set again).
+        try stamp(700, 1)
+        try #require(memory.page(atIndex: 700)).initializeMemory(as: UInt8.self, repeating: 0)
+        table.recordZero(700)
+        try stamp(700, 2)
+        // A page that had data and is zero now: excluding it subtracts nothing.
+        try stamp(701, 3)
+        try #require(memory.page(atIndex: 701)).initializeMemory(as: UInt8.self, repeating: 0)
+        table.record(701, UnsafeRawBufferPointer(try #require(memory.page(atIndex: 701))))
+        var excluded = PageBitmap(pageCount: memory.pageCount)
+        excluded.insert(range: 1, count: 300)      // interleaved pages of both threads, and empty ones
+        for index in [63, 64, 127, memory.pageCount - 1, 700, 701, 900] { excluded.insert(index) }
+        let full = MemoryDigest.compute(memory: memory, candidates: .full(pageCount: memory.pageCount), excluding: excluded)
+        #expect(table.digest(excluding: excluded) == full,
+                "digest excluding 307 pages: table \(table.digest(excluding: excluded)), full scan \(full)")
+        #expect(full.pagesWithData == 512 - 300, "pages with data left: \(full.pagesWithData)")
+        #expect(table.digest(excluding: .full(pageCount: memory.pageCount)) == (0, 0))
     }
 
     /// What the sender records as it encodes is what the destination records as it applies.

@@ -86,7 +86,10 @@ public final class MigrationSender: @unchecked Sendable {
             do { final = try tracker.harvest(vcpusPaused: true) } catch { throw MigrationError.dirtyTracking(error) }
             clock.lap(\.harvest)
             let excluded = final.ballooned
-            let last = try rounds.send(pages: pending.union(final.pages).subtracting(excluded),
+            var finalSet = pending  // one copy of the bitmap, not two (O(memory) in the pause)
+            finalSet.formUnion(final.pages)
+            finalSet.subtract(excluded)
+            let last = try rounds.send(pages: finalSet,
                                        round: UInt32(stats.rounds.count), skipZero: false)
             clock.lap(\.finalRound)
             try rounds.finish()

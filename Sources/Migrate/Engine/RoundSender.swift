@@ -13,9 +13,10 @@ final class RoundSender: @unchecked Sendable {
     private let caches: [DeltaCache]
     private let policies: [CompressionPolicy]
     private let cpu: CPUMeter
-    /// One thread per stream for the whole migration: rounds hand them work, none is
-    /// created per round (the final round's overhead is part of the pause). Each encodes its
-    /// stream's batches and hands them to the stream's `SendPipeline`.
+    /// One thread per stream but the first for the whole migration (`workers[s - 1]` is
+    /// stream `s`'s; stream 0 runs on the thread that calls `send`): rounds hand them work,
+    /// none is created per round (the final round's overhead is part of the pause). Each
+    /// encodes its stream's batches and hands them to the stream's `SendPipeline`.
     private let workers: [StreamWorker]
     /// Per stream: the send stage (a thread of its own where that pays, `SendPipeline.pays`)
     /// and its reused frame buffers.
@@ -38,7 +39,7 @@ final class RoundSender: @unchecked Sendable {
         let cap = options.bandwidthLimit.map { $0 / Double(max(1, channels.count)) }
         let policies = channels.map { _ in CompressionPolicy(adaptive: options.adaptiveCompression, linkCap: cap) }
         self.policies = policies
-        workers = channels.map { _ in StreamWorker() }
+        workers = channels.dropFirst().map { _ in StreamWorker() }  // stream 0 runs on the caller's thread
         let sentHashes = PageHashTable(pageCount: machine.memory.pageCount)
         self.sentHashes = sentHashes
         encoders = channels.indices.map { i in
@@ -87,25 +88,30 @@ final class RoundSender: @unchecked Sendable {
     func send(pages: PageBitmap, round: UInt32, skipZero: Bool) throws(MigrationError) -> RoundStats {
         let n = channels.count
         var perStream = [[Int]](repeating: [], count: n)
-        for index in pages.indices { perStream[index % n].append(index) }
+        pages.forEachIndex { perStream[$0 % n].append($0) }
         let started = ContinuousClock.now
         let cpuAtStart = cpu.seconds, guestAtStart = machine.vcpuCPUSeconds, idleAtStart = HostCPU.idleSeconds()
         let results = Locked<[Result<StreamTotals, MigrationError>?]>(Array(repeating: nil, count: n))
         let group = DispatchGroup()
-        for s in 0..<n {
+        // Streams 1… on their workers, stream 0 on this thread: one thread hand-off fewer per
+        // round. In the paused final round waking a sleeping worker costs ~30 µs on a quiet
+        // host and up to 2 ms on a busy one (docs/benchmarks.md "The pause's size-dependent
+        // work"); pre-copy rounds go the same way, so the predictor measures what the pause does.
+        for s in 1..<n {
             group.enter()
             let indices = perStream[s]
-            workers[s].run { [self] in
-                let r: Result<StreamTotals, MigrationError>
-                do throws(MigrationError) {
-                    r = .success(try cpu.measure { () throws(MigrationError) in
-                        try sendStream(s, indices: indices, round: round, skipZero: skipZero)
-                    })
-                } catch { r = .failure(error) }
+            workers[s - 1].run { [self] in
+                let r = cpu.measure { runStream(s, indices: indices, round: round, skipZero: skipZero) }
                 results.withLock { $0[s] = r }
                 group.leave()
             }
         }
+        // This thread's CPU is the caller's to count (MigrationSender adds its own thread's
+        // time), so it goes into the round's figure only, not into `cpu`.
+        let ownCPUAtStart = CPUMeter.threadSeconds()
+        let first = runStream(0, indices: perStream[0], round: round, skipZero: skipZero)
+        let ownCPU = CPUMeter.threadSeconds() - ownCPUAtStart
+        results.withLock { $0[0] = first }
         group.wait()
         var stats = RoundStats(round: Int(round))
         for r in results.value {
@@ -123,13 +129,19 @@ final class RoundSender: @unchecked Sendable {
         }
         stats.pages = stats.zeroPages + stats.rawPages + stats.deltaPages
         stats.seconds = (ContinuousClock.now - started).seconds
-        stats.cpuSeconds = cpu.seconds - cpuAtStart
+        stats.cpuSeconds = cpu.seconds - cpuAtStart + max(0, ownCPU)
         stats.guestCPUSeconds = machine.vcpuCPUSeconds - guestAtStart
         if let idleAtStart, let idle = HostCPU.idleSeconds() { stats.hostIdleSeconds = max(0, idle - idleAtStart) }
         do {
             try channels[0].send(.round(RoundReport(round: round, pages: UInt64(stats.pages), bytes: stats.wireBytes)))
         } catch { throw .transport(error) }
         return stats
+    }
+
+    private func runStream(_ s: Int, indices: [Int], round: UInt32, skipZero: Bool) -> Result<StreamTotals, MigrationError> {
+        do throws(MigrationError) {
+            return .success(try sendStream(s, indices: indices, round: round, skipZero: skipZero))
+        } catch { return .failure(error) }
     }
 
     /// STREAM_END on every stream (control last), after the final round.
