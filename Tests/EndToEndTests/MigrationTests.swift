@@ -169,6 +169,8 @@ extension EndToEnd {
             #expect(predicted.goToDone > 0, "\(predicted)")
             if stats.rounds.dropLast().contains(where: { $0.wireBytes <= 1 << 20 }) {
                 #expect(predicted.stopVCPUs > 0, "small pre-copy rounds, but no stop measured: \(predicted) \(stats.rounds)")
+                #expect(predicted.stateSave > 0 && predicted.stateSave != DowntimePredictor.defaultStateSave,
+                        "small pre-copy rounds, but no state save timed in their stops: \(predicted)")
             }
             #expect(stats.rounds.first?.harvestSeconds != nil && stats.rounds.allSatisfy { $0.guestCPUSeconds != nil },
                     "rounds without their harvest or guest CPU time: \(stats.rounds)")

@@ -325,6 +325,17 @@ public final class Machine: @unchecked Sendable {
                             net: net?.saveState())
     }
 
+    /// The state `saveState` would save, without the PV NIC's section (its few ring indices
+    /// need the NIC quiesced): for timing the pause's state save before the pause (issue 11,
+    /// `DowntimePredictor.stateSave`). Call it with the vCPUs parked (`withVCPUsPaused`); it
+    /// changes nothing, and the state is for measuring, never for restoring.
+    public func stateForTiming() throws(MachineError) -> MachineState {
+        guard isQuiescent else { throw .notPaused("saving state") }
+        return MachineState(memorySize: memory.size,
+                            vcpus: try vcpus.map { (t) throws(MachineError) in try t.saveState() },
+                            platform: try vm.saveState(), pv: pv.saveState(), serial: serial.saveState(), net: nil)
+    }
+
     /// Loads a saved state (memory must already hold the guest's pages) into each component,
     /// in the order of protocol.md §1.8: the VM's irqchip and clock, the vCPUs, the PV
     /// interface, the serial port, the PV NIC. Returns the MSRs the kernel refused, for the caller to report.

@@ -43,8 +43,11 @@ import Foundation
 ///   starting the vCPUs): `destinationPrepare` and `destinationStart`, the destination's own
 ///   estimate (`CommitWorkEstimate`, reported in PONG_WORK; 0 from a destination without
 ///   `COMMIT_WORK`, which then is under-predicted by that work as before).
-/// - `stateSave`: saving and encoding the vCPU/device state, an estimate (it needs the
-///   guest paused, so it cannot be measured before the pause).
+/// - `stateSave`: saving, encoding and digesting the vCPU/device state — it grows with the
+///   balloon map, 288 KiB at 9 GiB. The sender times it in the same stops as `stopVCPUs`
+///   (`Machine.stateForTiming`, all of it but the NIC's few indices) and feeds the median of
+///   the last 5 (`setStateSaves`); 1 ms until one is measured. Sending STATE and finishing
+///   the streams are not modelled (0.0–0.3 ms measured, docs/benchmarks.md).
 ///
 /// What the model leaves out: work done while paused that does not depend on the final
 /// pages (the memory digest no longer is: protocol.md §3.5 keeps it as a running sum) —
@@ -90,7 +93,7 @@ public struct DowntimePredictor: Sendable, Equatable {
     public static let window = 6
     /// Cost per page assumed before any round sent a page: 4 KiB at 100 MB/s.
     public static let defaultSecondsPerPage = 4096 / 100e6
-    /// Estimated time to save and encode the machine state while paused.
+    /// Time to save and encode the machine state while paused, until one is measured.
     public static let defaultStateSave = 0.001
     /// Round trips on the control stream in the pause: COMMIT → PREPARED, GO → DONE.
     public static let commitRoundTrips = 2.0
@@ -153,6 +156,12 @@ public struct DowntimePredictor: Sendable, Equatable {
     public mutating func setStopLatencies(_ latencies: [Double]) {
         let valid = latencies.filter { $0.isFinite && $0 >= 0 }
         if !valid.isEmpty { stopVCPUs = Self.median(valid) }
+    }
+
+    /// Sets `stateSave` to the median of measured state saves (seconds); none: unchanged.
+    public mutating func setStateSaves(_ durations: [Double]) {
+        let valid = durations.filter { $0.isFinite && $0 >= 0 }
+        if !valid.isEmpty { stateSave = Self.median(valid) }
     }
 
     static func median(_ values: [Double]) -> Double {

@@ -21,7 +21,8 @@ extension MigrationSender {
         var floor = FloorPolicy()
         var predictor = DowntimePredictor()
         var roundTrips = RoundTripEstimate(roundTrip)
-        var stops: [Double] = [] // the recent vCPU stops (`stopLatency`)
+        var stops: [Double] = [] // the recent vCPU stops (`stopSample`)
+        var stateSaves: [Double] = [] // the recent state saves timed in those stops
         predictor.roundTrip = roundTrips.seconds
         stats.downtimeTargetSeconds = options.downtimeTarget
         while true {
@@ -59,8 +60,12 @@ extension MigrationSender {
                 // 0.1 ms to 1.9 s on a loaded host (it kept 3 of 12 bench runs from converging,
                 // docs/benchmarks.md "Predicted vs actual, phase by phase"). Small rounds only,
                 // like PING: the guest loses the moment the stop takes.
-                stops = Array((stops + [stopLatency()]).suffix(5))
+                // The state save is timed in the same stop: the median of the last 5.
+                let sample = stopSample()
+                stops = Array((stops + [sample.stop]).suffix(5))
                 predictor.setStopLatencies([stops.min()!])
+                if let save = sample.stateSave { stateSaves = Array((stateSaves + [save]).suffix(5)) }
+                predictor.setStateSaves(stateSaves)
             }
             r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
             if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
