@@ -315,25 +315,22 @@ public final class Machine: @unchecked Sendable {
 
     /// The complete CPU/platform state: every `StateSaving` component's. The VM must be
     /// paused (or not started).
-    public func saveState() throws(MachineError) -> MachineState {
-        guard isQuiescent else { throw .notPaused("saving state") }
-        // A NIC still moving frames would make its indices disagree with memory (§5.8).
-        if let net, !net.isQuiesced { throw .notPaused("saving the PV NIC's state") }
-        return MachineState(memorySize: memory.size,
-                            vcpus: try vcpus.map { (t) throws(MachineError) in try t.saveState() },
-                            platform: try vm.saveState(), pv: pv.saveState(), serial: serial.saveState(),
-                            net: net?.saveState())
-    }
+    public func saveState() throws(MachineError) -> MachineState { try state(withNIC: true) }
 
     /// The state `saveState` would save, without the PV NIC's section (its few ring indices
     /// need the NIC quiesced): for timing the pause's state save before the pause (issue 11,
     /// `DowntimePredictor.stateSave`). Call it with the vCPUs parked (`withVCPUsPaused`); it
     /// changes nothing, and the state is for measuring, never for restoring.
-    public func stateForTiming() throws(MachineError) -> MachineState {
+    public func stateForTiming() throws(MachineError) -> MachineState { try state(withNIC: false) }
+
+    private func state(withNIC: Bool) throws(MachineError) -> MachineState {
         guard isQuiescent else { throw .notPaused("saving state") }
+        // A NIC still moving frames would make its indices disagree with memory (§5.8).
+        if withNIC, let net, !net.isQuiesced { throw .notPaused("saving the PV NIC's state") }
         return MachineState(memorySize: memory.size,
                             vcpus: try vcpus.map { (t) throws(MachineError) in try t.saveState() },
-                            platform: try vm.saveState(), pv: pv.saveState(), serial: serial.saveState(), net: nil)
+                            platform: try vm.saveState(), pv: pv.saveState(), serial: serial.saveState(),
+                            net: withNIC ? net?.saveState() : nil)
     }
 
     /// Loads a saved state (memory must already hold the guest's pages) into each component,
