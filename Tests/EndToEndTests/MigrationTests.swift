@@ -161,7 +161,11 @@ extension EndToEnd {
             #expect(abs(phases.total - stats.downtimeSeconds) < 0.001 && phases.finalRound > 0, "\(phases) vs \(stats.downtimeSeconds) s")
             #expect(abs(predicted.total - stats.predictedDowntimeSeconds) < 1e-9, "\(predicted)")
             let destination = try #require(vm.stats.phases, "no destination phases in \(vm.stats)")
-            #expect(destination.work > 0 && destination.work < stats.downtimeSeconds, "\(destination)")
+            // Its work up to DONE's write happens inside the source's pause (causality: COMMIT
+            // is sent paused, DONE read ends the pause). "DONE sent" itself ends when the
+            // destination's thread runs again after the write, which on a busy host can be
+            // after the source has read DONE (6.7 ms once under stress-tests.sh), so it is left out.
+            #expect(destination.work > 0 && destination.work - destination.done < stats.downtimeSeconds, "\(destination)")
             // The commit is predicted with the destination's own work (PONG_WORK: a thread start
             // at least, before DONE); the stop from stops measured after small pre-copy rounds
             // (≤ 1 MiB on the wire, where the source also PINGs) — when there was one: a round
