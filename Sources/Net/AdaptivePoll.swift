@@ -36,7 +36,10 @@ struct AdaptivePoll: Equatable {
 
     /// How long before the predicted frame the wait stops sleeping and polls: longer than a
     /// timed wake-up's lateness here (the timer slack of 50 µs plus the nested host's wake-up).
-    static let wakeMargin: UInt64 = UInt64(ProcessInfo.processInfo.environment["PVMIGRATE_NET_WAKE_MARGIN_US"].flatMap { Int($0) }.map { max(0, $0) } ?? 250) * 1_000
+    /// 250 µs; `PVMIGRATE_NET_WAKE_MARGIN_US` overrides it for benchmarks only (a margin at or
+    /// above `poll-us` polls through each whole sleep: docs/benchmarks.md, "Like for like with ping").
+    static let wakeMargin: UInt64 = UInt64(
+        ProcessInfo.processInfo.environment["PVMIGRATE_NET_WAKE_MARGIN_US"].flatMap { Int($0) }.map { max(0, $0) } ?? 250) * 1_000
     /// How many recent frames predict the next.
     static let history = 4
 
