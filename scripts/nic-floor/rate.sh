@@ -8,20 +8,8 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 BIN=$1; shift
 H=pvmt-nicrh C=pvmt-nicrc BR=pvmt-nicrbr
-work=$(mktemp -d)
-cleanup() {
-    set +e
-    if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
-    ip netns del $H 2>/dev/null; ip netns del $C 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
 . "$here/topology.sh"
-make_topology pvmt-nicrv
-PVMIGRATE_RUNTIME_DIR=$work ip netns exec $H "$BIN" run --memory 256M --net "bridge=$BR" \
-    --cmdline "workload=serve ip=192.0.2.2/24" > "$work/log" 2>&1 &
-pid=$!
-until ip netns exec $C ping -c 1 -W 1 192.0.2.2 > /dev/null 2>&1; do sleep 0.2; done # it serves
+serve_vm pvmt-nicrv "$BIN" ""
 for i in "${@:-0.002 0.0005}"; do
     for j in $i; do
         echo -n "ping -i $j: "
