@@ -115,3 +115,26 @@ int ckvm_poll_ns(void *fds, unsigned int count, long long nanoseconds) {
     int n = ppoll((struct pollfd *)fds, count, &t, NULL);
     return n < 0 ? -errno : n;
 }
+
+int ckvm_socket_rx_timestamps(int fd) {
+    int one = 1;
+    return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) == 0 ? 0 : -errno;
+}
+
+long ckvm_recv_timestamped(int fd, void *buffer, unsigned long length, long long *realtime_ns) {
+    union { char bytes[CMSG_SPACE(sizeof(struct timespec))]; struct cmsghdr align; } control;
+    struct iovec iov = { .iov_base = buffer, .iov_len = length };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
+                          .msg_controllen = sizeof control.bytes };
+    *realtime_ns = 0;
+    ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT);
+    if (n < 0) return -errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS && c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec t;
+            memcpy(&t, CMSG_DATA(c), sizeof t);
+            *realtime_ns = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+        }
+    }
+    return n;
+}

@@ -1,3 +1,5 @@
+import Foundation
+
 /// How long the NIC's vCPU thread busy-polls the TAP at the start of a NET_SLEEP wait before it
 /// sleeps in poll(2) (`TapReceiver.vcpuWait`): a window that adapts to the traffic, in the
 /// manner of KVM's halt-polling (`kvm_vcpu_halt`, `halt_poll_ns`) and QEMU's adaptive AioContext
@@ -34,7 +36,10 @@ struct AdaptivePoll: Equatable {
 
     /// How long before the predicted frame the wait stops sleeping and polls: longer than a
     /// timed wake-up's lateness here (the timer slack of 50 µs plus the nested host's wake-up).
-    static let wakeMargin: UInt64 = 250_000
+    /// 250 µs; `PVMIGRATE_NET_WAKE_MARGIN_US` overrides it for benchmarks only (a margin at or
+    /// above `poll-us` polls through each whole sleep: docs/benchmarks.md, "Like for like with ping").
+    static let wakeMargin: UInt64 = UInt64(
+        ProcessInfo.processInfo.environment["PVMIGRATE_NET_WAKE_MARGIN_US"].flatMap { Int($0) }.map { max(0, $0) } ?? 250) * 1_000
     /// How many recent frames predict the next.
     static let history = 4
 

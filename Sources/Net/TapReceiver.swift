@@ -173,15 +173,25 @@ final class TapReceiver: @unchecked Sendable {
 
     /// poll(2) without sleeping, again and again for up to `nanoseconds`: what poll returned
     /// first that was not 0 (ready, or -1 for a signal), or 0 when the time ran out.
+    ///
+    /// Between polls it yields the core (sched_yield(2)): another thread runnable on it — on a
+    /// 2-core host, often the very client waiting for this guest's answers — runs at once
+    /// instead of waiting out the spinner's time slice, and with nothing else runnable the call
+    /// returns at once and the spin goes on (docs/benchmarks.md, "Yielding while it polls").
     static func spin(_ fds: inout [pollfd], nanoseconds: UInt64) -> Int32 {
         guard nanoseconds > 0 else { return 0 }
         let end = DispatchTime.now().uptimeNanoseconds + nanoseconds
         repeat {
             let n = poll(&fds, nfds_t(fds.count), 0)
             if n != 0 { return n }
+            if yieldWhileSpinning { sched_yield() }
         } while DispatchTime.now().uptimeNanoseconds < end
         return 0
     }
+
+    /// Whether `spin` yields between polls: on unless PVMIGRATE_NET_SPIN_YIELD=0 (kept for the
+    /// A/B measurement in docs/benchmarks.md).
+    static let yieldWhileSpinning = ProcessInfo.processInfo.environment["PVMIGRATE_NET_SPIN_YIELD"] != "0"
 
     /// The backend stops: from when this returns no vCPU thread reads the TAP — one waiting on
     /// it is interrupted and has handed it back — and none takes it again.

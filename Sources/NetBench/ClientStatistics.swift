@@ -86,8 +86,14 @@ public struct ClientSummary: Codable, Sendable, Equatable {
     /// Requests never answered (for the UDP load: not within its reuse time, KVLoadPlan).
     public var lost: Int
     public var blackout: Blackout
-    /// Round trips by the phase the request was sent in (phases with no request are left out).
+    /// Round trips by the phase the request was sent in (phases with no request are left out):
+    /// to the time the client's receiving thread read the answer (for ping: the kernel's
+    /// receive stamp, which is what ping reports).
     public var latency: [String: LatencySummary]
+    /// The UDP client's round trips to the kernel's receive stamp instead (SO_TIMESTAMPNS): like
+    /// for like with ping, without the receiving thread's wake-up. Nil for ping, and in files
+    /// from before it was recorded.
+    public var latencyKernel: [String: LatencySummary]?
     /// Answers per second over the run (from the first request to the last).
     public var answersPerSecond: Double
 
@@ -99,22 +105,33 @@ public struct ClientSummary: Codable, Sendable, Equatable {
         lost = sent - answered
         let loadEnd = requests.map(\.sent).max() ?? 0
         blackout = Blackout(replies: answers, loadEndNs: loadEnd, window: window)
-        var byPhase: [LoadPhase: [UInt64]] = [:]
-        for r in requests {
-            guard let a = r.answered else { continue }
-            byPhase[window.phase(of: r.sent), default: []].append(a >= r.sent ? a - r.sent : 0)
-        }
-        latency = Dictionary(uniqueKeysWithValues: byPhase.map { ($0.key.rawValue, LatencySummary(nanoseconds: $0.value)) })
+        latency = Self.byPhase(requests, window: window)
         let first = requests.map(\.sent).min() ?? 0
         answersPerSecond = loadEnd > first ? Double(answered) / (Double(loadEnd - first) / 1e9) : 0
     }
 
     public func latency(_ phase: LoadPhase) -> LatencySummary? { latency[phase.rawValue] }
+    public func latencyKernel(_ phase: LoadPhase) -> LatencySummary? { latencyKernel?[phase.rawValue] }
+
+    /// Round-trip summaries by the phase each answered request was sent in.
+    static func byPhase(_ requests: [(sent: UInt64, answered: UInt64?)], window: PhaseWindow) -> [String: LatencySummary] {
+        var byPhase: [LoadPhase: [UInt64]] = [:]
+        for r in requests {
+            guard let a = r.answered else { continue }
+            byPhase[window.phase(of: r.sent), default: []].append(a >= r.sent ? a - r.sent : 0)
+        }
+        return Dictionary(uniqueKeysWithValues: byPhase.map { ($0.key.rawValue, LatencySummary(nanoseconds: $0.value)) })
+    }
 }
 
 extension KVLedger {
     /// The UDP load's summary.
     public func summary(window: PhaseWindow) -> ClientSummary {
-        ClientSummary(requests: records.map { ($0.sentNs, $0.replyNs) }, window: window)
+        var summary = ClientSummary(requests: records.map { ($0.sentNs, $0.replyNs) }, window: window)
+        let stamped = records.filter { $0.replyKernelNs != nil }
+        if !stamped.isEmpty {
+            summary.latencyKernel = ClientSummary.byPhase(stamped.map { ($0.sentNs, $0.replyKernelNs) }, window: window)
+        }
+        return summary
     }
 }

@@ -2,6 +2,12 @@
 // a fixed rate — or with a fixed number in flight, to measure what the NIC carries — on one
 // sender thread, answers matched on one receiver thread, every timestamp on the monotonic
 // clock. What it saw is a `KVLedger`; the statistics are ClientStatistics' pure functions.
+//
+// Round trips run from just before send(2) to two receive times: the kernel's receive stamp
+// (SO_TIMESTAMPNS, the time iputils ping reports its round trips to, so that figure is like for
+// like with ping's) and the moment the receiver thread read the answer, which adds that thread's
+// wake-up (tens of µs on a nested host with an idle core). `bench --net` reports both
+// (docs/benchmarks.md, "Like for like with ping").
 
 import Core
 import Foundation
@@ -37,7 +43,7 @@ public final class KVLoad: @unchecked Sendable {
         spawn("nb-receive") { [self] in
             while !receiverStop.value {
                 clients.receive(timeoutMs: 20) { socket, bytes, at in
-                    ledger.withLock { _ = $0.received(bytes, socket: socket, at: at) }
+                    ledger.withLock { _ = $0.received(bytes, socket: socket, at: at.user, kernelNs: at.kernel) }
                 }
                 changed.broadcast()
             }
@@ -67,8 +73,12 @@ public final class KVLoad: @unchecked Sendable {
             case let .window(window, giveUpMs):
                 if n >= window, !mayPass(plan.firstID + n - window, giveUpNs: UInt64(giveUpMs) * 1_000_000) { continue }
             }
-            let id = ledger.withLock { $0.sent(at: MonotonicClock.now()) }
-            if !clients.send(plan.socket(of: id), plan.message(id)) { sendFailures.withLock { $0 += 1 } }
+            // The message is built first, so the send time is taken right before send(2), as
+            // ping takes its own (only this thread records requests: the id stays the next one).
+            let id = ledger.withLock { $0.nextID }
+            let bytes = Array(plan.message(id).utf8)
+            _ = ledger.withLock { $0.sent(at: MonotonicClock.now()) }
+            if !clients.send(plan.socket(of: id), bytes) { sendFailures.withLock { $0 += 1 } }
             n += 1
         }
     }

@@ -3,13 +3,17 @@
 /// One request of the load: when it left, when (and what) its answer came.
 public struct KVRecord: Codable, Sendable, Equatable {
     public var id: Int
-    /// CLOCK_MONOTONIC nanoseconds.
+    /// CLOCK_MONOTONIC nanoseconds, taken just before the datagram was handed to send(2).
     public var sentNs: UInt64
+    /// When the receiving thread read the answer (after its wake-up).
     public var replyNs: UInt64?
+    /// When the client's kernel received the answer (SO_TIMESTAMPNS, as ping measures); nil
+    /// when the datagram carried no stamp (and in files from before it was recorded).
+    public var replyKernelNs: UInt64?
     public var answer: KVAnswer?
 
-    public init(id: Int, sentNs: UInt64, replyNs: UInt64? = nil, answer: KVAnswer? = nil) {
-        self.id = id; self.sentNs = sentNs; self.replyNs = replyNs; self.answer = answer
+    public init(id: Int, sentNs: UInt64, replyNs: UInt64? = nil, replyKernelNs: UInt64? = nil, answer: KVAnswer? = nil) {
+        self.id = id; self.sentNs = sentNs; self.replyNs = replyNs; self.replyKernelNs = replyKernelNs; self.answer = answer
     }
 
     public var latencyNs: UInt64? { replyNs.map { $0 >= sentNs ? $0 - sentNs : 0 } }
@@ -36,6 +40,9 @@ public struct KVLedger: Sendable {
     /// The record of request `id` (ids start at `plan.firstID`).
     public func record(_ id: Int) -> KVRecord { records[id - plan.firstID] }
 
+    /// The id the next `sent(at:)` records (its message can be built before the send time is taken).
+    public var nextID: Int { plan.firstID + records.count }
+
     /// Records the next request (id `plan.firstID + records.count`) as sent at `sentNs` and returns its id.
     public mutating func sent(at sentNs: UInt64) -> Int {
         let id = plan.firstID + records.count
@@ -44,9 +51,10 @@ public struct KVLedger: Sendable {
         return id
     }
 
-    /// An answer (`bytes`) arrived on `socket` at `ns`; returns the id it answered, if any.
+    /// An answer (`bytes`) arrived on `socket`, read at `ns` (the kernel received it at
+    /// `kernelNs`, if known); returns the id it answered, if any.
     @discardableResult
-    public mutating func received(_ bytes: some Collection<UInt8>, socket: Int, at ns: UInt64) -> Int? {
+    public mutating func received(_ bytes: some Collection<UInt8>, socket: Int, at ns: UInt64, kernelNs: UInt64? = nil) -> Int? {
         guard (0..<plan.sockets).contains(socket), let (name, answer) = KVLoadPlan.parse(answer: bytes) else {
             stray += 1
             return nil
@@ -61,6 +69,7 @@ public struct KVLedger: Sendable {
         let isOK = answer == .ok
         guard id >= 0, records[id - plan.firstID].replyNs == nil, expectsOK == isOK else { stray += 1; return nil }
         records[id - plan.firstID].replyNs = ns
+        records[id - plan.firstID].replyKernelNs = kernelNs
         records[id - plan.firstID].answer = answer
         return id
     }

@@ -78,7 +78,12 @@ public struct NetBenchReport: Codable, Sendable, Equatable {
                 lines.append(String(format: "| %@ | %d | %d | %d | %.0f | %.0f | %.0f | %.0f |", name, s.sent, s.answered, s.lost,
                                     s.answersPerSecond, l?.p50Us ?? 0, l?.p99Us ?? 0, l?.maxUs ?? 0))
             }
-            lines.append("(each answered request is one frame into the guest and one out: frames/s = 2 × answers/s)")
+            if let k = nic.udp.latencyKernel(.before) {
+                lines.append(String(format: "| UDP %d/s, to the kernel's receive stamp (as ping) | | | | | %.0f | %.0f | %.0f |",
+                                    Int(plan.rate), k.p50Us, k.p99Us, k.maxUs))
+            }
+            lines.append("(each answered request is one frame into the guest and one out: frames/s = 2 × answers/s; "
+                + "ping's and the kernel-stamp row end at the client kernel's receive stamp, the other UDP rows when the client's thread read the answer)")
         }
         if let m = migration {
             lines += ["", String(format: "Migration under load: VMM downtime %.1f ms%@, total %.2f s, %d rounds", m.vmmDowntimeMs,
@@ -101,6 +106,11 @@ public struct NetBenchReport: Codable, Sendable, Equatable {
                                     over, ratio, s.blackout.milliseconds,
                                     s.blackout.startsAfterMigrationMs.map { String(format: "%+.0f", $0) } ?? "-",
                                     phases[0], phases[1], phases[2]))
+            }
+            if m.udp.latencyKernel != nil {
+                lines.append("UDP to the kernel's receive stamp (as ping), p50/p99 µs before | during | after: "
+                    + LoadPhase.allCases.map { p in m.udp.latencyKernel(p).map { String(format: "%.0f/%.0f", $0.p50Us, $0.p99Us) } ?? "-" }
+                        .joined(separator: " | "))
             }
             let v = m.verdict
             lines.append("")

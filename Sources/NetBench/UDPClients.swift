@@ -87,6 +87,8 @@ public final class UDPClients: Sendable {
                     }
                 }
                 try descriptor.setNonBlocking(true)
+                // The kernel stamps each answer when it arrives, as it does for ping (`receive`).
+                _ = try syscall { ckvm_socket_rx_timestamps(fd) } // sets errno too
                 out.append(descriptor)
             } catch {
                 return .failure(.system("open a UDP socket to \(host):\(port)", error))
@@ -96,25 +98,46 @@ public final class UDPClients: Sendable {
     }
 
     /// Sends one datagram on socket `index`; false if the kernel refused it (counted by the caller).
-    public func send(_ index: Int, _ message: String) -> Bool {
-        var bytes = Array(message.utf8)
-        return retryingEINTR { Glibc.send(sockets[index].rawValue, &bytes, bytes.count, Int32(MSG_DONTWAIT)) } == bytes.count
+    public func send(_ index: Int, _ message: String) -> Bool { send(index, Array(message.utf8)) }
+
+    public func send(_ index: Int, _ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { b in
+            retryingEINTR { Glibc.send(sockets[index].rawValue, b.baseAddress, b.count, Int32(MSG_DONTWAIT)) } == b.count
+        }
     }
 
     /// Waits up to `timeoutMs` for datagrams on every socket (or only on socket `only`) and
-    /// hands each to `body` with its socket and the monotonic time it was read.
-    public func receive(only: Int? = nil, timeoutMs: Int32, _ body: (Int, UnsafeRawBufferPointer, UInt64) -> Void) {
+    /// hands each to `body` with its socket and two receive times on the monotonic clock: when
+    /// this thread read it (`user`, after its wake-up), and when the kernel received it
+    /// (`kernel`: its SO_TIMESTAMPNS stamp, the time iputils ping measures to; nil if the
+    /// datagram carried none). They differ by the receiving thread's wake-up and the recv.
+    public func receive(only: Int? = nil, timeoutMs: Int32, _ body: (Int, UnsafeRawBufferPointer, ReceiveTimes) -> Void) {
         let indices = only.map { [$0] } ?? Array(sockets.indices)
         var fds = indices.map { pollfd(fd: sockets[$0].rawValue, events: Int16(POLLIN), revents: 0) }
         guard retryingEINTR({ poll(&fds, nfds_t(fds.count), timeoutMs) }) > 0 else { return }
         var buffer = [UInt8](repeating: 0, count: 2048)
         for (i, p) in zip(indices, fds) where p.revents != 0 {
             while true {
-                let n = buffer.withUnsafeMutableBytes { recv(p.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                var stamp: Int64 = 0
+                // Sound: the buffer's base address and count describe its own storage.
+                let n = buffer.withUnsafeMutableBytes { ckvm_recv_timestamped(p.fd, $0.baseAddress, UInt($0.count), &stamp) }
                 guard n > 0 else { break } // EAGAIN: drained (an error: the next poll says so again)
                 let at = MonotonicClock.now()
-                buffer.withUnsafeBytes { body(i, UnsafeRawBufferPointer(rebasing: $0[..<n]), at) }
+                // CLOCK_REALTIME → CLOCK_MONOTONIC with the offset of this moment (a step of the
+                // wall clock between the stamp and now would shift this one reading; none is expected).
+                let kernel = stamp > 0 ? UInt64(clamping: stamp - MonotonicClock.realtimeOffset()) : nil
+                buffer.withUnsafeBytes { body(i, UnsafeRawBufferPointer(rebasing: $0[..<n]), ReceiveTimes(user: at, kernel: kernel)) }
             }
         }
     }
+}
+
+/// When an answer was received, on the monotonic clock (`UDPClients.receive`).
+public struct ReceiveTimes: Sendable, Equatable {
+    /// After the receiving thread woke and read it.
+    public var user: UInt64
+    /// The kernel's receive stamp (SO_TIMESTAMPNS), as ping's; nil when none came with it.
+    public var kernel: UInt64?
+
+    public init(user: UInt64, kernel: UInt64? = nil) { self.user = user; self.kernel = kernel }
 }

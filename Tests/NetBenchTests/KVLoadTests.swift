@@ -67,3 +67,26 @@ import Testing
         #expect(ledger.waiting(now: 10_000_000_000) == 0, "everything older than the reuse time is given up")
     }
 }
+
+extension KVLoadTests {
+    @Test func kernelStampsGiveASecondLatencyBesideTheThreadsOwn() {
+        var ledger = KVLedger(plan: plan)
+        #expect(ledger.nextID == plan.firstID)
+        for t in 0..<4 { _ = ledger.sent(at: UInt64(t) * 1_000_000) }
+        #expect(ledger.nextID == plan.firstID + 4)
+        // Socket s answers request s: the thread read each 150 µs after its send, the kernel
+        // had it 100 µs after; request 3 came without a stamp (counted in the first figure only).
+        for s in 0..<4 {
+            let sent = UInt64(s) * 1_000_000
+            let answer = s % 2 == 0 ? "OK nb0" : "NOTFOUND nb0"
+            #expect(ledger.received(Array(answer.utf8), socket: s, at: sent + 150_000, kernelNs: s == 3 ? nil : sent + 100_000) == s)
+        }
+        let summary = ledger.summary(window: PhaseWindow())
+        #expect(summary.latency(.before)?.count == 4 && summary.latency(.before)?.p50Us == 150)
+        #expect(summary.latencyKernel(.before)?.count == 3 && summary.latencyKernel(.before)?.p99Us == 100)
+        var unstamped = KVLedger(plan: plan)
+        _ = unstamped.sent(at: 0)
+        _ = unstamped.received(Array("OK nb0".utf8), socket: 0, at: 5)
+        #expect(unstamped.summary(window: PhaseWindow()).latencyKernel == nil, "no stamps: no second figure")
+    }
+}

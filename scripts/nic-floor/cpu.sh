@@ -7,20 +7,8 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 BIN=$1 POLL=${2:-} SECS=${3:-10}
 H=pvmt-nich C=pvmt-nicc BR=pvmt-nicbr
-work=$(mktemp -d)
-cleanup() {
-    set +e
-    if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
-    ip netns del $H 2>/dev/null; ip netns del $C 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
 . "$here/topology.sh"
-make_topology pvmt-nicv
-PVMIGRATE_RUNTIME_DIR=$work ip netns exec $H "$BIN" run --memory 256M --net "bridge=$BR${POLL:+,poll-us=$POLL}" \
-    --cmdline "workload=serve ip=192.0.2.2/24" > "$work/log" 2>&1 &
-pid=$!
-until ip netns exec $C ping -c 1 -W 1 192.0.2.2 > /dev/null 2>&1; do sleep 0.2; done # it serves
+serve_vm pvmt-nicv "$BIN" "${POLL:+,poll-us=$POLL}"
 ticks() { awk '{print $14 + $15}' /proc/$pid/stat; }
 rate() { awk -v a="$1" -v b="$2" -v hz="$(getconf CLK_TCK)" -v s="$SECS" 'BEGIN {printf "%.3f CPU-s/s\n", (b - a) / hz / s}'; }
 sleep 3 # a benchmark script: past the probe pings, the NIC is quiet

@@ -8,7 +8,8 @@
 # Prints ping's p50/p99/min for each. Root; needs a C compiler (CC, default: cc, else clang).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-H=pvmt-nfh C=pvmt-nfc BR=pvmt-nfbr
+P=${NF_PREFIX:-pvmt-nf} # names: $P + h, c, br, v, t (≤ 15 bytes; NF_PREFIX=pvmt-nicf keeps the nic line's prefix)
+H=${P}h C=${P}c BR=${P}br
 work=$(mktemp -d)
 cleanup() {
     set +e # delete everything even if a step fails (the responder's wait reports its SIGTERM)
@@ -21,11 +22,11 @@ trap cleanup EXIT
 cc=${CC:-$(command -v cc || command -v clang)}
 "$cc" -O2 ${SPIN:+-DSPIN} -o "$work/tapecho" "$here/tapecho.c" # SPIN=1: the responder never sleeps
 . "$here/topology.sh"
-make_topology pvmt-nfv
-ip netns exec $H "$work/tapecho" pvmt-nft > "$work/log" &
+make_topology ${P}v
+ip netns exec $H "$work/tapecho" ${P}t > "$work/log" &
 pid=$!
 until grep -qs ready "$work/log"; do sleep 0.05; done # the TAP exists once it says so
-ip -n $H link set pvmt-nft master $BR up
+ip -n $H link set ${P}t master $BR up
 percentiles() {
     grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n |
         awk '{a[NR]=$1} END {printf "n=%d p50=%.0f us p99=%.0f us min=%.0f us\n", NR, a[int(NR*0.5)]*1000, a[int(NR*0.99)]*1000, a[1]*1000}'

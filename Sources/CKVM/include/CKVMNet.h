@@ -38,6 +38,16 @@ int ckvm_epoll_wait(int epfd, unsigned int *tags, unsigned int *events, int max,
 /// (-EINTR included).
 int ckvm_poll_ns(void *fds, unsigned int count, long long nanoseconds);
 
+/// Asks the kernel to stamp each datagram received on socket `fd` with the time it arrived
+/// (SO_TIMESTAMPNS, CLOCK_REALTIME, taken in the receive softirq: what iputils ping reports
+/// its round trips from). Returns 0 or -errno.
+int ckvm_socket_rx_timestamps(int fd);
+
+/// recvmsg(2) of one datagram (MSG_DONTWAIT) into `buffer` (`length` bytes). `realtime_ns`
+/// receives its SO_TIMESTAMPNS stamp in CLOCK_REALTIME nanoseconds, or 0 when it carried none.
+/// Returns the datagram's length or -errno (-EAGAIN: nothing waits).
+long ckvm_recv_timestamped(int fd, void *buffer, unsigned long length, long long *realtime_ns);
+
 /// Moves the calling thread (only it) into the network namespace at `path`, e.g.
 /// /run/netns/NAME (`ip netns add`), with setns(2): sockets it creates afterwards belong to
 /// that namespace for their whole life, whichever thread uses them. Used by the NetBench
