@@ -48,14 +48,16 @@ extension MigrationSender {
     /// encoded and digested after they run again: for `DowntimePredictor.stateSave`, which
     /// grows with the balloon map (288 KiB at 9 GiB). The guest loses the stop and the save
     /// of the vCPU/platform state (~0.1–0.3 ms on a quiet host) once per small pre-copy round.
-    func stopSample() -> StopSample {
+    /// Without `withBalloonMap` (BALLOON_MAP granted) the map is left out, as the pause does.
+    func stopSample(withBalloonMap: Bool) -> StopSample {
         let began = ContinuousClock.now
-        let (stop, save, state) = machine.withVCPUsPaused { () -> (Double, Double, MachineState?) in
+        let (stop, save, saved) = machine.withVCPUsPaused { () -> (Double, Double, MachineState?) in
             let stopped = ContinuousClock.now
             let state = try? machine.stateForTiming()
             return ((stopped - began).seconds, (ContinuousClock.now - stopped).seconds, state)
         }
-        guard let state else { return StopSample(stop: stop, stateSave: nil) }
+        guard var state = saved else { return StopSample(stop: stop, stateSave: nil) }
+        if !withBalloonMap { state.pv?.balloonWords = [] }
         let encoding = ContinuousClock.now
         _ = StateDigest.compute(state.encoded())
         return StopSample(stop: stop, stateSave: save + (ContinuousClock.now - encoding).seconds)

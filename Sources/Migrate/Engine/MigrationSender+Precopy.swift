@@ -10,6 +10,7 @@ extension MigrationSender {
     /// target; the prediction is kept in `stats` to be set against the actual pause.
     func precopy(tracker: DirtyTracker, rounds: some PageRoundSink, stats: inout MigrationStats, started: ContinuousClock.Instant,
                  roundTrip: Double, probeRoundTrip: ((UInt64) throws(MigrationError) -> PingSample)? = nil,
+                 balloonUpdate: (() throws(MigrationError) -> Void)? = nil,
                  progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
         do { try tracker.start() } catch { throw .dirtyTracking(error) }
         let memory = machine.memory
@@ -33,6 +34,8 @@ extension MigrationSender {
                                                               target: options.downtimeTarget))
             }
             var r = try rounds.send(pages: set, round: round, skipZero: round == 0)
+            // The balloon map's changes go now, not in the pause (BALLOON_MAP, §3.2.1).
+            try balloonUpdate?()
             let harvested: DirtyRound
             let harvestStarted = ContinuousClock.now
             do { harvested = try tracker.harvest(vcpusPaused: false) } catch { throw .dirtyTracking(error) }
@@ -61,7 +64,7 @@ extension MigrationSender {
                 // docs/benchmarks.md "Predicted vs actual, phase by phase"). Small rounds only,
                 // like PING: the guest loses the moment the stop takes.
                 // The state save is timed in the same stop: the median of the last 5.
-                let sample = stopSample()
+                let sample = stopSample(withBalloonMap: balloonUpdate == nil)
                 stops = Array((stops + [sample.stop]).suffix(5))
                 predictor.setStopLatencies([stops.min()!])
                 if let save = sample.stateSave { stateSaves = Array((stateSaves + [save]).suffix(5)) }
