@@ -40,6 +40,8 @@ extension MigrationSender {
         /// Saving the state while they were parked, encoding it and its digest, as the pause
         /// does (`stateBlob`, `StateDigest`); nil when saving failed (the estimate stays).
         var stateSave: Double?
+        /// The encoded state's size: what STATE will carry.
+        var stateBytes: Int?
     }
 
     /// Parks every running vCPU and lets it go again, as the pause begins (`Machine.pause`'s
@@ -59,7 +61,8 @@ extension MigrationSender {
         guard var state = saved else { return StopSample(stop: stop, stateSave: nil) }
         if !withBalloonMap { state.pv?.balloonWords = [] }
         let encoding = ContinuousClock.now
-        _ = StateDigest.compute(state.encoded())
-        return StopSample(stop: stop, stateSave: save + (ContinuousClock.now - encoding).seconds)
+        let encoded = state.encoded()
+        _ = StateDigest.compute(encoded)
+        return StopSample(stop: stop, stateSave: save + (ContinuousClock.now - encoding).seconds, stateBytes: encoded.count)
     }
 }

@@ -87,7 +87,7 @@ public final class MigrationSender: @unchecked Sendable {
             var clock = PhaseClock<PausePhases>(startingAt: pausedAt)
             clock.lap(\.stopVCPUs)
             let final: DirtyRound
-            do { final = try tracker.harvest(vcpusPaused: true) } catch { throw MigrationError.dirtyTracking(error) }
+            do { final = try tracker.harvest(vcpusPaused: true, last: true) } catch { throw MigrationError.dirtyTracking(error) }
             clock.lap(\.harvest)
             let excluded = final.ballooned
             var finalSet = pending  // one copy of the bitmap, not two (O(memory) in the pause)

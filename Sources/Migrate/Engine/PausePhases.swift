@@ -24,8 +24,9 @@ public struct PausePhases: Sendable, Codable, Equatable, PhaseSet {
     public var commitToPrepared = 0.0
     public var handOver = 0.0
     public var goToDone = 0.0
-    /// Of `harvest`: KVM's dirty log (KVM_GET_DIRTY_LOG and KVM_CLEAR_DIRTY_LOG over every
-    /// slot, or the KVM ring). Not a phase of its own: it is inside `harvest`.
+    /// Of `harvest`: KVM's dirty log (KVM_GET_DIRTY_LOG over every slot — the paused harvest
+    /// is the last and skips KVM_CLEAR_DIRTY_LOG — or the KVM ring). Not a phase of its own:
+    /// it is inside `harvest`.
     public var harvestKVM = 0.0
 
     public init() {}
