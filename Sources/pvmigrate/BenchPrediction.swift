@@ -9,7 +9,7 @@ extension BenchResult {
         let names = results.map(\.name).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
         let columns: [(String, (PausePhases) -> Double)] = [
             ("stop vCPUs", \.stopVCPUs), ("harvest", \.harvest), ("final round", \.finalRound),
-            ("state save + sent", { $0.stateSave + $0.stateSend + $0.finish }),
+            ("balloon map + state save + sent", { $0.balloonUpdate + $0.stateSave + $0.stateSend + $0.finish }),
             ("commit (2 round trips)", { $0.commitToPrepared + $0.handOver + $0.goToDone }), ("total", \.total),
         ]
         var lines: [String] = []

@@ -259,7 +259,7 @@ extension BenchResult {
     static func pauseTable(_ results: [BenchResult]) -> String {
         medianTable(results, title: "pause at the source, ms (medians)", \.pausePhases, [
             ("stop vCPUs", \.stopVCPUs), ("harvest", \.harvest), ("of it KVM log", \.harvestKVM),
-            ("final round", \.finalRound), ("finish", \.finish), ("state save", \.stateSave),
+            ("final round", \.finalRound), ("BALLOON", \.balloonUpdate), ("finish", \.finish), ("state save", \.stateSave),
             ("STATE sent", \.stateSend), ("COMMIT→PREPARED", \.commitToPrepared), ("hand-over", \.handOver),
             ("GO→DONE", \.goToDone), ("total", \.total),
         ])

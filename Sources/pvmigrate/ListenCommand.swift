@@ -104,8 +104,8 @@ struct Listen: ParsableCommand {
     @Option(name: .customLong("max-streams"), help: "Grant a source at most this many streams (protocol.md §3.2), 1–64.")
     var maxStreams = 64
 
-    @Option(name: .long, help: "Capabilities to grant, comma-separated: zstd, delta, pv-state, ping, commit-work, or none (default: all).")
-    var accept = "zstd,delta,pv-state,ping,commit-work"
+    @Option(name: .long, help: "Capabilities to grant, comma-separated: zstd, delta, pv-state, ping, commit-work, balloon-map, or none (default: all).")
+    var accept = "zstd,delta,pv-state,ping,commit-work,balloon-map"
 
     @Option(name: .customLong("net-bridge"),
             help: ArgumentHelp("Give each arriving VM that has a PV network device a new TAP on this Linux bridge "
@@ -174,8 +174,9 @@ struct Listen: ParsableCommand {
             case "pv-state": c.insert(.pvState)
             case "ping": c.insert(.ping)
             case "commit-work": c.insert(.commitWork)
+            case "balloon-map": c.insert(.balloonMap)
             case "none": continue
-            default: throw ValidationError("--accept: unknown capability '\(word)' (zstd, delta, pv-state, ping, commit-work, none)")
+            default: throw ValidationError("--accept: unknown capability '\(word)' (zstd, delta, pv-state, ping, commit-work, balloon-map, none)")
             }
         }
         return c

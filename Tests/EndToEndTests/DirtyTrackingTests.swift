@@ -15,15 +15,22 @@ extension EndToEnd {
             return (machine, console)
         }
 
-        /// KVM's bitmap sees a full sequential pass over the working set, and the VMM's own
-        /// writes (invisible to KVM) are reported too.
-        @Test func kvmBitmapSeesTheWorkingSetAndVMMWrites() throws {
+        /// A guest writing its 8 MiB working set page after page, KVM's bitmap tracking it,
+        /// once its first pass is done.
+        static func sequentialWriterAfterOnePass() throws -> (Machine, DirtyTracker) {
             let (machine, console) = try Self.boot("workload=dirty mib=8 passes=0 pattern=seq rate=20000 progress=0")
             let tracker = try DirtyTracker(machine: machine, mode: .kvm)
             try tracker.start()
             machine.start()
-            defer { machine.stop(); machine.waitForExit() }
             #expect(console.wait(for: "pass 1 done"), "\(console.text)")
+            return (machine, tracker)
+        }
+
+        /// KVM's bitmap sees a full sequential pass over the working set, and the VMM's own
+        /// writes (invisible to KVM) are reported too.
+        @Test func kvmBitmapSeesTheWorkingSetAndVMMWrites() throws {
+            let (machine, tracker) = try Self.sequentialWriterAfterOnePass()
+            defer { machine.stop(); machine.waitForExit() }
             machine.pause()
             _ = try tracker.harvest(vcpusPaused: true)
             let base = machine.pv.guestCounters?.pagesWritten ?? 0
@@ -41,6 +48,27 @@ extension EndToEnd {
             let index = try #require(machine.memory.pageIndex(of: page.frame))
             #expect(next.host.contains(index) && next.pages.contains(index))
             #expect(!(next.kvm?.contains(index) ?? true), "KVM does not see VMM writes; the tracker must")
+        }
+
+        /// The last harvest (a migration's paused final round) reports what the guest wrote but
+        /// does not re-arm KVM's log with KVM_CLEAR_DIRTY_LOG; the others do, with manual protect.
+        @Test func theLastHarvestReportsTheWritesWithoutReArming() throws {
+            let (machine, tracker) = try Self.sequentialWriterAfterOnePass()
+            defer { machine.stop(); machine.waitForExit() }
+            machine.pause()
+            let first = try tracker.harvest(vcpusPaused: true)
+            let base = machine.pv.guestCounters?.pagesWritten ?? 0
+            #expect(try #require(first.kvm).count > 0)
+            #expect((first.kvmRearmSeconds > 0) == machine.manualProtectEnabled.value,
+                    "re-armed for \(first.kvmRearmSeconds) s, manual protect \(machine.manualProtectEnabled.value)")
+            machine.resume()
+            #expect(machine.waitForPagesWritten(beyond: base + 4095), "the guest wrote \(machine.guestPagesWritten - base) of 4096 pages")
+            machine.pause()
+            let last = try tracker.harvest(vcpusPaused: true, last: true)
+            tracker.stop()
+            #expect(try #require(last.kvm).count >= 2048, "4096 sequential writes cover the 2048 pages of the working set")
+            #expect(last.kvmRearmSeconds == 0)
+            machine.resume()
         }
 
         /// KVM's dirty ring as the KVM source: with a natively running guest it reports what the

@@ -109,6 +109,10 @@ extension EndToEnd {
             // An idle 256 MiB guest ballooned almost everything: little goes over the wire.
             #expect(stats.wireBytes < 16 << 20, "\(stats.wireBytes) bytes for an idle guest")
             #expect(vm.machine.pv.isRegistered)
+            // The boot-time balloon came in BALLOON frames (BALLOON_MAP, protocol.md §3.2.1):
+            // the destination holds exactly the source's map at the pause.
+            #expect(machine.pv.balloonedPages.count > 0)
+            #expect(vm.machine.pv.balloonedPages.words == machine.pv.balloonedPages.words)
         }
 
         /// `fill=` (protocol.md §1.7) makes data resident that the balloon does not take and
@@ -246,6 +250,8 @@ extension EndToEnd {
             #expect(stats.streams == 2 && vm.stats.streams == 2, "asked for 3 streams, granted 2: \(stats.streams)")
             #expect(vm.stats.digest == stats.digest)
             if !granted.contains(.delta) { #expect(stats.deltaPages == 0) }
+            // The balloon map arrives whole, in STATE or (BALLOON_MAP) in BALLOON frames.
+            #expect(vm.machine.pv.balloonedPages.words == machine.pv.balloonedPages.words)
             let c = try #require(arrivals.condition.withLock { arrivals.consoles.values.first })
             let (pages, bad) = try Self.selfcheck(vm.machine, c)
             #expect(pages > 0 && bad == 0, "\(pages) pages checked, \(bad) bad")

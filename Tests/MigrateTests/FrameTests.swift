@@ -23,15 +23,17 @@ struct FrameTests {
             (.hello, 1), (.helloAck, 2), (.machine, 3), (.join, 4), (.pages, 5), (.round, 6),
             (.state, 7), (.commit, 8), (.commitAck, 9), (.error, 10), (.streamEnd, 11),
             (.prepared, 12), (.go, 13), (.done, 14), (.resolve, 15), (.outcome, 16), (.ping, 17), (.pong, 18), (.pongWork, 19),
+            (.balloon, 20),
         ]
         for (type, number) in types { #expect(type.rawValue == number, "\(type)") }
-        #expect(FrameType.allCases.count == 19)
+        #expect(FrameType.allCases.count == 20)
         #expect(CommitOutcome.unknown.rawValue == 0 && CommitOutcome.started.rawValue == 1 && CommitOutcome.aborted.rawValue == 2)
         #expect(Capabilities.zstd.rawValue == 1 << 0)
         #expect(Capabilities.delta.rawValue == 1 << 1)
         #expect(Capabilities.pvState.rawValue == 1 << 2)
         #expect(Capabilities.ping.rawValue == 1 << 3)
         #expect(Capabilities.commitWork.rawValue == 1 << 4)
+        #expect(Capabilities.balloonMap.rawValue == 1 << 5)
         let codes: [(ErrorReport.Code, UInt32)] = [
             (.protocolViolation, 1), (.unsupportedVersion, 2), (.resources, 3), (.digestMismatch, 4),
             (.restoreFailed, 5), (.cancelled, 6), (.timeout, 7), (.internalError, 8),
@@ -154,7 +156,7 @@ struct FrameTests {
         #expect(headerError([UInt8](repeating: 0, count: 16)) == .badMagic(0))
     }
 
-    @Test("an unknown type is rejected", arguments: [UInt16(0), 20, 0x100, 0xffff])
+    @Test("an unknown type is rejected", arguments: [UInt16(0), 21, 0x100, 0xffff])
     func unknownType(_ type: UInt16) {
         #expect(headerError(rawHeader(type: type, length: 0)) == .unknownType(type))
     }
@@ -183,6 +185,7 @@ struct FrameTests {
         (.hello, 32), (.helloAck, 16), (.machine, 305), (.join, 20), (.pages, 16 << 20), (.round, 24),
         (.state, 16 << 20), (.commit, 24), (.commitAck, 8), (.error, 4104), (.streamEnd, 8),
         (.prepared, 16), (.go, 16), (.done, 16), (.resolve, 16), (.outcome, 8), (.ping, 8), (.pong, 8), (.pongWork, 16),
+        (.balloon, 16 << 20),
     ]
 
     @Test("a length over the type's limit is rejected; the limit itself is accepted", arguments: limits.indices)

@@ -25,19 +25,22 @@ HELLO, HELLO_ACK, MACHINE, JOIN, PAGES, ROUND, STATE, COMMIT, COMMIT_ACK, ERROR,
 PREPARED, GO, DONE, RESOLVE, OUTCOME = range(12, 17)  # version 2: the commit protocol (§3.6)
 PING, PONG = 17, 18  # capability PING (§3.2): round trips on the control stream during pre-copy
 PONG_WORK = 19  # capability COMMIT_WORK (§3.2): PONG with the destination's own commit work
+BALLOON = 20  # capability BALLOON_MAP (§3.2.1): the balloon map ahead of the pause
 NAMES = {1: "HELLO", 2: "HELLO_ACK", 3: "MACHINE", 4: "JOIN", 5: "PAGES", 6: "ROUND", 7: "STATE",
          8: "COMMIT", 9: "COMMIT_ACK", 10: "ERROR", 11: "STREAM_END", 12: "PREPARED", 13: "GO",
-         14: "DONE", 15: "RESOLVE", 16: "OUTCOME", 17: "PING", 18: "PONG", 19: "PONG_WORK"}
+         14: "DONE", 15: "RESOLVE", 16: "OUTCOME", 17: "PING", 18: "PONG", 19: "PONG_WORK",
+         20: "BALLOON"}
 VERSION = 2  # the only version this peer speaks (§3.6.6)
 # The largest payload of each type (§3.2).
 LIMITS = {HELLO: 32, HELLO_ACK: 16, MACHINE: 50 + 255, JOIN: 20, PAGES: MAX_PAYLOAD, ROUND: 24,
           STATE: MAX_PAYLOAD, COMMIT: 24, COMMIT_ACK: 8, ERROR: 8 + 4096, STREAM_END: 8,
-          PREPARED: 16, GO: 16, DONE: 16, RESOLVE: 16, OUTCOME: 8, PING: 8, PONG: 8, PONG_WORK: 16}
+          PREPARED: 16, GO: 16, DONE: 16, RESOLVE: 16, OUTCOME: 8, PING: 8, PONG: 8, PONG_WORK: 16,
+          BALLOON: MAX_PAYLOAD}
 
-CAP_ZSTD, CAP_DELTA, CAP_PV_STATE, CAP_PING, CAP_COMMIT_WORK = 1, 2, 4, 8, 16
-CAPS_ALL = CAP_ZSTD | CAP_DELTA | CAP_PV_STATE | CAP_PING | CAP_COMMIT_WORK
+CAP_ZSTD, CAP_DELTA, CAP_PV_STATE, CAP_PING, CAP_COMMIT_WORK, CAP_BALLOON_MAP = 1, 2, 4, 8, 16, 32
+CAPS_ALL = CAP_ZSTD | CAP_DELTA | CAP_PV_STATE | CAP_PING | CAP_COMMIT_WORK | CAP_BALLOON_MAP
 CAP_NAMES = {"zstd": CAP_ZSTD, "delta": CAP_DELTA, "pv-state": CAP_PV_STATE, "ping": CAP_PING,
-             "commit-work": CAP_COMMIT_WORK}
+             "commit-work": CAP_COMMIT_WORK, "balloon-map": CAP_BALLOON_MAP}
 
 ENC_ZERO, ENC_RAW, ENC_DELTA = 0, 1, 2
 
@@ -428,6 +431,74 @@ def balloon_pages(sections, pages):
 M64 = (1 << 64) - 1
 P = 0x100000001B3
 _WORDS = struct.Struct("<512Q")
+
+
+# --- The balloon map in BALLOON frames (§3.2.1) -------------------------------------------
+
+M64 = (1 << 64) - 1
+
+
+def _splitmix(x):
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def balloon_term(i, word):
+    k = _splitmix((i + 0x9E3779B97F4A7C15) & M64)
+    return (_splitmix(word ^ k) - _splitmix(k)) & M64
+
+
+def balloon_digest(words):
+    return sum(balloon_term(i, x) for i, x in enumerate(words) if x) & M64
+
+
+def balloon_encode(final, digest, runs):
+    """runs: [(first_word, [words])], increasing and not overlapping."""
+    out = [struct.pack("<BBHIQ", 1 if final else 0, 0, 0, len(runs), digest)]
+    for first, words in runs:
+        out.append(struct.pack("<II", first, len(words)) + struct.pack(f"<{len(words)}Q", *words))
+    return b"".join(out)
+
+
+def balloon_apply(words, payload, pages):
+    """Applies one BALLOON payload to `words` (a list, changed in place only if it is valid);
+    returns its final flag. Checks the layout, the map's bounds and the digest."""
+    if len(payload) < 16:
+        raise ProtocolError(f"BALLOON of {len(payload)} bytes")
+    final, r8, r16, count, digest = struct.unpack_from("<BBHIQ", payload)
+    if final > 1 or r8 or r16:
+        raise ProtocolError("BALLOON flags or reserved bytes")
+    new, pos, nxt = list(words), 16, 0
+    for _ in range(count):
+        if pos + 8 > len(payload):
+            raise ProtocolError("BALLOON run cut short")
+        first, n = struct.unpack_from("<II", payload, pos)
+        pos += 8
+        if n == 0 or first < nxt or first + n > len(words) or pos + 8 * n > len(payload):
+            raise ProtocolError(f"BALLOON run of {n} words at word {first} (map of {len(words)})")
+        new[first:first + n] = struct.unpack_from(f"<{n}Q", payload, pos)
+        pos += 8 * n
+        nxt = first + n
+    if pos != len(payload):
+        raise ProtocolError("BALLOON trailing bytes")
+    if pages % 64 and new and new[-1] >> (pages % 64):
+        raise ProtocolError("BALLOON bits past the last page")
+    if balloon_digest(new) != digest:
+        raise ProtocolError(f"BALLOON map digest {balloon_digest(new):016x}, frame says {digest:016x}", E_DIGEST)
+    words[:] = new
+    return final == 1
+
+
+def pv_with_map(blob, words):
+    """STATE with the PV section's map put back (`words`), as a STATE without BALLOON_MAP has it."""
+    sections = state_sections(blob)
+    pv = sections.get(4)
+    if pv is None:
+        return blob
+    sections[4] = pv[:16] + struct.pack(f"<{len(words)}Q", *words)
+    body = b"".join(struct.pack("<HHI", t, 0, len(p)) + p for t, p in sections.items())
+    return blob[:4] + struct.pack("<HH", state_version(blob), len(sections)) + body
 
 
 def _rotl(x, r):

@@ -38,6 +38,9 @@ class Migration:
         self.reported = {}        # round -> (pages, bytes) from ROUND frames
         self.pings = 0            # PINGs answered (capability PING, §3.2)
         self.pong_works = 0       # of them with PONG_WORK (capability COMMIT_WORK)
+        self.balloon = None       # the map from BALLOON frames (BALLOON_MAP with PV_STATE, §3.2.1)
+        self.balloon_frames = 0
+        self.balloon_final = False
 
     # Frames on any stream until STREAM_END (§3.4). `index` is the stream's index.
     def drain(self, ch, index, control):
@@ -81,6 +84,11 @@ class Migration:
                 else:
                     ch.send(w.PONG, nonce)  # the nonce, echoed at once
                 self.pings += 1
+            elif t == w.BALLOON and control and self.balloon is not None:
+                if self.balloon_final:
+                    raise w.ProtocolError("a BALLOON frame after the final one")
+                self.balloon_final = w.balloon_apply(self.balloon, p, self.pages)
+                self.balloon_frames += 1
             elif t == w.STREAM_END:
                 (n,) = struct.unpack("<Q", w.expect((t, flags, p), w.STREAM_END, 8))
                 if n != before:
@@ -111,6 +119,8 @@ class Migration:
             control.send(w.HELLO_ACK, struct.pack("<HHIQ", w.VERSION, 0, self.streams, self.granted))
             self.machine = w.parse_machine(w.expect(control.receive(), w.MACHINE))
             self.pages = w.page_count(self.machine["memory_bytes"])
+            if self.granted & w.CAP_BALLOON_MAP and self.granted & w.CAP_PV_STATE:
+                self.balloon = [0] * ((self.pages + 63) // 64)
             data = {}
             while len(data) < self.streams - 1:
                 ch = accept()
@@ -178,6 +188,15 @@ class Migration:
             raise w.ProtocolError("STATE has a PV section although PV_STATE was not granted")
         if (7 in sections) != self.machine["nic"]:
             raise w.ProtocolError("STATE's NIC section (tag 7) does not match MACHINE flags bit 1")
+        if self.balloon is not None:  # §3.2.1: the map came in BALLOON frames, the last one final
+            if not self.balloon_final:
+                raise w.ProtocolError("STATE before the final BALLOON frame")
+            if 4 in sections and len(sections[4]) != 16:
+                raise w.ProtocolError("STATE's PV section carries a balloon map although BALLOON_MAP was granted")
+            if 4 not in sections and any(self.balloon):
+                raise w.ProtocolError("BALLOON frames ballooned pages, but STATE has no PV section")
+            state = w.pv_with_map(state, self.balloon)  # as a STATE without BALLOON_MAP has it (the dump)
+            sections = w.state_sections(state)
         ballooned = w.balloon_pages(sections, self.pages)
         for i in ballooned:
             self.memory.pop(i, None)
@@ -186,7 +205,8 @@ class Migration:
                   "commit_digest": f"{expected:016x}", "pages_with_data": n,
                   "commit_pages_with_data": pages_with_data, "granted": w.caps_text(self.granted),
                   "offered": w.caps_text(self.hello[3]), "streams": self.streams, "asked_streams": self.hello[2],
-                  "rounds": len(self.reported), "ballooned": len(ballooned), "name": self.machine["name"], "pings": self.pings, "pong_works": self.pong_works, **self.seen}
+                  "rounds": len(self.reported), "ballooned": len(ballooned), "name": self.machine["name"], "pings": self.pings, "pong_works": self.pong_works,
+                  "balloon_frames": self.balloon_frames, **self.seen}
         if not result["ok"]:
             control.send_error(w.E_DIGEST, f"digest {digest:016x} ({n} pages), COMMIT says {expected:016x} ({pages_with_data})")
             return result, state

@@ -48,8 +48,10 @@ NET_GOLDEN = os.path.join(HERE, "golden", "net-section.bin")
 CASES = [
     ("plain-none", False, 2, "pv-state", 64, "zstd,delta,pv-state", 2, "default"),
     ("tls-zstd-lowered", True, 3, "zstd,pv-state,ping", 1, "zstd,pv-state,ping", 1, "default"),
-    ("plain-delta-lowered", False, 3, "delta,pv-state,ping", 2, "delta,pv-state,ping,commit-work", 3, "default"),
-    ("tls-all", True, 2, "zstd,delta,pv-state,ping,commit-work", 64, "zstd,delta,pv-state,ping,commit-work", 3, "restricted"),
+    ("plain-delta-lowered", False, 3, "delta,pv-state,ping", 2, "delta,pv-state,ping,commit-work,balloon-map", 3, "default"),
+    ("tls-all", True, 2, "zstd,delta,pv-state,ping,commit-work,balloon-map", 64,
+     "zstd,delta,pv-state,ping,commit-work,balloon-map", 3, "restricted"),
+    ("plain-balloon-map", False, 2, "pv-state,balloon-map", 64, "pv-state,balloon-map", 2, "default"),
     ("plain-all-one", False, 2, "zstd,delta,pv-state", 1, "pv-state", 1, "default"),
     ("tls-none-lowered", True, 4, "pv-state", 3, "zstd,delta,pv-state", 4, "default"),
 ]
@@ -158,6 +160,8 @@ class Run:
                   (("ping" in granted) == (res["pings"] > 0), f"{res['pings']} PINGs answered, PING granted: {'ping' in granted}"),
                   (res["pong_works"] == (res["pings"] if "commit-work" in granted else 0),
                    f"{res['pong_works']} of {res['pings']} PINGs answered with PONG_WORK, COMMIT_WORK granted: {'commit-work' in granted}"),
+                  (("balloon-map" in granted) == (res["balloon_frames"] > 0),
+                   f"{res['balloon_frames']} BALLOON frames, BALLOON_MAP granted: {'balloon-map' in granted}"),
                   (res["rounds"] >= 1 and res["pages_with_data"] > 0, "no rounds or no pages")]
         for ok, why in checks:
             if not ok:

@@ -159,12 +159,31 @@ class Sender:
             if answer != struct.pack("<Q", rnd):
                 raise w.ProtocolError("PONG does not echo the PING's nonce")
 
+    def balloon_mode(self):
+        """BALLOON_MAP with PV_STATE granted (§3.2.1): the map goes in BALLOON frames, STATE
+        carries the PV section without it."""
+        return bool(self.granted & w.CAP_BALLOON_MAP and self.granted & w.CAP_PV_STATE)
+
+    def map_words(self):
+        pv = w.state_sections(self.state).get(4)
+        words = (w.page_count(self.machine["memory_bytes"]) + 63) // 64
+        return list(struct.unpack_from(f"<{words}Q", pv, 16)) if pv is not None and len(pv) > 16 else [0] * words
+
+    def send_balloon(self, control, final):
+        """Round 0 is followed by the whole map's nonzero words, one run each; the pause (before
+        STREAM_END) by the final update, empty: the map did not change."""
+        words = self.map_words()
+        runs = [] if final else [(i, [x]) for i, x in enumerate(words) if x]
+        control.send(w.BALLOON, w.balloon_encode(final, w.balloon_digest(words), runs))
+
     def rounds(self, channels):
         data = sorted(self.memory)
         wrong = {i: bytes(a ^ b for a, b in zip(self.memory[i][:8], PERTURB)) + self.memory[i][8:] for i in data}
         zeros = [i for i in range(min(32, w.page_count(self.machine["memory_bytes"]))) if i not in self.memory]
         r0 = sorted([(i, w.ENC_RAW, wrong[i]) for i in data] + [(i, w.ENC_ZERO, b"") for i in zeros])
         self.send_round(channels, 0, r0)
+        if self.balloon_mode():
+            self.send_balloon(channels[0], final=False)
         delta = self.granted & w.CAP_DELTA
         r1 = [(i, w.ENC_DELTA, w.delta_encode(self.memory[i], wrong[i])) if delta else (i, w.ENC_RAW, self.memory[i])
               for i in data]
@@ -173,6 +192,8 @@ class Sender:
         self.send_round(channels, 1, r1)
         r2 = [(i, w.ENC_DELTA, b"\x00\x01\x00") if delta else (i, w.ENC_RAW, self.memory[i]) for i in data[:3]]
         self.send_round(channels, 2, r2)
+        if self.balloon_mode():
+            self.send_balloon(channels[0], final=True)
         for ch in channels[1:] + channels[:1]:  # STREAM_END: data streams, then control
             ch.send(w.STREAM_END, struct.pack("<Q", ch.sent + (self.violate == "stream-end")))
 
@@ -180,6 +201,8 @@ class Sender:
     # sender replays exists nowhere else, so it may always give it up: it sends GO at once.
     def commit(self, control, wait_done=True):
         state = self.state if self.granted & w.CAP_PV_STATE else without_pv_section(self.state)
+        if self.balloon_mode() and 4 in w.state_sections(state):
+            state = w.pv_with_map(state, [])  # the map went in BALLOON frames (§3.2.1)
         control.send(w.STATE, state)
         d, n = w.digest(self.memory)
         control.send(w.COMMIT, struct.pack("<QQQ", d, n, w.state_digest(state)))

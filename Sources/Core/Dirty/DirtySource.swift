@@ -11,6 +11,15 @@ public protocol DirtySource: AnyObject, Sendable {
     /// The pages written since the previous harvest (or `start`). `vcpusPaused`: the vCPUs
     /// are parked, so a source may include writes in flight (the PV ring's §2.4 slot).
     func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest
+    /// The same; `last`: no harvest follows before `stop` (a migration's paused final
+    /// harvest), so a source need not re-arm its tracking for the writes after it.
+    func harvest(vcpusPaused: Bool, last: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest
+}
+
+extension DirtySource {
+    public func harvest(vcpusPaused: Bool, last: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest {
+        try harvest(vcpusPaused: vcpusPaused)
+    }
 }
 
 public enum DirtySourceKind: String, Sendable {
@@ -31,6 +40,9 @@ public struct DirtySourceHarvest: Sendable {
     public var pages: PageBitmap
     /// The source may have lost pages since its previous harvest.
     public var untrustworthy = false
+    /// Of the harvest's time: re-arming the tracking for the next harvest (KVM_CLEAR_DIRTY_LOG),
+    /// which a `last` harvest skips.
+    public var rearmSeconds = 0.0
     public init(pages: PageBitmap, untrustworthy: Bool = false) { self.pages = pages; self.untrustworthy = untrustworthy }
 }
 
@@ -56,18 +68,31 @@ final class KVMBitmapSource: DirtySource, @unchecked Sendable {
     func stop() { try? machine.setDirtyLogging(false) }
 
     func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest {
+        try harvest(vcpusPaused: vcpusPaused, last: false)
+    }
+
+    /// With manual protect, KVM_GET_DIRTY_LOG only copies the slot's bitmap out and
+    /// KVM_CLEAR_DIRTY_LOG re-protects the harvested pages (copying the bitmap in and walking
+    /// it: both O(slot)). A `last` harvest skips the clear: nothing is harvested after it,
+    /// and logging is switched off (`stop`) — re-enabling it starts a fresh bitmap.
+    func harvest(vcpusPaused: Bool, last: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest {
         let memory = machine.memory
         var bitmap = PageBitmap(pageCount: memory.pageCount)
+        var rearm = Duration.zero
         do {
             for (region, offset) in zip(memory.regions, memory.regionPageOffsets) {
                 let words = try machine.vm.dirtyLog(slot: region.slot, pageCount: region.pageCount)
-                if manualProtect, words.contains(where: { $0 != 0 }) {
+                if manualProtect, !last, words.contains(where: { $0 != 0 }) {
+                    let started = ContinuousClock.now
                     try machine.vm.clearDirtyLog(slot: region.slot, pageCount: region.pageCount, bitmap: words)
+                    rearm += ContinuousClock.now - started
                 }
                 bitmap.merge(words: words, atPage: offset)
             }
         } catch { throw .kvm(error) }
-        return DirtySourceHarvest(pages: bitmap)
+        var h = DirtySourceHarvest(pages: bitmap)
+        h.rearmSeconds = Double(rearm.components.seconds) + Double(rearm.components.attoseconds) / 1e18
+        return h
     }
 }
 

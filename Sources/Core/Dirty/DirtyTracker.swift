@@ -43,6 +43,9 @@ public struct DirtyRound: Sendable {
     public var sourceSeconds: [DirtySourceKind: Double] = [:]
     /// Of those: KVM's dirty log (KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG per slot, or its ring).
     public var kvmSeconds: Double { sourceSeconds.filter { $0.key.isKVM }.values.reduce(0, +) }
+    /// Of `kvmSeconds`: re-arming KVM's log for the next harvest (KVM_CLEAR_DIRTY_LOG), which
+    /// the last harvest skips.
+    public var kvmRearmSeconds = 0.0
 }
 
 public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
@@ -121,18 +124,20 @@ public final class DirtyTracker: @unchecked Sendable {
 
     /// The pages written since the last harvest. `vcpusPaused` lets the PV source include
     /// the guest's in-flight page (§2.4); the final round of a migration harvests paused.
-    public func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtyRound {
+    /// `last`: no harvest follows before `stop` (the final round), so KVM's log is not re-armed.
+    public func harvest(vcpusPaused: Bool, last: Bool = false) throws(DirtyTrackingError) -> DirtyRound {
         let memory = machine.memory
         var round = DirtyRound(pages: PageBitmap(pageCount: memory.pageCount), host: PageBitmap(pageCount: memory.pageCount),
                                pvUntrustworthy: false)
         for source in sources {
             let started = ContinuousClock.now
-            let h = try source.harvest(vcpusPaused: vcpusPaused)
+            let h = try source.harvest(vcpusPaused: vcpusPaused, last: last)
             let spent = ContinuousClock.now - started
             round.sourceSeconds[source.kind] = Double(spent.components.seconds) + Double(spent.components.attoseconds) / 1e18
             round.pages.formUnion(h.pages)
             switch source.kind {
-            case .kvmBitmap, .kvmRing: round.kvm = h.pages; round.kvmUntrustworthy = h.untrustworthy
+            case .kvmBitmap, .kvmRing:
+                round.kvm = h.pages; round.kvmUntrustworthy = h.untrustworthy; round.kvmRearmSeconds += h.rearmSeconds
             case .pvRing: round.pv = h.pages; round.pvUntrustworthy = h.untrustworthy
             case .vmmWrites: round.host = h.pages
             }

@@ -9,7 +9,8 @@ import Foundation
 ///
 ///     pause = stopVCPUs + harvest                                (the pause begins)
 ///           + roundOverhead + final pages × secondsPerPage × pausedPageFactor   (the final round)
-///           + stateSave + 2 × roundTrip                          (state, commit)
+///           + balloonUpdate + stateSave + stateBytes ÷ sendRate   (balloon map, state)
+///           + 2 × roundTrip                                      (commit)
 ///
 /// - `secondsPerPage` and `roundOverhead` come from a least-squares line through the recent
 ///   rounds' (pages, wall-clock seconds): the time a round really took on this link —
@@ -33,7 +34,8 @@ import Foundation
 ///   bitmap work (the harvest minus its sources: the median) + the PV ring's drain (the
 ///   smallest PV part measured: with the guest running it also carries HARVEST_BARRIER,
 ///   which a paused harvest skips). Harvests recorded by total only (`recordHarvest(seconds:)`)
-///   count as bitmap work. The median, not the last: one harvest slowed by a preemption
+///   count as bitmap work. Re-arming KVM's log (KVM_CLEAR_DIRTY_LOG) is left out of each
+///   sample: the paused harvest is the last and skips it. The median, not the last: one harvest slowed by a preemption
 ///   moved the fixed part 1.6 → 11.5 ms between two runs (docs/benchmarks.md, "Where the
 ///   pause goes").
 /// - `roundTrip`: the control stream's round trip, `RoundTripEstimate`'s median of the HELLO →
@@ -46,8 +48,16 @@ import Foundation
 /// - `stateSave`: saving, encoding and digesting the vCPU/device state — it grows with the
 ///   balloon map, 288 KiB at 9 GiB. The sender times it in the same stops as `stopVCPUs`
 ///   (`Machine.stateForTiming`, all of it but the NIC's few indices) and feeds the median of
-///   the last 5 (`setStateSaves`); 1 ms until one is measured. Sending STATE and finishing
-///   the streams are not modelled (0.0–0.3 ms measured, docs/benchmarks.md).
+///   the last 5 (`setStateSaves`); 1 ms until one is measured.
+/// - `stateSend`: the STATE frame's bytes (`stateBytes`, the size of the state timed in
+///   those stops) at the rate the pre-copy rounds moved bytes on the wire (`sendRate`,
+///   the sender's bandwidth estimate; the rounds' wall time includes encoding, so the rate
+///   errs low and the prediction high). With BALLOON_MAP the state is a few KiB; without,
+///   the balloon map (288 KiB at 9 GiB) is most of it.
+/// - `balloonUpdate`: the pause's BALLOON update (BALLOON_MAP, protocol.md §3.2.1):
+///   comparing the map with what was sent and sending the difference — the same work the
+///   sender does after each pre-copy round, timed there (`setBalloonUpdates`, the median of
+///   the last 5). Finishing the streams is not modelled (0.0–0.3 ms measured, docs/benchmarks.md).
 ///
 /// What the model leaves out: work done while paused that does not depend on the final
 /// pages (the memory digest no longer is: protocol.md §3.5 keeps it as a running sum) —
@@ -111,6 +121,12 @@ public struct DowntimePredictor: Sendable, Equatable {
     /// The recent harvests' total durations.
     public var harvests: [Double] { harvestSamples.map(\.total) }
     public var stateSave = DowntimePredictor.defaultStateSave
+    /// The STATE payload's size in bytes, and the rate (bytes/s) the rounds moved on the
+    /// wire; 0: not known, STATE's send is then not predicted.
+    public var stateBytes = 0
+    public var sendRate = 0.0
+    /// The pause's BALLOON update (`setBalloonUpdates`); 0 without BALLOON_MAP.
+    public var balloonUpdate = 0.0
     /// Parking the vCPUs at the start of the pause (`setStopLatencies`).
     public var stopVCPUs = 0.0
     /// The destination's own work from COMMIT read to PREPARED sent, and from GO read to DONE
@@ -149,7 +165,9 @@ public struct DowntimePredictor: Sendable, Equatable {
     /// Records the harvest that ended round `r` (its `harvest…Seconds`).
     public mutating func recordHarvest(_ r: RoundStats) {
         guard let total = r.harvestSeconds else { return }
-        recordHarvest(seconds: total, kvm: r.harvestKVMSeconds ?? 0, pv: r.harvestPVSeconds ?? 0)
+        // The paused harvest does not re-arm KVM's log (it is the last): not part of its model.
+        let rearm = r.harvestKVMRearmSeconds ?? 0
+        recordHarvest(seconds: total - rearm, kvm: max(0, (r.harvestKVMSeconds ?? 0) - rearm), pv: r.harvestPVSeconds ?? 0)
     }
 
     /// Sets `stopVCPUs` to the median of measured pauses (seconds to park every vCPU); none: unchanged.
@@ -162,6 +180,12 @@ public struct DowntimePredictor: Sendable, Equatable {
     public mutating func setStateSaves(_ durations: [Double]) {
         let valid = durations.filter { $0.isFinite && $0 >= 0 }
         if !valid.isEmpty { stateSave = Self.median(valid) }
+    }
+
+    /// Sets `balloonUpdate` to the median of the pre-copy rounds' BALLOON updates (seconds).
+    public mutating func setBalloonUpdates(_ durations: [Double]) {
+        let valid = durations.filter { $0.isFinite && $0 >= 0 }
+        if !valid.isEmpty { balloonUpdate = Self.median(valid) }
     }
 
     static func median(_ values: [Double]) -> Double {
@@ -221,10 +245,13 @@ public struct DowntimePredictor: Sendable, Equatable {
         phases.stopVCPUs = stopVCPUs
         phases.harvest = harvest
         phases.finalRound = overhead + Double(max(0, pages)) * perPage * pausedPageFactor
+        phases.balloonUpdate = balloonUpdate
         phases.stateSave = stateSave
+        phases.stateSend = sendRate > 0 ? Double(max(0, stateBytes)) / sendRate : 0
         phases.commitToPrepared = roundTrip + destinationPrepare
         phases.goToDone = (Self.commitRoundTrips - 1) * roundTrip + destinationStart
-        let fixed = phases.stopVCPUs + phases.harvest + phases.stateSave + phases.commitToPrepared + phases.goToDone
+        let fixed = phases.stopVCPUs + phases.harvest + phases.balloonUpdate + phases.stateSave + phases.stateSend
+            + phases.commitToPrepared + phases.goToDone
         return Prediction(pagesSeconds: phases.finalRound, fixedSeconds: fixed, phases: phases)
     }
 }

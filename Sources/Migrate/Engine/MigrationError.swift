@@ -22,6 +22,8 @@ public enum MigrationError: Error, CustomStringConvertible {
     case refused(ErrorReport.Code, String)
     /// The STATE blob does not match the digest COMMIT carries (protocol.md §3.6.2).
     case stateDigestMismatch(expected: UInt64, actual: UInt64)
+    /// A BALLOON frame the destination refused, or STATE without the final one (protocol.md §3.2.1).
+    case balloonMap(BalloonMapError)
     /// The destination's outcome table could not be read or written (protocol.md §3.6.4).
     case outcomeTable(String)
     /// GO may have reached the destination, but DONE did not arrive: the VM is paused here
@@ -47,6 +49,7 @@ public enum MigrationError: Error, CustomStringConvertible {
         case let .stateDigestMismatch(e, a):
             return "machine state digest mismatch (source 0x\(String(e, radix: 16)), destination 0x\(String(a, radix: 16))): "
                 + "the vCPU/device state was damaged on the way"
+        case let .balloonMap(e): return e.description
         case let .outcomeTable(why): return why
         case let .unresolved(u): return u.description
         }
@@ -73,7 +76,8 @@ public enum MigrationError: Error, CustomStringConvertible {
         case let .refused(code, _): code
         case .incompatible: .unsupportedVersion
         case .machine: .resources
-        case .digestMismatch, .stateDigestMismatch: .digestMismatch
+        case .digestMismatch, .stateDigestMismatch, .balloonMap(.digestMismatch): .digestMismatch
+        case .balloonMap: .protocolViolation
         case .state: .restoreFailed
         case .cancelled: .cancelled
         case .transport(.timeout): .timeout

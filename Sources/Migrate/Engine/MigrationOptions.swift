@@ -134,6 +134,8 @@ public struct RoundStats: Sendable, Codable, Equatable {
     /// The harvest that ended the round, and of it KVM's dirty log (absent in older records).
     public var harvestSeconds: Double?
     public var harvestKVMSeconds: Double?
+    /// Of KVM's dirty log: re-arming it (KVM_CLEAR_DIRTY_LOG), which the paused final harvest skips.
+    public var harvestKVMRearmSeconds: Double?
     /// Of the harvest: the guest's PV ring (its drain and, with the guest running, HARVEST_BARRIER).
     public var harvestPVSeconds: Double?
     /// CPU seconds the round's senders spent (stream workers and this thread), and the guest's

@@ -21,6 +21,9 @@ final class MigrationReceiver: @unchecked Sendable {
     private var joined: [Int: FrameChannel] = [:] // guarded by `joins`
     private var streams = 1
     private var granted: Capabilities = []
+    /// The balloon map from BALLOON frames (BALLOON_MAP with PV_STATE granted, protocol.md
+    /// §3.2.1); only the control stream's thread touches it. nil: the map comes in STATE.
+    private var balloonMap: BalloonMapReceiver?
     private var failed = false
     private let admission: Admission
     private let ticket: Admission.Ticket
@@ -147,6 +150,7 @@ final class MigrationReceiver: @unchecked Sendable {
         // Receiving: every stream applies its own pages (disjoint: index mod streams), and
         // records each page's hash for the digest as it lands.
         let hashes = PageHashTable(pageCount: machine.memory.pageCount)
+        if granted.isSuperset(of: [.balloonMap, .pvState]) { balloonMap = BalloonMapReceiver(pageCount: machine.memory.pageCount) }
         if granted.contains(.commitWork) { rehearseCommit(machine, hashes) }
         // The first failure is the one to report: the others are its follow-on closes.
         let failures = Locked<MigrationError?>(nil)
@@ -197,11 +201,12 @@ final class MigrationReceiver: @unchecked Sendable {
         guard progress.disarm() else { throw .refused(.timeout, progress.reason ?? "no progress") }
         let stateDigest = StateDigest.compute(blob)
         guard stateDigest == expectedState else { throw .stateDigestMismatch(expected: expectedState, actual: stateDigest) }
-        let state: MachineState
+        var state: MachineState
         do { state = try MachineState(encoded: blob) } catch { throw .state(error) }
         if state.pv != nil, !granted.contains(.pvState) {
             throw .wire(.malformed(type: "STATE", reason: "a PV section (tag 4) although PV_STATE was not granted"))
         }
+        if let balloonMap { try Self.insert(balloonMap, into: &state) }
         clock.lap(\.stateCheck)
         var ballooned: PageBitmap?
         if let words = state.pv?.balloonWords, words.count == (machine.memory.pageCount + 63) / 64 {
@@ -224,6 +229,22 @@ final class MigrationReceiver: @unchecked Sendable {
         return ReceivedVM(machineDescription: description, machine: machine, peer: control.stream.peer,
                           console: console, stats: stats, notes: notes.release(), migrationID: id,
                           network: network.value)
+    }
+
+    /// Puts the map the BALLOON frames built (§3.2.1) into STATE's PV section, which must
+    /// not carry one itself; the map must be final (the pause's update arrived).
+    static func insert(_ map: BalloonMapReceiver, into state: inout MachineState) throws(MigrationError) {
+        guard map.isFinal else { throw .balloonMap(.finalMissing) }
+        guard state.pv?.balloonWords.isEmpty ?? true else {
+            throw .wire(.malformed(type: "STATE", reason: "the PV section carries a balloon map although BALLOON_MAP was granted"))
+        }
+        if state.pv == nil {
+            guard map.words.allSatisfy({ $0 == 0 }) else {
+                throw .wire(.malformed(type: "STATE", reason: "BALLOON frames ballooned pages, but STATE has no PV section"))
+            }
+            return
+        }
+        state.pv!.balloonWords = map.words
     }
 
     /// prepared → (GO) → started, or aborted (protocol.md §3.6.3). Returns with the guest
@@ -349,6 +370,8 @@ final class MigrationReceiver: @unchecked Sendable {
                     try worker.submit(flags: flags, payload: payload)
             case .round where isControl:
                 continue
+            case let .balloon(update) where isControl && balloonMap != nil:
+                do { try balloonMap!.apply(update) } catch { throw MigrationError.balloonMap(error) }
             case let .ping(nonce) where isControl && granted.contains(.ping):
                 // Answered at once, from this thread (the control stream's only writer while receiving);
                 // the next rehearsal of the commit only after the answer, so the round trip is not in it.

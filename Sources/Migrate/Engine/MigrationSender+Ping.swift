@@ -40,6 +40,8 @@ extension MigrationSender {
         /// Saving the state while they were parked, encoding it and its digest, as the pause
         /// does (`stateBlob`, `StateDigest`); nil when saving failed (the estimate stays).
         var stateSave: Double?
+        /// The encoded state's size: what STATE will carry.
+        var stateBytes: Int?
     }
 
     /// Parks every running vCPU and lets it go again, as the pause begins (`Machine.pause`'s
@@ -48,16 +50,19 @@ extension MigrationSender {
     /// encoded and digested after they run again: for `DowntimePredictor.stateSave`, which
     /// grows with the balloon map (288 KiB at 9 GiB). The guest loses the stop and the save
     /// of the vCPU/platform state (~0.1–0.3 ms on a quiet host) once per small pre-copy round.
-    func stopSample() -> StopSample {
+    /// Without `withBalloonMap` (BALLOON_MAP granted) the map is left out, as the pause does.
+    func stopSample(withBalloonMap: Bool) -> StopSample {
         let began = ContinuousClock.now
-        let (stop, save, state) = machine.withVCPUsPaused { () -> (Double, Double, MachineState?) in
+        let (stop, save, saved) = machine.withVCPUsPaused { () -> (Double, Double, MachineState?) in
             let stopped = ContinuousClock.now
             let state = try? machine.stateForTiming()
             return ((stopped - began).seconds, (ContinuousClock.now - stopped).seconds, state)
         }
-        guard let state else { return StopSample(stop: stop, stateSave: nil) }
+        guard var state = saved else { return StopSample(stop: stop, stateSave: nil) }
+        if !withBalloonMap { state.pv?.balloonWords = [] }
         let encoding = ContinuousClock.now
-        _ = StateDigest.compute(state.encoded())
-        return StopSample(stop: stop, stateSave: save + (ContinuousClock.now - encoding).seconds)
+        let encoded = state.encoded()
+        _ = StateDigest.compute(encoded)
+        return StopSample(stop: stop, stateSave: save + (ContinuousClock.now - encoding).seconds, stateBytes: encoded.count)
     }
 }

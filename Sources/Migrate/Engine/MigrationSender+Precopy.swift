@@ -10,6 +10,7 @@ extension MigrationSender {
     /// target; the prediction is kept in `stats` to be set against the actual pause.
     func precopy(tracker: DirtyTracker, rounds: some PageRoundSink, stats: inout MigrationStats, started: ContinuousClock.Instant,
                  roundTrip: Double, probeRoundTrip: ((UInt64) throws(MigrationError) -> PingSample)? = nil,
+                 balloonUpdate: (() throws(MigrationError) -> Void)? = nil,
                  progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
         do { try tracker.start() } catch { throw .dirtyTracking(error) }
         let memory = machine.memory
@@ -23,6 +24,7 @@ extension MigrationSender {
         var roundTrips = RoundTripEstimate(roundTrip)
         var stops: [Double] = [] // the recent vCPU stops (`stopSample`)
         var stateSaves: [Double] = [] // the recent state saves timed in those stops
+        var balloonUpdates: [Double] = [] // the recent BALLOON updates (BALLOON_MAP)
         predictor.roundTrip = roundTrips.seconds
         stats.downtimeTargetSeconds = options.downtimeTarget
         while true {
@@ -33,12 +35,21 @@ extension MigrationSender {
                                                               target: options.downtimeTarget))
             }
             var r = try rounds.send(pages: set, round: round, skipZero: round == 0)
+            // The balloon map's changes go now, not in the pause (BALLOON_MAP, §3.2.1); timed
+            // for the pause's own update (`DowntimePredictor.balloonUpdate`).
+            if let balloonUpdate {
+                let updateStarted = ContinuousClock.now
+                try balloonUpdate()
+                balloonUpdates = Array((balloonUpdates + [(ContinuousClock.now - updateStarted).seconds]).suffix(5))
+                predictor.setBalloonUpdates(balloonUpdates)
+            }
             let harvested: DirtyRound
             let harvestStarted = ContinuousClock.now
             do { harvested = try tracker.harvest(vcpusPaused: false) } catch { throw .dirtyTracking(error) }
             let next = harvested.pages
             r.harvestSeconds = (ContinuousClock.now - harvestStarted).seconds
             r.harvestKVMSeconds = harvested.kvmSeconds
+            r.harvestKVMRearmSeconds = harvested.kvmRearmSeconds
             r.harvestPVSeconds = harvested.sourceSeconds[.pvRing] ?? 0
             predictor.recordHarvest(r)
             if let probeRoundTrip, r.wireBytes <= RoundTripEstimate.quietRoundBytes {
@@ -61,17 +72,19 @@ extension MigrationSender {
                 // docs/benchmarks.md "Predicted vs actual, phase by phase"). Small rounds only,
                 // like PING: the guest loses the moment the stop takes.
                 // The state save is timed in the same stop: the median of the last 5.
-                let sample = stopSample()
+                let sample = stopSample(withBalloonMap: balloonUpdate == nil)
                 stops = Array((stops + [sample.stop]).suffix(5))
                 predictor.setStopLatencies([stops.min()!])
                 if let save = sample.stateSave { stateSaves = Array((stateSaves + [save]).suffix(5)) }
                 predictor.setStateSaves(stateSaves)
+                if let bytes = sample.stateBytes { predictor.stateBytes = bytes }
             }
             r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
             if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
             if bandwidth == 0 { bandwidth = max(r.bandwidth, 100e6) }
             if let cap = options.bandwidthLimit { bandwidth = min(bandwidth, cap) }
             if r.pages > 0 { bytesPerPage = max(16, Double(r.wireBytes) / Double(r.pages)) }
+            predictor.sendRate = bandwidth
             r.dirtyPages = next.count
             r.dirtyRate = r.seconds > 0 ? Double(next.count) / r.seconds : 0
             let prediction = predictor.predict(pages: next.count)

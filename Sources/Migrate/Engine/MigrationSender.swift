@@ -69,10 +69,14 @@ public final class MigrationSender: @unchecked Sendable {
             stats.streams = channels.count
             stats.dirtySource = options.dirtySource
             let rounds = RoundSender(channels: channels, machine: machine, options: effective, cancelled: cancelled, cpu: cpu)
+            var balloonMap = balloonMapSender(granted: granted) // nil: the map goes in STATE
             let pending = try precopy(tracker: tracker, rounds: rounds, stats: &stats, started: started,
                                       roundTrip: handshakeRoundTrip.value,
                                       probeRoundTrip: granted.contains(.ping) ? { [self] nonce throws(MigrationError) in
                                           try pingRoundTrip(channels[0], nonce: nonce, work: granted.contains(.commitWork)) } : nil,
+                                      balloonUpdate: balloonMap == nil ? nil : { [self] () throws(MigrationError) in
+                                          try sendBalloonUpdate(&balloonMap!, words: machine.pv.balloonedPages.words,
+                                                                on: channels[0], final: false) },
                                       progress: progress)
 
             // Stop-and-copy: from here the guest is paused until the destination resumes it.
@@ -83,7 +87,7 @@ public final class MigrationSender: @unchecked Sendable {
             var clock = PhaseClock<PausePhases>(startingAt: pausedAt)
             clock.lap(\.stopVCPUs)
             let final: DirtyRound
-            do { final = try tracker.harvest(vcpusPaused: true) } catch { throw MigrationError.dirtyTracking(error) }
+            do { final = try tracker.harvest(vcpusPaused: true, last: true) } catch { throw MigrationError.dirtyTracking(error) }
             clock.lap(\.harvest)
             let excluded = final.ballooned
             var finalSet = pending  // one copy of the bitmap, not two (O(memory) in the pause)
@@ -92,12 +96,16 @@ public final class MigrationSender: @unchecked Sendable {
             let last = try rounds.send(pages: finalSet,
                                        round: UInt32(stats.rounds.count), skipZero: false)
             clock.lap(\.finalRound)
+            if balloonMap != nil {
+                try sendBalloonUpdate(&balloonMap!, words: excluded.words, on: channels[0], final: true)
+                clock.lap(\.balloonUpdate)
+            }
             try rounds.finish()
             clock.lap(\.finish)
             // The digest of what was sent (§3.5): kept up to date as pages were encoded and
             // made exact by the verification sweep, so no page is read here.
             let digest = rounds.sentHashes.digest(excluding: excluded)
-            let state = try stateBlob(granted: granted)
+            let state = try stateBlob(granted: granted, withBalloonMap: balloonMap == nil)
             clock.lap(\.stateSave)
             try sendControl(channels[0], .state(state))
             clock.lap(\.stateSend)
@@ -163,7 +171,7 @@ public final class MigrationSender: @unchecked Sendable {
         let control = try open()
         var id = [UInt8](repeating: 0, count: 16)
         for i in id.indices { id[i] = UInt8.random(in: 0...255) }
-        var capabilities: Capabilities = [.pvState, .ping, .commitWork]
+        var capabilities: Capabilities = [.pvState, .ping, .commitWork, .balloonMap]
         if options.compressionLevel != nil { capabilities.insert(.zstd) }
         if options.delta { capabilities.insert(.delta) }
         // Version 2 only: a v1 destination starts the guest before the source has let go of it
@@ -218,10 +226,12 @@ public final class MigrationSender: @unchecked Sendable {
 
     /// The STATE payload (§1.8): the PV section (tag 4) only when PV_STATE was granted. Without
     /// it the guest's PV state must be empty (checked again here: the guest may have registered
-    /// since the handshake), else the migration fails and the VM resumes here.
-    private func stateBlob(granted: Capabilities) throws(MigrationError) -> [UInt8] {
+    /// since the handshake), else the migration fails and the VM resumes here. Without
+    /// `withBalloonMap` the PV section's map is left out: it went in BALLOON frames (§3.2.1).
+    private func stateBlob(granted: Capabilities, withBalloonMap: Bool) throws(MigrationError) -> [UInt8] {
         var state: MachineState
         do { state = try machine.saveState() } catch { throw .machine(error) }
+        if !withBalloonMap { state.pv?.balloonWords = [] }
         if !granted.contains(.pvState) {
             if state.pv?.isInUse == true {
                 throw .incompatible("the destination declined PV_STATE, but this guest uses the PV interface (its state cannot travel)")

@@ -2,7 +2,8 @@
 /// (issue 11: predicted vs actual downtime). The phases follow each other without gaps, so
 /// their sum is the downtime `MigrationStats.downtimeSeconds` reports:
 ///
-///     pause → vCPUs stopped → harvest → final round sent → streams finished → state saved
+///     pause → vCPUs stopped → harvest → final round sent → BALLOON update sent
+///           → streams finished → state saved
 ///           → STATE sent → COMMIT sent, PREPARED back → hand-over recorded → GO sent, DONE back
 ///
 /// `commitToPrepared` includes the destination's state digest, state decode, memory digest
@@ -14,20 +15,24 @@ public struct PausePhases: Sendable, Codable, Equatable, PhaseSet {
     public var stopVCPUs = 0.0
     public var harvest = 0.0
     public var finalRound = 0.0
+    /// The pause's BALLOON update (capability BALLOON_MAP, protocol.md §3.2.1): comparing the
+    /// map with what was sent, and sending what changed.
+    public var balloonUpdate = 0.0
     public var finish = 0.0
     public var stateSave = 0.0
     public var stateSend = 0.0
     public var commitToPrepared = 0.0
     public var handOver = 0.0
     public var goToDone = 0.0
-    /// Of `harvest`: KVM's dirty log (KVM_GET_DIRTY_LOG and KVM_CLEAR_DIRTY_LOG over every
-    /// slot, or the KVM ring). Not a phase of its own: it is inside `harvest`.
+    /// Of `harvest`: KVM's dirty log (KVM_GET_DIRTY_LOG over every slot — the paused harvest
+    /// is the last and skips KVM_CLEAR_DIRTY_LOG — or the KVM ring). Not a phase of its own:
+    /// it is inside `harvest`.
     public var harvestKVM = 0.0
 
     public init() {}
 
     public var total: Double {
-        stopVCPUs + harvest + finalRound + finish + stateSave + stateSend + commitToPrepared + handOver + goToDone
+        stopVCPUs + harvest + finalRound + balloonUpdate + finish + stateSave + stateSend + commitToPrepared + handOver + goToDone
     }
 
     // Files written before `stopVCPUs` and `harvestKVM` existed (bench --json) still decode.
@@ -35,6 +40,7 @@ public struct PausePhases: Sendable, Codable, Equatable, PhaseSet {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         func value(_ key: CodingKeys) throws -> Double { try c.decodeIfPresent(Double.self, forKey: key) ?? 0 }
         stopVCPUs = try value(.stopVCPUs); harvest = try value(.harvest); finalRound = try value(.finalRound)
+        balloonUpdate = try value(.balloonUpdate)
         finish = try value(.finish); stateSave = try value(.stateSave); stateSend = try value(.stateSend)
         commitToPrepared = try value(.commitToPrepared); handOver = try value(.handOver); goToDone = try value(.goToDone)
         harvestKVM = try value(.harvestKVM)

@@ -70,7 +70,7 @@ extension MigrationSender {
             var skipZero = false
             if let tracker {
                 let final: DirtyRound
-                do { final = try tracker.harvest(vcpusPaused: true) } catch { throw .dirtyTracking(error) }
+                do { final = try tracker.harvest(vcpusPaused: true, last: true) } catch { throw .dirtyTracking(error) }
                 ballooned.formUnion(final.ballooned)
                 finalSet = pending.union(final.pages)
             } else {

@@ -35,6 +35,8 @@ public enum FrameType: UInt16, Sendable, CaseIterable {
     case ping, pong
     // Capability COMMIT_WORK (protocol.md §3.2): PONG with the destination's commit work.
     case pongWork
+    // Capability BALLOON_MAP (protocol.md §3.2.1): the balloon map, sent ahead of the pause.
+    case balloon
 
     /// The protocol's name for the type (protocol.md §3.2), e.g. HELLO_ACK.
     public var name: String {
@@ -62,6 +64,7 @@ public enum FrameType: UInt16, Sendable, CaseIterable {
         case .outcome: 8
         case .ping, .pong: 8
         case .pongWork: 16
+        case .balloon: FrameHeader.maximumPayload
         case .error: 8 + ErrorReport.reasonLimit
         case .streamEnd: 8
         }
@@ -113,7 +116,10 @@ public struct Capabilities: OptionSet, Sendable, Equatable {
     public static let ping = Capabilities(rawValue: 1 << 3)
     /// PING is answered with PONG_WORK: the destination's estimate of its own commit work.
     public static let commitWork = Capabilities(rawValue: 1 << 4)
-    public static let all: Capabilities = [.zstd, .delta, .pvState, .ping, .commitWork]
+    /// The balloon map travels in BALLOON frames, not in STATE (protocol.md §3.2.1); only
+    /// with `pvState`.
+    public static let balloonMap = Capabilities(rawValue: 1 << 5)
+    public static let all: Capabilities = [.zstd, .delta, .pvState, .ping, .commitWork, .balloonMap]
 }
 
 public struct Hello: Equatable, Sendable {
@@ -217,6 +223,8 @@ public enum Frame: Equatable, Sendable {
     /// PONG with the destination's estimate of its own work in the commit, in µs: from COMMIT
     /// read to PREPARED sent, and from GO read to DONE sent (protocol.md §3.2).
     case pongWork(nonce: UInt64, prepareMicros: UInt32, startMicros: UInt32)
+    /// Changes to the balloon map the destination holds (protocol.md §3.2.1).
+    case balloon(BalloonUpdate)
 
     public var type: FrameType {
         switch self {
@@ -239,6 +247,7 @@ public enum Frame: Equatable, Sendable {
         case .ping: .ping
         case .pong: .pong
         case .pongWork: .pongWork
+        case .balloon: .balloon
         }
     }
 
@@ -281,6 +290,8 @@ public enum Frame: Equatable, Sendable {
             p.u64(nonce)
         case let .pongWork(nonce, prepare, start):
             p.u64(nonce); p.u32(prepare); p.u32(start)
+        case let .balloon(update):
+            p.raw(update.encoded())
         }
         return FrameHeader(type: type, flags: flags, length: p.bytes.count).encoded() + p.bytes
     }
@@ -368,6 +379,8 @@ public enum Frame: Equatable, Sendable {
         case .pongWork:
             try exact(16)
             return .pongWork(nonce: try r.u64(), prepareMicros: try r.u32(), startMicros: try r.u32())
+        case .balloon:
+            return .balloon(try BalloonUpdate(decoding: payload))
         }
     }
 }
