@@ -116,7 +116,8 @@ final class TapReceiver: @unchecked Sendable {
 
     /// Waits up to `timeoutMilliseconds` for frames on the TAP or for `interrupt` (the vCPU
     /// thread's eventfd: pause, stop, requests, wakes) to become readable, delivering what
-    /// arrives; the TAP goes back to the I/O thread before it returns.
+    /// arrives; the TAP goes back to the I/O thread before it returns. An interrupt it saw is
+    /// reset here (`.unavailable`: it did not wait, and reset nothing).
     func vcpuWait(timeoutMilliseconds: Int32, interrupt: Int32) -> WaitResult {
         let (done, sleepFirst, window) = lock.withLock { () -> (WaitResult?, UInt64, UInt64) in
             guard owner == .ioThread, !retired, !tapGone, !device.isQuiesced else { return (.unavailable, 0, 0) }
@@ -155,6 +156,10 @@ final class TapReceiver: @unchecked Sendable {
         if ready == 0 { ready = poll(&fds, 2, timeoutMilliseconds) }
         if ready == 0 { outcome = .timedOut }
         guard ready > 0 else { return .served } // timeout, or a signal (a kick)
+        // The wait consumes the interrupt that ended it, and resets nothing otherwise: no read(2)
+        // between a frame and KVM_RUN. A signal that comes after poll returned stays set and
+        // ends the next wait at once, which consumes it then (a spurious wake, never a lost one).
+        if fds[1].revents & Int16(POLLIN) != 0 { EventCounter.reset(interrupt) }
         if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
             lock.withLock { tapGone = true }
             return .unavailable

@@ -113,6 +113,18 @@ extension PVNetTests {
         #expect(!net.waitForFrames(vcpu: 1, milliseconds: 1, interrupt: interrupt.rawValue))
     }
 
+    @Test func aWaitConsumesTheInterruptThatEndedItSoTheNextWaitSleeps() throws {
+        let (_, net) = attached()
+        post(4)
+        let (backend, _, interrupt, returned) = try backendWithAWaitingVCPU(net)
+        defer { backend.stop() }
+        EventCounter.signal(interrupt.rawValue)
+        try #require(Wait.until { returned.value != nil }, "the wait did not end on its interrupt")
+        // The vCPU thread no longer resets it after each wait (one read(2) fewer before KVM_RUN).
+        var fd = pollfd(fd: interrupt.rawValue, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&fd, 1, 0) == 0, "the interrupt that ended the wait is still set (revents \(fd.revents))")
+    }
+
     @Test func aPollingWaitDeliversAFrameAndStillEndsOnItsInterrupt() throws {
         let (_, net) = attached()
         post(4)

@@ -97,7 +97,8 @@ public final class VCPUThread: @unchecked Sendable {
     var onNetSleep: (@Sendable () -> Void)?
     /// The guest sleeps in NET_SLEEP: wait for frames on the host's NIC backend for up to the
     /// given milliseconds or until the given eventfd (this thread's `interrupt`) is readable;
-    /// false if it did not wait (then the thread sleeps on its condition). This vCPU's thread.
+    /// false if it did not wait (then the thread sleeps on its condition). A wait that the
+    /// eventfd ended resets it (`TapReceiver.vcpuWait`). This vCPU's thread.
     var onNetWait: (@Sendable (Int32, Int32) -> Bool)?
     /// Readable when something needs this thread while it waits in `onNetWait`: a request,
     /// pause, stop or wake (`kickLocked`, `wake`). Created at the first such wait.
@@ -462,9 +463,11 @@ public final class VCPUThread: @unchecked Sendable {
             }
             guard let remaining else { return }
             let waited = onNetWait(remaining, interrupt.rawValue)
-            condition.withLock { inNetWait = false }
-            EventCounter.reset(interrupt.rawValue) // a kick after this point finds inNetWait false: none is left behind
+            condition.withLock { inNetWait = false } // a kick after this point does not signal the eventfd
+            // A wait that ended on the interrupt reset it itself (no read(2) on the path from a
+            // frame to KVM_RUN); one still set ends the next wait at once, which resets it then.
             if !waited {
+                EventCounter.reset(interrupt.rawValue)
                 let now = DispatchTime.now().uptimeNanoseconds
                 return sleep(milliseconds: UInt32(clamping: now < deadline ? (deadline - now + 999_999) / 1_000_000 : 0))
             }
