@@ -20,4 +20,34 @@ import Testing
         PageBitmap.full(pageCount: 1000).forEachIndex { _ in all += 1 }
         #expect(all == 1000)
     }
+
+    /// `nonZeroSpans` (KVM_CLEAR_DIRTY_LOG gets only these) covers every non-zero word and
+    /// no zero run as long as the gap, joins shorter gaps, and is empty for an empty bitmap.
+    @Test func nonZeroSpansCoverEverySetWordAndJoinShortGaps() {
+        var words = [UInt64](repeating: 0, count: 100)
+        for i in [3, 4, 6, 20, 99] { words[i] = 1 << UInt64(i % 64) }
+        #expect(PageBitmap.nonZeroSpans(of: words, joiningGapsBelow: 1) == [3..<5, 6..<7, 20..<21, 99..<100])
+        #expect(PageBitmap.nonZeroSpans(of: words, joiningGapsBelow: 2) == [3..<7, 20..<21, 99..<100])
+        #expect(PageBitmap.nonZeroSpans(of: words, joiningGapsBelow: 14) == [3..<21, 99..<100])
+        #expect(PageBitmap.nonZeroSpans(of: words, joiningGapsBelow: 1000) == [3..<100])
+        #expect(PageBitmap.nonZeroSpans(of: [UInt64](repeating: 0, count: 10), joiningGapsBelow: 4).isEmpty)
+        #expect(PageBitmap.nonZeroSpans(of: [], joiningGapsBelow: 4).isEmpty)
+    }
+
+    /// `recycling` hands back an empty bitmap of the size asked for, leaves the spare empty,
+    /// and never changes a bitmap that someone still holds (copy-on-write), whatever its size.
+    @Test func recyclingGivesAnEmptyBitmapAndLeavesHeldCopiesAlone() {
+        var spare = PageBitmap(pageCount: 200)
+        spare.insert(5); spare.insert(199)
+        let held = spare
+        var reused = PageBitmap.recycling(&spare, pageCount: 200)
+        #expect(reused.isEmpty && reused.pageCount == 200)
+        #expect(spare.pageCount == 0)
+        #expect(held.indices == [5, 199], "a held copy changed: \(held.indices)")
+        reused.insert(7)
+        #expect(held.indices == [5, 199])
+        spare = reused
+        let resized = PageBitmap.recycling(&spare, pageCount: 64)
+        #expect(resized.pageCount == 64 && resized.isEmpty)
+    }
 }

@@ -72,6 +72,10 @@ public final class DirtyTracker: @unchecked Sendable {
     private let machine: Machine
     private var sources: [any DirtySource]
     private var running = false
+    /// The last two harvests' `pages`, reused in turn (`PageBitmap.recycling`): a caller
+    /// that keeps the previous round's set while the next harvest runs (pre-copy sends it)
+    /// has let go of the one before, so a harvest allocates no full-size bitmap.
+    private var spares = [PageBitmap(pageCount: 0), PageBitmap(pageCount: 0)]
 
     public init(machine: Machine, mode: DirtySourceMode) throws(DirtyTrackingError) {
         if mode == .pv, !machine.pv.isRegistered { throw .guestNotPVAware }
@@ -127,8 +131,8 @@ public final class DirtyTracker: @unchecked Sendable {
     /// `last`: no harvest follows before `stop` (the final round), so KVM's log is not re-armed.
     public func harvest(vcpusPaused: Bool, last: Bool = false) throws(DirtyTrackingError) -> DirtyRound {
         let memory = machine.memory
-        var round = DirtyRound(pages: PageBitmap(pageCount: memory.pageCount), host: PageBitmap(pageCount: memory.pageCount),
-                               pvUntrustworthy: false)
+        var round = DirtyRound(pages: .recycling(&spares[0], pageCount: memory.pageCount),
+                               host: PageBitmap(pageCount: 0), pvUntrustworthy: false)
         for source in sources {
             let started = ContinuousClock.now
             let h = try source.harvest(vcpusPaused: vcpusPaused, last: last)
@@ -149,6 +153,9 @@ public final class DirtyTracker: @unchecked Sendable {
         }
         round.ballooned = machine.pv.balloonedPages
         round.pages.subtract(round.ballooned)
+        // Kept for the harvest after next; a `last` harvest keeps none, so the caller's sets
+        // are its own again (adding to them in the pause must not copy).
+        spares = last ? [PageBitmap(pageCount: 0), PageBitmap(pageCount: 0)] : [spares[1], round.pages]
         return round
     }
 }

@@ -2,7 +2,7 @@
 /// then region 1, … (`GuestMemory.pageIndex(of:)` maps a frame to it). Out-of-range
 /// indices are ignored on insert and read as absent, so a bad frame can never trap.
 public struct PageBitmap: Equatable, Sendable {
-    public private(set) var words: [UInt64]
+    public internal(set) var words: [UInt64]
     public let pageCount: Int
 
     public init(pageCount: Int) {
@@ -22,6 +22,33 @@ public struct PageBitmap: Equatable, Sendable {
             words = Array(bits.prefix(needed)) + [UInt64](repeating: 0, count: max(0, needed - bits.count))
         }
         trimTail()
+    }
+
+    /// An empty bitmap of `pageCount` pages made from `spare`'s storage, which is left empty
+    /// (0 pages): no allocation, and no first touch of fresh pages, when nothing else still
+    /// holds `spare` — a harvest's buffer that its caller has let go of. Copy-on-write keeps
+    /// it correct when something does: then this allocates, as a fresh bitmap would.
+    public static func recycling(_ spare: inout PageBitmap, pageCount: Int) -> PageBitmap {
+        var bitmap = spare
+        spare = PageBitmap(pageCount: 0)
+        guard bitmap.pageCount == pageCount else { return PageBitmap(pageCount: pageCount) }
+        bitmap.removeAll()
+        return bitmap
+    }
+
+    /// The spans of `words` that hold every non-zero word, as word ranges, ascending; two
+    /// spans closer than `gap` zero words are one (walking a short run of zeros is cheaper
+    /// than another call on the span, e.g. another KVM_CLEAR_DIRTY_LOG).
+    public static func nonZeroSpans(of words: [UInt64], joiningGapsBelow gap: Int) -> [Range<Int>] {
+        var spans: [Range<Int>] = []
+        for i in words.indices where words[i] != 0 {
+            if let last = spans.last, i - last.upperBound < gap {
+                spans[spans.count - 1] = last.lowerBound..<(i + 1)
+            } else {
+                spans.append(i..<(i + 1))
+            }
+        }
+        return spans
     }
 
     public static func full(pageCount: Int) -> PageBitmap {

@@ -25,24 +25,48 @@ public final class VirtualMachine: @unchecked Sendable {
     /// KVM_GET_DIRTY_LOG for one slot: a bitmap (one bit per page, LSB first) of the pages
     /// written since the last call, which the call clears. `pageCount` is the slot's size in pages.
     public func dirtyLog(slot: UInt32, pageCount: Int) throws(KVMError) -> [UInt64] {
+        var bitmap: [UInt64] = []
+        try dirtyLog(slot: slot, pageCount: pageCount, into: &bitmap)
+        return bitmap
+    }
+
+    /// The same into `bitmap`, which is resized to the slot only when it does not fit (a
+    /// caller that keeps it across harvests allocates, and faults its pages in, once).
+    public func dirtyLog(slot: UInt32, pageCount: Int, into bitmap: inout [UInt64]) throws(KVMError) {
         // KVM writes ceil(pages/64) u64 words into the bitmap, which holds exactly that.
-        var bitmap = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
+        let words = (pageCount + 63) / 64
+        if bitmap.count != words { bitmap = [UInt64](repeating: 0, count: words) }
         var log = kvm_dirty_log()
         log.slot = slot
         try fd.ioctl("KVM_GET_DIRTY_LOG", CKVM_GET_DIRTY_LOG, &log, buffer: &bitmap) { $0.dirty_bitmap = $1 }
-        return bitmap
     }
 
     /// KVM_CLEAR_DIRTY_LOG (manual-protect mode): re-protects the pages set in `bitmap`, so
     /// their next write is logged again. `bitmap` covers the whole slot from page 0.
     public func clearDirtyLog(slot: UInt32, pageCount: Int, bitmap: [UInt64]) throws(KVMError) {
-        // `bits` holds ceil(pageCount/64) words, all KVM reads.
         var bits = bitmap
+        try clearDirtyLog(slot: slot, pageCount: pageCount, bitmap: &bits, words: 0..<bits.count)
+    }
+
+    /// KVM_CLEAR_DIRTY_LOG for the pages of `bitmap`'s words `words` only (the slot's bitmap
+    /// from page 0): the kernel copies in and walks just that span. KVM wants the span to start
+    /// on a 64-page boundary (a word does) and to be a multiple of 64 pages unless it ends
+    /// at the slot's end, which clipping the last word to `pageCount` gives.
+    public func clearDirtyLog(slot: UInt32, pageCount: Int, bitmap: inout [UInt64], words: Range<Int>) throws(KVMError) {
+        precondition(words.lowerBound >= 0 && words.upperBound <= min(bitmap.count, (pageCount + 63) / 64),
+                     "clear span outside the slot's bitmap")
+        guard !words.isEmpty else { return }
         var clear = kvm_clear_dirty_log()
         clear.slot = slot
-        clear.num_pages = UInt32(pageCount)
-        clear.first_page = 0
-        try fd.ioctl("KVM_CLEAR_DIRTY_LOG", CKVM_CLEAR_DIRTY_LOG, &clear, buffer: &bits) { $0.dirty_bitmap = $1 }
+        clear.first_page = UInt64(words.lowerBound * 64)
+        clear.num_pages = UInt32(min(pageCount, words.upperBound * 64) - words.lowerBound * 64)
+        // Sound: the pointer is to word `words.lowerBound` of `bitmap`, pinned for the call, and
+        // KVM reads ceil(num_pages/64) words from it: `words.count`, all inside `bitmap`.
+        let result = bitmap.withUnsafeMutableBufferPointer { all in
+            clear.dirty_bitmap = UnsafeMutableRawPointer(all.baseAddress! + words.lowerBound)
+            return Result { () throws(KVMError) in try fd.ioctl("KVM_CLEAR_DIRTY_LOG", CKVM_CLEAR_DIRTY_LOG, &clear) }
+        }
+        _ = try result.get()
     }
 
     /// KVM_ENABLE_CAP on the VM.

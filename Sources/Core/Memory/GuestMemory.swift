@@ -70,7 +70,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// not resident, yet holds data.
     public let fileDataPages: PageBitmap?
     /// Pages the VMM itself wrote (KVM does not log them): see `markHostWritten`.
-    private let hostWritten: Locked<PageBitmap>
+    private let hostWritten: Locked<PageLog>
 
     /// Allocates `size` bytes of RAM (a multiple of 2 MiB, at least 4 MiB).
     public convenience init(size: UInt64) throws(GuestMemoryError) {
@@ -101,7 +101,7 @@ public final class GuestMemory: @unchecked Sendable {
         self.regions = regions
         self.size = size
         fileDataPages = dataPages
-        hostWritten = Locked(PageBitmap(pageCount: Int(size / GuestPhysicalAddress.pageSize)))
+        hostWritten = Locked(PageLog(pageCount: Int(size / GuestPhysicalAddress.pageSize)))
     }
 
     /// The region holding all of `[address, address + count)`, and the offset into it.
@@ -140,11 +140,12 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// The pages the VMM wrote since the last call; clears the record.
     public func takeHostWrittenPages() -> PageBitmap {
-        hostWritten.withLock { bitmap in
-            let taken = bitmap
-            bitmap.removeAll()
-            return taken
-        }
+        hostWritten.withLock { $0.take() }
+    }
+
+    /// The same, ORed into `pages` (of this memory's page count): costs what was written.
+    public func takeHostWrittenPages(into pages: inout PageBitmap) {
+        hostWritten.withLock { $0.drain(into: &pages) }
     }
 
     public func read(at address: GuestPhysicalAddress, count: UInt64) throws(GuestMemoryError) -> [UInt8] {

@@ -82,7 +82,7 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
     /// Index = vCPU: the control page's ring, then one per registered vCPU area (§2.10).
     var rings: [VCPURing] = []
     var alwaysDirty = [GuestRange]()
-    var pending: PageBitmap
+    var pending: PageLog
     var ringCorrupt = false
     private(set) var balloon: PageBitmap
 
@@ -94,7 +94,7 @@ public final class PVInterface: BusDevice, @unchecked Sendable {
         net?.vcpuCount = vcpuCount
         self.console = console
         self.log = log
-        pending = PageBitmap(pageCount: memory.pageCount)
+        pending = PageLog(pageCount: memory.pageCount)
         balloon = PageBitmap(pageCount: memory.pageCount)
         net?.pvRanges = { [weak self] in self?.netProtectedRanges() ?? [] }
     }

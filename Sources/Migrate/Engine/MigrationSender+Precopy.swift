@@ -85,14 +85,15 @@ extension MigrationSender {
             if let cap = options.bandwidthLimit { bandwidth = min(bandwidth, cap) }
             if r.pages > 0 { bytesPerPage = max(16, Double(r.wireBytes) / Double(r.pages)) }
             predictor.sendRate = bandwidth
-            r.dirtyPages = next.count
-            r.dirtyRate = r.seconds > 0 ? Double(next.count) / r.seconds : 0
-            let prediction = predictor.predict(pages: next.count)
+            let dirty = next.count // one pass over the bitmap, not one per use (it grows with the guest)
+            r.dirtyPages = dirty
+            r.dirtyRate = r.seconds > 0 ? Double(dirty) / r.seconds : 0
+            let prediction = predictor.predict(pages: dirty)
             r.expectedDowntime = prediction.seconds
             r.throttle = throttle
             stats.add(r)
             progress(r)
-            if next.isEmpty || prediction.seconds <= options.downtimeTarget, !verified {
+            if dirty == 0 || prediction.seconds <= options.downtimeTarget, !verified {
                 // Converged once: verify (§3.5.2) before the final round(s); what it finds,
                 // and what the guest dirtied meanwhile, goes in the next round.
                 round += 1
@@ -100,9 +101,9 @@ extension MigrationSender {
                 verified = true
                 continue
             }
-            if next.isEmpty || prediction.seconds <= options.downtimeTarget {
+            if dirty == 0 || prediction.seconds <= options.downtimeTarget {
                 // It fits: go on to the floor while rounds still shrink the set (`FloorPolicy`).
-                if floor.decide(sent: set.count, dirty: next.count, roundSeconds: r.seconds,
+                if floor.decide(sent: set.count, dirty: dirty, roundSeconds: r.seconds,
                                 elapsed: (ContinuousClock.now - started).seconds, maxTime: options.maxTime) == .anotherRound {
                     set = next
                     round += 1
@@ -110,7 +111,7 @@ extension MigrationSender {
                 }
                 stats.predictedDowntimeSeconds = prediction.seconds
                 stats.predictedFixedSeconds = prediction.fixedSeconds
-                stats.predictedFinalPages = next.count
+                stats.predictedFinalPages = dirty
                 stats.predictedPausePhases = prediction.phases
                 return next
             }
