@@ -22,16 +22,10 @@ public final class VirtualMachine: @unchecked Sendable {
         try fd.ioctl("KVM_SET_USER_MEMORY_REGION", CKVM_SET_USER_MEMORY_REGION, &region)
     }
 
-    /// KVM_GET_DIRTY_LOG for one slot: a bitmap (one bit per page, LSB first) of the pages
-    /// written since the last call, which the call clears. `pageCount` is the slot's size in pages.
-    public func dirtyLog(slot: UInt32, pageCount: Int) throws(KVMError) -> [UInt64] {
-        var bitmap: [UInt64] = []
-        try dirtyLog(slot: slot, pageCount: pageCount, into: &bitmap)
-        return bitmap
-    }
-
-    /// The same into `bitmap`, which is resized to the slot only when it does not fit (a
-    /// caller that keeps it across harvests allocates, and faults its pages in, once).
+    /// KVM_GET_DIRTY_LOG for one slot into `bitmap` (one bit per page, LSB first): the pages
+    /// written since the last call, which the call clears. `pageCount` is the slot's size in
+    /// pages; `bitmap` is resized to the slot only when it does not fit (a caller that keeps
+    /// it across harvests allocates, and faults its pages in, once).
     public func dirtyLog(slot: UInt32, pageCount: Int, into bitmap: inout [UInt64]) throws(KVMError) {
         // KVM writes ceil(pages/64) u64 words into the bitmap, which holds exactly that.
         let words = (pageCount + 63) / 64
@@ -41,15 +35,9 @@ public final class VirtualMachine: @unchecked Sendable {
         try fd.ioctl("KVM_GET_DIRTY_LOG", CKVM_GET_DIRTY_LOG, &log, buffer: &bitmap) { $0.dirty_bitmap = $1 }
     }
 
-    /// KVM_CLEAR_DIRTY_LOG (manual-protect mode): re-protects the pages set in `bitmap`, so
-    /// their next write is logged again. `bitmap` covers the whole slot from page 0.
-    public func clearDirtyLog(slot: UInt32, pageCount: Int, bitmap: [UInt64]) throws(KVMError) {
-        var bits = bitmap
-        try clearDirtyLog(slot: slot, pageCount: pageCount, bitmap: &bits, words: 0..<bits.count)
-    }
-
-    /// KVM_CLEAR_DIRTY_LOG for the pages of `bitmap`'s words `words` only (the slot's bitmap
-    /// from page 0): the kernel copies in and walks just that span. KVM wants the span to start
+    /// KVM_CLEAR_DIRTY_LOG (manual-protect mode): re-protects the pages set in `bitmap`'s words
+    /// `words` (`bitmap` is the slot's, from page 0), so their next write is logged again; the
+    /// kernel copies in and walks just that span. KVM wants the span to start
     /// on a 64-page boundary (a word does) and to be a multiple of 64 pages unless it ends
     /// at the slot's end, which clipping the last word to `pageCount` gives.
     public func clearDirtyLog(slot: UInt32, pageCount: Int, bitmap: inout [UInt64], words: Range<Int>) throws(KVMError) {
