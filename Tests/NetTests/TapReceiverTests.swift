@@ -116,8 +116,9 @@ extension PVNetTests {
     @Test func aWaitConsumesTheInterruptThatEndedItSoTheNextWaitSleeps() throws {
         let (_, net) = attached()
         post(4)
-        let (backend, _, interrupt, returned) = try backendWithAWaitingVCPU(net)
-        defer { backend.stop() }
+        // The peer stays open: closing it would end the wait (POLLHUP) before the interrupt does.
+        let (backend, peer, interrupt, returned) = try backendWithAWaitingVCPU(net)
+        defer { backend.stop(); withExtendedLifetime(peer) {} }
         EventCounter.signal(interrupt.rawValue)
         try #require(Wait.until { returned.value != nil }, "the wait did not end on its interrupt")
         // The vCPU thread no longer resets it after each wait (one read(2) fewer before KVM_RUN).
