@@ -175,8 +175,34 @@ extension EndToEnd {
             let at = Self.address(machine.memory, page: page)
             try machine.memory.write(try machine.memory.read(at: at, count: 1), at: at)
             let last = try tracker.harvest(vcpusPaused: true, last: true)
+            // The paused state's VIF pages are those the rounds relied on; another one would
+            // not be in any round: the migration must not commit then.
+            let state = try machine.saveState()
             machine.resume()
             #expect(last.alwaysDirtyVouched && last.pages.contains(page) && last.host.contains(page))
+            #expect(state.registeredVIFPages.compactMap { machine.memory.pageIndex(of: $0.frame) } == vif)
+            try tracker.confirmVIFPages(state.registeredVIFPages)
+            #expect(throws: DirtyTrackingError.vifPageMoved) {
+                try tracker.confirmVIFPages(state.registeredVIFPages + [GuestPhysicalAddress(0x20_0000)])
+            }
+            tracker.stop()
+        }
+
+        /// Until a harvest has relied on KVM's log for the always-dirty ranges, the VIF pages the
+        /// tracker read do not matter: any registration at the pause is accepted.
+        @Test func vifPagesAreCheckedOnlyAfterAHarvestReliedOnThem() throws {
+            let (machine, console) = try Self.boot("workload=dirty mib=8 passes=0 pattern=random rate=20000 progress=0")
+            machine.start()
+            defer { machine.stop(); machine.waitForExit() }
+            #expect(machine.waitUntilRegistered(), "\(console.text)")
+            let tracker = try DirtyTracker(machine: machine, mode: .pvVerified)
+            try tracker.start()
+            try tracker.addKVM()
+            let first = try tracker.harvest(vcpusPaused: false)
+            #expect(!first.alwaysDirtyVouched)
+            try tracker.confirmVIFPages([GuestPhysicalAddress(0x20_0000)])
+            #expect(try tracker.harvest(vcpusPaused: false).alwaysDirtyVouched)
+            #expect(throws: DirtyTrackingError.vifPageMoved) { try tracker.confirmVIFPages([GuestPhysicalAddress(0x20_0000)]) }
             tracker.stop()
         }
 

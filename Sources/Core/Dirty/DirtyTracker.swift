@@ -59,6 +59,8 @@ public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
     case guestNotPVAware
     case ringNotTrustedAlone
     case kvm(KVMError)
+    /// A vCPU's VIF page at the pause is not one the harvests that relied on KVM's log sent.
+    case vifPageMoved
 
     public var description: String {
         switch self {
@@ -67,6 +69,9 @@ public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
         case .ringNotTrustedAlone:
             return "dirty source 'kvm' cannot rely on KVM's dirty ring alone on a PVM host (it loses pages there); use 'hybrid'"
         case let .kvm(e): return "dirty logging: \(e)"
+        case .vifPageMoved:
+            return "the guest registered a new VIF page during the migration, after the rounds relied on the old one "
+                + "(protocol.md §3.5.1); the VM stays here: retry the migration"
         }
     }
 }
@@ -85,10 +90,12 @@ public final class DirtyTracker: @unchecked Sendable {
     private var spares = [PageBitmap(pageCount: 0), PageBitmap(pageCount: 0)]
     /// Whether KVM's log vouches for the always-dirty ranges in the next harvest.
     private var alwaysDirtyFilter = AlwaysDirtyFilter()
-    /// The vCPUs' VIF pages (page indices), read when KVM's bitmap went on and again in every
-    /// paused harvest it vouches for (then exact: the guest cannot re-register while parked);
-    /// nil when they could not be read (then nothing is vouched for).
-    private var vifPages: [Int]? = []
+    /// The vCPUs' VIF pages, read when KVM's bitmap went on (with the guest running: a kick per
+    /// vCPU, once — not in the pause); nil when they could not be read (then nothing is
+    /// vouched for). `confirmVIFPages` checks them against the paused state.
+    private var vifPages: [GuestPhysicalAddress]? = []
+    /// Some harvest relied on `vifPages`.
+    private var reliedOnVIFPages = false
 
     public init(machine: Machine, mode: DirtySourceMode) throws(DirtyTrackingError) {
         if mode == .pv, !machine.pv.isRegistered { throw .guestNotPVAware }
@@ -132,15 +139,19 @@ public final class DirtyTracker: @unchecked Sendable {
     }
 
     /// KVM's bitmap is on from now: the interval of the next harvest is not all covered by it.
-    /// The VIF pages are read here, with the guest running (a kick per vCPU, once).
     private func kvmBitmapStarted() {
         alwaysDirtyFilter.kvmStarted()
-        readVIFPages()
+        vifPages = try? machine.registeredVIFPages()
     }
 
-    private func readVIFPages() {
-        let memory = machine.memory
-        vifPages = (try? machine.registeredVIFPages())?.compactMap { memory.pageIndex(of: $0.frame) }
+    /// The paused machine's VIF registrations (`MachineState.registeredVIFPages`, saved in the
+    /// pause anyway — no extra MSR read): when a harvest relied on the VIF pages read at KVM's
+    /// start and a vCPU now has another, that page's PVM-host writes may be in no round, so
+    /// the migration must not commit (§3.5.1). The built-in guest registers its VIF pages at boot.
+    public func confirmVIFPages(_ registered: [GuestPhysicalAddress]) throws(DirtyTrackingError) {
+        guard reliedOnVIFPages else { return }
+        let known = Set((vifPages ?? []).map(\.raw))
+        if registered.contains(where: { !known.contains($0.raw) }) { throw .vifPageMoved }
     }
 
     /// Adds KVM's log from now on (the verification sweep's start, §3.5.2); the next harvest
@@ -161,12 +172,9 @@ public final class DirtyTracker: @unchecked Sendable {
         let memory = machine.memory
         var round = DirtyRound(pages: .recycling(&spares[0], pageCount: memory.pageCount),
                                host: PageBitmap(pageCount: 0), pvUntrustworthy: false)
-        // Decided before the sources run: KVM's log covers the interval since the previous
-        // harvest. Paused, the VIF pages are read again (the guest may have moved one).
-        var vouched = alwaysDirtyFilter.vouches
+        // Decided before the sources run: KVM's log covers the interval since the previous harvest.
+        let vouched = alwaysDirtyFilter.vouches && vifPages != nil
         alwaysDirtyFilter.harvestBegins()
-        if vouched, vcpusPaused, machine.isPVMHost { readVIFPages() }
-        if vifPages == nil { vouched = false }
         var alwaysDirty: [Range<Int>] = []
         for source in sources {
             let started = ContinuousClock.now
@@ -184,8 +192,10 @@ public final class DirtyTracker: @unchecked Sendable {
         }
         // `pages` holds KVM's log and the VMM's writes now: vouched, that is all of the
         // always-dirty ranges that changed, the VIF pages aside.
-        round.alwaysDirtyPages = AlwaysDirtyFilter.add(alwaysDirty, vif: vifPages ?? [], vouched: vouched, into: &round.pages)
+        let vif = (vifPages ?? []).compactMap { memory.pageIndex(of: $0.frame) }
+        round.alwaysDirtyPages = AlwaysDirtyFilter.add(alwaysDirty, vif: vif, vouched: vouched, into: &round.pages)
         round.alwaysDirtyVouched = vouched
+        reliedOnVIFPages = reliedOnVIFPages || vouched
         alwaysDirtyFilter.harvested(kvmUntrustworthy: round.kvmUntrustworthy)
         // A source that may have lost pages: every page, unless KVM's log covers the guest's
         // writes (a corrupt PV ring under `hybrid` or after the sweep began).
