@@ -124,17 +124,24 @@ extension EndToEnd {
             return GuestPhysicalAddress(UInt64.max & ~4095)
         }
 
+        /// A running guest writing 8 MiB at random, registered, tracked under `pv-verified`
+        /// (the PV ring only, until `addKVM`).
+        static func registeredWriterUnderPVVerified() throws -> (Machine, DirtyTracker) {
+            let (machine, console) = try Self.boot("workload=dirty mib=8 passes=0 pattern=random rate=20000 progress=0")
+            machine.start()
+            #expect(machine.waitUntilRegistered(), "\(console.text)")
+            let tracker = try DirtyTracker(machine: machine, mode: .pvVerified)
+            try tracker.start()
+            return (machine, tracker)
+        }
+
         /// Once KVM's log has watched a whole interval (`pv-verified` after the sweep began),
         /// a round leaves out the always-dirty pages nothing wrote — but every page of those
         /// ranges the guest changed is still in it, and so are the VIF pages and the VMM's
         /// writes. The first harvest after KVM's log went on still carries all of them.
         @Test func alwaysDirtyPagesTheGuestChangesAreStillSentOnceKVMVouchesForThem() throws {
-            let (machine, console) = try Self.boot("workload=dirty mib=8 passes=0 pattern=random rate=20000 progress=0")
-            machine.start()
+            let (machine, tracker) = try Self.registeredWriterUnderPVVerified()
             defer { machine.stop(); machine.waitForExit() }
-            #expect(machine.waitUntilRegistered(), "\(console.text)")
-            let tracker = try DirtyTracker(machine: machine, mode: .pvVerified)
-            try tracker.start()
             let precopy = try tracker.harvest(vcpusPaused: false)
             #expect(!precopy.alwaysDirtyVouched && precopy.kvm == nil)
             try tracker.addKVM()  // the verification sweep's start
@@ -191,12 +198,8 @@ extension EndToEnd {
         /// Until a harvest has relied on KVM's log for the always-dirty ranges, the VIF pages the
         /// tracker read do not matter: any registration at the pause is accepted.
         @Test func vifPagesAreCheckedOnlyAfterAHarvestReliedOnThem() throws {
-            let (machine, console) = try Self.boot("workload=dirty mib=8 passes=0 pattern=random rate=20000 progress=0")
-            machine.start()
+            let (machine, tracker) = try Self.registeredWriterUnderPVVerified()
             defer { machine.stop(); machine.waitForExit() }
-            #expect(machine.waitUntilRegistered(), "\(console.text)")
-            let tracker = try DirtyTracker(machine: machine, mode: .pvVerified)
-            try tracker.start()
             try tracker.addKVM()
             let first = try tracker.harvest(vcpusPaused: false)
             #expect(!first.alwaysDirtyVouched)
