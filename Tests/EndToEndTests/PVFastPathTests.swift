@@ -38,7 +38,7 @@ extension EndToEnd {
                 #expect(machine.waitForPagesWritten(beyond: mark + 2_000 + 700 * UInt64(round % 3)),
                         "round \(round): the guest wrote nothing past \(mark)")
                 let r = try tracker.harvest(vcpusPaused: false)
-                let kvm = try #require(r.kvm), pv = try #require(r.pv)
+                let kvm = try #require(r.kvm), pv = try #require(machine.guestReport(r))
                 #expect(!r.pvUntrustworthy, "round \(round): the harvest could not fence the vCPU")
                 rounds.append((kvm, pv.union(r.host)))
             }

@@ -38,7 +38,7 @@ extension EndToEnd {
                 machine.pause()
                 let r = try tracker.harvest(vcpusPaused: true)
                 machine.resume()
-                let kvm = try #require(r.kvm), pv = try #require(r.pv)
+                let kvm = try #require(r.kvm), pv = try #require(machine.guestReport(r))
                 let missed = kvm.subtracting(pv).subtracting(r.host)
                 #expect(missed.isEmpty, "round \(round): \(missed.count) pages written but not reported, e.g. \(missed.indices.prefix(5))")
                 #expect(!r.pvUntrustworthy)

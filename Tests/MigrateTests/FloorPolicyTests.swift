@@ -86,6 +86,24 @@ struct FloorPolicyTests {
         #expect(p.extraRounds == 0)
     }
 
+    @Test("a floor reached straight from a big round gets one small round more, to measure the pause's fixed part first")
+    func unmeasuredFixedPartGetsOneSmallRound() {
+        // 735 pages sent (3 MB on the wire: no PING, no vCPU stop sampled), 2 dirtied meanwhile.
+        var p = FloorPolicy()
+        #expect(p.decide(sent: 735, dirty: 2, roundSeconds: 0.006, elapsed: 3, maxTime: 300, fixedPartMeasured: false) == .anotherRound)
+        // That round was small: measured now, and still at the floor.
+        #expect(p.decide(sent: 2, dirty: 3, roundSeconds: 0.001, elapsed: 3.01, maxTime: 300, fixedPartMeasured: true) == .stopAndCopy)
+        #expect(p.extraRounds == 1)
+        // A set too big for a round to measure anything: at the floor, it goes as before.
+        p = FloorPolicy()
+        #expect(p.decide(sent: 1_000, dirty: 900, roundSeconds: 0.01, elapsed: 3, maxTime: 300, fixedPartMeasured: false) == .stopAndCopy)
+        // Bounded like every extra round: not past the budget after the first fit.
+        p = FloorPolicy()
+        _ = p.decide(sent: 10_000, dirty: 5_000, roundSeconds: 0.01, elapsed: 1, maxTime: 300)
+        #expect(p.decide(sent: 5_000, dirty: 2, roundSeconds: 0.01, elapsed: 1 + FloorPolicy.budgetSeconds, maxTime: 300,
+                         fixedPartMeasured: false) == .stopAndCopy)
+    }
+
     @Test("a set that bounced back above the smallest seen gets another round; one near the smallest ends pre-copy")
     func rebound() {
         var p = FloorPolicy()

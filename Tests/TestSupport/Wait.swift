@@ -28,6 +28,14 @@ extension Machine {
     /// The guest's count of page writes (0 before it registered).
     public var guestPagesWritten: UInt64 { pv.guestCounters?.pagesWritten ?? 0 }
 
+    /// What the guest reported for `round`: the pages it logged and its always-dirty ranges,
+    /// whole (the tracker adds them only in part when KVM's log vouches for them, §3.5.1).
+    public func guestReport(_ round: DirtyRound) -> PageBitmap? {
+        guard var report = round.pv else { return nil }
+        for range in pv.alwaysDirtyPageRanges { report.insert(range: range.lowerBound, count: range.count) }
+        return report
+    }
+
     /// Passes over its working set the guest has completed.
     public var guestPasses: UInt64 { pv.guestCounters?.passes ?? 0 }
 

@@ -67,7 +67,7 @@ public final class DirtyHarvestLoop: @unchecked Sendable {
             guard let round = try? tracker.harvest(vcpusPaused: false) else { break }
             totals.withLock {
                 $0.harvests += 1; $0.pages += round.pages.count
-                $0.kvm += round.kvm?.count ?? 0; $0.pv += round.pv?.count ?? 0
+                $0.kvm += round.kvm?.count ?? 0; $0.pv += (round.pv?.count ?? 0) + round.alwaysDirtyPages
             }
         }
         tracker.stop()

@@ -43,6 +43,10 @@ public struct DirtySourceHarvest: Sendable {
     /// Of the harvest's time: re-arming the tracking for the next harvest (KVM_CLEAR_DIRTY_LOG),
     /// which a `last` harvest skips.
     public var rearmSeconds = 0.0
+    /// Pages the source counts dirty without having seen them written (the PV guest's
+    /// always-dirty ranges, §2.2), as page-index ranges, kept out of `pages`: the tracker adds
+    /// them whole, or only in part when KVM's log vouches for them (`AlwaysDirtyFilter`).
+    public var alwaysDirty: [Range<Int>] = []
     public init(pages: PageBitmap, untrustworthy: Bool = false) { self.pages = pages; self.untrustworthy = untrustworthy }
 }
 
@@ -135,8 +139,9 @@ final class KVMRingSource: DirtySource, @unchecked Sendable {
     }
 }
 
-/// The guest's PV dirty ring (§2.3–2.4): logged pages ∪ the always-dirty ranges. A guest
-/// that has not registered reports nothing (the tracker refuses modes that rely on it alone).
+/// The guest's PV dirty ring (§2.3–2.4): logged pages in `pages`, the always-dirty ranges
+/// apart (`alwaysDirty`). A guest that has not registered reports nothing (the tracker
+/// refuses modes that rely on it alone).
 final class PVRingSource: DirtySource, @unchecked Sendable {
     let kind = DirtySourceKind.pvRing
     private let machine: Machine
@@ -156,9 +161,11 @@ final class PVRingSource: DirtySource, @unchecked Sendable {
 
     func harvest(vcpusPaused: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest {
         var pages = PageBitmap.recycling(&spare, pageCount: machine.memory.pageCount)
-        let untrustworthy = machine.pv.harvest(vcpusPaused: vcpusPaused, into: &pages) ?? false
+        let found = machine.pv.harvestApart(vcpusPaused: vcpusPaused, into: &pages)
         spare = pages
-        return DirtySourceHarvest(pages: pages, untrustworthy: untrustworthy)
+        var h = DirtySourceHarvest(pages: pages, untrustworthy: found?.corrupt ?? false)
+        h.alwaysDirty = found?.alwaysDirty ?? []
+        return h
     }
 }
 

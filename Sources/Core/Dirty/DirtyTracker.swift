@@ -28,8 +28,15 @@ public struct DirtyRound: Sendable {
     public var pages: PageBitmap
     /// KVM's dirty log, when the mode uses it.
     public var kvm: PageBitmap?
-    /// The guest's PV report (logged pages ∪ always-dirty ranges), when the mode uses it.
+    /// The pages the guest logged through its PV ring, when the mode uses it; its always-dirty
+    /// ranges are not in it (`alwaysDirtyPages`, `alwaysDirtyVouched`).
     public var pv: PageBitmap?
+    /// Pages of the guest's always-dirty ranges (§2.2) added to `pages` whole: all of them,
+    /// or 0 when KVM's log vouched for them (`alwaysDirtyVouched`).
+    public var alwaysDirtyPages = 0
+    /// KVM's log watched the whole interval, so of the always-dirty ranges only what it or
+    /// the VMM's writes report, plus the VIF pages, is in `pages` (§3.5.1, `AlwaysDirtyFilter`).
+    public var alwaysDirtyVouched = false
     /// Pages the VMM itself wrote.
     public var host: PageBitmap
     /// The PV ring was corrupt: `pages` is every page.
@@ -52,6 +59,8 @@ public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
     case guestNotPVAware
     case ringNotTrustedAlone
     case kvm(KVMError)
+    /// A vCPU's VIF page at the pause is not one the harvests that relied on KVM's log sent.
+    case vifPageMoved
 
     public var description: String {
         switch self {
@@ -60,6 +69,9 @@ public enum DirtyTrackingError: Error, Equatable, CustomStringConvertible {
         case .ringNotTrustedAlone:
             return "dirty source 'kvm' cannot rely on KVM's dirty ring alone on a PVM host (it loses pages there); use 'hybrid'"
         case let .kvm(e): return "dirty logging: \(e)"
+        case .vifPageMoved:
+            return "the guest registered a new VIF page during the migration, after the rounds relied on the old one "
+                + "(protocol.md §3.5.1); the VM stays here: retry the migration"
         }
     }
 }
@@ -76,6 +88,14 @@ public final class DirtyTracker: @unchecked Sendable {
     /// that keeps the previous round's set while the next harvest runs (pre-copy sends it)
     /// has let go of the one before, so a harvest allocates no full-size bitmap.
     private var spares = [PageBitmap(pageCount: 0), PageBitmap(pageCount: 0)]
+    /// Whether KVM's log vouches for the always-dirty ranges in the next harvest.
+    private var alwaysDirtyFilter = AlwaysDirtyFilter()
+    /// The vCPUs' VIF pages, read when KVM's bitmap went on (with the guest running: a kick per
+    /// vCPU, once — not in the pause); nil when they could not be read (then nothing is
+    /// vouched for). `confirmVIFPages` checks them against the paused state.
+    private var vifPages: [GuestPhysicalAddress]? = []
+    /// Some harvest relied on `vifPages`.
+    private var reliedOnVIFPages = false
 
     public init(machine: Machine, mode: DirtySourceMode) throws(DirtyTrackingError) {
         if mode == .pv, !machine.pv.isRegistered { throw .guestNotPVAware }
@@ -108,12 +128,30 @@ public final class DirtyTracker: @unchecked Sendable {
         guard !running else { return }
         for source in sources { try source.start() }
         running = true
+        if sources.contains(where: { $0.kind == .kvmBitmap }) { kvmBitmapStarted() }
     }
 
     public func stop() {
         guard running else { return }
         for source in sources { source.stop() }
         running = false
+        alwaysDirtyFilter.kvmStopped()
+    }
+
+    /// KVM's bitmap is on from now: the interval of the next harvest is not all covered by it.
+    private func kvmBitmapStarted() {
+        alwaysDirtyFilter.kvmStarted()
+        vifPages = try? machine.registeredVIFPages()
+    }
+
+    /// The paused machine's VIF registrations (`MachineState.registeredVIFPages`, saved in the
+    /// pause anyway — no extra MSR read): when a harvest relied on the VIF pages read at KVM's
+    /// start and a vCPU now has another, that page's PVM-host writes may be in no round, so
+    /// the migration must not commit (§3.5.1). The built-in guest registers its VIF pages at boot.
+    public func confirmVIFPages(_ registered: [GuestPhysicalAddress]) throws(DirtyTrackingError) {
+        guard reliedOnVIFPages else { return }
+        let known = Set((vifPages ?? []).map(\.raw))
+        if registered.contains(where: { !known.contains($0.raw) }) { throw .vifPageMoved }
     }
 
     /// Adds KVM's log from now on (the verification sweep's start, §3.5.2); the next harvest
@@ -124,6 +162,7 @@ public final class DirtyTracker: @unchecked Sendable {
         let kvm = Self.kvmSource(machine)
         if running { try kvm.start() }
         sources.insert(kvm, at: sources.count - 1)
+        if running, kvm.kind == .kvmBitmap { kvmBitmapStarted() }
     }
 
     /// The pages written since the last harvest. `vcpusPaused` lets the PV source include
@@ -133,12 +172,17 @@ public final class DirtyTracker: @unchecked Sendable {
         let memory = machine.memory
         var round = DirtyRound(pages: .recycling(&spares[0], pageCount: memory.pageCount),
                                host: PageBitmap(pageCount: 0), pvUntrustworthy: false)
+        // Decided before the sources run: KVM's log covers the interval since the previous harvest.
+        let vouched = alwaysDirtyFilter.vouches && vifPages != nil
+        alwaysDirtyFilter.harvestBegins()
+        var alwaysDirty: [Range<Int>] = []
         for source in sources {
             let started = ContinuousClock.now
             let h = try source.harvest(vcpusPaused: vcpusPaused, last: last)
             let spent = ContinuousClock.now - started
             round.sourceSeconds[source.kind] = Double(spent.components.seconds) + Double(spent.components.attoseconds) / 1e18
             round.pages.formUnion(h.pages)
+            alwaysDirty += h.alwaysDirty
             switch source.kind {
             case .kvmBitmap, .kvmRing:
                 round.kvm = h.pages; round.kvmUntrustworthy = h.untrustworthy; round.kvmRearmSeconds += h.rearmSeconds
@@ -146,6 +190,13 @@ public final class DirtyTracker: @unchecked Sendable {
             case .vmmWrites: round.host = h.pages
             }
         }
+        // `pages` holds KVM's log and the VMM's writes now: vouched, that is all of the
+        // always-dirty ranges that changed, the VIF pages aside.
+        let vif = (vifPages ?? []).compactMap { memory.pageIndex(of: $0.frame) }
+        round.alwaysDirtyPages = AlwaysDirtyFilter.add(alwaysDirty, vif: vif, vouched: vouched, into: &round.pages)
+        round.alwaysDirtyVouched = vouched
+        reliedOnVIFPages = reliedOnVIFPages || vouched
+        alwaysDirtyFilter.harvested(kvmUntrustworthy: round.kvmUntrustworthy)
         // A source that may have lost pages: every page, unless KVM's log covers the guest's
         // writes (a corrupt PV ring under `hybrid` or after the sweep began).
         if round.kvmUntrustworthy || (round.pvUntrustworthy && !usesKVM) {

@@ -288,6 +288,21 @@ public final class Machine: @unchecked Sendable {
         } catch { throw .kvm(error) }
     }
 
+    /// The guest-physical addresses of the VIF pages the vCPUs have registered (§1.6), one
+    /// MSR read per vCPU on its thread (a kick when it runs); empty off a PVM host.
+    public func registeredVIFPages() throws(MachineError) -> [GuestPhysicalAddress] {
+        guard isPVMHost else { return [] }
+        var out: [GuestPhysicalAddress] = []
+        for t in vcpus {
+            do {
+                if let vif = try t.perform({ vcpu throws(KVMError) in PVM.registeredVIF(vcpu) }) {
+                    out.append(GuestPhysicalAddress(vif))
+                }
+            } catch { throw .kvm(error) }
+        }
+        return out
+    }
+
     /// VCPU_START (protocol.md §2.10), on the calling vCPU's thread: the AP gets the caller's
     /// special registers (mode, paging, segments, descriptor tables) and the requested RIP,
     /// RSP and RDI. False when the target is not waiting to start (in the VMM, or held by

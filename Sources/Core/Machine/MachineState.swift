@@ -16,6 +16,13 @@ public struct MachineState: Equatable, Sendable {
     /// The PV NIC, when the VM has one (format 4).
     public var net: PVNet.State?
 
+    /// The VIF pages the vCPUs had registered when the state was saved (MSR 0x4b564d10, §1.6).
+    public var registeredVIFPages: [GuestPhysicalAddress] {
+        vcpus.compactMap { v in
+            v.msrs.first { $0.index == PVM.vifMSR }.flatMap { $0.value & ~0xfff == 0 ? nil : GuestPhysicalAddress($0.value & ~0xfff) }
+        }
+    }
+
     /// `kvm_clock_data` bytes.
     var clock: [UInt8] { platform.clock.bytes }
     /// PIC master, PIC slave, IOAPIC (`kvm_irqchip` bytes), when an irqchip was created.

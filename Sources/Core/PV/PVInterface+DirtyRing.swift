@@ -43,16 +43,15 @@ extension PVInterface {
         return untrustworthy.map { Harvest(logged: logged, alwaysDirty: always, untrustworthy: $0) }
     }
 
-    /// The same harvest, logged pages and always-dirty ranges together, ORed into `pages` (of
-    /// the guest's page count): its cost follows what the guest logged, not its size (no bitmap
-    /// is allocated or walked whole). Nil when the guest has no control page (`pages`
-    /// untouched); otherwise whether the ring was corrupt at some drain since the last harvest
-    /// (then treat every page as dirty).
-    public func harvest(vcpusPaused: Bool, into pages: inout PageBitmap) -> Bool? {
+    /// The same harvest, the always-dirty ranges kept apart: the logged pages are ORed into
+    /// `pages` (of the guest's page count) at a cost that follows what the guest logged (no
+    /// bitmap allocated or walked whole); the ranges come back as page-index ranges (a handful,
+    /// §2.2) for the caller to add whole, or only in part when KVM's log vouches for them
+    /// (`AlwaysDirtyFilter`, §3.5.1). Nil when the guest has no control page (`pages` untouched).
+    public func harvestApart(vcpusPaused: Bool, into pages: inout PageBitmap) -> (corrupt: Bool, alwaysDirty: [Range<Int>])? {
         lock.withLock {
             guard let corrupt = harvestLocked(vcpusPaused: vcpusPaused, into: &pages) else { return nil }
-            insertAlwaysDirtyLocked(into: &pages)
-            return corrupt
+            return (corrupt, alwaysDirtyPageRangesLocked())
         }
     }
 
@@ -80,17 +79,30 @@ extension PVInterface {
     }
 
     private func insertAlwaysDirtyLocked(into b: inout PageBitmap) {
+        for r in alwaysDirtyPageRangesLocked() { b.insert(range: r.lowerBound, count: r.count) }
+    }
+
+    /// The guest's always-dirty memory (§2.2) as page-index ranges, as the next harvest
+    /// would report it apart (`harvestApart`); empty before REGISTER.
+    public var alwaysDirtyPageRanges: [Range<Int>] { lock.withLock { control == nil ? [] : alwaysDirtyPageRangesLocked() } }
+
+    /// The always-dirty memory as page-index ranges: the guest's ranges (with its vCPU areas),
+    /// every dirty ring, the control page. Each lies in one RAM region (validated at REGISTER),
+    /// so its page indices are consecutive. Lock held.
+    private func alwaysDirtyPageRangesLocked() -> [Range<Int>] {
+        var out: [Range<Int>] = []
         for r in alwaysDirty {
             if let first = memory.pageIndex(of: r.start.frame) {
-                b.insert(range: first, count: Int(r.size / GuestPhysicalAddress.pageSize))
+                out.append(first..<(first + Int(r.size / GuestPhysicalAddress.pageSize)))
             }
         }
         for r in rings {
             if let first = memory.pageIndex(of: r.range.start.frame) {
-                b.insert(range: first, count: Int((r.range.size + 4095) / 4096))
+                out.append(first..<(first + Int((r.range.size + 4095) / 4096)))
             }
         }
-        if let control, let i = memory.pageIndex(of: control.gpa.frame) { b.insert(i) }
+        if let control, let i = memory.pageIndex(of: control.gpa.frame) { out.append(i..<(i + 1)) }
+        return out
     }
 
     /// Moves valid entries of every vCPU's ring into `pending` and frees their slots. Lock held.

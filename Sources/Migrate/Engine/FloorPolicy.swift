@@ -15,6 +15,13 @@
 /// set is within `rebound` of the smallest seen since the first fit — at the floor; above
 /// that, another round is tried (within the budget).
 ///
+/// The pause's fixed part (the vCPU stop, the state save, the commit's round trips) is
+/// measured only after small rounds (≤ 1 MiB on the wire: the sender then PINGs and parks the
+/// vCPUs for a moment). A set can reach the floor straight from a big round — since KVM's log
+/// vouches for the guest's always-dirty ranges (protocol.md §3.5.1) the floor is a handful of
+/// pages — and the prediction the pause starts on would then rest on defaults (1 ms of state
+/// save, the connection's first round trip): one more round, small, measures them first.
+///
 /// Bounded: at most `maximumRounds` more rounds and `budgetSeconds` more time after the first
 /// fit, and never a round that could run past `--max-time` (then the set that fits is sent:
 /// it fits, so giving up would be wrong). Pure: the tests drive it with a model of rounds.
@@ -27,6 +34,8 @@ struct FloorPolicy: Sendable, Equatable {
     static let rebound = 1.25
     /// A set this small is at the floor: sending it is a fraction of a millisecond.
     static let floorPages = 32
+    /// A set this small makes a round small enough to measure the fixed part in.
+    static let measurablePages = 128
     /// Rounds after the first one that fitted.
     static let maximumRounds = 10
     /// Time after the first fit the extra rounds may take.
@@ -43,16 +52,22 @@ struct FloorPolicy: Sendable, Equatable {
     /// - sent: the pages the round was given; dirty: the pages dirtied meanwhile (what the
     ///   next round, or the stop-and-copy, would send).
     /// - roundSeconds: how long the round took; elapsed: seconds since the migration began;
-    ///   maxTime: `--max-time`.
-    mutating func decide(sent: Int, dirty: Int, roundSeconds: Double, elapsed: Double, maxTime: Double) -> Decision {
+    ///   maxTime: `--max-time`; fixedPartMeasured: a small round has measured the pause's fixed part.
+    mutating func decide(sent: Int, dirty: Int, roundSeconds: Double, elapsed: Double, maxTime: Double,
+                         fixedPartMeasured: Bool = true) -> Decision {
         if firstFit == nil { firstFit = elapsed }
         let smallestBefore = smallest
         smallest = min(smallest ?? dirty, dirty)
-        guard dirty > Self.floorPages else { return .stopAndCopy }
-        if Double(dirty) > Self.shrink * Double(sent) {
+        let atFloor: Bool
+        if dirty <= Self.floorPages {
+            atFloor = true
+        } else if Double(dirty) > Self.shrink * Double(sent) {
             // Not shrinking: at the floor, unless it bounced back above the smallest set seen.
-            guard let smallestBefore, Double(dirty) > Self.rebound * Double(smallestBefore) else { return .stopAndCopy }
+            atFloor = !(smallestBefore.map { Double(dirty) > Self.rebound * Double($0) } ?? false)
+        } else {
+            atFloor = false
         }
+        if atFloor, fixedPartMeasured || dirty > Self.measurablePages { return .stopAndCopy }
         guard extraRounds < Self.maximumRounds, elapsed - (firstFit ?? elapsed) < Self.budgetSeconds else { return .stopAndCopy }
         // The next round is shorter than this one (fewer pages); it must still end before --max-time.
         guard elapsed + max(0, roundSeconds) < maxTime else { return .stopAndCopy }

@@ -104,7 +104,8 @@ extension MigrationSender {
             if dirty == 0 || prediction.seconds <= options.downtimeTarget {
                 // It fits: go on to the floor while rounds still shrink the set (`FloorPolicy`).
                 if floor.decide(sent: set.count, dirty: dirty, roundSeconds: r.seconds,
-                                elapsed: (ContinuousClock.now - started).seconds, maxTime: options.maxTime) == .anotherRound {
+                                elapsed: (ContinuousClock.now - started).seconds, maxTime: options.maxTime,
+                                fixedPartMeasured: !stops.isEmpty) == .anotherRound {
                     set = next
                     round += 1
                     continue

@@ -105,7 +105,7 @@ public final class MigrationSender: @unchecked Sendable {
             // The digest of what was sent (§3.5): kept up to date as pages were encoded and
             // made exact by the verification sweep, so no page is read here.
             let digest = rounds.sentHashes.digest(excluding: excluded)
-            let state = try stateBlob(granted: granted, withBalloonMap: balloonMap == nil)
+            let state = try stateBlob(granted: granted, withBalloonMap: balloonMap == nil, tracker: tracker)
             clock.lap(\.stateSave)
             try sendControl(channels[0], .state(state))
             clock.lap(\.stateSend)
@@ -228,9 +228,12 @@ public final class MigrationSender: @unchecked Sendable {
     /// it the guest's PV state must be empty (checked again here: the guest may have registered
     /// since the handshake), else the migration fails and the VM resumes here. Without
     /// `withBalloonMap` the PV section's map is left out: it went in BALLOON frames (§3.2.1).
-    private func stateBlob(granted: Capabilities, withBalloonMap: Bool) throws(MigrationError) -> [UInt8] {
+    /// The paused machine's state for STATE; first, the VIF pages it holds must be those the
+    /// tracker's rounds relied on (`DirtyTracker.confirmVIFPages`, §3.5.1).
+    private func stateBlob(granted: Capabilities, withBalloonMap: Bool, tracker: DirtyTracker) throws(MigrationError) -> [UInt8] {
         var state: MachineState
         do { state = try machine.saveState() } catch { throw .machine(error) }
+        do { try tracker.confirmVIFPages(state.registeredVIFPages) } catch { throw .dirtyTracking(error) }
         if !withBalloonMap { state.pv?.balloonWords = [] }
         if !granted.contains(.pvState) {
             if state.pv?.isInUse == true {

@@ -84,8 +84,10 @@ extension MigrationSender {
                 do { try channel.send(.streamEnd(frames: channel.framesSent)) } catch { throw .transport(error) }
             }
             let digest = sink.sentHashes.digest(excluding: ballooned)
-            let state: [UInt8]
-            do { state = try machine.saveState().encoded() } catch { throw .machine(error) }
+            let saved: MachineState
+            do { saved = try machine.saveState() } catch { throw .machine(error) }
+            do { try tracker?.confirmVIFPages(saved.registeredVIFPages) } catch { throw .dirtyTracking(error) }
+            let state = saved.encoded()
             tracker?.stop()
             // The guest may run again: what follows only writes what was captured.
             stats.downtimeSeconds = (ContinuousClock.now - pausedAt).seconds
