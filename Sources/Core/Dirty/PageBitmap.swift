@@ -70,14 +70,20 @@ public struct PageBitmap: Sendable {
 
     /// Sets `count` pages from `start` (clipped to the bitmap), a word at a time.
     public mutating func insert(range start: Int, count: Int) {
-        forEachWordMask(start: start, count: count) { w, mask in
+        var p = clip(start: start, count: count)
+        while p.lowerBound < p.upperBound {
+            let (w, mask) = Self.nextWordMask(&p)
             words[w] |= mask
             flag(word: w)
         }
     }
 
     public mutating func remove(range start: Int, count: Int) {
-        forEachWordMask(start: start, count: count) { w, mask in words[w] &= ~mask }
+        var p = clip(start: start, count: count)
+        while p.lowerBound < p.upperBound {
+            let (w, mask) = Self.nextWordMask(&p)
+            words[w] &= ~mask
+        }
     }
 
     public mutating func insertAll() {
@@ -87,10 +93,14 @@ public struct PageBitmap: Sendable {
         for s in summary.indices { summary[s] = s < blocks / 64 ? ~0 : (1 << UInt64(blocks % 64)) - 1 }
     }
 
+    // The mutating passes below walk the flags with plain loops, not closures: a closure that
+    // captures `self` inout makes every access to `words` a dynamic exclusivity check.
+
     public mutating func removeAll() {
         for s in summary.indices where summary[s] != 0 {
-            Self.forEachBlock(flags: summary[s], summaryWord: s) { b in
-                for w in blockWords(b) { words[w] = 0 }
+            var flags = summary[s]
+            while flags != 0 {
+                for w in blockWords(Self.nextBlock(&flags, s)) { words[w] = 0 }
             }
             summary[s] = 0
         }
@@ -152,15 +162,17 @@ public struct PageBitmap: Sendable {
     public mutating func formUnion(_ other: PageBitmap) {
         let n = min(words.count, other.words.count)
         for s in 0..<min(summary.count, other.summary.count) where other.summary[s] != 0 {
-            Self.forEachBlock(flags: other.summary[s], summaryWord: s) { b in
+            var flags = other.summary[s], found: UInt64 = 0
+            while flags != 0 {
+                let b = Self.nextBlock(&flags, s), first = b * Self.blockWords
                 var any: UInt64 = 0
-                let first = b * Self.blockWords
-                for w in first..<max(first, min(n, first + Self.blockWords)) where other.words[w] != 0 {
+                for w in first..<max(first, min(n, first + Self.blockWords)) {
                     words[w] |= other.words[w]
                     any |= other.words[w]
                 }
-                if any != 0 { summary[s] |= 1 << UInt64(b & 63) }
+                if any != 0 { found |= 1 << UInt64(b & 63) }
             }
+            summary[s] |= found
         }
         if other.pageCount > pageCount { trimTail() }  // the pages past ours are not ours
     }
@@ -169,14 +181,17 @@ public struct PageBitmap: Sendable {
     public mutating func subtract(_ other: PageBitmap) {
         let n = min(words.count, other.words.count)
         for s in 0..<min(summary.count, other.summary.count) where summary[s] & other.summary[s] != 0 {
-            Self.forEachBlock(flags: summary[s] & other.summary[s], summaryWord: s) { b in
+            var flags = summary[s] & other.summary[s], emptied: UInt64 = 0
+            while flags != 0 {
+                let b = Self.nextBlock(&flags, s)
                 var left: UInt64 = 0
                 for w in blockWords(b) {
                     if w < n { words[w] &= ~other.words[w] }
                     left |= words[w]
                 }
-                if left == 0 { summary[s] &= ~(1 << UInt64(b & 63)) }
+                if left == 0 { emptied |= 1 << UInt64(b & 63) }
             }
+            summary[s] &= ~emptied
         }
     }
 
@@ -252,14 +267,19 @@ public struct PageBitmap: Sendable {
 
     private mutating func flag(word w: Int) { summary[w >> 9] |= 1 << UInt64((w >> 3) & 63) }
 
+    /// The lowest block flagged in `flags` (summary word `s`), which it clears from `flags`.
+    @inline(__always)
+    private static func nextBlock(_ flags: inout UInt64, _ s: Int) -> Int {
+        let b = s * 64 + flags.trailingZeroBitCount
+        flags &= flags - 1
+        return b
+    }
+
     /// Calls `body` with each block flagged in `flags`, summary word `s`, ascending.
     @inline(__always)
     private static func forEachBlock(flags: UInt64, summaryWord s: Int, _ body: (Int) -> Void) {
         var bits = flags
-        while bits != 0 {
-            body(s * 64 + bits.trailingZeroBitCount)
-            bits &= bits - 1
-        }
+        while bits != 0 { body(nextBlock(&bits, s)) }
     }
 
     @inline(__always)
@@ -267,16 +287,19 @@ public struct PageBitmap: Sendable {
         for s in summary.indices where summary[s] != 0 { Self.forEachBlock(flags: summary[s], summaryWord: s, body) }
     }
 
-    /// The pages `start ..< start + count`, clipped to the bitmap, as (word, mask) pairs.
-    private func forEachWordMask(start: Int, count: Int, _ body: (Int, UInt64) -> Void) {
+    /// The pages `start ..< start + count` clipped to the bitmap (no overflow).
+    private func clip(start: Int, count: Int) -> Range<Int> {
         let lo = max(0, start)
-        let hi = count <= 0 ? lo : (start > pageCount - count ? pageCount : start + count)  // no overflow
-        var p = lo
-        while p < hi {
-            let bit = p & 63, n = min(64 - bit, hi - p)
-            body(p >> 6, (n == 64 ? ~0 : (1 << UInt64(n)) - 1) << UInt64(bit))
-            p += n
-        }
+        let hi = count <= 0 ? lo : (start > pageCount - count ? pageCount : start + count)
+        return lo..<max(lo, hi)
+    }
+
+    /// The word holding `pages`' first page and the mask of `pages` in it; drops those pages.
+    @inline(__always)
+    private static func nextWordMask(_ pages: inout Range<Int>) -> (word: Int, mask: UInt64) {
+        let p = pages.lowerBound, bit = p & 63, n = min(64 - bit, pages.upperBound - p)
+        pages = (p + n)..<pages.upperBound
+        return (p >> 6, (n == 64 ? ~0 : (1 << UInt64(n)) - 1) << UInt64(bit))
     }
 
     private mutating func trimTail() {
