@@ -21,17 +21,21 @@ import Testing
         #expect(all == 1000)
     }
 
-    /// `nonZeroSpans` (KVM_CLEAR_DIRTY_LOG gets only these) covers every non-zero word and
-    /// no zero run as long as the gap, joins shorter gaps, and is empty for an empty bitmap.
-    @Test func nonZeroSpansCoverEverySetWordAndJoinShortGaps() {
+    /// The spans `merge` returns (KVM_CLEAR_DIRTY_LOG gets only these) cover every non-zero
+    /// word and no zero run as long as the gap, join shorter gaps, and are empty for no bits.
+    @Test func mergeSpansCoverEverySetWordAndJoinShortGaps() {
         var words = [UInt64](repeating: 0, count: 100)
         for i in [3, 4, 6, 20, 99] { words[i] = 1 << UInt64(i % 64) }
-        #expect(PageBitmap.nonZeroSpans(of: words, joiningGapsBelow: 1) == [3..<5, 6..<7, 20..<21, 99..<100])
-        #expect(PageBitmap.nonZeroSpans(of: words, joiningGapsBelow: 2) == [3..<7, 20..<21, 99..<100])
-        #expect(PageBitmap.nonZeroSpans(of: words, joiningGapsBelow: 14) == [3..<21, 99..<100])
-        #expect(PageBitmap.nonZeroSpans(of: words, joiningGapsBelow: 1000) == [3..<100])
-        #expect(PageBitmap.nonZeroSpans(of: [UInt64](repeating: 0, count: 10), joiningGapsBelow: 4).isEmpty)
-        #expect(PageBitmap.nonZeroSpans(of: [], joiningGapsBelow: 4).isEmpty)
+        func spans(_ words: [UInt64], _ gap: Int) -> [Range<Int>] {
+            var bitmap = PageBitmap(pageCount: words.count * 64)
+            return bitmap.merge(words: words, atPage: 0, spansJoiningGapsBelow: gap)
+        }
+        #expect(spans(words, 1) == [3..<5, 6..<7, 20..<21, 99..<100])
+        #expect(spans(words, 2) == [3..<7, 20..<21, 99..<100])
+        #expect(spans(words, 14) == [3..<21, 99..<100])
+        #expect(spans(words, 1000) == [3..<100])
+        #expect(spans([UInt64](repeating: 0, count: 10), 4).isEmpty)
+        #expect(spans([], 4).isEmpty)
     }
 
     /// `recycling` hands back an empty bitmap of the size asked for, leaves the spare empty,

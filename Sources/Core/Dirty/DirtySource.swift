@@ -84,9 +84,9 @@ final class KVMBitmapSource: DirtySource, @unchecked Sendable {
 
     /// With manual protect, KVM_GET_DIRTY_LOG only copies the slot's bitmap out and
     /// KVM_CLEAR_DIRTY_LOG re-protects the harvested pages. The clear is given only the spans
-    /// of the bitmap that hold set bits (`PageBitmap.nonZeroSpans`): the kernel re-protects
-    /// exactly the set bits' pages either way, so this is the same re-arming at a cost that
-    /// follows the dirty set. A `last` harvest skips the clear: nothing is harvested after it,
+    /// of the bitmap that hold set bits (found by `PageBitmap.merge` in the pass that merges
+    /// them): the kernel re-protects exactly the set bits' pages either way, so this is the
+    /// same re-arming at a cost that follows the dirty set. A `last` harvest skips the clear: nothing is harvested after it,
     /// and logging is switched off (`stop`) — re-enabling it starts a fresh bitmap.
     func harvest(vcpusPaused: Bool, last: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest {
         let memory = machine.memory
@@ -96,15 +96,18 @@ final class KVMBitmapSource: DirtySource, @unchecked Sendable {
         do {
             for (i, (region, offset)) in zip(memory.regions, memory.regionPageOffsets).enumerated() {
                 try machine.vm.dirtyLog(slot: region.slot, pageCount: region.pageCount, into: &regionWords[i])
-                if manualProtect, !last {
+                // One pass over KVM's words merges them and finds the spans to re-arm.
+                let rearming = manualProtect && !last
+                let spans = bitmap.merge(words: regionWords[i], atPage: offset,
+                                         spansJoiningGapsBelow: rearming ? Self.clearGapWords : nil)
+                if rearming {
                     let started = ContinuousClock.now
-                    for span in PageBitmap.nonZeroSpans(of: regionWords[i], joiningGapsBelow: Self.clearGapWords) {
+                    for span in spans {
                         try machine.vm.clearDirtyLog(slot: region.slot, pageCount: region.pageCount,
                                                      bitmap: &regionWords[i], words: span)
                     }
                     rearm += ContinuousClock.now - started
                 }
-                bitmap.merge(words: regionWords[i], atPage: offset)
             }
         } catch { throw .kvm(error) }
         spare = bitmap
