@@ -75,7 +75,12 @@ public enum PVM {
     /// The guest's registered VIF page GPA, or nil when none is registered.
     public static func registeredVIF(_ vcpu: VCPU) -> UInt64? {
         guard let m = try? vcpu.readMSRs([vifMSR]).first, m.index == vifMSR else { return nil }
-        let gpa = m.value & ~0xfff
+        return vifPage(msrValue: m.value)
+    }
+
+    /// The VIF page GPA a value of the VIF MSR registers (its low bits are flags), or nil for none.
+    public static func vifPage(msrValue value: UInt64) -> UInt64? {
+        let gpa = value & ~0xfff
         return gpa == 0 ? nil : gpa
     }
 }

@@ -19,7 +19,7 @@ public struct MachineState: Equatable, Sendable {
     /// The VIF pages the vCPUs had registered when the state was saved (MSR 0x4b564d10, §1.6).
     public var registeredVIFPages: [GuestPhysicalAddress] {
         vcpus.compactMap { v in
-            v.msrs.first { $0.index == PVM.vifMSR }.flatMap { $0.value & ~0xfff == 0 ? nil : GuestPhysicalAddress($0.value & ~0xfff) }
+            v.msrs.first { $0.index == PVM.vifMSR }.flatMap { PVM.vifPage(msrValue: $0.value) }.map(GuestPhysicalAddress.init)
         }
     }
 
