@@ -72,7 +72,7 @@ let package = Package(
         // Helpers shared by the test targets: an ELF builder and the /dev/kvm gate.
         .target(name: "TestSupport", dependencies: ["Core", "NetBench"], path: "Tests/TestSupport"),
         .testTarget(name: "CoreTests", dependencies: ["Core", "CKVM", "Posix", "TestSupport"]),
-        .testTarget(name: "MigrateTests", dependencies: ["Core", "Migrate"]),
+        .testTarget(name: "MigrateTests", dependencies: ["Core", "Migrate", "TestSupport"]),
         // The PV NIC without KVM or TAP: net page and descriptor validation, event indices, --net.
         .testTarget(name: "NetTests", dependencies: ["Core", "CKVM", "Net", "Posix", "TestSupport"]),
         // bench --net's statistics, request plan, consistency checks and ping parsing.

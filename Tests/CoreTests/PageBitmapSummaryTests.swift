@@ -1,6 +1,7 @@
 import Testing
 
 @testable import Core
+import TestSupport
 
 /// `PageBitmap`'s passes visit only the blocks its summary flags. These tests hold it to a plain
 /// model (an array of booleans) over random operation sequences at many sizes — 0 and 1 pages,
@@ -11,7 +12,7 @@ import Testing
 
     @Test(arguments: sizes)
     func everyOperationKeepsTheSummarySoundAndAgreesWithAPlainModel(pageCount: Int) {
-        var rng = SplitMix(seed: 0x5EED &+ UInt64(pageCount))
+        var rng = SeededGenerator(seed: 0x5EED &+ UInt64(pageCount))
         var bitmap = PageBitmap(pageCount: pageCount)
         var model = [Bool](repeating: false, count: pageCount)
         var spare = PageBitmap(pageCount: pageCount)
@@ -116,7 +117,7 @@ import Testing
     /// previous separate pass over KVM's words, for random words and gaps, whatever the offset
     /// and even where `bits` reaches past the bitmap; the merge ORs exactly those words in.
     @Test func mergeSpansAreThoseOfTheSeparatePass() {
-        var rng = SplitMix(seed: 11)
+        var rng = SeededGenerator(seed: 11)
         for trial in 0..<300 {
             let count = [0, 1, 7, 8, 9, 100, 513, 4096][trial % 8]
             let words = randomWords(count, &rng, density: [0.0, 0.01, 0.2, 1.0][trial % 4])
@@ -160,7 +161,7 @@ import Testing
     }
 
     /// A bitmap of random pages and ranges, some removed again (leaving conservative flags).
-    private func randomBitmap(_ pageCount: Int, _ rng: inout SplitMix) -> (PageBitmap, [Bool]) {
+    private func randomBitmap(_ pageCount: Int, _ rng: inout SeededGenerator) -> (PageBitmap, [Bool]) {
         var bitmap = PageBitmap(pageCount: pageCount)
         var model = [Bool](repeating: false, count: pageCount)
         guard pageCount > 0 else { return (bitmap, model) }
@@ -175,11 +176,11 @@ import Testing
         return (bitmap, model)
     }
 
-    private func randomRange(_ pageCount: Int, _ rng: inout SplitMix) -> (Int, Int) {
+    private func randomRange(_ pageCount: Int, _ rng: inout SeededGenerator) -> (Int, Int) {
         (Int.random(in: -70...(pageCount + 70), using: &rng), Int.random(in: -5...700, using: &rng))
     }
 
-    private func randomWords(_ count: Int, _ rng: inout SplitMix, density: Double = 0.1) -> [UInt64] {
+    private func randomWords(_ count: Int, _ rng: inout SeededGenerator, density: Double = 0.1) -> [UInt64] {
         (0..<count).map { _ in
             Double.random(in: 0..<1, using: &rng) < density ? UInt64.random(in: 1...UInt64.max, using: &rng) : 0
         }
@@ -197,18 +198,5 @@ import Testing
             }
         }
         return spans
-    }
-}
-
-/// SplitMix64: a deterministic generator, so a failure reproduces.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -2,6 +2,7 @@ import Core
 import Testing
 
 @testable import Migrate
+import TestSupport
 
 func cached(_ cache: DeltaCache, _ index: UInt64) -> [UInt8]? {
     cache.lookup(index).map { Array($0) }

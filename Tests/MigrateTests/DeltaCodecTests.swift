@@ -1,6 +1,7 @@
 import Testing
 
 @testable import Migrate
+import TestSupport
 
 @Suite("XOR-delta page encoding")
 struct DeltaCodecTests {

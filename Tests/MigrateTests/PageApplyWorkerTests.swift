@@ -2,6 +2,7 @@ import Core
 import Testing
 
 @testable import Migrate
+import TestSupport
 
 @Suite("page apply worker")
 struct PageApplyWorkerTests {

@@ -4,6 +4,7 @@ import Glibc
 import Testing
 
 @testable import Migrate
+import TestSupport
 
 func le32(_ value: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) } }
 func le64(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) } }
