@@ -86,8 +86,9 @@ final class KVMBitmapSource: DirtySource, @unchecked Sendable {
     /// KVM_CLEAR_DIRTY_LOG re-protects the harvested pages. The clear is given only the spans
     /// of the bitmap that hold set bits (found by `PageBitmap.merge` in the pass that merges
     /// them): the kernel re-protects exactly the set bits' pages either way, so this is the
-    /// same re-arming at a cost that follows the dirty set. A `last` harvest skips the clear: nothing is harvested after it,
-    /// and logging is switched off (`stop`) — re-enabling it starts a fresh bitmap.
+    /// same re-arming at a cost that follows the dirty set. A `last` harvest skips the clear:
+    /// nothing is harvested after it, and logging is switched off (`stop`) — re-enabling it
+    /// starts a fresh bitmap.
     func harvest(vcpusPaused: Bool, last: Bool) throws(DirtyTrackingError) -> DirtySourceHarvest {
         let memory = machine.memory
         var bitmap = PageBitmap.recycling(&spare, pageCount: memory.pageCount)
