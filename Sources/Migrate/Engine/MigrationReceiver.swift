@@ -218,9 +218,16 @@ final class MigrationReceiver: @unchecked Sendable {
         do { try machine.restore(state) } catch { throw .machine(error) }
         clock.lap(\.restore)
         try commit(machine, name: description.name, clock: &clock)
+        let ended = ContinuousClock.now
+        // The source's turn first (§3.6.3): it closes after reading DONE; then our clean-up.
+        switch SourceClose.await(control.stream) {
+        case .closed: break
+        case .spoke: notes.log("the source sent more after DONE (§3.6.3); it was not read")
+        case .timedOut: notes.log("the source kept the connection open \(SourceClose.bound) s after DONE (§3.6.3)")
+        }
         control.stream.close()
         dataStreams.forEach { $0.stream.close() }
-        let stats = ReceiveStats(seconds: (ContinuousClock.now - started).seconds, streams: streams,
+        let stats = ReceiveStats(seconds: (ended - started).seconds, streams: streams,
                                  pagesApplied: applied.value,
                                  frames: control.framesReceived + dataStreams.reduce(0) { $0 + $1.framesReceived },
                                  digest: digest.digest,
