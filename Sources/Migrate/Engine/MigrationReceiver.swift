@@ -182,6 +182,10 @@ final class MigrationReceiver: @unchecked Sendable {
         }
         group.wait()
         clock.lap(\.streamsTail)
+        // The streams ended: the source is paused. A short slice for this thread until DONE
+        // (`LatencySlice`); the clean-up after it runs with the default one.
+        let slice = LatencySlice()
+        defer { slice.end() }
         if let e = failures.value { throw e }
         enter(.awaitState)
         progress.advanced()
@@ -219,6 +223,7 @@ final class MigrationReceiver: @unchecked Sendable {
         clock.lap(\.restore)
         try commit(machine, name: description.name, clock: &clock)
         let ended = ContinuousClock.now
+        slice.end()
         // The source's turn first (§3.6.3): it closes after reading DONE; then our clean-up.
         switch SourceClose.await(control.stream) {
         case .closed: break
