@@ -76,6 +76,46 @@ int ckvm_membarrier(void) {
     return 0;
 }
 
+// struct sched_attr (include/uapi/linux/sched/types.h); glibc has no wrapper and the
+// header is not in every libc's include path, so the layout is spelled out (version 1: 56
+// bytes, what sched_setattr accepts since Linux 4.13).
+struct ckvm_sched_attr {
+    uint32_t size, sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime, sched_deadline, sched_period;
+    uint32_t sched_util_min, sched_util_max;
+};
+
+static int ckvm_get_sched_attr(struct ckvm_sched_attr *attr) {
+    memset(attr, 0, sizeof *attr);
+    attr->size = sizeof *attr;
+    if (syscall(SYS_sched_getattr, 0, attr, sizeof *attr, 0) < 0) return -errno;
+    return 0;
+}
+
+int ckvm_set_thread_slice(unsigned long long nanoseconds) {
+    struct ckvm_sched_attr attr;
+    int r = ckvm_get_sched_attr(&attr);
+    if (r < 0) return r;
+    if (attr.sched_policy != 0 /* SCHED_OTHER */) return -EPERM; // not ours to change
+    struct ckvm_sched_attr next;
+    memset(&next, 0, sizeof next);
+    next.size = sizeof next;
+    next.sched_policy = 0;
+    next.sched_nice = attr.sched_nice;
+    next.sched_runtime = nanoseconds;
+    if (syscall(SYS_sched_setattr, 0, &next, 0) < 0) return -errno;
+    return 0;
+}
+
+long long ckvm_thread_slice(void) {
+    struct ckvm_sched_attr attr;
+    int r = ckvm_get_sched_attr(&attr);
+    return r < 0 ? r : (long long)attr.sched_runtime;
+}
+
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
 const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;

@@ -149,11 +149,12 @@ struct PageBatchTests {
     /// Sends every page of `source` (in `order`) to `destination`; returns the summed stats.
     @discardableResult
     func send(_ source: GuestMemory, to destination: GuestMemory, encoder: PageBatchEncoder,
-              decoder: PageBatchDecoder, round: UInt32, order: [Int]? = nil) throws -> BatchStats {
+              decoder: PageBatchDecoder, round: UInt32, order: [Int]? = nil, cachedFrom: Int = 0) throws -> BatchStats {
         var total = BatchStats()
         encoder.begin(round: round)
-        for index in order ?? Array(0..<source.pageCount) {
-            encoder.add(pageIndex: UInt64(index), page: UnsafeRawBufferPointer(source.page(atIndex: index)!))
+        for (position, index) in (order ?? Array(0..<source.pageCount)).enumerated() {
+            encoder.add(pageIndex: UInt64(index), page: UnsafeRawBufferPointer(source.page(atIndex: index)!),
+                        cache: position >= cachedFrom)
             if encoder.isFull {
                 let (flags, payload, sent) = encoder.finish()
                 let received = try decoder.apply(flags: flags, payload: payload, to: destination, expectedRound: round)
@@ -206,6 +207,54 @@ struct PageBatchTests {
         #expect(second.raw == wereZero)
         #expect(second.delta == dirty.count - wereZero)
         #expect(second.deltaBytes <= 8 * second.delta, "one changed byte costs a few bytes of delta")
+    }
+
+    @Test("a round larger than the delta cache stores only its last pages, drops the stale entries of the others, and stays exact")
+    func roundLargerThanTheCache() throws {
+        let source = try GuestMemory(size: Self.size), destination = try GuestMemory(size: Self.size)
+        fill(source, .random, seed: 3)
+        let cache = DeltaCache(capacityBytes: 256 * DeltaCache.pageSize)
+        let encoder = PageBatchEncoder(maxPages: 100, compressionLevel: nil, deltaCache: cache)
+        let decoder = PageBatchDecoder()
+        let pages = source.pageCount // 2,048
+        // Round 0: only the last 256 pages are stored, and nothing stored is evicted again.
+        let from = RoundSender.firstCached(pages: pages, capacity: cache.capacityPages)
+        #expect(from == pages - 256)
+        try send(source, to: destination, encoder: encoder, decoder: decoder, round: 0, cachedFrom: from)
+        #expect(memoriesEqual(source, destination))
+        #expect(cache.count == 256 && cache.evictions == 0)
+        // Round 1: the cached pages are rewritten whole (no delta is smaller) and sent without
+        // caching: their entries, now stale, must go.
+        let tail = Array(from..<pages)
+        let roundZero = tail.map { pageBytes(source, $0) }
+        var generator = SeededGenerator(seed: 11)
+        for index in tail {
+            for w in 0..<512 { source.page(atIndex: index)!.storeBytes(of: generator.next(), toByteOffset: w * 8, as: UInt64.self) }
+        }
+        let second = try send(source, to: destination, encoder: encoder, decoder: decoder, round: 1, order: tail,
+                              cachedFrom: tail.count)
+        #expect(second.raw == tail.count)
+        #expect(cache.count == 0)
+        // Round 2: each page back to its round-0 bytes but one. A stale copy left in the cache
+        // would make that a small delta against bytes the destination no longer has.
+        for (index, bytes) in zip(tail, roundZero) {
+            let page = source.page(atIndex: index)!
+            bytes.withUnsafeBytes { page.copyMemory(from: $0) }
+            page[index % 4096] ^= 0x5A
+        }
+        let third = try send(source, to: destination, encoder: encoder, decoder: decoder, round: 2, order: tail)
+        #expect(third.raw == tail.count && third.delta == 0)
+        #expect(memoriesEqual(source, destination))
+    }
+
+    @Test("the pages of a round stored in the delta cache: the last `capacity` of them, all when they fit")
+    func firstCachedPosition() {
+        #expect(RoundSender.firstCached(pages: 10, capacity: 20) == 0)
+        #expect(RoundSender.firstCached(pages: 20, capacity: 20) == 0)
+        #expect(RoundSender.firstCached(pages: 131_000, capacity: 8_192) == 122_808)
+        #expect(RoundSender.firstCached(pages: 100, capacity: 0) == 100)
+        #expect(RoundSender.firstCached(pages: 100, capacity: -5) == 100)
+        #expect(RoundSender.firstCached(pages: 0, capacity: 8) == 0)
     }
 
     @Test("a batch that repeats a page applies its entries in order")

@@ -58,6 +58,14 @@ int ckvm_membarrier_register(void);
 /// full memory barrier. Needs ckvm_membarrier_register() first. Returns 0 or -errno.
 int ckvm_membarrier(void);
 
+/// The calling thread's time slice under the fair scheduler (EEVDF, Linux 6.12+:
+/// sched_setattr with SCHED_OTHER and `sched_runtime`), in nanoseconds; 0 restores the
+/// default. Keeps the thread's nice value. Returns 0 or -errno (-EINVAL where the kernel
+/// has no custom slices).
+int ckvm_set_thread_slice(unsigned long long nanoseconds);
+/// The calling thread's time slice in nanoseconds (sched_getattr), or -errno.
+long long ckvm_thread_slice(void);
+
 // KVM ioctl request numbers. Capability needed, where one is, in brackets.
 extern const unsigned long CKVM_GET_API_VERSION;
 extern const unsigned long CKVM_CREATE_VM;

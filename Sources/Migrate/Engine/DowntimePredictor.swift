@@ -9,6 +9,7 @@ import Foundation
 ///
 ///     pause = stopVCPUs + harvest                                (the pause begins)
 ///           + roundOverhead + final pages × secondsPerPage × pausedPageFactor   (the final round)
+///     final pages = the last harvest's + the guest's rate × (time since it + stopVCPUs)
 ///           + balloonUpdate + stateSave + stateBytes ÷ sendRate   (balloon map, state)
 ///           + 2 × roundTrip                                      (commit)
 ///
@@ -24,6 +25,10 @@ import Foundation
 ///   cost per page is scaled by `1 − g / cores` (at least `minimumPausedPageFactor`). With
 ///   idle cores the guest did not hold the rounds back (they waited on the link) and the
 ///   factor is 1.
+/// - final pages (`finalPages`): the paused harvest adds what the guest wrote after the last
+///   pre-copy harvest; `FinalIntervalWrites` estimates it from the guest's recent rate. The
+///   sender harvests as the last step before deciding (after the PING and the stop sample),
+///   so that interval is short.
 /// - `stopVCPUs`: parking the vCPUs, the median of measured pauses (`setStopLatencies`) — on
 ///   a busy host the scheduler's wake-up latency, not a constant. The sender parks the vCPUs
 ///   for a moment after each small pre-copy round (where it also PINGs) and feeds the fastest
@@ -135,6 +140,9 @@ public struct DowntimePredictor: Sendable, Equatable {
     public var destinationStart = 0.0
     /// The host's cores, for `pausedPageFactor`.
     public var cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// The guest's write rate over the recent harvest intervals (`recordInterval`), for the
+    /// pages it adds between the last harvest and the pause (`finalPages`).
+    public private(set) var writes = FinalIntervalWrites()
 
     public init() {}
 
@@ -168,6 +176,20 @@ public struct DowntimePredictor: Sendable, Equatable {
         // The paused harvest does not re-arm KVM's log (it is the last): not part of its model.
         let rearm = r.harvestKVMRearmSeconds ?? 0
         recordHarvest(seconds: total - rearm, kvm: max(0, (r.harvestKVMSeconds ?? 0) - rearm), pv: r.harvestPVSeconds ?? 0)
+    }
+
+    /// Records a pre-copy harvest that found `pages` pages over the `seconds` since the
+    /// previous harvest (`FinalIntervalWrites`).
+    public mutating func recordInterval(pages: Int, seconds: Double) {
+        writes.record(pages: pages, seconds: seconds)
+    }
+
+    /// The final round's pages if stop-and-copy starts now: the last harvest's `dirty` pages
+    /// and what the guest is expected to write in the `sinceHarvest` seconds already passed
+    /// since that harvest and in stopping the vCPUs (`stopVCPUs`), at its recent rate; at
+    /// most the guest's `pageCount` pages.
+    public func finalPages(dirty: Int, sinceHarvest: Double, pageCount: Int) -> Int {
+        max(0, dirty) + writes.pages(over: max(0, sinceHarvest) + stopVCPUs, dirty: dirty, pageCount: pageCount)
     }
 
     /// Sets `stopVCPUs` to the median of measured pauses (seconds to park every vCPU); none: unchanged.

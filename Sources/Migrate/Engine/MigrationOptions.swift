@@ -155,7 +155,8 @@ public struct MigrationStats: Sendable, Codable, Equatable {
     public var downtimeSeconds = 0.0
     /// The target stop-and-copy was started for, and what `DowntimePredictor` predicted
     /// when it started: the pause, its fixed part (harvest, state, commit round trip), and
-    /// the pages it expected to send (the harvest while paused may add a few).
+    /// the pages it expected to send (the last harvest's and the guest's expected writes until
+    /// the vCPUs stop: `DowntimePredictor.finalPages`).
     public var downtimeTargetSeconds = 0.0
     public var predictedDowntimeSeconds = 0.0
     public var predictedFixedSeconds = 0.0

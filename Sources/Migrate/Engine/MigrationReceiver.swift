@@ -182,6 +182,10 @@ final class MigrationReceiver: @unchecked Sendable {
         }
         group.wait()
         clock.lap(\.streamsTail)
+        // The streams ended: the source is paused. A short slice for this thread until DONE
+        // (`LatencySlice`); the clean-up after it runs with the default one.
+        let slice = LatencySlice()
+        defer { slice.end() }
         if let e = failures.value { throw e }
         enter(.awaitState)
         progress.advanced()
@@ -218,9 +222,17 @@ final class MigrationReceiver: @unchecked Sendable {
         do { try machine.restore(state) } catch { throw .machine(error) }
         clock.lap(\.restore)
         try commit(machine, name: description.name, clock: &clock)
+        let ended = ContinuousClock.now
+        slice.end()
+        // The source's turn first (§3.6.3): it closes after reading DONE; then our clean-up.
+        switch SourceClose.await(control.stream) {
+        case .closed: break
+        case .spoke: notes.log("the source sent more after DONE (§3.6.3); it was not read")
+        case .timedOut: notes.log("the source kept the connection open \(SourceClose.bound) s after DONE (§3.6.3)")
+        }
         control.stream.close()
         dataStreams.forEach { $0.stream.close() }
-        let stats = ReceiveStats(seconds: (ContinuousClock.now - started).seconds, streams: streams,
+        let stats = ReceiveStats(seconds: (ended - started).seconds, streams: streams,
                                  pagesApplied: applied.value,
                                  frames: control.framesReceived + dataStreams.reduce(0) { $0 + $1.framesReceived },
                                  digest: digest.digest,

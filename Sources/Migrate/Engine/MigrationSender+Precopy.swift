@@ -13,6 +13,7 @@ extension MigrationSender {
                  balloonUpdate: (() throws(MigrationError) -> Void)? = nil,
                  progress: @Sendable (RoundStats) -> Void) throws(MigrationError) -> PageBitmap {
         do { try tracker.start() } catch { throw .dirtyTracking(error) }
+        var lastHarvest = ContinuousClock.now // the start of the interval the next harvest covers
         let memory = machine.memory
         // Round 0: every page that can hold data — resident on this host, not ballooned.
         var set = memory.residentPages().subtracting(machine.pv.balloonedPages)
@@ -43,16 +44,8 @@ extension MigrationSender {
                 balloonUpdates = Array((balloonUpdates + [(ContinuousClock.now - updateStarted).seconds]).suffix(5))
                 predictor.setBalloonUpdates(balloonUpdates)
             }
-            let harvested: DirtyRound
-            let harvestStarted = ContinuousClock.now
-            do { harvested = try tracker.harvest(vcpusPaused: false) } catch { throw .dirtyTracking(error) }
-            let next = harvested.pages
-            r.harvestSeconds = (ContinuousClock.now - harvestStarted).seconds
-            r.harvestKVMSeconds = harvested.kvmSeconds
-            r.harvestKVMRearmSeconds = harvested.kvmRearmSeconds
-            r.harvestPVSeconds = harvested.sourceSeconds[.pvRing] ?? 0
-            predictor.recordHarvest(r)
-            if let probeRoundTrip, r.wireBytes <= RoundTripEstimate.quietRoundBytes {
+            let quiet = r.wireBytes <= RoundTripEstimate.quietRoundBytes
+            if let probeRoundTrip, quiet {
                 // The commit's round trip as it is now, not only at connect (`RoundTripEstimate`);
                 // after small rounds only: the PONG waits for the destination to drain the round.
                 let sample = try probeRoundTrip(UInt64(round))
@@ -64,8 +57,7 @@ extension MigrationSender {
                     predictor.destinationStart = start
                 }
             }
-            predictor.record(r)
-            if r.wireBytes <= RoundTripEstimate.quietRoundBytes {
+            if quiet {
                 // Stopping the vCPUs, measured as the pause will do it: the fastest of the last
                 // 5 stops (`DowntimePredictor.stopVCPUs`) — scheduler latency, and one sample was
                 // 0.1 ms to 1.9 s on a loaded host (it kept 3 of 12 bench runs from converging,
@@ -79,16 +71,34 @@ extension MigrationSender {
                 predictor.setStateSaves(stateSaves)
                 if let bytes = sample.stateBytes { predictor.stateBytes = bytes }
             }
+            // The harvest is the last step before the decision: what the guest writes after it
+            // reaches the final set only through the paused harvest, and is estimated
+            // (`DowntimePredictor.finalPages`), so the time after it is kept short.
+            let harvested: DirtyRound
+            let harvestStarted = ContinuousClock.now
+            do { harvested = try tracker.harvest(vcpusPaused: false) } catch { throw .dirtyTracking(error) }
+            let next = harvested.pages
+            let harvestEnded = ContinuousClock.now
+            r.harvestSeconds = (harvestEnded - harvestStarted).seconds
+            r.harvestKVMSeconds = harvested.kvmSeconds
+            r.harvestKVMRearmSeconds = harvested.kvmRearmSeconds
+            r.harvestPVSeconds = harvested.sourceSeconds[.pvRing] ?? 0
+            predictor.recordHarvest(r)
+            let dirty = next.count // one pass over the bitmap, not one per use (it grows with the guest)
+            predictor.recordInterval(pages: dirty, seconds: (harvestEnded - lastHarvest).seconds)
+            lastHarvest = harvestEnded
+            predictor.record(r)
             r.bandwidth = r.seconds > 0 ? Double(r.wireBytes) / r.seconds : 0
             if r.wireBytes >= 256 << 10 { bandwidth = max(bandwidth * 0.5, r.bandwidth) } // a round that says something
             if bandwidth == 0 { bandwidth = max(r.bandwidth, 100e6) }
             if let cap = options.bandwidthLimit { bandwidth = min(bandwidth, cap) }
             if r.pages > 0 { bytesPerPage = max(16, Double(r.wireBytes) / Double(r.pages)) }
             predictor.sendRate = bandwidth
-            let dirty = next.count // one pass over the bitmap, not one per use (it grows with the guest)
             r.dirtyPages = dirty
             r.dirtyRate = r.seconds > 0 ? Double(dirty) / r.seconds : 0
-            let prediction = predictor.predict(pages: dirty)
+            let finalPages = predictor.finalPages(dirty: dirty, sinceHarvest: (ContinuousClock.now - harvestEnded).seconds,
+                                                  pageCount: memory.pageCount)
+            let prediction = predictor.predict(pages: finalPages)
             r.expectedDowntime = prediction.seconds
             r.throttle = throttle
             stats.add(r)
@@ -98,6 +108,7 @@ extension MigrationSender {
                 // and what the guest dirtied meanwhile, goes in the next round.
                 round += 1
                 set = try verify(tracker: tracker, pending: next, rounds: rounds, round: &round, stats: &stats)
+                lastHarvest = ContinuousClock.now // the sweep's last harvest ended just now
                 verified = true
                 continue
             }
@@ -112,7 +123,7 @@ extension MigrationSender {
                 }
                 stats.predictedDowntimeSeconds = prediction.seconds
                 stats.predictedFixedSeconds = prediction.fixedSeconds
-                stats.predictedFinalPages = dirty
+                stats.predictedFinalPages = finalPages
                 stats.predictedPausePhases = prediction.phases
                 return next
             }

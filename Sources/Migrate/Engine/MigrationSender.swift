@@ -80,6 +80,9 @@ public final class MigrationSender: @unchecked Sendable {
                                       progress: progress)
 
             // Stop-and-copy: from here the guest is paused until the destination resumes it.
+            // This thread asks for a short slice until DONE (`LatencySlice`).
+            let slice = LatencySlice()
+            defer { slice.end() }
             releaseThrottle()
             let pausedAt = ContinuousClock.now
             machine.pause()
@@ -114,6 +117,7 @@ public final class MigrationSender: @unchecked Sendable {
             try commit(channels[0], target, .commit(digest: digest.digest, pagesWithData: digest.pagesWithData,
                                                     stateDigest: StateDigest.compute(state)), clock: &clock)
             stats.downtimeSeconds = (ContinuousClock.now - pausedAt).seconds
+            slice.end()
             var phases = clock.phases
             phases.harvestKVM = final.kvmSeconds
             pausePhases.withLock { $0 = phases }

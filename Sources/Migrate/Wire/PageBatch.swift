@@ -169,8 +169,11 @@ public final class PageBatchEncoder {
     /// all zeros, else a DELTA against the cached copy when there is one and
     /// the delta is smaller than the page, else RAW. Updates the cache with
     /// what was sent. The batch must have been begun and not be full.
+    /// `cache: false`: a page sent RAW is not stored (its stale entry, if any, is
+    /// dropped) — for pages the round's own later stores would evict before any
+    /// reuse (`RoundSender.firstCached`); a DELTA still updates its entry in place.
     @discardableResult
-    public func add(pageIndex: UInt64, page: UnsafeRawBufferPointer) -> PageEncoding {
+    public func add(pageIndex: UInt64, page: UnsafeRawBufferPointer, cache keep: Bool = true) -> PageEncoding {
         precondition(started, "begin(round:) must be called before add")
         precondition(count < maxPages, "the batch is full: finish it first")
         precondition(page.count == PageBatchLayout.pageSize, "pages are 4096 bytes, got \(page.count)")
@@ -204,7 +207,7 @@ public final class PageBatchEncoder {
                 stats.delta += 1
                 stats.deltaBytes += length
             } else {
-                deltaCache?.store(pageIndex, snapshot)
+                if keep { deltaCache?.store(pageIndex, snapshot) } else { deltaCache?.invalidate(pageIndex) }
                 length = PageBatchLayout.pageSize
                 encoding = .raw
                 stats.raw += 1
