@@ -9,9 +9,9 @@ import Foundation
 ///
 ///     pause = stopVCPUs + harvest                                (the pause begins)
 ///           + roundOverhead + final pages × secondsPerPage × pausedPageFactor   (the final round)
-///     final pages = the last harvest's + the guest's rate × (time since it + stopVCPUs)
 ///           + balloonUpdate + stateSave + stateBytes ÷ sendRate   (balloon map, state)
 ///           + 2 × roundTrip                                      (commit)
+///     final pages = the last harvest's + the guest's rate × (time since it + stopVCPUs)
 ///
 /// - `secondsPerPage` and `roundOverhead` come from a least-squares line through the recent
 ///   rounds' (pages, wall-clock seconds): the time a round really took on this link —
