@@ -86,22 +86,27 @@ struct FloorPolicyTests {
         #expect(p.extraRounds == 0)
     }
 
-    @Test("a floor reached straight from a big round gets one small round more, to measure the pause's fixed part first")
-    func unmeasuredFixedPartGetsOneSmallRound() {
+    @Test("a floor reached straight from a big round gets small rounds until the pause's fixed part is measured three times")
+    func unmeasuredFixedPartGetsSmallRounds() {
         // 735 pages sent (3 MB on the wire: no PING, no vCPU stop sampled), 2 dirtied meanwhile.
         var p = FloorPolicy()
-        #expect(p.decide(sent: 735, dirty: 2, roundSeconds: 0.006, elapsed: 3, maxTime: 300, fixedPartMeasured: false) == .anotherRound)
-        // That round was small: measured now, and still at the floor.
-        #expect(p.decide(sent: 2, dirty: 3, roundSeconds: 0.001, elapsed: 3.01, maxTime: 300, fixedPartMeasured: true) == .stopAndCopy)
-        #expect(p.extraRounds == 1)
+        #expect(p.decide(sent: 735, dirty: 2, roundSeconds: 0.006, elapsed: 3, maxTime: 300, fixedPartSamples: 0) == .anotherRound)
+        // Small rounds now, each measuring once; still at the floor, but one sample is not enough.
+        #expect(p.decide(sent: 2, dirty: 3, roundSeconds: 0.001, elapsed: 3.01, maxTime: 300, fixedPartSamples: 1) == .anotherRound)
+        #expect(p.decide(sent: 3, dirty: 2, roundSeconds: 0.001, elapsed: 3.02, maxTime: 300, fixedPartSamples: 2) == .anotherRound)
+        #expect(p.decide(sent: 2, dirty: 3, roundSeconds: 0.001, elapsed: 3.03, maxTime: 300,
+                         fixedPartSamples: FloorPolicy.fixedPartSamples) == .stopAndCopy)
+        #expect(p.extraRounds == 3)
         // A set too big for a round to measure anything: at the floor, it goes as before.
         p = FloorPolicy()
-        #expect(p.decide(sent: 1_000, dirty: 900, roundSeconds: 0.01, elapsed: 3, maxTime: 300, fixedPartMeasured: false) == .stopAndCopy)
-        // Bounded like every extra round: not past the budget after the first fit.
+        #expect(p.decide(sent: 1_000, dirty: 900, roundSeconds: 0.01, elapsed: 3, maxTime: 300, fixedPartSamples: 0) == .stopAndCopy)
+        // Bounded like every extra round: not past the budget after the first fit, nor --max-time.
         p = FloorPolicy()
         _ = p.decide(sent: 10_000, dirty: 5_000, roundSeconds: 0.01, elapsed: 1, maxTime: 300)
         #expect(p.decide(sent: 5_000, dirty: 2, roundSeconds: 0.01, elapsed: 1 + FloorPolicy.budgetSeconds, maxTime: 300,
-                         fixedPartMeasured: false) == .stopAndCopy)
+                         fixedPartSamples: 1) == .stopAndCopy)
+        p = FloorPolicy()
+        #expect(p.decide(sent: 40, dirty: 2, roundSeconds: 0.5, elapsed: 9.6, maxTime: 10, fixedPartSamples: 1) == .stopAndCopy)
     }
 
     @Test("a set that bounced back above the smallest seen gets another round; one near the smallest ends pre-copy")

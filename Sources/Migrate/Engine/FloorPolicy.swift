@@ -16,11 +16,14 @@
 /// that, another round is tried (within the budget).
 ///
 /// The pause's fixed part (the vCPU stop, the state save, the commit's round trips) is
-/// measured only after small rounds (≤ 1 MiB on the wire: the sender then PINGs and parks the
-/// vCPUs for a moment). A set can reach the floor straight from a big round — since KVM's log
+/// measured only after small rounds (≤ 1 MiB on the wire: the sender then parks the vCPUs for a
+/// moment and PINGs). A set can reach the floor straight from a big round — since KVM's log
 /// vouches for the guest's always-dirty ranges (protocol.md §3.5.1) the floor is a handful of
 /// pages — and the prediction the pause starts on would then rest on defaults (1 ms of state
-/// save, the connection's first round trip): one more round, small, measures them first.
+/// save, the connection's first round trip) or on one sample: small rounds measure them first,
+/// until `fixedPartSamples` stops have. One sample was not enough: a single stop, PING or
+/// destination rehearsal caught preempted put 3–4 ms into a prediction of ~1 ms (docs/benchmarks.md,
+/// "The commit's round trip, measured in the stop").
 ///
 /// Bounded: at most `maximumRounds` more rounds and `budgetSeconds` more time after the first
 /// fit, and never a round that could run past `--max-time` (then the set that fits is sent:
@@ -36,6 +39,9 @@ struct FloorPolicy: Sendable, Equatable {
     static let floorPages = 32
     /// A set this small makes a round small enough to measure the fixed part in.
     static let measurablePages = 128
+    /// Stops (each with a state save and a PING) the fixed part's estimate rests on before the
+    /// pause may start on it: the estimates take the median or the fastest of these.
+    static let fixedPartSamples = 3
     /// Rounds after the first one that fitted.
     static let maximumRounds = 10
     /// Time after the first fit the extra rounds may take.
@@ -52,9 +58,9 @@ struct FloorPolicy: Sendable, Equatable {
     /// - sent: the pages the round was given; dirty: the pages dirtied meanwhile (what the
     ///   next round, or the stop-and-copy, would send).
     /// - roundSeconds: how long the round took; elapsed: seconds since the migration began;
-    ///   maxTime: `--max-time`; fixedPartMeasured: a small round has measured the pause's fixed part.
+    ///   maxTime: `--max-time`; fixedPartSamples: the stops that have measured the pause's fixed part.
     mutating func decide(sent: Int, dirty: Int, roundSeconds: Double, elapsed: Double, maxTime: Double,
-                         fixedPartMeasured: Bool = true) -> Decision {
+                         fixedPartSamples: Int = FloorPolicy.fixedPartSamples) -> Decision {
         if firstFit == nil { firstFit = elapsed }
         let smallestBefore = smallest
         smallest = min(smallest ?? dirty, dirty)
@@ -67,7 +73,7 @@ struct FloorPolicy: Sendable, Equatable {
         } else {
             atFloor = false
         }
-        if atFloor, fixedPartMeasured || dirty > Self.measurablePages { return .stopAndCopy }
+        if atFloor, fixedPartSamples >= Self.fixedPartSamples || dirty > Self.measurablePages { return .stopAndCopy }
         guard extraRounds < Self.maximumRounds, elapsed - (firstFit ?? elapsed) < Self.budgetSeconds else { return .stopAndCopy }
         // The next round is shorter than this one (fewer pages); it must still end before --max-time.
         guard elapsed + max(0, roundSeconds) < maxTime else { return .stopAndCopy }

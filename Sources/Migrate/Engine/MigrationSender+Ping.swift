@@ -42,27 +42,47 @@ extension MigrationSender {
         var stateSave: Double?
         /// The encoded state's size: what STATE will carry.
         var stateBytes: Int?
+        /// The PING sent while they were parked (nil: none was asked for).
+        var ping: PingSample?
     }
 
     /// Parks every running vCPU and lets it go again, as the pause begins (`Machine.pause`'s
     /// kick and wait): how long stopping them takes now, for `DowntimePredictor.stopVCPUs`;
     /// and, while they are parked, the state the pause will save (without the NIC's indices),
     /// encoded and digested after they run again: for `DowntimePredictor.stateSave`, which
-    /// grows with the balloon map (288 KiB at 9 GiB). The guest loses the stop and the save
-    /// of the vCPU/platform state (~0.1–0.3 ms on a quiet host) once per small pre-copy round.
-    /// Without `withBalloonMap` (BALLOON_MAP granted) the map is left out, as the pause does.
-    func stopSample(withBalloonMap: Bool) -> StopSample {
+    /// grows with the balloon map (288 KiB at 9 GiB); and `probe`, the PING (`nonce`) whose round trip
+    /// stands for the commit's (COMMIT and GO are sent with the guest paused). This thread
+    /// holds the pause's short slice (`LatencySlice`) meanwhile, as it does in the pause. The
+    /// guest loses the stop, the save of the vCPU/platform state and the round trip (~0.3–0.6 ms
+    /// on a quiet host) once per small pre-copy round. Without `withBalloonMap` (BALLOON_MAP
+    /// granted) the map is left out, as the pause does. A failed PING is thrown once the vCPUs
+    /// run again.
+    func stopSample(withBalloonMap: Bool,
+                    probe: ((UInt64) throws(MigrationError) -> PingSample)? = nil,
+                    nonce: UInt64 = 0) throws(MigrationError) -> StopSample {
+        let slice = LatencySlice()
+        defer { slice.end() }
         let began = ContinuousClock.now
-        let (stop, save, saved) = machine.withVCPUsPaused { () -> (Double, Double, MachineState?) in
+        let (stop, save, saved, ping) = machine.withVCPUsPaused {
+            () -> (Double, Double, MachineState?, Result<PingSample, MigrationError>?) in
             let stopped = ContinuousClock.now
             let state = try? machine.stateForTiming()
-            return ((stopped - began).seconds, (ContinuousClock.now - stopped).seconds, state)
+            let saved = ContinuousClock.now
+            let ping = probe.map { probe in Result { () throws(MigrationError) in try probe(nonce) } }
+            return ((stopped - began).seconds, (saved - stopped).seconds, state, ping)
         }
-        guard var state = saved else { return StopSample(stop: stop, stateSave: nil) }
+        let answer: PingSample?
+        switch ping {
+        case .none: answer = nil
+        case let .success(sample)?: answer = sample
+        case let .failure(error)?: throw error
+        }
+        guard var state = saved else { return StopSample(stop: stop, stateSave: nil, ping: answer) }
         if !withBalloonMap { state.pv?.balloonWords = [] }
         let encoding = ContinuousClock.now
         let encoded = state.encoded()
         _ = StateDigest.compute(encoded)
-        return StopSample(stop: stop, stateSave: save + (ContinuousClock.now - encoding).seconds, stateBytes: encoded.count)
+        return StopSample(stop: stop, stateSave: save + (ContinuousClock.now - encoding).seconds, stateBytes: encoded.count,
+                          ping: answer)
     }
 }

@@ -24,6 +24,7 @@ extension MigrationSender {
         var predictor = DowntimePredictor()
         var roundTrips = RoundTripEstimate(roundTrip)
         var stops: [Double] = [] // the recent vCPU stops (`stopSample`)
+        var stopCount = 0 // every one of them, for `FloorPolicy`
         var stateSaves: [Double] = [] // the recent state saves timed in those stops
         var balloonUpdates: [Double] = [] // the recent BALLOON updates (BALLOON_MAP)
         predictor.roundTrip = roundTrips.seconds
@@ -45,31 +46,34 @@ extension MigrationSender {
                 predictor.setBalloonUpdates(balloonUpdates)
             }
             let quiet = r.wireBytes <= RoundTripEstimate.quietRoundBytes
-            if let probeRoundTrip, quiet {
-                // The commit's round trip as it is now, not only at connect (`RoundTripEstimate`);
-                // after small rounds only: the PONG waits for the destination to drain the round.
-                let sample = try probeRoundTrip(UInt64(round))
-                roundTrips.record(sample.roundTrip)
-                predictor.roundTrip = roundTrips.seconds
-                // The destination's own commit work (PONG_WORK, its median of recent rehearsals).
-                if let prepare = sample.destinationPrepare, let start = sample.destinationStart {
-                    predictor.destinationPrepare = prepare
-                    predictor.destinationStart = start
-                }
-            }
             if quiet {
-                // Stopping the vCPUs, measured as the pause will do it: the fastest of the last
-                // 5 stops (`DowntimePredictor.stopVCPUs`) — scheduler latency, and one sample was
-                // 0.1 ms to 1.9 s on a loaded host (it kept 3 of 12 bench runs from converging,
-                // docs/benchmarks.md "Predicted vs actual, phase by phase"). Small rounds only,
-                // like PING: the guest loses the moment the stop takes.
-                // The state save is timed in the same stop: the median of the last 5.
-                let sample = stopSample(withBalloonMap: balloonUpdate == nil)
+                // A rehearsal of the pause's fixed part, in the conditions of the pause (small
+                // rounds only: the guest loses the moment it takes, and after a big round the
+                // PONG would wait for the destination to read the round's pages). Stopping the vCPUs: the
+                // fastest of the last 5 stops (`DowntimePredictor.stopVCPUs`) — scheduler latency,
+                // and one sample was 0.1 ms to 1.9 s on a loaded host (it kept 3 of 12 bench runs
+                // from converging, docs/benchmarks.md "Predicted vs actual, phase by phase").
+                // The state save, timed in the same stop: the median of the last 5. The commit's
+                // round trip (`RoundTripEstimate`): a PING while the vCPUs are parked, as COMMIT
+                // and GO are sent — with the guest running it held a core, and the round trips
+                // measured then were 2–3× the commit's on a quiet host (docs/benchmarks.md
+                // "The commit's round trip, measured in the stop").
+                let sample = try stopSample(withBalloonMap: balloonUpdate == nil, probe: probeRoundTrip, nonce: UInt64(round))
                 stops = Array((stops + [sample.stop]).suffix(5))
+                stopCount += 1
                 predictor.setStopLatencies([stops.min()!])
                 if let save = sample.stateSave { stateSaves = Array((stateSaves + [save]).suffix(5)) }
                 predictor.setStateSaves(stateSaves)
                 if let bytes = sample.stateBytes { predictor.stateBytes = bytes }
+                if let ping = sample.ping {
+                    roundTrips.record(ping.roundTrip)
+                    predictor.roundTrip = roundTrips.seconds
+                    // The destination's own commit work (PONG_WORK, its median of recent rehearsals).
+                    if let prepare = ping.destinationPrepare, let start = ping.destinationStart {
+                        predictor.destinationPrepare = prepare
+                        predictor.destinationStart = start
+                    }
+                }
             }
             // The harvest is the last step before the decision: what the guest writes after it
             // reaches the final set only through the paused harvest, and is estimated
@@ -116,7 +120,7 @@ extension MigrationSender {
                 // It fits: go on to the floor while rounds still shrink the set (`FloorPolicy`).
                 if floor.decide(sent: set.count, dirty: dirty, roundSeconds: r.seconds,
                                 elapsed: (ContinuousClock.now - started).seconds, maxTime: options.maxTime,
-                                fixedPartMeasured: !stops.isEmpty) == .anotherRound {
+                                fixedPartSamples: stopCount) == .anotherRound {
                     set = next
                     round += 1
                     continue

@@ -4,8 +4,9 @@
 /// One sample taken at connect (HELLO → HELLO_ACK) was the estimate before: on a loaded host
 /// it caught the destination busy (another migration's TLS handshake, a build's burst) and
 /// stayed inflated for the whole migration — 20–30 ms, so an idle guest's two round trips
-/// alone overran a 50 ms target and it never converged. Now every pre-copy round adds a
-/// PING → PONG sample (protocol.md §3.2, capability PING) and the estimate is the **median**
+/// alone overran a 50 ms target and it never converged. Now every small pre-copy round adds a
+/// PING → PONG sample (protocol.md §3.2, capability PING), taken while the vCPUs are parked as
+/// in the commit (`MigrationSender.stopSample`), and the estimate is the **median**
 /// (the lower one for an even count) of the most recent `window` samples: one sample that
 /// queued behind a round's pages or a preempted thread does not move it, and it follows the
 /// host as it is near the pause. The minimum was tried too: it under-predicts the commit
