@@ -290,4 +290,37 @@ struct DowntimePredictorTests {
         #expect(with.phases.stopVCPUs == stop, "the median of the stops, not the 20 ms outlier")
         #expect(abs(with.phases.total - with.seconds) < 1e-12)
     }
+
+    @Test("the final round is anchored on the cheapest recent small round: preempted small rounds do not raise it")
+    func finalRoundAnchoredOnSmallRounds() {
+        // A model of a paused round: 0.3 ms a round + 6 µs a page. The pre-copy rounds cost that
+        // plus whatever the running guest and the host took from them: nothing for the big
+        // rounds here, 0.5 and 0.2 ms for two of the three small ones (preempted).
+        let perPage = 6e-6
+        func paused(_ pages: Int) -> Double { 0.0003 + Double(pages) * perPage }
+        var p = DowntimePredictor()
+        for pages in [65_000, 9_000, 2_400] { p.record(pages: pages, seconds: 0.0001 + Double(pages) * perPage) }
+        for (pages, lost) in [(150, 0.0005), (60, 0.0002), (40, 0.0)] { p.record(pages: pages, seconds: paused(pages) + lost) }
+        for finalPages in [35, 120] {
+            let predicted = p.predict(pages: finalPages).phases.finalRound
+            #expect(abs(predicted - paused(finalPages)) / paused(finalPages) < 0.10,
+                    "\(finalPages) pages: predicted \(predicted * 1000) ms, model \(paused(finalPages) * 1000) ms")
+        }
+        // The line alone, pulled up by the preempted rounds, misses the model by over twice as much.
+        let line = p.fit.roundOverhead + 35 * p.fit.secondsPerPage
+        #expect(abs(line - paused(35)) > 2 * abs(p.predict(pages: 35).phases.finalRound - paused(35)), "line \(line * 1000) ms")
+        // Many pages: the anchor moves up along the line's cost per page.
+        let big = p.predict(pages: 20_000).phases.finalRound
+        #expect(abs(big - paused(20_000)) / paused(20_000) < 0.10, "20,000 pages: \(big * 1000) ms")
+        // Fewer pages than the anchor round: that round as it is, not moved down (it would
+        // cross zero: 250 pages in 0.3 ms, at 6 µs a page, for 10 pages).
+        var r = DowntimePredictor()
+        for pages in [65_000, 9_000, 2_400] { r.record(pages: pages, seconds: 0.0001 + Double(pages) * perPage) }
+        r.record(pages: 250, seconds: 0.0003)
+        #expect(r.predict(pages: 10).phases.finalRound == 0.0003)
+        // No small round in the window: the line decides.
+        var q = DowntimePredictor()
+        for pages in [65_000, 9_000, 2_400, 1_100, 700] { q.record(pages: pages, seconds: 0.0001 + Double(pages) * perPage) }
+        #expect(abs(q.predict(pages: 35).phases.finalRound - (q.fit.roundOverhead + 35 * q.fit.secondsPerPage)) < 1e-12)
+    }
 }

@@ -111,9 +111,10 @@ struct FinalIntervalWritesTests {
         #expect(p.finalPages(dirty: 100, sinceHarvest: 0.001, pageCount: 1 << 20) == 124)
         #expect(p.finalPages(dirty: 100, sinceHarvest: -1, pageCount: 1 << 20) == 108) // only the stop
         #expect(p.finalPages(dirty: 100, sinceHarvest: 0.001, pageCount: 110) == 110)
-        // The prediction grows with the pages: the pause for 124 pages, not 100.
+        // The prediction grows with the pages: the pause for 124 pages, not 100 (both above the
+        // small round the final round is anchored on).
         p.record(pages: 1_000, seconds: 0.012)
-        p.record(pages: 200, seconds: 0.0028)
+        p.record(pages: 60, seconds: 0.0009)
         #expect(p.predict(pages: 124).seconds > p.predict(pages: 100).seconds)
     }
 }

@@ -8,7 +8,7 @@ import Foundation
 /// The model of the pause, phase by phase as `PausePhases` measures it:
 ///
 ///     pause = stopVCPUs + harvest                                (the pause begins)
-///           + roundOverhead + final pages × secondsPerPage × pausedPageFactor   (the final round)
+///           + finalRound(final pages)                            (the final round)
 ///           + balloonUpdate + stateSave + stateBytes ÷ sendRate   (balloon map, state)
 ///           + 2 × roundTrip                                      (commit)
 ///     final pages = the last harvest's + the guest's rate × (time since it + stopVCPUs)
@@ -18,6 +18,14 @@ import Foundation
 ///   classification, encoding, compression, TLS and the socket — not bytes ÷ bandwidth. The
 ///   rounds ran with the guest running (competing for the cores), so on a loaded host the
 ///   fit is conservative for the paused final round.
+/// - `finalRound(pages)`: the final round is small — tens of pages at the floor — and its time
+///   is mostly the round's own overhead, which the line's intercept, weighted towards the
+///   small rounds' noise, put 0.1 ms (median) under the paused round's (96 runs, docs/benchmarks.md
+///   "The pause rehearsed in its own conditions"). So when the window holds small rounds
+///   (at most `smallRoundPages`), the estimate is the cheapest of the last `anchorRounds` of
+///   them — plus, for a final set bigger than that round, the extra pages at the line's
+///   (paused) cost per page; else the line.
+///   The fastest, not the median: the paused round has the cores the guest held.
 /// - `pausedPageFactor`: the pre-copy rounds ran beside the running guest; the paused round
 ///   does not. On a host with no idle core during the rounds (/proc/stat), the cores are
 ///   shared by every busy thread, and the guest's share (its vCPU threads' CPU time ÷ the
@@ -31,7 +39,7 @@ import Foundation
 ///   so that interval is short.
 /// - `stopVCPUs`: parking the vCPUs, the median of measured pauses (`setStopLatencies`) — on
 ///   a busy host the scheduler's wake-up latency, not a constant. The sender parks the vCPUs
-///   for a moment after each small pre-copy round (where it also PINGs) and feeds the fastest
+///   for a moment after each small pre-copy round (and PINGs meanwhile) and feeds the fastest
 ///   of the last 5 stops: one sample (the dirty tracker's start, once 1.9 s) had kept
 ///   stop-and-copy from ever starting (docs/benchmarks.md).
 /// - `harvest`: the paused harvest, from the pre-copy harvests split by source: KVM's log
@@ -44,7 +52,9 @@ import Foundation
 ///   moved the fixed part 1.6 → 11.5 ms between two runs (docs/benchmarks.md, "Where the
 ///   pause goes").
 /// - `roundTrip`: the control stream's round trip, `RoundTripEstimate`'s median of the HELLO →
-///   HELLO_ACK exchange and a PING → PONG after each pre-copy round. The commit waits for
+///   HELLO_ACK exchange and a PING → PONG after each small pre-copy round, sent while the
+///   vCPUs are parked (`stopSample`) as COMMIT and GO are: with the guest running it held a
+///   core, and those round trips were 2–3× the commit's on a quiet host. The commit waits for
 ///   two acknowledgments: COMMIT → PREPARED and GO → DONE (protocol.md §3.6.3), each with
 ///   the destination's own work (digest check, state restore; the durable "started" record,
 ///   starting the vCPUs): `destinationPrepare` and `destinationStart`, the destination's own
@@ -114,6 +124,10 @@ public struct DowntimePredictor: Sendable, Equatable {
     public static let commitRoundTrips = 2.0
     /// The paused round is never predicted faster than this share of the pre-copy rounds' cost.
     public static let minimumPausedPageFactor = 0.5
+    /// Rounds of at most this many pages are small, like the final round (`finalRound`).
+    public static let smallRoundPages = 256
+    /// The recent small rounds the final round's estimate is anchored on.
+    public static let anchorRounds = 3
     /// Host idle time (share of all cores over the rounds) above which the guest is taken not
     /// to have held the rounds back.
     public static let idleShare = 0.1
@@ -260,13 +274,27 @@ public struct DowntimePredictor: Sendable, Equatable {
         return (ratio, 0)
     }
 
+    /// The final round of `pages` pages (see the type's notes): anchored on the cheapest of
+    /// the recent small rounds when there are any, else the fitted line.
+    public func finalRound(pages: Int) -> Double {
+        let (perPage, overhead) = fit
+        let cost = perPage * pausedPageFactor, n = max(0, pages)
+        let small = samples.filter { $0.seconds > 0 && $0.pages <= Self.smallRoundPages }.suffix(Self.anchorRounds)
+        // Moved up only: a round of more pages than the final set stands for it as it is.
+        // Moved down along the line's slope the anchor crossed zero (0.0 ms predicted for 56
+        // pages, 0.38 ms taken), and over 96 runs the one-sided rule was the less biased.
+        guard let anchored = small.map({ $0.seconds + Double(max(0, n - $0.pages)) * cost }).min() else {
+            return overhead + Double(n) * cost
+        }
+        return anchored
+    }
+
     /// The pause a stop-and-copy of `pages` pages would cause now.
     public func predict(pages: Int) -> Prediction {
-        let (perPage, overhead) = fit
         var phases = PausePhases()
         phases.stopVCPUs = stopVCPUs
         phases.harvest = harvest
-        phases.finalRound = overhead + Double(max(0, pages)) * perPage * pausedPageFactor
+        phases.finalRound = finalRound(pages: pages)
         phases.balloonUpdate = balloonUpdate
         phases.stateSave = stateSave
         phases.stateSend = sendRate > 0 ? Double(max(0, stateBytes)) / sendRate : 0
