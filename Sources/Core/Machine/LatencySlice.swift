@@ -1,7 +1,9 @@
 import CKVM
 
 /// A short scheduler time slice for the calling thread while it does the work a paused guest
-/// waits for: the source's stop-and-copy and commit, the destination's side of the commit.
+/// waits for: the source's stop-and-copy from its final round's end and the commit, the
+/// destination's side of the commit, and the source's rehearsal of them between rounds
+/// (`MigrationSender.stopSample`).
 ///
 /// Why (measured, docs/benchmarks.md "A short time slice for the pause"): with both ends of a
 /// migration on a 2-core host, GO starts the guest at the destination, whose vCPU thread then
