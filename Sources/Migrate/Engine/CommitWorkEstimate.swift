@@ -62,8 +62,8 @@ struct CommitWorkEstimate: Sendable, Equatable {
     /// seconds before PREPARED and one thread start. Changes nothing: the digests run over
     /// scratch data or with nothing excluded, the state is only read (and its encoding decoded
     /// again, as STATE is: the first decode in a process had cost the commit 0.1–0.2 ms more
-    /// than the later ones, docs/benchmarks.md "The first migration in a process"), the thread
-    /// does nothing.
+    /// than the later ones, docs/benchmarks.md "The pause rehearsed in its own conditions"),
+    /// the thread does nothing.
     static func rehearse(machine: Machine, hashes: PageHashTable) -> (prepare: Double, threadStart: Double) {
         let pageCount = machine.memory.pageCount
         let began = ContinuousClock.now

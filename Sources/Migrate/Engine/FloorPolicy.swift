@@ -23,7 +23,7 @@
 /// save, the connection's first round trip) or on one sample: small rounds measure them first,
 /// until `fixedPartSamples` stops have. One sample was not enough: a single stop, PING or
 /// destination rehearsal caught preempted put 3–4 ms into a prediction of ~1 ms (docs/benchmarks.md,
-/// "The commit's round trip, measured in the stop").
+/// "The pause rehearsed in its own conditions").
 ///
 /// Bounded: at most `maximumRounds` more rounds and `budgetSeconds` more time after the first
 /// fit, and never a round that could run past `--max-time` (then the set that fits is sent:

@@ -57,7 +57,7 @@ extension MigrationSender {
                 // round trip (`RoundTripEstimate`): a PING while the vCPUs are parked, as COMMIT
                 // and GO are sent — with the guest running it held a core, and the round trips
                 // measured then were 2–3× the commit's on a quiet host (docs/benchmarks.md
-                // "The commit's round trip, measured in the stop").
+                // "The pause rehearsed in its own conditions").
                 let sample = try stopSample(withBalloonMap: balloonUpdate == nil, probe: probeRoundTrip, nonce: UInt64(round))
                 stops = Array((stops + [sample.stop]).suffix(5))
                 stopCount += 1

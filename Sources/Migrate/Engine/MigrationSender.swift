@@ -101,8 +101,8 @@ public final class MigrationSender: @unchecked Sendable {
             // This thread asks for a short slice until DONE (`LatencySlice`): from here it mostly
             // waits (PREPARED, DONE), and a wake-up must not queue behind the guest started at the
             // destination. Not in the final round: this thread encodes stream 0's pages itself,
-            // CPU work a 0.1 ms slice only interrupts (the round took 0.34 ms against 0.41, medians
-            // of 24 runs, docs/benchmarks.md "The pause rehearsed in its own conditions").
+            // CPU work a 0.1 ms slice only interrupts (the round took 0.31–0.34 ms against 0.38–0.41,
+            // medians of 12 runs a case, docs/benchmarks.md "The pause rehearsed in its own conditions").
             slice = LatencySlice()
             if balloonMap != nil {
                 try sendBalloonUpdate(&balloonMap!, words: excluded.words, on: channels[0], final: true)

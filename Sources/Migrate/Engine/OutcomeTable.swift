@@ -184,7 +184,7 @@ public final class OutcomeTable: @unchecked Sendable {
 
     /// Lower-case hex, two digits a byte. Not `String(format:)`: it runs in the commit (the
     /// "started" line, GO → DONE), where its first call in a process took 0.3–0.5 ms and later
-    /// ones 20–30 µs for an id (measured 2026-12-01, docs/benchmarks.md "The first migration in a process").
+    /// ones 20–30 µs for an id (docs/benchmarks.md "The pause rehearsed in its own conditions").
     public static func hex(_ id: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out = [UInt8]()
