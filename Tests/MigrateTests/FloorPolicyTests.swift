@@ -97,6 +97,11 @@ struct FloorPolicyTests {
         #expect(p.decide(sent: 2, dirty: 3, roundSeconds: 0.001, elapsed: 3.03, maxTime: 300,
                          fixedPartSamples: FloorPolicy.fixedPartSamples) == .stopAndCopy)
         #expect(p.extraRounds == 3)
+        // 162 pages (measured: it went on one rehearsal while the limit was 128): still small
+        // enough for a quiet round, so it gets one.
+        p = FloorPolicy()
+        #expect(p.decide(sent: 128, dirty: 162, roundSeconds: 0.005, elapsed: 3, maxTime: 300, fixedPartSamples: 1) == .anotherRound)
+        #expect(FloorPolicy.measurablePages * (4096 + 16) < Int(RoundTripEstimate.quietRoundBytes))
         // A set too big for a round to measure anything: at the floor, it goes as before.
         p = FloorPolicy()
         #expect(p.decide(sent: 1_000, dirty: 900, roundSeconds: 0.01, elapsed: 3, maxTime: 300, fixedPartSamples: 0) == .stopAndCopy)

@@ -37,8 +37,12 @@ struct FloorPolicy: Sendable, Equatable {
     static let rebound = 1.25
     /// A set this small is at the floor: sending it is a fraction of a millisecond.
     static let floorPages = 32
-    /// A set this small makes a round small enough to measure the fixed part in.
-    static let measurablePages = 128
+    /// A set this small makes a round small enough to measure the fixed part in: 240 pages are
+    /// at most ~0.99 MB on the wire even raw (4 KiB + a 16-byte entry each, PageBatch), under
+    /// `RoundTripEstimate.quietRoundBytes`. It was 128: a floor of 162 pages then started the
+    /// pause on one rehearsal, predicted 7.95 ms for 1.99 (docs/benchmarks.md, "The pause
+    /// rehearsed in its own conditions").
+    static let measurablePages = 240
     /// Stops (each with a state save and a PING) the fixed part's estimate rests on before the
     /// pause may start on it: the estimates take the median or the fastest of these.
     static let fixedPartSamples = 3
